@@ -1,0 +1,164 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { z } from 'zod';
+import { AgentError } from '../errors.ts';
+import { namePattern } from '../snapshot/names.ts';
+import { parseDuration, parseSize } from './units.ts';
+
+export const DEFAULT_CONFIG_PATH = '/etc/storage-agent/config.yaml';
+
+const name = z.string().regex(namePattern, 'must be 1-63 characters of a-z, 0-9, - and _, starting with a letter or digit');
+
+const size = (min: number) =>
+  z.union([z.string(), z.number()]).transform((value, ctx) => {
+    const bytes = parseSize(value);
+    if (bytes === undefined || bytes < min) {
+      ctx.addIssue({ code: 'custom', message: `must be a size of at least ${min} bytes, such as "8MiB"` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+
+const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
+  const ms = parseDuration(value);
+  if (ms === undefined) {
+    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "30s", "5m" or "1h"' });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+/** Secrets never sit in the config itself: they are read from a file or the environment. */
+const secret = z.union([
+  z.object({ file: z.string().min(1) }).strict(),
+  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }).strict(),
+]);
+export type SecretRef = z.infer<typeof secret>;
+
+const absolutePath = z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path');
+
+const fsStore = z.object({ type: z.literal('fs'), path: absolutePath }).strict();
+
+const s3Store = z
+  .object({
+    type: z.literal('s3'),
+    endpoint: z.string().url().optional(),
+    region: z.string().default('us-east-1'),
+    bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'must be a valid S3 bucket name'),
+    prefix: z
+      .string()
+      .regex(/^(?:[A-Za-z0-9._-]+\/)*$/, 'must be empty or path segments ending with "/", such as "backups/node-7/"')
+      .default(''),
+    forcePathStyle: z.boolean().default(true),
+    accessKeyId: secret,
+    secretAccessKey: secret,
+    // S3's minimum part is 5 MiB; 8 MiB × 4 in flight measured best on RGW here.
+    partSize: size(5 * 1024 * 1024).default(8 * 1024 * 1024),
+    partsInFlight: z.number().int().min(1).max(64).default(4),
+    maxParts: z.number().int().min(2).max(10_000).default(10_000),
+    maxAttempts: z.number().int().min(1).max(20).default(8),
+  })
+  .strict();
+
+const filesService = z
+  .object({
+    kind: z.literal('files'),
+    path: absolutePath,
+    exclude: z.array(z.string().min(1)).default([]),
+  })
+  .strict();
+
+const service = z.discriminatedUnion('kind', [filesService]);
+export type ServiceConfig = z.infer<typeof service>;
+
+const environment = z
+  .object({
+    store: name.optional(),
+    services: z.record(name, service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
+  })
+  .strict();
+export type EnvironmentConfig = z.infer<typeof environment>;
+
+const configSchema = z
+  .object({
+    stateDir: absolutePath.default('/var/lib/storage-agent'),
+    defaultStore: name.default('default'),
+    stores: z.record(name, z.discriminatedUnion('type', [fsStore, s3Store])).default({}),
+    compression: z
+      .object({
+        algorithm: z.enum(['zstd', 'gzip', 'none']).default('zstd'),
+        // Level 1: the benchmark's choice (README "Benchmarks"): zstd -3 costs ~2x CPU for ~3 % size.
+        level: z.number().int().min(1).max(19).default(1),
+      })
+      .strict()
+      .default({ algorithm: 'zstd', level: 1 }),
+    /** Multipart uploads older than this found under our prefix are orphans and get aborted. */
+    orphanUploadAge: duration.default(24 * 3_600_000),
+    environments: z.record(name, environment).default({}),
+  })
+  .strict()
+  .superRefine((config, ctx) => {
+    for (const [envName, env] of Object.entries(config.environments)) {
+      const store = env.store ?? config.defaultStore;
+      if (!(store in config.stores) && !(store === 'default')) {
+        ctx.addIssue({ code: 'custom', path: ['environments', envName, 'store'], message: `names store "${store}", which is not defined under stores` });
+      }
+    }
+  });
+
+export type Config = z.infer<typeof configSchema>;
+export type StoreConfig = Config['stores'][string];
+
+/** The embedded default store when the config defines none named "default". */
+export function effectiveStores(config: Config): Record<string, StoreConfig> {
+  return { default: { type: 'fs', path: path.join(config.stateDir, 'backups') }, ...config.stores };
+}
+
+export function parseConfig(text: string, source: string): Config {
+  let raw: unknown;
+  try {
+    raw = parseYaml(text, { prettyErrors: true }) ?? {};
+  } catch (error) {
+    const where = error instanceof YAMLParseError ? ` at line ${error.linePos?.[0]?.line ?? '?'}` : '';
+    throw new AgentError('E_CONFIG_INVALID', `${source}: not valid YAML${where}: ${(error as Error).message.split('\n')[0]}`, { cause: error });
+  }
+  const result = configSchema.safeParse(raw);
+  if (!result.success) {
+    const problems = result.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`);
+    throw new AgentError('E_CONFIG_INVALID', `${source}: invalid config:\n  ${problems.join('\n  ')}`, { details: { problems } });
+  }
+  return result.data;
+}
+
+export async function loadConfig(file: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new AgentError('E_CONFIG_NOT_FOUND', `cannot read config ${file}: ${(error as Error).message}; pass --config FILE`, { cause: error });
+  }
+  return parseConfig(text, file);
+}
+
+export async function readSecret(ref: SecretRef, what: string): Promise<string> {
+  if ('env' in ref) {
+    const value = process.env[ref.env];
+    if (!value) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: environment variable ${ref.env} is not set`);
+    return value;
+  }
+  try {
+    return (await readFile(ref.file, 'utf8')).trim();
+  } catch (error) {
+    throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: cannot read secret file ${ref.file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
+}
+
+export function environmentOf(config: Config, env: string): EnvironmentConfig {
+  const found = config.environments[env];
+  if (!found) {
+    const known = Object.keys(config.environments);
+    throw new AgentError('E_UNKNOWN_ENV', `unknown environment "${env}"; configured: ${known.length ? known.join(', ') : '(none)'}`, { details: { env } });
+  }
+  return found;
+}

@@ -1,0 +1,86 @@
+import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
+import type { StagedRestore } from '../snapshot/driver.ts';
+import { checkName } from '../snapshot/names.ts';
+import { findElement, readDecompressed } from './artifacts.ts';
+import { readManifest } from './catalog.ts';
+import { environmentOf } from './config.ts';
+import type { OperationContext } from './context.ts';
+import { createDriver } from './drivers.ts';
+import { openStore, storeNameOf } from './stores.ts';
+
+export interface RestoreOptions {
+  env: string;
+  id: string;
+  /** Environment to restore into; `env` itself when absent. Elements map by service name. */
+  target?: string;
+  elements?: readonly string[];
+}
+
+export interface RestoreSummary {
+  env: string;
+  id: string;
+  target: string;
+  elements: { name: string; facts: StagedRestore['facts'] }[];
+}
+
+/**
+ * Restores in two phases: every element is downloaded, verified and staged beside its target
+ * first; only when all are staged are they swapped in. A failure or cancel before the swap
+ * leaves every target exactly as it was.
+ */
+export async function restoreBackup(ctx: OperationContext, options: RestoreOptions): Promise<RestoreSummary> {
+  const { config, logger, signal } = ctx;
+  const env = checkName('environment', options.env);
+  const target = checkName('environment', options.target ?? env);
+  const targetServices = environmentOf(config, target).services;
+  const store = await openStore(config, storeNameOf(config, env));
+  const manifest = await readManifest(store, env, options.id);
+  const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
+  const plan = selected.map((element) => {
+    const service = targetServices[element.name];
+    if (!service) {
+      throw new AgentError('E_UNKNOWN_ELEMENT', `target environment ${target} has no service "${element.name}" to restore element ${element.name} into`, {
+        details: { env: target, element: element.name },
+      });
+    }
+    if (service.kind !== element.kind) {
+      throw new AgentError('E_RESTORE_FAILED', `element ${element.name} is a ${element.kind} backup but service ${element.name} of ${target} is ${service.kind}`);
+    }
+    return { element, driver: createDriver(service) };
+  });
+  const log = logger.child({ env, backupId: manifest.id, target });
+  log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
+
+  const staged: { name: string; restore: StagedRestore }[] = [];
+  try {
+    for (const { element, driver } of plan) {
+      throwIfCancelled(signal);
+      ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
+      staged.push({ name: element.name, restore: await driver.stage(readDecompressed(store, manifest, element, signal), signal) });
+      log.info({ phase: 'staged', element: element.name }, 'element staged');
+    }
+    throwIfCancelled(signal);
+  } catch (error) {
+    await Promise.all(staged.map((s) => s.restore.discard().catch(() => {})));
+    const failure = toAgentError(error, 'E_RESTORE_FAILED');
+    log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'restore failed before any change to the target');
+    throw failure;
+  }
+  // Past this point the swap runs to the end: a cancel now would leave elements half swapped.
+  for (const [index, { name, restore }] of staged.entries()) {
+    ctx.onProgress?.({ phase: 'commit', element: name });
+    try {
+      await restore.commit();
+    } catch (error) {
+      await Promise.all(staged.slice(index + 1).map((s) => s.restore.discard().catch(() => {})));
+      const done = staged.slice(0, index).map((s) => s.name);
+      throw new AgentError(
+        'E_RESTORE_FAILED',
+        `could not swap in element ${name}: ${toAgentError(error).message}${done.length ? `; already restored: ${done.join(', ')}` : '; nothing was changed'}`,
+        { cause: error },
+      );
+    }
+  }
+  log.info({ phase: 'done' }, 'restore completed');
+  return { env, id: manifest.id, target, elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })) };
+}

@@ -1,0 +1,32 @@
+import { effectiveStores, readSecret, type Config } from './config.ts';
+import { AgentError } from '../errors.ts';
+import { FsObjectStore } from '../transport/fs-store.ts';
+import type { ObjectStore } from '../transport/object-store.ts';
+import { S3ObjectStore } from '../transport/s3-store.ts';
+import { UploadJournal } from '../transport/upload-journal.ts';
+
+/** The store an environment writes to. Stores are built on demand: secrets are read then. */
+export function storeNameOf(config: Config, env: string): string {
+  return config.environments[env]?.store ?? config.defaultStore;
+}
+
+export async function openStore(config: Config, name: string): Promise<ObjectStore> {
+  const settings = effectiveStores(config)[name];
+  if (!settings) throw new AgentError('E_CONFIG_INVALID', `store "${name}" is not defined under stores`);
+  if (settings.type === 'fs') return new FsObjectStore(settings.path);
+  return new S3ObjectStore({
+    name,
+    endpoint: settings.endpoint,
+    region: settings.region,
+    bucket: settings.bucket,
+    prefix: settings.prefix,
+    forcePathStyle: settings.forcePathStyle,
+    accessKeyId: await readSecret(settings.accessKeyId, `stores.${name}.accessKeyId`),
+    secretAccessKey: await readSecret(settings.secretAccessKey, `stores.${name}.secretAccessKey`),
+    partSize: settings.partSize,
+    partsInFlight: settings.partsInFlight,
+    maxParts: settings.maxParts,
+    maxAttempts: settings.maxAttempts,
+    journal: new UploadJournal(config.stateDir),
+  });
+}

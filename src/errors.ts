@@ -1,0 +1,94 @@
+/**
+ * The one catalogue of errors. Every failure the agent reports carries a stable `code`
+ * (used by the CLI's exit codes, the JSON output and, later, the protocol's errors) and a
+ * message that says what went wrong and what to do. `cause` keeps the original error.
+ */
+
+/** Exit codes are part of the CLI's contract (README "Exit codes"): never renumber them. */
+export const ExitCode = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  config: 3,
+  notFound: 4,
+  integrity: 5,
+  storage: 6,
+  capture: 7,
+  restore: 8,
+  cancelled: 9,
+  unsafeArchive: 10,
+  busy: 11,
+} as const;
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** code → exit code. Adding a code means choosing its exit code here. */
+const catalogue = {
+  E_INTERNAL: ExitCode.internal,
+  E_USAGE: ExitCode.usage,
+  E_CONFIRMATION_REQUIRED: ExitCode.usage,
+  E_INVALID_NAME: ExitCode.usage,
+  E_CONFIG_INVALID: ExitCode.config,
+  E_CONFIG_NOT_FOUND: ExitCode.config,
+  E_SECRET_UNAVAILABLE: ExitCode.config,
+  E_UNKNOWN_ENV: ExitCode.notFound,
+  E_UNKNOWN_ELEMENT: ExitCode.notFound,
+  E_BACKUP_NOT_FOUND: ExitCode.notFound,
+  E_OBJECT_NOT_FOUND: ExitCode.notFound,
+  E_MANIFEST_INVALID: ExitCode.integrity,
+  E_CHECKSUM_MISMATCH: ExitCode.integrity,
+  E_SIZE_MISMATCH: ExitCode.integrity,
+  E_ARCHIVE_CORRUPT: ExitCode.integrity,
+  E_STORE_UNAVAILABLE: ExitCode.storage,
+  E_STORE_IO: ExitCode.storage,
+  E_PRESIGN_UNSUPPORTED: ExitCode.storage,
+  E_CAPTURE_FAILED: ExitCode.capture,
+  E_RESTORE_FAILED: ExitCode.restore,
+  E_TARGET_EXISTS: ExitCode.restore,
+  E_CANCELLED: ExitCode.cancelled,
+  E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,
+  E_BUSY: ExitCode.busy,
+} as const satisfies Record<string, ExitCodeValue>;
+
+export type ErrorCode = keyof typeof catalogue;
+
+export class AgentError extends Error {
+  override readonly name = 'AgentError';
+  readonly code: ErrorCode;
+  /** Structured facts for --json output and logs (never secrets). */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; details?: Record<string, unknown> }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.details = options?.details;
+  }
+
+  get exitCode(): ExitCodeValue {
+    return catalogue[this.code];
+  }
+}
+
+export function isAgentError(error: unknown, code?: ErrorCode): error is AgentError {
+  return error instanceof AgentError && (code === undefined || error.code === code);
+}
+
+/** Normalises anything thrown into an AgentError; an AbortSignal's reason becomes E_CANCELLED. */
+export function toAgentError(error: unknown, fallback: ErrorCode = 'E_INTERNAL'): AgentError {
+  if (error instanceof AgentError) return error;
+  if (error instanceof Error && (error.name === 'AbortError' || (error as { code?: string }).code === 'ABORT_ERR')) {
+    return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: error });
+  }
+  const message = error instanceof Error ? error.message : String(error);
+  return new AgentError(fallback, message, { cause: error });
+}
+
+/** Throws the signal's reason as E_CANCELLED if it has fired: call before each unit of work. */
+export function throwIfCancelled(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw cancelled(signal);
+}
+
+export function cancelled(signal: AbortSignal): AgentError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof AgentError) return reason;
+  return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: reason });
+}

@@ -1,0 +1,77 @@
+import { createHash, type Hash } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+import { AgentError } from '../errors.ts';
+
+/** Counts and hashes (sha256) the bytes that pass through, unchanged. */
+export class DigestStream extends Transform {
+  readonly #hash: Hash = createHash('sha256');
+  #bytes = 0;
+  #digest: string | undefined;
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    this.#hash.update(chunk);
+    this.#bytes += chunk.length;
+    done(null, chunk);
+  }
+
+  override _flush(done: TransformCallback): void {
+    this.#digest = this.#hash.digest('hex');
+    done();
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** The sha256 in hex; only after the stream has ended. */
+  get sha256(): string {
+    if (this.#digest === undefined) throw new Error('DigestStream: sha256 read before the end of the stream');
+    return this.#digest;
+  }
+}
+
+/**
+ * Passes bytes through and fails the stream at its end unless they are exactly `expected`
+ * (size and sha256). Consumers commit nothing before the whole pipeline has ended, so a
+ * corrupted or truncated object never becomes restored data.
+ */
+export class VerifyStream extends Transform {
+  readonly #hash: Hash = createHash('sha256');
+  readonly #expected: { bytes: number; sha256: string; what: string };
+  #bytes = 0;
+
+  constructor(expected: { bytes: number; sha256: string; what: string }) {
+    super();
+    this.#expected = expected;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    this.#hash.update(chunk);
+    this.#bytes += chunk.length;
+    if (this.#bytes > this.#expected.bytes) return done(this.#sizeError());
+    done(null, chunk);
+  }
+
+  override _flush(done: TransformCallback): void {
+    if (this.#bytes !== this.#expected.bytes) return done(this.#sizeError());
+    const actual = this.#hash.digest('hex');
+    if (actual !== this.#expected.sha256) {
+      return done(
+        new AgentError(
+          'E_CHECKSUM_MISMATCH',
+          `${this.#expected.what}: sha256 ${actual} does not match the manifest's ${this.#expected.sha256}; the stored object is corrupt — restore from another backup`,
+          { details: { expected: this.#expected.sha256, actual } },
+        ),
+      );
+    }
+    done();
+  }
+
+  #sizeError(): AgentError {
+    return new AgentError(
+      'E_SIZE_MISMATCH',
+      `${this.#expected.what}: read ${this.#bytes} bytes so far, the manifest records ${this.#expected.bytes}; the stored object is truncated or corrupt — restore from another backup`,
+      { details: { expected: this.#expected.bytes, actual: this.#bytes } },
+    );
+  }
+}

@@ -1,0 +1,41 @@
+import type { Readable } from 'node:stream';
+
+export type Facts = Record<string, string | number | boolean | null>;
+
+export interface CaptureResult {
+  facts: Facts;
+  warnings: string[];
+}
+
+/** One capture in progress: the stream of raw bytes, and how it ended. */
+export interface Capture {
+  stream: Readable;
+  /** Settles after `stream` ended; rejects when the producer failed (the element fails). */
+  result: Promise<CaptureResult>;
+}
+
+/**
+ * A restore in two steps, so that every element of a backup is fully received and verified
+ * before any target changes: `stage` loads the data beside the target (a staging directory,
+ * database or file) and only `commit` swaps it in. `discard` removes what was staged.
+ */
+export interface StagedRestore {
+  facts: Facts;
+  commit(): Promise<void>;
+  discard(): Promise<void>;
+}
+
+/**
+ * A service kind's capture and replay, nothing else: compression, hashing and storage are the
+ * pipeline's. `stage` consumes the decompressed stream; it must leave the target untouched, and
+ * it must reject (having cleaned up) when the stream fails, including at its very end.
+ */
+export interface ServiceDriver {
+  readonly kind: 'files' | 'mysql' | 'redis';
+  /** The archive format, the first part of the object's extension. */
+  readonly format: 'tar' | 'sql' | 'rdb';
+  /** Raw bytes expected, for progress; undefined when unknown. */
+  estimateBytes(signal: AbortSignal): Promise<number | undefined>;
+  capture(signal: AbortSignal): Capture;
+  stage(source: Readable, signal: AbortSignal): Promise<StagedRestore>;
+}

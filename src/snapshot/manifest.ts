@@ -1,0 +1,112 @@
+import { z } from 'zod';
+import { AgentError } from '../errors.ts';
+import { backupIdPattern, namePattern } from './names.ts';
+
+/**
+ * The manifest is the commit point of a backup (written last, after every object) and the
+ * one module that names object keys:
+ *   <env>/<backupId>/<element>.<format><compression ext>[.NNNN]
+ *   <env>/<backupId>/manifest.json
+ */
+export const MANIFEST_VERSION = 1;
+const MANIFEST_NAME = 'manifest.json';
+
+export const backupPrefix = (env: string, id: string): string => `${env}/${id}/`;
+export const manifestKey = (env: string, id: string): string => `${backupPrefix(env, id)}${MANIFEST_NAME}`;
+export const elementKey = (env: string, id: string, element: string, extension: string): string =>
+  `${backupPrefix(env, id)}${element}${extension}`;
+
+/** The backup id of a manifest key under `<env>/`, or undefined for any other key. */
+export function backupIdOfManifestKey(env: string, key: string): string | undefined {
+  const rest = key.startsWith(`${env}/`) ? key.slice(env.length + 1) : undefined;
+  const m = rest === undefined ? null : /^([^/]+)\/manifest\.json$/.exec(rest);
+  return m && backupIdPattern.test(m[1]!) ? m[1] : undefined;
+}
+
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/);
+const isoTime = z.string().datetime({ offset: true });
+const factValue = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+
+const elementSchema = z
+  .object({
+    name: z.string().regex(namePattern),
+    kind: z.enum(['files', 'mysql', 'redis']),
+    format: z.enum(['tar', 'sql', 'rdb']),
+    compression: z.enum(['zstd', 'gzip', 'none']),
+    objects: z.array(z.object({ key: z.string(), bytes: z.number().int().nonnegative() }).strict()).min(1),
+    storedBytes: z.number().int().nonnegative(),
+    rawBytes: z.number().int().nonnegative(),
+    sha256,
+    durationMs: z.number().nonnegative(),
+    warnings: z.array(z.string()),
+    facts: z.record(z.string(), factValue),
+  })
+  .strict();
+export type ElementRecord = z.infer<typeof elementSchema>;
+
+export const manifestSchema = z
+  .object({
+    schema: z.literal('storage-agent/manifest'),
+    version: z.literal(MANIFEST_VERSION),
+    id: z.string().regex(backupIdPattern),
+    env: z.string().regex(namePattern),
+    createdAt: isoTime,
+    completedAt: isoTime,
+    mode: z.enum(['consistent', 'live']),
+    /** Writers paused, ms; null when nothing was frozen (live mode, or no writers configured). */
+    pauseMs: z.number().nonnegative().nullable(),
+    trigger: z.enum(['manual', 'scheduled', 'safety']),
+    keepUntil: isoTime.nullable(),
+    codeRef: z.string().max(200).nullable(),
+    agent: z.object({ version: z.string(), host: z.string() }).strict(),
+    elements: z.array(elementSchema).min(1),
+  })
+  .strict();
+export type Manifest = z.infer<typeof manifestSchema>;
+
+/**
+ * Parses a manifest read back from storage. Nothing in it is trusted: beyond the schema, it
+ * must be the manifest of the backup it was read for, and every object key it names must
+ * belong to that backup — a forged manifest cannot send a restore to another backup's data.
+ */
+export function parseManifest(text: string, env: string, id: string): Manifest {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (error) {
+    throw invalid(env, id, 'not JSON', error);
+  }
+  const result = manifestSchema.safeParse(raw);
+  if (!result.success) {
+    const first = result.error.issues[0];
+    throw invalid(env, id, `${first?.path.join('.') || '(top level)'}: ${first?.message}`);
+  }
+  const manifest = result.data;
+  if (manifest.env !== env || manifest.id !== id) throw invalid(env, id, `it names backup ${manifest.env}/${manifest.id}`);
+  const names = new Set<string>();
+  for (const element of manifest.elements) {
+    if (names.has(element.name)) throw invalid(env, id, `element ${element.name} appears twice`);
+    names.add(element.name);
+    const base = elementKey(env, id, element.name, '');
+    for (const object of element.objects) {
+      if (!object.key.startsWith(`${base}.`) || object.key.slice(base.length).includes('/')) {
+        throw invalid(env, id, `element ${element.name} names object ${JSON.stringify(object.key)} outside the backup`);
+      }
+    }
+    if (element.objects.reduce((sum, o) => sum + o.bytes, 0) !== element.storedBytes) {
+      throw invalid(env, id, `element ${element.name}: object sizes do not add up to storedBytes`);
+    }
+  }
+  return manifest;
+}
+
+function invalid(env: string, id: string, why: string, cause?: unknown): AgentError {
+  return new AgentError('E_MANIFEST_INVALID', `manifest of backup ${env}/${id} is invalid (${why}); the backup cannot be trusted — use another backup`, {
+    cause,
+    details: { env, id },
+  });
+}
+
+export function isRestorable(manifest: Manifest, now: Date = new Date()): boolean {
+  return manifest.keepUntil === null || new Date(manifest.keepUntil) > now;
+}

@@ -1,0 +1,80 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+
+export const journalEntrySchema = z.object({
+  store: z.string(),
+  bucket: z.string(),
+  key: z.string(),
+  uploadId: z.string().optional(),
+  startedAt: z.string(),
+  /** The process that owns the upload: a live owner's entry is not an orphan. */
+  pid: z.number().int(),
+});
+export type JournalEntry = z.infer<typeof journalEntrySchema>;
+
+/**
+ * Every multipart upload in flight is written down in the state directory before its first
+ * byte goes out and removed only once it completed or was seen aborted, so the uploads a
+ * crash or an outage leaves behind can be aborted by the next run (SPEC §6).
+ * One small file per upload: concurrent jobs never rewrite each other's entries.
+ */
+export class UploadJournal {
+  readonly #dir: string;
+
+  constructor(stateDir: string) {
+    this.#dir = path.join(stateDir, 'uploads');
+  }
+
+  async record(entry: JournalEntry): Promise<void> {
+    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+    const file = this.#fileOf(entry);
+    // Write-then-rename so a crash never leaves a half-written entry.
+    await writeFile(`${file}.tmp`, JSON.stringify(entry), { mode: 0o600 });
+    await rename(`${file}.tmp`, file);
+  }
+
+  async remove(entry: Pick<JournalEntry, 'store' | 'key'>): Promise<void> {
+    await rm(this.#fileOf(entry), { force: true });
+  }
+
+  /** Entries of one store; unreadable entries are skipped (and reported by the caller's sweep). */
+  async entries(store: string): Promise<JournalEntry[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.#dir);
+    } catch {
+      return [];
+    }
+    const found: JournalEntry[] = [];
+    for (const name of names.filter((n) => n.endsWith('.json'))) {
+      try {
+        const parsed = journalEntrySchema.safeParse(JSON.parse(await readFile(path.join(this.#dir, name), 'utf8')));
+        if (parsed.success && parsed.data.store === store) found.push(parsed.data);
+      } catch {
+        // A torn or foreign file is not ours to act on.
+      }
+    }
+    return found;
+  }
+
+  /** Entries whose owning process is gone: what a crash left behind. */
+  async orphans(store: string, live: ReadonlySet<string>): Promise<JournalEntry[]> {
+    return (await this.entries(store)).filter((entry) => (entry.pid === process.pid ? !live.has(entry.key) : !isAlive(entry.pid)));
+  }
+
+  #fileOf(entry: Pick<JournalEntry, 'store' | 'key'>): string {
+    const id = createHash('sha256').update(`${entry.store}\0${entry.key}`).digest('hex').slice(0, 32);
+    return path.join(this.#dir, `${id}.json`);
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
