@@ -32,7 +32,12 @@ export function createCompressor(kind: Compression, options: CompressOptions): T
   const concurrency = options.concurrency ?? availableParallelism();
   const compressBlock =
     kind === 'zstd'
-      ? (block: Buffer) => zstdCompress(block, { params: { [zlib.constants.ZSTD_c_compressionLevel]: options.level } })
+      ? (block: Buffer) =>
+          zstdCompress(block, {
+            // The frame checksum lets `zstd -t` and any decoder spot corruption on their own,
+            // without our manifest's sha256.
+            params: { [zlib.constants.ZSTD_c_compressionLevel]: options.level, [zlib.constants.ZSTD_c_checksumFlag]: 1 },
+          })
       : (block: Buffer) => gzip(block, { level: options.level });
   return new FrameCompressor(compressBlock, blockBytes, concurrency);
 }

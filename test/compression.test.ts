@@ -1,0 +1,62 @@
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { execa } from 'execa';
+import { describe, expect, it } from 'vitest';
+import { createCompressor, createDecompressor, type Compression } from '../src/snapshot/compression.ts';
+
+const MiB = 1024 * 1024;
+
+/** Compressible, varied input: text-like lines with random parts. */
+function sample(bytes: number): Buffer {
+  const lines: string[] = [];
+  let size = 0;
+  while (size < bytes) {
+    const line = `INSERT INTO t VALUES (${size}, '${randomBytes(8).toString('hex')}', 'some repeated text');\n`;
+    lines.push(line);
+    size += line.length;
+  }
+  return Buffer.from(lines.join('')).subarray(0, bytes);
+}
+
+async function compress(kind: Compression, input: Buffer, blockBytes = 1 * MiB): Promise<Buffer> {
+  const out: Buffer[] = [];
+  await pipeline(
+    Readable.from([input.subarray(0, 3 * MiB), input.subarray(3 * MiB)]),
+    createCompressor(kind, { level: 1, blockBytes, concurrency: 2 }),
+    async function* (source) {
+      for await (const chunk of source) out.push(chunk as Buffer);
+    },
+  );
+  return Buffer.concat(out);
+}
+
+describe('parallel frame compression', () => {
+  const input = sample(7 * MiB + 123);
+
+  it.each(['zstd', 'gzip'] as const)('%s output is one stream the standard tools and Node decode to the input', async (kind) => {
+    const compressed = await compress(kind, input);
+    expect(compressed.length).toBeLessThan(input.length / 2);
+    const cli = await execa(kind === 'zstd' ? 'zstd' : 'gzip', ['-dc'], { input: compressed, encoding: 'buffer' });
+    expect(Buffer.from(cli.stdout).equals(input)).toBe(true);
+    const node = await buffer(Readable.from([compressed]).pipe(createDecompressor(kind)));
+    expect(node.equals(input)).toBe(true);
+  });
+
+  it('keeps frame order whatever order the thread pool finishes in', async () => {
+    const compressed = await compress('zstd', input, 64 * 1024);
+    const node = await buffer(Readable.from([compressed]).pipe(createDecompressor('zstd')));
+    expect(node.equals(input)).toBe(true);
+  });
+
+  it('passes bytes through unchanged with compression none', async () => {
+    expect((await compress('none', input)).equals(input)).toBe(true);
+  });
+
+  it('fails decompression of a corrupted stream', async () => {
+    const compressed = await compress('zstd', input);
+    compressed.fill(0x55, 1000, 2000);
+    await expect(buffer(Readable.from([compressed]).pipe(createDecompressor('zstd')))).rejects.toThrow();
+  });
+});
