@@ -14,7 +14,7 @@ import { backupObjectKeys } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
-import { openStore, storeNameOf } from './stores.ts';
+import { openEnvironmentStore } from './stores.ts';
 import { AGENT_VERSION, HOST } from './version.ts';
 
 export interface CreateBackupOptions {
@@ -38,7 +38,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const { config, logger, signal } = ctx;
   const env = checkName('environment', options.env);
   const services = selectServices(config, env, options.elements);
-  const store = await openStore(config, storeNameOf(config, env));
+  const store = await openEnvironmentStore(config, env);
   const id = options.id ?? newBackupId();
   const log = logger.child({ env, backupId: id });
   const createdAt = new Date();

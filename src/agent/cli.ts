@@ -10,7 +10,7 @@ import { confirmDestructive } from './confirm.ts';
 import type { OperationContext } from './context.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
 import { restoreBackup } from './restore.ts';
-import { openStore, storeNameOf } from './stores.ts';
+import { openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
 import { AGENT_VERSION } from './version.ts';
 
@@ -82,7 +82,7 @@ function buildProgram(): Command {
     .exitOverride()
     .action(async (env: string, _opts: unknown, cmd: Command) => {
       const { config } = await globals(cmd);
-      const store = await openStore(config, storeNameOf(config, checkName('environment', env)));
+      const store = await openEnvironmentStore(config, env);
       const backups = await listBackups(store, env);
       output(cmd, backups, () =>
         renderTable(
@@ -105,7 +105,7 @@ function buildProgram(): Command {
     .exitOverride()
     .action(async (env: string, id: string, _opts: unknown, cmd: Command) => {
       const { config } = await globals(cmd);
-      const manifest = await readManifest(await openStore(config, storeNameOf(config, checkName('environment', env))), env, id);
+      const manifest = await readManifest(await openEnvironmentStore(config, env), env, id);
       output(cmd, manifest, () => `${JSON.stringify(manifest, null, 2)}\n`);
     });
 
@@ -136,7 +136,7 @@ function buildProgram(): Command {
     .exitOverride()
     .action(async (env: string, id: string, opts: { element: string; to: string }, cmd: Command) => {
       const result = await withOperation(cmd, async (ctx) => {
-        const store = await openStore(ctx.config, storeNameOf(ctx.config, checkName('environment', env)));
+        const store = await openEnvironmentStore(ctx.config, env);
         const manifest = await readManifest(store, env, id);
         return downloadElement(store, manifest, findElement(manifest, opts.element), opts.to, ctx.signal);
       });
@@ -155,7 +155,7 @@ function buildProgram(): Command {
       const ms = parseDuration(opts.expires);
       if (!ms || ms < 1000 || ms > 7 * 86_400_000) throw new AgentError('E_USAGE', `--expires ${JSON.stringify(opts.expires)}: use a duration from 1s to 7d`);
       const { config } = await globals(cmd);
-      const store = await openStore(config, storeNameOf(config, checkName('environment', env)));
+      const store = await openEnvironmentStore(config, env);
       const manifest = await readManifest(store, env, id);
       const element = findElement(manifest, opts.element);
       if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
@@ -172,7 +172,7 @@ function buildProgram(): Command {
     .exitOverride()
     .action(async (env: string, id: string, _opts: unknown, cmd: Command) => {
       const checks = await withOperation(cmd, async (ctx) => {
-        const store = await openStore(ctx.config, storeNameOf(ctx.config, checkName('environment', env)));
+        const store = await openEnvironmentStore(ctx.config, env);
         return verifyBackup(store, await readManifest(store, env, id), ctx.signal);
       });
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
@@ -192,7 +192,7 @@ function buildProgram(): Command {
     .action(async (env: string, id: string, opts: { yes?: boolean }, cmd: Command) => {
       const { config } = await globals(cmd);
       checkBackupId(id);
-      const store = await openStore(config, storeNameOf(config, checkName('environment', env)));
+      const store = await openEnvironmentStore(config, env);
       await confirmDestructive(`deleting backup ${id} of ${env} cannot be undone`, env, opts.yes);
       const result = await deleteBackup(store, env, id);
       output(cmd, { id, ...result }, () => `deleted backup ${id} (${result.deletedObjects} objects)\n`);

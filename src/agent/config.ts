@@ -57,7 +57,7 @@ const s3Store = z
     partSize: size(5 * 1024 * 1024).default(8 * 1024 * 1024),
     partsInFlight: z.number().int().min(1).max(64).default(4),
     maxParts: z.number().int().min(2).max(10_000).default(10_000),
-    maxAttempts: z.number().int().min(1).max(20).default(8),
+    maxAttempts: z.number().int().min(1).max(20).default(6),
   })
   .strict();
 

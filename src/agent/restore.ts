@@ -6,7 +6,7 @@ import { readManifest } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
-import { openStore, storeNameOf } from './stores.ts';
+import { openEnvironmentStore } from './stores.ts';
 
 export interface RestoreOptions {
   env: string;
@@ -33,7 +33,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const env = checkName('environment', options.env);
   const target = checkName('environment', options.target ?? env);
   const targetServices = environmentOf(config, target).services;
-  const store = await openStore(config, storeNameOf(config, env));
+  const store = await openEnvironmentStore(config, env);
   const manifest = await readManifest(store, env, options.id);
   const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
   const plan = selected.map((element) => {

@@ -1,13 +1,14 @@
-import { effectiveStores, readSecret, type Config } from './config.ts';
+import { checkName } from '../snapshot/names.ts';
+import { effectiveStores, environmentOf, readSecret, type Config } from './config.ts';
 import { AgentError } from '../errors.ts';
 import { FsObjectStore } from '../transport/fs-store.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { S3ObjectStore } from '../transport/s3-store.ts';
 import { UploadJournal } from '../transport/upload-journal.ts';
 
-/** The store an environment writes to. Stores are built on demand: secrets are read then. */
-export function storeNameOf(config: Config, env: string): string {
-  return config.environments[env]?.store ?? config.defaultStore;
+/** The store of a configured environment (E_UNKNOWN_ENV otherwise). Secrets are read now. */
+export async function openEnvironmentStore(config: Config, env: string): Promise<ObjectStore> {
+  return openStore(config, environmentOf(config, checkName('environment', env)).store ?? config.defaultStore);
 }
 
 export async function openStore(config: Config, name: string): Promise<ObjectStore> {

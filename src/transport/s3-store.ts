@@ -10,6 +10,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { ConfiguredRetryStrategy } from '@smithy/util-retry';
 import { Readable } from 'node:stream';
 import { AgentError, cancelled } from '../errors.ts';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
@@ -58,7 +59,9 @@ export class S3ObjectStore implements ObjectStore {
       region: options.region,
       forcePathStyle: options.forcePathStyle,
       credentials: { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey },
-      maxAttempts: options.maxAttempts,
+      // The SDK's own retry, with a backoff floor: the default's full jitter can spend all its
+      // attempts within a second, shorter than a gateway restart; 1, 2, 4, 8… s rides it out.
+      retryStrategy: new ConfiguredRetryStrategy(options.maxAttempts, (attempt) => Math.min(500 * 2 ** attempt, 20_000)),
       // Streamed PutObject fails on RGW 16 with the SDK's default flexible checksums (411),
       // and WHEN_REQUIRED is ~40 % faster: our own sha256 covers integrity end to end.
       requestChecksumCalculation: 'WHEN_REQUIRED',

@@ -1,0 +1,83 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { inject } from 'vitest';
+import { stringify } from 'yaml';
+
+const MAIN = path.resolve(import.meta.dirname, '../../src/agent/main.ts');
+
+export interface CliResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** The real CLI, as a child process on the same Node (what an SRE runs). */
+export function startCli(args: readonly string[], options: { env?: Record<string, string> } = {}): ResultPromise<{ reject: false; stdin: 'ignore' }> {
+  return execa(process.execPath, [MAIN, ...args], { reject: false, stdin: 'ignore', env: options.env });
+}
+
+export async function cli(args: readonly string[], options: { env?: Record<string, string> } = {}): Promise<CliResult> {
+  const result = await startCli(args, options);
+  return { exitCode: result.exitCode ?? -1, stdout: String(result.stdout), stderr: String(result.stderr) };
+}
+
+/** `cli` with --json, parsed; fails the test with stderr when the command failed. */
+export async function cliJson<T = unknown>(args: readonly string[]): Promise<T> {
+  const result = await cli(['--json', ...args]);
+  if (result.exitCode !== 0) throw new Error(`storage-agent ${args.join(' ')} exited ${result.exitCode}: ${result.stderr}`);
+  return JSON.parse(result.stdout) as T;
+}
+
+export interface Sandbox {
+  dir: string;
+  configPath: string;
+  stateDir: string;
+  /** Writes the config; `environments` maps env → service name → files mount path. */
+  writeConfig(config: Record<string, unknown>): Promise<string>;
+  cleanup(): Promise<void>;
+}
+
+export async function createSandbox(): Promise<Sandbox> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'sa-cli-'));
+  const stateDir = path.join(dir, 'state');
+  const configPath = path.join(dir, 'config.yaml');
+  return {
+    dir,
+    configPath,
+    stateDir,
+    writeConfig: async (config) => {
+      await writeFile(configPath, stringify({ stateDir, ...config }));
+      return configPath;
+    },
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+/** An s3 store entry for the test RGW; the keys reach the agent through the environment. */
+export function s3StoreConfig(bucket: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const s3 = inject('s3');
+  process.env.TEST_S3_ACCESS_KEY = s3.accessKeyId;
+  process.env.TEST_S3_SECRET_KEY = s3.secretAccessKey;
+  return {
+    type: 's3',
+    endpoint: s3.endpoint,
+    region: s3.region,
+    bucket,
+    prefix: 'agent/',
+    accessKeyId: { env: 'TEST_S3_ACCESS_KEY' },
+    secretAccessKey: { env: 'TEST_S3_SECRET_KEY' },
+    partSize: '5MiB',
+    ...extra,
+  };
+}
+
+export function filesEnv(services: Record<string, string | { path: string; exclude?: string[] }>, store?: string): Record<string, unknown> {
+  return {
+    ...(store ? { store } : {}),
+    services: Object.fromEntries(
+      Object.entries(services).map(([name, spec]) => [name, typeof spec === 'string' ? { kind: 'files', path: spec } : { kind: 'files', ...spec }]),
+    ),
+  };
+}
