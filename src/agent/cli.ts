@@ -25,7 +25,8 @@ export async function runCli(argv: readonly string[]): Promise<number> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return ExitCode.ok;
+    // A command that reported its own failure in its output (verify) sets process.exitCode.
+    return Number(process.exitCode ?? ExitCode.ok);
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help and version "errors" are successes; any other parse error is a usage error.
