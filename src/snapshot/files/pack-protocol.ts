@@ -1,0 +1,62 @@
+/**
+ * The protocol between packTree and its worker: the worker's input, its messages, and flow
+ * control in shared memory (so that the worker can block).
+ *
+ * The worker spends one credit per chunk it posts and sleeps in `Atomics.wait` when it has
+ * none; the main thread grants a credit back for each chunk its reader has taken. Memory is
+ * thus bounded by the credits, whatever the size of the tree.
+ */
+
+import type { ErrorCode } from '../../errors.ts';
+import type { PackStats } from './pack.ts';
+
+export interface PackWorkerData {
+  root: string;
+  excludes: string[];
+  chunkSize: number;
+  control: Int32Array;
+}
+
+export type PackWorkerMessage =
+  | { kind: 'chunk'; chunk: ArrayBuffer; length: number }
+  | { kind: 'done'; stats: PackStats }
+  | { kind: 'failed'; code: ErrorCode; message: string; details: Record<string, unknown> | undefined };
+
+const CREDIT = 0;
+const CANCEL = 1;
+
+export function createControl(initialCredit: number): Int32Array {
+  const control = new Int32Array(new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT));
+  control[CREDIT] = initialCredit;
+  return control;
+}
+
+export function grantCredit(control: Int32Array, credits: number): void {
+  Atomics.add(control, CREDIT, credits);
+  Atomics.notify(control, CREDIT);
+}
+
+export function requestCancel(control: Int32Array): void {
+  Atomics.store(control, CANCEL, 1);
+  Atomics.notify(control, CREDIT);
+}
+
+/** Thrown inside the worker to unwind (closing its fds) once the main thread has cancelled. */
+export class PackCancelled extends Error {}
+
+export function throwIfCancelRequested(control: Int32Array): void {
+  if (Atomics.load(control, CANCEL) !== 0) throw new PackCancelled('pack cancelled');
+}
+
+/** Worker side: takes one credit, blocking until one is granted or the pack is cancelled. */
+export function takeCredit(control: Int32Array): void {
+  for (;;) {
+    throwIfCancelRequested(control);
+    if (Atomics.load(control, CREDIT) > 0) {
+      // Only the worker ever takes credit, so nothing can race this decrement below zero.
+      Atomics.sub(control, CREDIT, 1);
+      return;
+    }
+    Atomics.wait(control, CREDIT, 0);
+  }
+}

@@ -1,0 +1,123 @@
+import { resolve } from 'node:path';
+import { Readable } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
+import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
+
+export interface PackOptions {
+  /** Patterns relative to the root; syntax in excludes.ts. */
+  excludes?: readonly string[];
+  signal?: AbortSignal;
+}
+
+export interface PackStats {
+  files: number;
+  directories: number;
+  symlinks: number;
+  hardlinks: number;
+  /** File content bytes. */
+  bytes: number;
+  warnings: string[];
+}
+
+const CHUNK_SIZE = 1024 * 1024;
+/**
+ * Chunks the worker may have posted that the reader has not taken: memory stays under ~9 MiB
+ * (these plus the stream's own buffer). 4, 8 and 16 measured alike on a 1 GiB tree; 8 leaves
+ * room for a reader that takes chunks in bursts, as an uploader does.
+ */
+const CHUNK_CREDIT = 8;
+const WORKER_URL = new URL('./pack-worker.ts', import.meta.url);
+
+/**
+ * A tar stream of the tree under `root` (entry names relative to root, no leading './'; the
+ * root itself has no entry). `stats` resolves once the stream has ended and the worker has
+ * exited, and rejects with the stream's error otherwise.
+ *
+ * A worker thread walks and reads the tree with synchronous calls and hands over 1 MiB chunks;
+ * the stream grants it credit for more as they are read, so a slow reader pauses the worker.
+ */
+export function packTree(root: string, options: PackOptions = {}): { stream: Readable; stats: Promise<PackStats> } {
+  const { signal } = options;
+  throwIfCancelled(signal);
+
+  const control = createControl(CHUNK_CREDIT);
+  const workerData: PackWorkerData = {
+    root: resolve(root),
+    excludes: [...(options.excludes ?? [])],
+    chunkSize: CHUNK_SIZE,
+    control,
+  };
+  const worker = new Worker(WORKER_URL, { workerData });
+
+  let owed = 0;
+  let result: PackStats | undefined;
+  let failure: AgentError | undefined;
+
+  const stream = new Readable({
+    highWaterMark: CHUNK_SIZE,
+    read() {
+      if (owed === 0) return;
+      grantCredit(control, owed);
+      owed = 0;
+    },
+    destroy(error, callback) {
+      if (!stream.readableEnded) {
+        requestCancel(control);
+        failure ??=
+          error === null
+            ? new AgentError('E_CANCELLED', `packing ${root} stopped: its stream was destroyed before the end`)
+            : toAgentError(error, 'E_CAPTURE_FAILED');
+      }
+      callback(error);
+    },
+  });
+
+  worker.on('message', (message: PackWorkerMessage) => {
+    switch (message.kind) {
+      case 'chunk':
+        owed++;
+        stream.push(Buffer.from(message.chunk, 0, message.length));
+        break;
+      case 'done':
+        result = message.stats;
+        stream.push(null);
+        break;
+      case 'failed':
+        stream.destroy(new AgentError(message.code, message.message, { details: message.details }));
+        break;
+    }
+  });
+  worker.on('error', (error) => stream.destroy(toAgentError(error, 'E_CAPTURE_FAILED')));
+
+  const onAbort = (): void => {
+    stream.destroy(cancelled(signal as AbortSignal));
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+
+  const stats = new Promise<PackStats>((resolvePromise, reject) => {
+    let exited = false;
+    let closed = false;
+    const settle = (): void => {
+      if (!exited || !closed) return;
+      signal?.removeEventListener('abort', onAbort);
+      // Without a failure the stream ended, which it only does once the worker posted its stats.
+      if (failure === undefined) resolvePromise(result as PackStats);
+      else reject(failure);
+    };
+    worker.once('exit', (code) => {
+      exited = true;
+      if (result === undefined) {
+        stream.destroy(new AgentError('E_INTERNAL', `the pack worker for ${root} exited with code ${code} before finishing`));
+      }
+      settle();
+    });
+    stream.once('close', () => {
+      closed = true;
+      settle();
+    });
+  });
+  // Callers that only consume the stream see its error there; keep this copy from being unhandled.
+  stats.catch(() => {});
+  return { stream, stats };
+}
