@@ -109,6 +109,7 @@ async function captureElement(
   const { algorithm, level } = config.compression;
   const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
   const capture = driver.capture(signal);
+  capture.result.catch(() => {}); // awaited below, possibly after the upload's own failure
   const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes } : {}) }));
   const digest = new DigestStream();
   const feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });

@@ -1,3 +1,4 @@
+import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
@@ -35,6 +36,7 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     const failure = toAgentError(error);
     if (program.opts<GlobalOptions>().json) printJson(process.stdout, errorJson(failure));
     process.stderr.write(`error [${failure.code}]: ${failure.message}\n`);
+    if (['debug', 'trace'].includes(program.opts<GlobalOptions>().logLevel)) process.stderr.write(`${inspect(failure, { depth: 6 })}\n`);
     return failure.exitCode;
   }
 }

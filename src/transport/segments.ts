@@ -51,8 +51,10 @@ export async function putSegmented(
         const piece = chunk.subarray(offset, offset + (limit - segment.bytes));
         offset += piece.length;
         segment.bytes += piece.length;
-        // Wait for the store to take the bytes, or for its failure, whichever comes first.
-        if (!segment.body.write(piece)) await Promise.race([once(segment.body, 'drain'), segment.put]);
+        // Wait for the store to take the bytes, or for its failure. A store that fails also
+        // destroys the body (an AbortError from its reader): the put's own error is the one
+        // that explains what happened, so a body error defers to it.
+        if (!segment.body.write(piece)) await Promise.race([once(segment.body, 'drain').catch(() => segment.put), segment.put]);
         if (segment.bytes === limit) await closeSegment();
       }
     }

@@ -22,19 +22,13 @@ const root = path.resolve(import.meta.dirname, '../..');
 const rgw = path.join(root, 'scripts/rgw.sh');
 
 /**
- * Starts the real Ceph RGW the S3 tests run against, unless one is already running (the test
- * command may have started it), and stops it afterwards if it started it here.
+ * Starts the real Ceph RGW the S3 tests run against (a cluster of the test run's own, in its
+ * own directory) and stops it afterwards. KEEP_RGW=1 leaves it running for the next run.
  */
 export default function setup(project: TestProject): () => void {
-  const dir = process.env.RGW_DIR ?? '/tmp/storage-agent-rgw';
-  const env = { ...process.env, RGW_DIR: dir };
-  let startedHere = false;
-  try {
-    execFileSync('bash', [rgw, 'status'], { env, stdio: 'ignore' });
-  } catch {
-    execFileSync('bash', [rgw, 'start'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
-    startedHere = true;
-  }
+  const dir = process.env.TEST_RGW_DIR ?? '/tmp/storage-agent-test-rgw';
+  const env = { ...process.env, RGW_DIR: dir, RGW_PORT: process.env.TEST_RGW_PORT ?? '7480' };
+  execFileSync('bash', [rgw, 'start'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
   const vars = Object.fromEntries(
     readFileSync(path.join(dir, 'env'), 'utf8')
       .split('\n')
@@ -49,6 +43,6 @@ export default function setup(project: TestProject): () => void {
     dir,
   });
   return () => {
-    if (startedHere && !process.env.KEEP_RGW) execFileSync('bash', [rgw, 'stop'], { env, stdio: 'inherit' });
+    if (!process.env.KEEP_RGW) execFileSync('bash', [rgw, 'stop'], { env, stdio: 'inherit' });
   };
 }
