@@ -13,7 +13,9 @@ import { manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { createTestBucket } from './support/s3.ts';
-import { treeState } from './support/tree-state.ts';
+import { describeTree } from './support/tree.ts';
+
+const treeState = (root: string) => Object.fromEntries(describeTree(root));
 
 type Entry = { header: Partial<Header> & Pick<Header, 'name'>; body?: string };
 

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -137,7 +137,7 @@ export class FsObjectStore implements ObjectStore {
     let current = dir;
     while (current.startsWith(this.#root + path.sep)) {
       try {
-        await rm(current, { recursive: false });
+        await rmdir(current);
       } catch {
         return; // not empty (or already gone): stop climbing
       }
