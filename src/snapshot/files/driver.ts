@@ -85,6 +85,8 @@ async function isMountPoint(dir: string): Promise<boolean> {
 /** staging → target by two renames; the old tree is removed only once the new one is in place. */
 async function swapDirectory(target: string, staging: string, existing: Awaited<ReturnType<typeof stat>> | undefined, tag: string): Promise<void> {
   if (!existing) {
+    // The archive holds the mount's contents, not its root: a new mount gets the usual 0755.
+    await chmod(staging, 0o755);
     await rename(staging, target);
     return;
   }

@@ -1,0 +1,30 @@
+# Sourced by the project's entry scripts: makes a fresh Debian 12 machine (as root) ready to
+# run the agent. Node 24 comes from the npm registry (the `node` devDependency), so the only
+# system requirement is an npm to install it with.
+
+log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+
+# apt_install PKG…: installs the Debian packages that are missing (apt-get update once, first).
+apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" == installed ]] || missing+=("$pkg")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Installs npm if there is none, then the project's dependencies (Node 24 among them) when
+# node_modules is missing or older than the lock file.
+ensure_node_modules() {
+  command -v npm >/dev/null || apt_install nodejs npm
+  if [[ ! -x node_modules/.bin/node || package-lock.json -nt node_modules/.package-lock.json ]]; then
+    log "installing dependencies (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+  NODE="$PWD/node_modules/.bin/node"
+  export PATH="$PWD/node_modules/.bin:$PATH"
+}
