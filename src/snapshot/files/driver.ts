@@ -104,13 +104,16 @@ async function swapDirectory(target: string, staging: string, existing: Awaited<
   await rm(old, { recursive: true, force: true });
 }
 
+const LOST_AND_FOUND = 'lost+found';
+
 /** For a mount point: move the old entries aside inside the mount, then the staged ones up. */
 async function swapContents(target: string, staging: string, tag: string): Promise<void> {
   const old = path.join(target, `.storage-agent-old-${tag}`);
   await mkdir(old, { mode: 0o700 });
   const stagingName = path.basename(staging);
   const oldName = path.basename(old);
-  const current = (await readdir(target)).filter((n) => n !== stagingName && n !== oldName);
+  // A filesystem's own lost+found stays where it is: it belongs to fsck, not to the data.
+  const current = (await readdir(target)).filter((n) => n !== stagingName && n !== oldName && n !== LOST_AND_FOUND);
   const moved: string[] = [];
   const placed: string[] = [];
   try {
@@ -118,7 +121,7 @@ async function swapContents(target: string, staging: string, tag: string): Promi
       await rename(path.join(target, name), path.join(old, name));
       moved.push(name);
     }
-    for (const name of await readdir(staging)) {
+    for (const name of (await readdir(staging)).filter((n) => n !== LOST_AND_FOUND)) {
       await rename(path.join(staging, name), path.join(target, name));
       placed.push(name);
     }

@@ -47,6 +47,7 @@ export async function extractTree(source: Readable, dest: string, options: Extra
   const end = new TarEndCheck();
   const extractor = tar.extract();
   let applying: Promise<void> = Promise.resolve();
+  let entryFailure: AgentError | undefined;
   extractor.on('entry', (parsed, stream, next) => {
     const header = parsed as ParsedHeader;
     const content = stream as EntryContent;
@@ -56,8 +57,10 @@ export async function extractTree(source: Readable, dest: string, options: Extra
       () => next(),
       (error: unknown) => {
         content.resume();
-        // Anything failing here is ours, not the archive's: keep it apart from parse errors.
-        next(toAgentError(error, 'E_RESTORE_FAILED'));
+        // Anything failing here is ours, not the archive's: keep it apart from parse errors,
+        // and remember it, since the pipeline may report only the premature close it causes.
+        entryFailure ??= toAgentError(error, 'E_RESTORE_FAILED');
+        next(entryFailure);
       },
     );
   });
@@ -89,6 +92,7 @@ export async function extractTree(source: Readable, dest: string, options: Extra
     await applying;
     await writer.settled();
     if (signal?.aborted) throw cancelled(signal);
+    if (entryFailure) throw entryFailure;
     if (error instanceof AgentError) throw error;
     if (error === sourceError) throw toAgentError(error, 'E_RESTORE_FAILED');
     throw new AgentError(
