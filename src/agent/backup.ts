@@ -50,7 +50,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     const elements: ElementRecord[] = [];
     for (const [name, service] of services) {
       throwIfCancelled(signal);
-      elements.push(await captureElement(ctx, store, env, id, name, createDriver(service)));
+      elements.push(await captureElement(ctx, store, env, id, name, createDriver(name, service)));
       log.info({ phase: 'element', element: name, storedBytes: elements.at(-1)!.storedBytes }, 'element stored');
     }
     const manifest: Manifest = {
@@ -108,7 +108,7 @@ async function captureElement(
   const totalBytes = await driver.estimateBytes(signal);
   const { algorithm, level } = config.compression;
   const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
-  const capture = driver.capture(signal);
+  const capture = await driver.capture({ signal, consistent: false });
   capture.result.catch(() => {}); // awaited below, possibly after the upload's own failure
   const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes } : {}) }));
   const digest = new DigestStream();

@@ -69,7 +69,42 @@ const filesService = z
   })
   .strict();
 
-const service = z.discriminatedUnion('kind', [filesService]);
+/** How to reach a server: TCP host/port, or a unix socket (which wins when both are given). */
+const serverAddress = {
+  host: z.string().min(1).default('127.0.0.1'),
+  port: z.number().int().min(1).max(65535),
+  socket: absolutePath.optional(),
+};
+
+const mysqlService = z
+  .object({
+    kind: z.literal('mysql'),
+    ...serverAddress,
+    port: z.number().int().min(1).max(65535).default(3306),
+    user: z.string().min(1),
+    password: secret.optional(),
+    databases: z.array(z.string().regex(/^[A-Za-z0-9_$]{1,48}$/, 'must be a database name of 1-48 characters (A-Z, a-z, 0-9, _ and $)')).min(1),
+    /** FLUSH TABLES WITH READ LOCK waits at most this long for other locks (lock_wait_timeout). */
+    lockWaitTimeout: duration.default(5_000),
+    /** A query running longer than this makes the consistent capture fail rather than stall writers behind FTWRL. */
+    longQueryThreshold: duration.default(10_000),
+  })
+  .strict();
+export type MysqlServiceConfig = z.infer<typeof mysqlService>;
+
+const redisService = z
+  .object({
+    kind: z.literal('redis'),
+    ...serverAddress,
+    port: z.number().int().min(1).max(65535).default(6379),
+    password: secret.optional(),
+    /** How long a BGSAVE may take before the capture fails. */
+    saveTimeout: duration.default(600_000),
+  })
+  .strict();
+export type RedisServiceConfig = z.infer<typeof redisService>;
+
+const service = z.discriminatedUnion('kind', [filesService, mysqlService, redisService]);
 export type ServiceConfig = z.infer<typeof service>;
 
 const environment = z

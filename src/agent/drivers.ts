@@ -1,11 +1,22 @@
-import type { ServiceConfig } from './config.ts';
+import { readSecret, type SecretRef, type ServiceConfig } from './config.ts';
 import type { ServiceDriver } from '../snapshot/driver.ts';
 import { FilesDriver } from '../snapshot/files/driver.ts';
+import { MysqlDriver } from '../snapshot/mysql/driver.ts';
+import { RedisDriver } from '../snapshot/redis/driver.ts';
 
 /** The driver for a configured service: what runs and what is read comes from config only. */
-export function createDriver(service: ServiceConfig): ServiceDriver {
+export function createDriver(name: string, service: ServiceConfig): ServiceDriver {
   switch (service.kind) {
     case 'files':
       return new FilesDriver({ path: service.path, exclude: service.exclude });
+    case 'mysql':
+      return new MysqlDriver({ name, config: service, password: secretReader(service.password, `services.${name}.password`) });
+    case 'redis':
+      return new RedisDriver({ name, config: service, password: secretReader(service.password, `services.${name}.password`) });
   }
+}
+
+/** Secrets are read when a driver needs them, never kept in the config object. */
+function secretReader(ref: SecretRef | undefined, what: string): () => Promise<string | undefined> {
+  return async () => (ref === undefined ? undefined : readSecret(ref, what));
 }

@@ -12,6 +12,24 @@ export interface Capture {
   stream: Readable;
   /** Settles after `stream` ended; rejects when the producer failed (the element fails). */
   result: Promise<CaptureResult>;
+  /**
+   * True when the data was fixed when capture() resolved (a transaction snapshot, a fork, a
+   * filesystem snapshot); false when the stream reads live data, so a consistent backup must
+   * keep the writers frozen until the stream has ended.
+   */
+  pointInTime: boolean;
+  /** Releases what the capture holds (snapshots, temp files) once the stream is done or abandoned. */
+  release(): Promise<void>;
+}
+
+export interface CaptureOptions {
+  signal: AbortSignal;
+  /**
+   * Consistent mode: capture() is called while the environment's writers are frozen and must
+   * resolve as soon as this service's point in time is fixed — with no more work inside the
+   * freeze than that. Live mode: read the service on its own, no locks beyond its own.
+   */
+  consistent: boolean;
 }
 
 /**
@@ -36,6 +54,7 @@ export interface ServiceDriver {
   readonly format: 'tar' | 'sql' | 'rdb';
   /** Raw bytes expected, for progress; undefined when unknown. */
   estimateBytes(signal: AbortSignal): Promise<number | undefined>;
-  capture(signal: AbortSignal): Capture;
+  /** Resolves once the service's point in time is fixed; the stream carries the data. */
+  capture(options: CaptureOptions): Promise<Capture>;
   stage(source: Readable, signal: AbortSignal): Promise<StagedRestore>;
 }

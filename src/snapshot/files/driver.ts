@@ -3,7 +3,7 @@ import { chmod, chown, mkdir, readdir, rename, rm, stat } from 'node:fs/promises
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { AgentError } from '../../errors.ts';
-import type { Capture, ServiceDriver, StagedRestore } from '../driver.ts';
+import type { Capture, CaptureOptions, ServiceDriver, StagedRestore } from '../driver.ts';
 import { extractTree } from './extract.ts';
 import { packTree } from './pack.ts';
 
@@ -29,13 +29,13 @@ export class FilesDriver implements ServiceDriver {
     return undefined; // a walk would cost as much as half the backup: progress shows bytes only
   }
 
-  capture(signal: AbortSignal): Capture {
+  async capture({ signal }: CaptureOptions): Promise<Capture> {
     const { stream, stats } = packTree(this.#options.path, { excludes: this.#options.exclude, signal });
     const result = stats.then((s) => ({
       warnings: s.warnings,
       facts: { files: s.files, directories: s.directories, symlinks: s.symlinks, hardlinks: s.hardlinks, contentBytes: s.bytes },
     }));
-    return { stream, result };
+    return { stream, result, pointInTime: false, release: async () => {} };
   }
 
   async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
