@@ -42,6 +42,8 @@ const catalogue = {
   E_STORE_IO: ExitCode.storage,
   E_PRESIGN_UNSUPPORTED: ExitCode.storage,
   E_CAPTURE_FAILED: ExitCode.capture,
+  E_FREEZE_TIMEOUT: ExitCode.capture,
+  E_LONG_QUERY: ExitCode.capture,
   E_RESTORE_FAILED: ExitCode.restore,
   E_TARGET_EXISTS: ExitCode.restore,
   E_CANCELLED: ExitCode.cancelled,

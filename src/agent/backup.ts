@@ -5,7 +5,10 @@ import { newBackupId } from '../snapshot/backup-id.ts';
 import { compressionExtension, createCompressor } from '../snapshot/compression.ts';
 import { ByteCounter } from '../snapshot/counter.ts';
 import { DigestStream } from '../snapshot/digest.ts';
-import type { ServiceDriver } from '../snapshot/driver.ts';
+import type { Capture, CaptureOptions, ServiceDriver } from '../snapshot/driver.ts';
+import { FreezeJournal } from '../snapshot/freeze/journal.ts';
+import { freezeWriters } from '../snapshot/freeze/lease.ts';
+import { cgroupTarget, filesystemTarget } from '../snapshot/freeze/targets.ts';
 import { elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
@@ -45,14 +48,13 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
 
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
-  log.info({ phase: 'start', elements: services.map(([name]) => name), store: store.description }, 'backup started');
+  log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
+  const plan = services.map(([name, service]) => ({ name, driver: createDriver(name, service) }));
+  const captures: Started[] = [];
   try {
-    const elements: ElementRecord[] = [];
-    for (const [name, service] of services) {
-      throwIfCancelled(signal);
-      elements.push(await captureElement(ctx, store, env, id, name, createDriver(name, service)));
-      log.info({ phase: 'element', element: name, storedBytes: elements.at(-1)!.storedBytes }, 'element stored');
-    }
+    const { elements, pauseMs } = options.live
+      ? await captureLive(ctx, store, env, id, plan, captures)
+      : await captureConsistent(ctx, store, env, id, plan, captures);
     const manifest: Manifest = {
       schema: 'storage-agent/manifest',
       version: MANIFEST_VERSION,
@@ -61,24 +63,86 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
       createdAt: createdAt.toISOString(),
       completedAt: new Date().toISOString(),
       mode: options.live ? 'live' : 'consistent',
-      pauseMs: null,
+      pauseMs,
       trigger: options.trigger ?? 'manual',
       keepUntil: options.keepForMs === undefined ? null : new Date(createdAt.getTime() + options.keepForMs).toISOString(),
       codeRef: options.codeRef ?? null,
       agent: { version: AGENT_VERSION, host: HOST },
-      elements,
+      // In the environment's service order, whatever order they were stored in.
+      elements: plan.map(({ name }) => elements.find((e) => e.name === name)!),
     };
     throwIfCancelled(signal);
     ctx.onProgress?.({ phase: 'manifest' });
     await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
-    log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime() }, 'backup completed');
+    log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
     return manifest;
   } catch (error) {
     const failure = toAgentError(error, 'E_CAPTURE_FAILED');
     log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'backup failed; removing what it wrote');
+    for (const { capture } of captures) capture.stream.destroy();
     await removePartialBackup(ctx, store, env, id);
     throw failure;
+  } finally {
+    await Promise.all(captures.map(({ capture }) => capture.release().catch(() => {})));
   }
+}
+
+interface Planned {
+  name: string;
+  driver: ServiceDriver;
+}
+interface Started extends Planned {
+  capture: Capture;
+}
+interface Captured {
+  elements: ElementRecord[];
+  pauseMs: number | null;
+}
+
+/** Live: each service is read on its own, one after the other, nothing frozen. */
+async function captureLive(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
+  const elements: ElementRecord[] = [];
+  for (const { name, driver } of plan) {
+    throwIfCancelled(ctx.signal);
+    const started = await startCapture(name, driver, { signal: ctx.signal, consistent: false });
+    captures.push(started);
+    elements.push(await storeElement(ctx, store, env, id, started, ctx.signal));
+  }
+  return { elements, pauseMs: null };
+}
+
+/**
+ * Consistent: freeze the writers, fix every service's point in time (snapshot open, fork
+ * done, mount snapshotted), thaw, then stream. Services that can only be read live (a mount
+ * without snapshots) are streamed before the thaw, and the pause says what that cost.
+ */
+async function captureConsistent(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
+  const { config, logger, signal } = ctx;
+  const freeze = environmentOf(config, env).freeze;
+  const targets = freeze ? [...(await Promise.all(freeze.cgroups.map(cgroupTarget))), ...freeze.filesystems.map(filesystemTarget)] : [];
+  const lease =
+    targets.length > 0
+      ? await freezeWriters({ env, targets, journal: new FreezeJournal(config.stateDir), deadlineMs: freeze!.deadline, signal, logger })
+      : undefined;
+  const frozenSignal = lease ? AbortSignal.any([signal, lease.signal]) : signal;
+  const elements: ElementRecord[] = [];
+  let pauseMs: number | null = null;
+  try {
+    for (const { name, driver } of plan) {
+      throwIfCancelled(frozenSignal);
+      captures.push(await startCapture(name, driver, { signal: frozenSignal, consistent: true }));
+    }
+    for (const started of captures.filter((c) => !c.capture.pointInTime)) {
+      elements.push(await storeElement(ctx, store, env, id, started, frozenSignal));
+    }
+  } finally {
+    if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
+  }
+  throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
+  for (const started of captures.filter((c) => c.capture.pointInTime)) {
+    elements.push(await storeElement(ctx, store, env, id, started, signal));
+  }
+  return { elements, pauseMs };
 }
 
 function selectServices(config: Config, env: string, elements: readonly string[] | undefined) {
@@ -95,21 +159,21 @@ function selectServices(config: Config, env: string, elements: readonly string[]
   });
 }
 
-async function captureElement(
-  ctx: OperationContext,
-  store: ObjectStore,
-  env: string,
-  id: string,
-  name: string,
-  driver: ServiceDriver,
-): Promise<ElementRecord> {
-  const { config, signal } = ctx;
-  const started = Date.now();
+async function startCapture(name: string, driver: ServiceDriver, options: CaptureOptions): Promise<Started> {
+  const capture = await driver.capture(options);
+  // Awaited when the element is stored, which may come after the producer already failed.
+  capture.result.catch(() => {});
+  return { name, driver, capture };
+}
+
+/** Streams one started capture through compress → hash → store. */
+async function storeElement(ctx: OperationContext, store: ObjectStore, env: string, id: string, started: Started, signal: AbortSignal): Promise<ElementRecord> {
+  const { config } = ctx;
+  const { name, driver, capture } = started;
+  const begun = Date.now();
   const totalBytes = await driver.estimateBytes(signal);
   const { algorithm, level } = config.compression;
   const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
-  const capture = await driver.capture({ signal, consistent: false });
-  capture.result.catch(() => {}); // awaited below, possibly after the upload's own failure
   const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes } : {}) }));
   const digest = new DigestStream();
   const feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });
@@ -133,7 +197,7 @@ async function captureElement(
     storedBytes: digest.bytes,
     rawBytes: raw.bytes,
     sha256: digest.sha256,
-    durationMs: Date.now() - started,
+    durationMs: Date.now() - begun,
     warnings: result.warnings,
     facts: result.facts,
   };

@@ -1,6 +1,8 @@
 import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
+import { FreezeJournal } from '../snapshot/freeze/journal.ts';
+import { thawLeftovers } from '../snapshot/freeze/recovery.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
 import { downloadElement, findElement, verifyBackup } from './artifacts.ts';
 import { createBackup } from './backup.ts';
@@ -208,9 +210,15 @@ function splitList(value: string): string[] {
   return value.split(',').map((s) => s.trim()).filter(Boolean);
 }
 
+/**
+ * Loads the config, and first of all thaws whatever a crashed run left frozen: every command
+ * is an agent start as far as that promise goes.
+ */
 async function globals(cmd: Command): Promise<{ config: Config; logLevel: string; json: boolean }> {
   const opts = cmd.optsWithGlobals<GlobalOptions>();
-  return { config: await loadConfig(opts.config), logLevel: opts.logLevel, json: opts.json === true };
+  const config = await loadConfig(opts.config);
+  await thawLeftovers(new FreezeJournal(config.stateDir), createLogger(opts.logLevel, 2));
+  return { config, logLevel: opts.logLevel, json: opts.json === true };
 }
 
 /** Runs an operation with cancel on SIGINT/SIGTERM (cleanly: uploads aborted, nothing half-done). */

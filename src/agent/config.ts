@@ -107,9 +107,23 @@ export type RedisServiceConfig = z.infer<typeof redisService>;
 const service = z.discriminatedUnion('kind', [filesService, mysqlService, redisService]);
 export type ServiceConfig = z.infer<typeof service>;
 
+/** The writers frozen for a consistent backup's point in time (SPEC §3). */
+const freeze = z
+  .object({
+    /** cgroup directories: v1 (with freezer.state) or v2 (with cgroup.freeze). */
+    cgroups: z.array(absolutePath.refine((p) => p.startsWith('/sys/fs/cgroup/') && !p.includes('..'), 'must be a cgroup directory under /sys/fs/cgroup')).default([]),
+    /** Mount points to fsfreeze. */
+    filesystems: z.array(absolutePath).default([]),
+    /** Whatever happens, writers are thawed after this long. */
+    deadline: duration.default(30_000),
+  })
+  .strict();
+export type FreezeConfig = z.infer<typeof freeze>;
+
 const environment = z
   .object({
     store: name.optional(),
+    freeze: freeze.optional(),
     services: z.record(name, service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
   })
   .strict();

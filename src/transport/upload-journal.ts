@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { isProcessAlive } from '../liveness.ts';
 
 export const journalEntrySchema = z.object({
   store: z.string(),
@@ -61,20 +62,11 @@ export class UploadJournal {
 
   /** Entries whose owning process is gone: what a crash left behind. */
   async orphans(store: string, live: ReadonlySet<string>): Promise<JournalEntry[]> {
-    return (await this.entries(store)).filter((entry) => (entry.pid === process.pid ? !live.has(entry.key) : !isAlive(entry.pid)));
+    return (await this.entries(store)).filter((entry) => (entry.pid === process.pid ? !live.has(entry.key) : !isProcessAlive(entry.pid)));
   }
 
   #fileOf(entry: Pick<JournalEntry, 'store' | 'key'>): string {
     const id = createHash('sha256').update(`${entry.store}\0${entry.key}`).digest('hex').slice(0, 32);
     return path.join(this.#dir, `${id}.json`);
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -6,6 +6,7 @@ import { AgentError } from '../../errors.ts';
 import type { Capture, CaptureOptions, ServiceDriver, StagedRestore } from '../driver.ts';
 import { extractTree } from './extract.ts';
 import { packTree } from './pack.ts';
+import { AGENT_ENTRY_PREFIX, snapshotMount } from './snapshot.ts';
 
 export interface FilesServiceOptions {
   path: string;
@@ -29,13 +30,24 @@ export class FilesDriver implements ServiceDriver {
     return undefined; // a walk would cost as much as half the backup: progress shows bytes only
   }
 
-  async capture({ signal }: CaptureOptions): Promise<Capture> {
-    const { stream, stats } = packTree(this.#options.path, { excludes: this.#options.exclude, signal });
+  async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+    // Consistent: snapshot inside the freeze where the filesystem can, read it after the thaw.
+    const snapshot = consistent ? await snapshotMount(this.#options.path, signal) : undefined;
+    const root = snapshot?.path ?? this.#options.path;
+    const excludes = [...this.#options.exclude, `/${AGENT_ENTRY_PREFIX}*`];
+    const { stream, stats } = packTree(root, { excludes, signal });
     const result = stats.then((s) => ({
       warnings: s.warnings,
-      facts: { files: s.files, directories: s.directories, symlinks: s.symlinks, hardlinks: s.hardlinks, contentBytes: s.bytes },
+      facts: {
+        files: s.files,
+        directories: s.directories,
+        symlinks: s.symlinks,
+        hardlinks: s.hardlinks,
+        contentBytes: s.bytes,
+        snapshot: snapshot?.method ?? null,
+      },
     }));
-    return { stream, result, pointInTime: false, release: async () => {} };
+    return { stream, result, pointInTime: snapshot !== undefined, release: async () => snapshot?.remove() };
   }
 
   async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
@@ -48,7 +60,7 @@ export class FilesDriver implements ServiceDriver {
     // there, stage inside the mount and swap its top-level entries instead of the directory.
     const mountPoint = existing ? await isMountPoint(target) : false;
     const tag = randomBytes(6).toString('hex');
-    const staging = mountPoint ? path.join(target, `.storage-agent-restore-${tag}`) : siblingOf(target, `restore-${tag}`);
+    const staging = mountPoint ? path.join(target, `${AGENT_ENTRY_PREFIX}restore-${tag}`) : siblingOf(target, `restore-${tag}`);
     const discard = () => rm(staging, { recursive: true, force: true });
     await mkdir(staging, { mode: 0o700 });
     let stats;
@@ -108,7 +120,7 @@ const LOST_AND_FOUND = 'lost+found';
 
 /** For a mount point: move the old entries aside inside the mount, then the staged ones up. */
 async function swapContents(target: string, staging: string, tag: string): Promise<void> {
-  const old = path.join(target, `.storage-agent-old-${tag}`);
+  const old = path.join(target, `${AGENT_ENTRY_PREFIX}old-${tag}`);
   await mkdir(old, { mode: 0o700 });
   const stagingName = path.basename(staging);
   const oldName = path.basename(old);
