@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/bootstrap.sh
 
-apt_install zstd curl tar ca-certificates
+apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs
 bash scripts/rgw.sh install
 ensure_node_modules
 

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { AgentError } from '../../errors.ts';
@@ -54,7 +54,7 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
 
 async function removeSnapshot(holder: string, removeTarget: () => Promise<unknown>): Promise<void> {
   await removeTarget();
-  await rm(holder, { recursive: false }).catch(() => {}); // only when empty: other jobs' snapshots stay
+  await rmdir(holder).catch(() => {}); // only when empty: other jobs' snapshots stay
 }
 
 async function run(command: string, args: string[], signal?: AbortSignal): Promise<void> {
