@@ -76,7 +76,8 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
       const done = staged.slice(0, index).map((s) => s.name);
       throw new AgentError(
         'E_RESTORE_FAILED',
-        `could not swap in element ${name}: ${toAgentError(error).message}${done.length ? `; already restored: ${done.join(', ')}` : '; nothing was changed'}`,
+        // The driver's message says what state this element's target was left in.
+        `could not swap in element ${name}: ${toAgentError(error).message}${done.length ? `; already restored: ${done.join(', ')}` : ''}`,
         { cause: error },
       );
     }

@@ -1,0 +1,127 @@
+import { performance } from 'node:perf_hooks';
+import type { Redis } from 'ioredis';
+import { AgentError, throwIfCancelled } from '../../errors.ts';
+import { backoff, info, infoNumber, keyspaceOf, logCursor, logSince, parseInfo, pause, replyText, warningsIn, type LogCursor } from './connection.ts';
+
+/**
+ * The write pause's own expiry: CLIENT PAUSE ends by itself after this long even if the agent
+ * dies between PAUSE and UNPAUSE. It covers only the fork (tens of ms for GBs, MEASUREMENTS.md).
+ */
+export const PAUSE_LEASE_MS = 5_000;
+
+export interface ForkedSave {
+  /** `rdb_saves` right after our fork (Redis ≥ 7.0 counts a save when it starts). */
+  savesAtFork: number | undefined;
+  /** Time between CLIENT PAUSE and the UNPAUSE reply; null in live mode. */
+  pauseMs: number | null;
+  keys: number;
+  keyspace: string;
+  warnings: string[];
+  /** Where the Redis log ended before the BGSAVE: a failure's reason is logged after it. */
+  log: LogCursor | undefined;
+}
+
+interface SaveOptions {
+  consistent: boolean;
+  signal: AbortSignal;
+  /** Date.now() value after which the wait fails (saveTimeout). */
+  deadline: number;
+  timeoutMs: number;
+  /** Used when UNPAUSE on the capture's own connection could not be confirmed. */
+  unpauseElsewhere: () => Promise<void>;
+}
+
+/** Replies of a BGSAVE refused because another child (save, AOF rewrite, module) runs. */
+const BUSY = /already in progress|another child process is active|rewriting in progress/i;
+
+/**
+ * Starts our own BGSAVE and resolves once Redis has forked: from then on the RDB's content is
+ * fixed. A save or AOF rewrite already running is waited for first (outside any pause), so
+ * the file we read is never one whose point in time predates the request. Consistent mode
+ * holds `CLIENT PAUSE … WRITE` across the fork only: PAUSE, then one pipeline of BGSAVE,
+ * INFO keyspace, INFO persistence and UNPAUSE that Redis runs back to back.
+ */
+export async function forkSave(client: Redis, options: SaveOptions): Promise<ForkedSave> {
+  const { consistent, signal } = options;
+  for (;;) {
+    await waitForNoChild(client, options);
+    const log = await logCursor(client);
+    throwIfCancelled(signal);
+    let replies: [Error | null, unknown][];
+    let pauseMs: number | null = null;
+    if (consistent) {
+      const started = performance.now();
+      try {
+        await client.call('CLIENT', 'PAUSE', String(PAUSE_LEASE_MS), 'WRITE');
+      } catch (error) {
+        throw new AgentError('E_CAPTURE_FAILED', `CLIENT PAUSE … WRITE was refused (${replyText(error)}); a consistent Redis capture needs Redis 6.2 or later`, {
+          cause: error,
+        });
+      }
+      let unpaused = false;
+      try {
+        replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').call('CLIENT', 'UNPAUSE').exec()) ?? []) as [Error | null, unknown][];
+        unpaused = replies[3]?.[0] === null;
+      } finally {
+        pauseMs = performance.now() - started;
+        if (!unpaused) await options.unpauseElsewhere().catch(() => {}); // the lease ends it otherwise
+      }
+    } else {
+      replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').exec()) ?? []) as [Error | null, unknown][];
+    }
+    const [saveError] = replies[0] ?? [new Error('no reply to BGSAVE')];
+    if (saveError) {
+      if (BUSY.test(saveError.message)) continue; // someone else's child started in between: wait again
+      throw new AgentError('E_CAPTURE_FAILED', `BGSAVE was refused: ${replyText(saveError)}`, { cause: saveError });
+    }
+    const { keys, keyspace } = keyspaceOf(parseInfo(String(replies[1]?.[1] ?? '')));
+    const savesAtFork = infoNumber(parseInfo(String(replies[2]?.[1] ?? '')), 'rdb_saves');
+    const warnings: string[] = [];
+    if (pauseMs !== null && pauseMs >= PAUSE_LEASE_MS) {
+      warnings.push(`the Redis write pause expired (${PAUSE_LEASE_MS} ms) before the fork: writes from clients outside the frozen environment may have reached the snapshot`);
+    }
+    return { log, savesAtFork, pauseMs: pauseMs === null ? null : Math.round(pauseMs * 1000) / 1000, keys, keyspace, warnings };
+  }
+}
+
+/** Waits until no RDB save, AOF rewrite or module fork runs (Redis allows one child at a time). */
+async function waitForNoChild(client: Redis, options: SaveOptions): Promise<void> {
+  for (const ms of backoff()) {
+    throwIfCancelled(options.signal);
+    const fields = await info(client, 'persistence');
+    const busy = ['rdb_bgsave_in_progress', 'aof_rewrite_in_progress', 'module_fork_in_progress'].filter((f) => fields.get(f) === '1');
+    if (busy.length === 0) return;
+    if (Date.now() > options.deadline) {
+      throw new AgentError('E_CAPTURE_FAILED', `Redis was still busy with another background job (${busy.join(', ')}) after ${options.timeoutMs} ms (saveTimeout)`);
+    }
+    await pause(ms, options.signal);
+  }
+}
+
+/**
+ * Waits for our BGSAVE to end — no save in progress, or a later one started (`rdb_saves` past
+ * its value at our fork) — then checks `rdb_last_bgsave_status:ok`. A failed save fails with
+ * the reason from the Redis log when Redis writes one to a file.
+ */
+export async function waitForSave(client: Redis, fork: ForkedSave, options: Omit<SaveOptions, 'consistent' | 'unpauseElsewhere'>): Promise<void> {
+  for (const ms of backoff()) {
+    throwIfCancelled(options.signal);
+    const fields = await info(client, 'persistence');
+    const saves = infoNumber(fields, 'rdb_saves');
+    const done = fields.get('rdb_bgsave_in_progress') === '0' || (fork.savesAtFork !== undefined && saves !== undefined && saves > fork.savesAtFork);
+    if (done) {
+      if (fields.get('rdb_last_bgsave_status') === 'ok') return;
+      const lines = (await logSince(fork.log))?.filter((line) => !/Background saving error/.test(line));
+      const reason = warningsIn(lines);
+      throw new AgentError(
+        'E_CAPTURE_FAILED',
+        `BGSAVE failed (rdb_last_bgsave_status:${fields.get('rdb_last_bgsave_status') ?? '?'}): ${reason ?? 'see the Redis log for the reason'}`,
+        { details: reason ? { reason } : undefined },
+      );
+    }
+    if (Date.now() > options.deadline) {
+      throw new AgentError('E_CAPTURE_FAILED', `BGSAVE did not finish within ${options.timeoutMs} ms (saveTimeout); it goes on in Redis, the backup stops`);
+    }
+    await pause(ms, options.signal);
+  }
+}

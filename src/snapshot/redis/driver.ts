@@ -1,0 +1,209 @@
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, open, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { Redis } from 'ioredis';
+import type { RedisServiceConfig } from '../../agent/config.ts';
+import { AgentError, throwIfCancelled, toAgentError, type ErrorCode } from '../../errors.ts';
+import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, StagedRestore } from '../driver.ts';
+import { forkSave, waitForSave } from './bgsave.ts';
+import { configGet, connect, describeAddress, info, infoNumber, type RedisAddress } from './connection.ts';
+import { checkRdb, readRdbVersion } from './rdb-file.ts';
+import { loadThroughReplication, checkTarget } from './replica-load.ts';
+
+export interface RedisDriverOptions {
+  /** The service (element) name, for messages. */
+  name: string;
+  config: RedisServiceConfig;
+  /** Reads the configured password when a connection needs it; never kept. */
+  password: () => Promise<string | undefined>;
+}
+
+/**
+ * A Redis server on this host. Capture: our own BGSAVE (a fork: the point in time), then the
+ * RDB file it wrote, read from Redis's `dir`. Restore: the verified RDB is fed to the target as
+ * a replica's full resync from a one-shot master the agent runs (see replica-load.ts): the only
+ * way a running Redis loads an RDB, and one that leaves the data on disk with AOF on or off.
+ */
+export class RedisDriver implements ServiceDriver {
+  readonly kind = 'redis';
+  readonly format = 'rdb';
+  readonly #options: RedisDriverOptions;
+
+  constructor(options: RedisDriverOptions) {
+    this.#options = options;
+  }
+
+  async estimateBytes(signal: AbortSignal): Promise<number | undefined> {
+    let client: Redis | undefined;
+    try {
+      throwIfCancelled(signal);
+      client = await this.#connect('E_CAPTURE_FAILED', 'estimate');
+      // The last RDB is the best guess of the next one; memory use overstates it.
+      const last = await stat(await rdbPath(client)).catch(() => undefined);
+      if (last?.isFile() && last.size > 0) return last.size;
+      return infoNumber(await info(client, 'memory'), 'used_memory_dataset') ?? undefined;
+    } catch {
+      return undefined; // only progress depends on it; capture reports the real problem
+    } finally {
+      client?.disconnect();
+    }
+  }
+
+  async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+    throwIfCancelled(signal);
+    const timeoutMs = this.#options.config.saveTimeout;
+    const deadline = Date.now() + timeoutMs;
+    const client = await this.#connect('E_CAPTURE_FAILED', 'capture');
+    let handedOver = false;
+    try {
+      const server = await info(client, 'server');
+      const file = await rdbPath(client);
+      const fork = await forkSave(client, {
+        consistent,
+        signal,
+        deadline,
+        timeoutMs,
+        unpauseElsewhere: async () => {
+          const other = await this.#connect('E_CAPTURE_FAILED', 'unpause');
+          try {
+            await other.call('CLIENT', 'UNPAUSE');
+          } finally {
+            other.disconnect();
+          }
+        },
+      });
+      // From here the snapshot is fixed; the stream waits for the child to finish writing it.
+      const stream = new PassThrough({ highWaterMark: 1 << 20 });
+      const stop = new AbortController();
+      const reading = AbortSignal.any([signal, stop.signal]);
+      const result = (async (): Promise<CaptureResult> => {
+        try {
+          await waitForSave(client, fork, { signal: reading, deadline, timeoutMs });
+          // Opened right after completion: a later save renames a new file over the path,
+          // the open descriptor keeps reading ours.
+          const handle = await open(file, 'r');
+          let bytes: number;
+          let rdbVersion: number | undefined;
+          try {
+            bytes = (await handle.stat()).size;
+            rdbVersion = await readRdbVersion(handle);
+          } catch (error) {
+            await handle.close();
+            throw error;
+          }
+          if (rdbVersion === undefined) {
+            await handle.close();
+            throw new AgentError('E_CAPTURE_FAILED', `${file} is not an RDB file after BGSAVE`);
+          }
+          await pipeline(handle.createReadStream({ start: 0, highWaterMark: 1 << 20 }), stream, { signal: reading });
+          const facts: Facts = {
+            redisVersion: server.get('redis_version') ?? null,
+            rdbVersion,
+            rdbBytes: bytes,
+            keys: fork.keys,
+            keyspace: fork.keyspace,
+            pauseMs: fork.pauseMs,
+          };
+          return { facts, warnings: fork.warnings };
+        } catch (error) {
+          const failure = captureError(error, this.#options.name);
+          // A released (abandoned) capture has no reader left to tell; otherwise the reader
+          // gets the failure on the stream as well as from `result`.
+          if (stop.signal.aborted) stream.destroy();
+          else stream.destroy(failure);
+          throw failure;
+        } finally {
+          client.disconnect();
+        }
+      })();
+      result.catch(() => {}); // the caller awaits it; never an unhandled rejection
+      handedOver = true;
+      return {
+        stream,
+        result,
+        pointInTime: true, // BGSAVE forked: the RDB's content is fixed, in live mode as well
+        release: async () => {
+          stop.abort(new AgentError('E_CANCELLED', 'capture released'));
+          await result.catch(() => {});
+        },
+      };
+    } catch (error) {
+      throw captureError(error, this.#options.name);
+    } finally {
+      if (!handedOver) client.disconnect();
+    }
+  }
+
+  async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
+    throwIfCancelled(signal);
+    const what = `restore of ${this.#options.name}`;
+    // A target that cannot take the data fails the restore before any download.
+    const target = await this.#withClient('E_RESTORE_FAILED', what, (client) => checkTarget(client, this.#address()));
+    const dir = await mkdtemp(path.join(tmpdir(), 'storage-agent-redis-'));
+    const file = path.join(dir, 'restore.rdb');
+    const discard = () => rm(dir, { recursive: true, force: true });
+    let checked;
+    try {
+      await pipeline(source, createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }), { signal });
+      checked = await checkRdb(file, target.version, signal);
+    } catch (error) {
+      source.destroy();
+      await discard();
+      throw toAgentError(error, 'E_RESTORE_FAILED');
+    }
+    const facts: Facts = { rdbBytes: checked.bytes, rdbVersion: checked.version, targetVersion: target.version ?? null };
+    return {
+      facts,
+      commit: async () => {
+        try {
+          const loaded = await this.#withClient('E_RESTORE_FAILED', what, async (client) =>
+            loadThroughReplication(client, { file, bytes: checked.bytes, timeoutMs: this.#options.config.saveTimeout, address: this.#address(), token: randomBytes(24).toString('hex') }),
+          );
+          Object.assign(facts, loaded);
+        } finally {
+          await discard();
+        }
+      },
+      discard,
+    };
+  }
+
+  #address(): RedisAddress {
+    const { host, port, socket } = this.#options.config;
+    return { host, port, socket };
+  }
+
+  async #connect(failure: ErrorCode, what: string): Promise<Redis> {
+    const password = await this.#options.password();
+    return connect({ ...this.#address(), password }, failure, `redis service ${this.#options.name} (${what})`);
+  }
+
+  async #withClient<T>(failure: ErrorCode, what: string, use: (client: Redis) => Promise<T>): Promise<T> {
+    const client = await this.#connect(failure, what);
+    try {
+      return await use(client);
+    } catch (error) {
+      const agentError = toAgentError(error, failure);
+      if (agentError === error) throw error;
+      throw new AgentError(failure, `redis service ${this.#options.name} at ${describeAddress(this.#address())}: ${agentError.message}`, { cause: error });
+    } finally {
+      client.disconnect();
+    }
+  }
+}
+
+/** Where this server writes its RDB: CONFIG GET dir + dbfilename (the agent runs on its host). */
+async function rdbPath(client: Redis): Promise<string> {
+  const [dir, dbfilename] = await Promise.all([configGet(client, 'dir'), configGet(client, 'dbfilename')]);
+  return path.resolve(dir, dbfilename);
+}
+
+function captureError(error: unknown, name: string): AgentError {
+  const failure = toAgentError(error, 'E_CAPTURE_FAILED');
+  if (failure.code !== 'E_CAPTURE_FAILED' || failure.message.startsWith('redis service')) return failure;
+  return new AgentError('E_CAPTURE_FAILED', `redis service ${name}: ${failure.message}`, { cause: failure.cause ?? error, details: failure.details });
+}
