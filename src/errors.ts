@@ -18,6 +18,12 @@ export const ExitCode = {
   cancelled: 9,
   unsafeArchive: 10,
   busy: 11,
+  /** A job whose agent died (crash, SIGKILL, power) before it ended. */
+  interrupted: 12,
+  /** The daemon refused the token, or the token's role may not do this. */
+  denied: 13,
+  /** The daemon cannot be reached (--remote). */
+  unavailable: 14,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -43,12 +49,25 @@ const catalogue = {
   E_PRESIGN_UNSUPPORTED: ExitCode.storage,
   E_CAPTURE_FAILED: ExitCode.capture,
   E_FREEZE_TIMEOUT: ExitCode.capture,
-  E_LONG_QUERY: ExitCode.capture,
   E_RESTORE_FAILED: ExitCode.restore,
   E_TARGET_EXISTS: ExitCode.restore,
   E_CANCELLED: ExitCode.cancelled,
   E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,
   E_BUSY: ExitCode.busy,
+  // Jobs, the daemon and its protocol (docs/protocol.md).
+  E_JOB_NOT_FOUND: ExitCode.notFound,
+  E_HOST_RESOURCES: ExitCode.busy,
+  E_SHUTTING_DOWN: ExitCode.busy,
+  E_INTERRUPTED: ExitCode.interrupted,
+  E_UNAUTHORIZED: ExitCode.denied,
+  E_FORBIDDEN: ExitCode.denied,
+  E_DAEMON_UNAVAILABLE: ExitCode.unavailable,
+  E_PARSE_ERROR: ExitCode.usage,
+  E_INVALID_REQUEST: ExitCode.usage,
+  E_METHOD_NOT_FOUND: ExitCode.usage,
+  E_INVALID_PARAMS: ExitCode.usage,
+  E_REQUEST_CONFLICT: ExitCode.usage,
+  E_PROTOCOL: ExitCode.internal,
 } as const satisfies Record<string, ExitCodeValue>;
 
 export type ErrorCode = keyof typeof catalogue;
@@ -68,6 +87,11 @@ export class AgentError extends Error {
   get exitCode(): ExitCodeValue {
     return catalogue[this.code];
   }
+}
+
+/** Whether a string is one of the catalogue's codes (e.g. one read back from the protocol). */
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(catalogue, code);
 }
 
 export function isAgentError(error: unknown, code?: ErrorCode): error is AgentError {

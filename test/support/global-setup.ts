@@ -1,6 +1,7 @@
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import type { TestProject } from 'vitest/node';
 
 export interface S3TestServer {
@@ -12,37 +13,67 @@ export interface S3TestServer {
   dir: string;
 }
 
+export interface MysqlTestServer {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  socket: string;
+  /** Where mariadb.sh keeps this server (for kill/start). */
+  dir: string;
+}
+
 declare module 'vitest' {
   export interface ProvidedContext {
     s3: S3TestServer;
+    mysql: MysqlTestServer;
   }
 }
 
+const run = promisify(execFile);
 const root = path.resolve(import.meta.dirname, '../..');
-const rgw = path.join(root, 'scripts/rgw.sh');
 
-/**
- * Starts the real Ceph RGW the S3 tests run against (a cluster of the test run's own, in its
- * own directory) and stops it afterwards. KEEP_RGW=1 leaves it running for the next run.
- */
-export default function setup(project: TestProject): () => void {
-  const dir = process.env.TEST_RGW_DIR ?? '/tmp/storage-agent-test-rgw';
-  const env = { ...process.env, RGW_DIR: dir, RGW_PORT: process.env.TEST_RGW_PORT ?? '7480' };
-  execFileSync('bash', [rgw, 'start'], { env, stdio: ['ignore', 'ignore', 'inherit'] });
+/** A test server of the project's own scripts: started in its own directory, stopped after. */
+async function startServer(script: string, dirVar: string, dir: string, extraEnv: Record<string, string>) {
+  const env = { ...process.env, [dirVar]: dir, ...extraEnv };
+  await run('bash', [path.join(root, 'scripts', script), 'start'], { env });
   const vars = Object.fromEntries(
-    readFileSync(path.join(dir, 'env'), 'utf8')
+    (await readFile(path.join(dir, 'env'), 'utf8'))
       .split('\n')
       .filter((line) => line.includes('='))
       .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
-  );
+  ) as Record<string, string>;
+  return { vars, stop: () => run('bash', [path.join(root, 'scripts', script), 'stop'], { env }) };
+}
+
+/**
+ * Starts the real servers the tests run against — a single-node Ceph RGW and a MariaDB, each
+ * in a directory of the test run's own, in parallel — and stops them afterwards.
+ * KEEP_SERVERS=1 leaves them running for the next run. Redis servers are started per test.
+ */
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const rgwDir = process.env.TEST_RGW_DIR ?? '/tmp/storage-agent-test-rgw';
+  const mysqlDir = process.env.TEST_MARIADB_DIR ?? '/tmp/storage-agent-test-mariadb';
+  const [rgw, mariadb] = await Promise.all([
+    startServer('rgw.sh', 'RGW_DIR', rgwDir, { RGW_PORT: process.env.TEST_RGW_PORT ?? '7480' }),
+    startServer('mariadb.sh', 'MARIADB_DIR', mysqlDir, { MARIADB_PORT: process.env.TEST_MARIADB_PORT ?? '13306' }),
+  ]);
   project.provide('s3', {
-    endpoint: vars.S3_ENDPOINT!,
-    accessKeyId: vars.S3_ACCESS_KEY!,
-    secretAccessKey: vars.S3_SECRET_KEY!,
-    region: vars.S3_REGION ?? 'us-east-1',
-    dir,
+    endpoint: rgw.vars.S3_ENDPOINT!,
+    accessKeyId: rgw.vars.S3_ACCESS_KEY!,
+    secretAccessKey: rgw.vars.S3_SECRET_KEY!,
+    region: rgw.vars.S3_REGION ?? 'us-east-1',
+    dir: rgwDir,
   });
-  return () => {
-    if (!process.env.KEEP_RGW) execFileSync('bash', [rgw, 'stop'], { env, stdio: 'inherit' });
+  project.provide('mysql', {
+    host: mariadb.vars.MYSQL_HOST!,
+    port: Number(mariadb.vars.MYSQL_PORT),
+    user: mariadb.vars.MYSQL_USER!,
+    password: mariadb.vars.MYSQL_PASSWORD!,
+    socket: mariadb.vars.MYSQL_SOCKET!,
+    dir: mysqlDir,
+  });
+  return async () => {
+    if (!process.env.KEEP_SERVERS) await Promise.all([rgw.stop(), mariadb.stop()]);
   };
 }

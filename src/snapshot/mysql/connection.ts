@@ -1,0 +1,151 @@
+import { writeFile } from 'node:fs/promises';
+import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
+import { file as tempFile } from 'tmp-promise';
+import { AgentError, type ErrorCode } from '../../errors.ts';
+
+/** Where and as whom the agent talks to one MySQL/MariaDB server. */
+export interface MysqlEndpoint {
+  host: string;
+  port: number;
+  /** A unix socket wins over host/port when set. */
+  socket: string | undefined;
+  user: string;
+  password: string | undefined;
+}
+
+export function describeEndpoint(endpoint: MysqlEndpoint): string {
+  return endpoint.socket ? `${endpoint.user}@${endpoint.socket}` : `${endpoint.user}@${endpoint.host}:${endpoint.port}`;
+}
+
+/** `name` as a backquoted identifier. */
+export function quoteIdent(name: string): string {
+  return `\`${name.replaceAll('`', '``')}\``;
+}
+
+/**
+ * The agent's own control connection (mysql2): locks, processlist, information_schema and the
+ * staging databases. Locks taken on it die with it, and so with the agent.
+ */
+export async function openConnection(endpoint: MysqlEndpoint, code: ErrorCode, what: string): Promise<Connection> {
+  try {
+    const connection = await createConnection({
+      ...(endpoint.socket ? { socketPath: endpoint.socket } : { host: endpoint.host, port: endpoint.port }),
+      user: endpoint.user,
+      password: endpoint.password ?? '',
+      charset: 'utf8mb4_general_ci',
+      connectTimeout: 10_000,
+      multipleStatements: false,
+      supportBigNumbers: true,
+      bigNumberStrings: true,
+      dateStrings: true,
+    });
+    // An unexpected drop (server killed) is reported by the next query; without a listener
+    // mysql2 would throw it from an event emitter.
+    connection.on('error', () => {});
+    return connection;
+  } catch (error) {
+    throw serverError(error, code, `${what}: cannot connect to MySQL as ${describeEndpoint(endpoint)}`);
+  }
+}
+
+/**
+ * Closes the connection: politely (COM_QUIT, so the server logs no aborted connection), or at
+ * once with `force` (a cancel while a statement is pending; the server then drops the session
+ * and every lock it held). Never throws, never waits.
+ */
+export function closeConnection(connection: Connection | undefined, options: { force?: boolean } = {}): void {
+  if (!connection) return;
+  if (options.force) {
+    try {
+      connection.destroy();
+    } catch {
+      // already closed
+    }
+    return;
+  }
+  // A server that no longer answers does not get to keep the socket open.
+  const timer = setTimeout(() => closeConnection(connection, { force: true }), 2_000).unref();
+  connection.end().then(
+    () => clearTimeout(timer),
+    () => {
+      clearTimeout(timer);
+      closeConnection(connection, { force: true });
+    },
+  );
+}
+
+const AUTH_ERRORS = new Set(['ER_ACCESS_DENIED_ERROR', 'ER_ACCESS_DENIED_NO_PASSWORD_ERROR', 'ER_DBACCESS_DENIED_ERROR']);
+
+/** A mysql2 error as an AgentError whose message says what failed (authentication, refused…). */
+export function serverError(error: unknown, code: ErrorCode, context: string): AgentError {
+  if (error instanceof AgentError) return error;
+  const e = error as { code?: string; errno?: number; sqlMessage?: string; message?: string };
+  const detail = e.sqlMessage ?? e.message ?? String(error);
+  let hint = '';
+  if (e.code && AUTH_ERRORS.has(e.code)) hint = 'authentication failed (check the service user and password): ';
+  else if (e.code === 'ECONNREFUSED' || e.code === 'ENOENT') hint = 'the server is not reachable (is it running?): ';
+  else if (e.code === 'PROTOCOL_CONNECTION_LOST' || e.code === 'ECONNRESET' || e.code === 'EPIPE') hint = 'the connection to the server was lost: ';
+  return new AgentError(code, `${context}: ${hint}${detail}`, { cause: error, details: e.code ? { mysqlCode: e.code } : undefined });
+}
+
+export async function queryRows<T extends object>(connection: Connection, sql: string, values?: unknown[]): Promise<T[]> {
+  const [rows] = await connection.query<RowDataPacket[]>(sql, values);
+  return rows as unknown as T[];
+}
+
+/**
+ * The option file that carries the credentials to mysqldump and mysql: 0600, in the temp
+ * directory, removed by `remove()`. The password never reaches a command line (ps) or a child's
+ * environment (/proc/PID/environ).
+ */
+export interface DefaultsFile {
+  path: string;
+  remove(): Promise<void>;
+}
+
+export async function writeDefaultsFile(endpoint: MysqlEndpoint): Promise<DefaultsFile> {
+  const temp = await tempFile({ prefix: 'storage-agent-mysql-', postfix: '.cnf', mode: 0o600 });
+  const lines = ['[client]', `user=${optionValue(endpoint.user)}`];
+  if (endpoint.password !== undefined) lines.push(`password=${optionValue(endpoint.password)}`);
+  if (endpoint.socket) {
+    lines.push('protocol=SOCKET', `socket=${optionValue(endpoint.socket)}`);
+  } else {
+    lines.push('protocol=TCP', `host=${optionValue(endpoint.host)}`, `port=${endpoint.port}`);
+  }
+  let removed = false;
+  const remove = async () => {
+    if (removed) return;
+    removed = true;
+    await temp.cleanup();
+  };
+  try {
+    await writeFile(temp.path, `${lines.join('\n')}\n`, { mode: 0o600 });
+  } catch (error) {
+    await remove();
+    throw error;
+  }
+  return { path: temp.path, remove };
+}
+
+/** An option-file value: double-quoted, with the escapes my_load_defaults understands. */
+function optionValue(value: string): string {
+  const escaped = value.replace(/[\\"\n\r\t\b]/g, (c) => ({ '\\': '\\\\', '"': '\\"', '\n': '\\n', '\r': '\\r', '\t': '\\t', '\b': '\\b' })[c]!);
+  return `"${escaped}"`;
+}
+
+/**
+ * The first arguments of every client command. `--defaults-file` (not -extra-file): only our
+ * file is read, so neither /etc/mysql nor the agent user's ~/.my.cnf can swap the credentials
+ * or the server under us.
+ */
+export function clientArgs(defaults: DefaultsFile): string[] {
+  return [`--defaults-file=${defaults.path}`];
+}
+
+/**
+ * The environment of the client commands: a clean one, since the agent's own environment may
+ * hold the very password (`password: {env: …}`) and MYSQL_PWD/MYSQL_HOST would override ours.
+ */
+export function clientEnv(): Record<string, string> {
+  return { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LC_ALL: 'C' };
+}

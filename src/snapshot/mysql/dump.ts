@@ -1,0 +1,138 @@
+import { createInterface } from 'node:readline';
+import { PassThrough, type Readable } from 'node:stream';
+import { execa } from 'execa';
+import { AgentError, cancelled } from '../../errors.ts';
+import { clientArgs, clientEnv, type DefaultsFile } from './connection.ts';
+import { dumpHeaderLine } from './dump-format.ts';
+
+/** mysqldump's options; --verbose is for us: it tells when the snapshot is open (see below). */
+const DUMP_OPTIONS = [
+  '--verbose',
+  '--single-transaction',
+  '--quick',
+  '--routines',
+  '--triggers',
+  '--events',
+  '--hex-blob',
+  '--default-character-set=utf8mb4',
+  // Tablespaces matter for NDB only, and the query needs PROCESS on MySQL 8.
+  '--no-tablespaces',
+  '--max-allowed-packet=1G',
+];
+
+const MAX_MESSAGES = 40;
+
+export interface RunningDump {
+  /** Our header line, then mysqldump's stdout; fails with an AgentError when mysqldump fails. */
+  stream: Readable;
+  /**
+   * Resolves once mysqldump's `START TRANSACTION WITH CONSISTENT SNAPSHOT` has returned (or the
+   * dump has already ended well); rejects when mysqldump failed before.
+   */
+  snapshotOpen: Promise<void>;
+  /** Settles when mysqldump has exited: its warnings on success, an AgentError otherwise. */
+  done: Promise<{ warnings: string[] }>;
+  pid: number | undefined;
+  kill(): void;
+}
+
+/**
+ * Starts `mysqldump --databases …` streaming to `stream`. Its stderr is read line by line:
+ * with --verbose mysqldump prints "-- Starting transaction..." just before
+ * START TRANSACTION WITH CONSISTENT SNAPSHOT and its next progress line only after it returned,
+ * which is how the consistent capture knows when it may release FLUSH TABLES WITH READ LOCK
+ * (information_schema.INNODB_TRX would do too, but it is refreshed only every 100 ms).
+ */
+export function startDump(defaults: DefaultsFile, databases: readonly string[], signal: AbortSignal): RunningDump {
+  const subprocess = execa('mysqldump', [...clientArgs(defaults), ...DUMP_OPTIONS, '--databases', ...databases], {
+    buffer: false,
+    stdin: 'ignore',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    env: clientEnv(),
+    extendEnv: false,
+    cancelSignal: signal,
+    forceKillAfterDelay: 2_000,
+  });
+
+  const messages: string[] = [];
+  const snapshot = deferred();
+  let startingTransaction = false;
+  createInterface({ input: subprocess.stderr, crlfDelay: Infinity }).on('line', (line) => {
+    if (line.startsWith('-- ') && !/^-- (warning|error)/i.test(line)) {
+      if (startingTransaction) snapshot.resolve();
+      if (line.startsWith('-- Starting transaction')) startingTransaction = true;
+      return;
+    }
+    if (line.trim() && messages.length < MAX_MESSAGES) messages.push(line.trim());
+  });
+
+  const done = (async () => {
+    try {
+      await subprocess;
+    } catch (error) {
+      throw dumpError(error, messages, signal);
+    }
+    return { warnings: messages.map((m) => `mysqldump: ${m.replace(/^mysqldump: /, '')}`) };
+  })();
+  done.then(
+    () => snapshot.resolve(),
+    (error: unknown) => snapshot.reject(error),
+  );
+  snapshot.promise.catch(() => {});
+  done.catch(() => {});
+
+  const stream = new PassThrough({ highWaterMark: 1 << 20 });
+  // mysqldump may fail before the caller has attached to the stream (capture() has not returned
+  // yet): without a listener that 'error' would crash the agent. pipeline() still sees it.
+  stream.on('error', () => {});
+  stream.write(dumpHeaderLine(databases));
+  const source = subprocess.readable({ binary: true });
+  source.on('error', (error) => {
+    // execa's error says "Command failed"; ours says why (stderr), once the exit is known.
+    done.then(
+      () => stream.destroy(error),
+      (failure: unknown) => stream.destroy(failure as Error),
+    );
+  });
+  source.pipe(stream);
+  // A consumer that gives up (upload failed, cancel) stops the dump.
+  stream.on('close', () => {
+    if (!stream.readableEnded) source.destroy();
+  });
+
+  return {
+    stream,
+    snapshotOpen: snapshot.promise,
+    done,
+    pid: subprocess.pid,
+    kill: () => {
+      subprocess.kill('SIGKILL');
+    },
+  };
+}
+
+function deferred(): { promise: Promise<void>; resolve(): void; reject(error: unknown): void } {
+  let resolve!: () => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function dumpError(error: unknown, messages: readonly string[], signal: AbortSignal): AgentError {
+  if (signal.aborted) return cancelled(signal);
+  const e = error as { exitCode?: number; signal?: string; code?: string; message?: string };
+  if (e.code === 'ENOENT') {
+    return new AgentError('E_CAPTURE_FAILED', 'mysqldump is not installed (install mariadb-client or mysql-client)', { cause: error });
+  }
+  const how = e.exitCode !== undefined ? `exit code ${e.exitCode}` : e.signal ? `killed by ${e.signal}` : (e.message ?? 'unknown failure');
+  const text = messages.join('; ');
+  const hint = /access denied|authentication/i.test(text) ? 'authentication failed (check the service user and password): ' : '';
+  return new AgentError('E_CAPTURE_FAILED', `mysqldump failed (${how}): ${hint}${text || 'no error message'}`, {
+    cause: error,
+    details: { exitCode: e.exitCode ?? null },
+  });
+}

@@ -1,0 +1,444 @@
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import type { Connection } from 'mysql2/promise';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MysqlServiceConfig } from '../src/agent/config.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { MysqlDriver } from '../src/snapshot/mysql/driver.ts';
+import { cli, cliJson, createSandbox, startCli } from './support/cli.ts';
+import {
+  checksums,
+  connect,
+  createDatabase,
+  createFixture,
+  databaseExists,
+  definitions,
+  leftoverDatabases,
+  mariadbScript,
+  mariadbServer,
+  mysqlServiceConfig,
+  rows,
+  uniqueName,
+  type MariadbTestServer,
+} from './support/mysql.ts';
+
+const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
+const never = () => new AbortController().signal;
+
+/** Processes whose command line has every one of `parts` (e.g. a mysqldump of one database). */
+function processesWith(...parts: string[]): { pid: number; argv: string[] }[] {
+  const found: { pid: number; argv: string[] }[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const argv = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').filter(Boolean);
+      const state = readFileSync(`/proc/${entry}/stat`, 'utf8').split(') ')[1]?.[0];
+      if (state !== 'Z' && parts.every((p) => argv.some((a) => a.includes(p)))) found.push({ pid: Number(entry), argv });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+async function waitFor<T>(probe: () => T | undefined | Promise<T | undefined>, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+describe('mysql driver (real MariaDB)', () => {
+  let server: MariadbTestServer;
+  /** root (over the socket): the tests change data the agent's user may only read. */
+  let db: Connection;
+  const created: string[] = [];
+  /** The rich fixture database and a small second one, backed up together as one element. */
+  let shop: string;
+  let crm: string;
+  /** ~120 MB of dump: long enough to look at a running mysqldump or to kill the server under it. */
+  let big: string;
+
+  const track = (name: string) => (created.push(name), name);
+  const config = (databases: string[], extra: Partial<MysqlServiceConfig> = {}): MysqlServiceConfig => ({
+    kind: 'mysql',
+    host: server.host,
+    port: server.port,
+    socket: undefined,
+    user: server.user,
+    password: { env: PASSWORD_ENV },
+    databases,
+    lockWaitTimeout: 5_000,
+    longQueryThreshold: 10_000,
+    ...extra,
+  });
+  const driver = (databases: string[], extra: Partial<MysqlServiceConfig> = {}, password = async () => server.password as string | undefined) =>
+    new MysqlDriver({ name: 'db', config: config(databases, extra), password });
+
+  beforeAll(async () => {
+    server = mariadbServer();
+    process.env[PASSWORD_ENV] = server.password;
+    db = await connect(server, { root: true });
+    shop = track(await createDatabase(db, 'sa_shop'));
+    await createFixture(db, shop);
+    crm = track(await createDatabase(db, 'sa_crm'));
+    await db.query(`CREATE TABLE \`${crm}\`.contacts (id INT PRIMARY KEY, email VARCHAR(100) UNIQUE, tags SET('a','b','c'))`);
+    await db.query(`INSERT INTO \`${crm}\`.contacts VALUES (1, 'a@example.org', 'a,c'), (2, 'b@example.org', '')`);
+    big = track(await createDatabase(db, 'sa_big'));
+    await db.query(`CREATE TABLE \`${big}\`.t (id INT PRIMARY KEY, b BLOB) ENGINE=InnoDB`);
+    await db.query(`INSERT INTO \`${big}\`.t SELECT seq, RANDOM_BYTES(1024) FROM \`${big}\`.seq_1_to_60000`);
+  });
+
+  afterAll(async () => {
+    const admin = await connect(server, { root: true }).catch(() => undefined);
+    for (const name of created) await admin?.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => {});
+    admin?.destroy();
+    db?.destroy();
+  });
+
+  it('captures one consistent point in time across databases and restores it identically into new ones', async () => {
+    const before = { shop: await checksums(db, shop), crm: await checksums(db, crm), shopDefs: await definitions(db, shop) };
+    const capture = await driver([shop, crm]).capture({ signal: never(), consistent: true });
+    expect(capture.pointInTime).toBe(true);
+    // Written once capture() resolved: after the point in time, so not in the backup.
+    await db.query(`INSERT INTO \`${shop}\`.audit (what) VALUES ('after the snapshot')`);
+    const dump = await readAll(capture.stream);
+    const { facts, warnings } = await capture.result;
+    await capture.release();
+    expect(warnings).toEqual([]);
+    expect(facts).toMatchObject({ databases: `${shop},${crm}`, binlogExact: true, binlogFile: expect.stringMatching(/^binlog\.\d+$/) });
+    expect(facts.binlogPosition).toEqual(expect.any(Number));
+    expect(facts.serverVersion).toMatch(/MariaDB/);
+    expect(facts.ftwrlMs).toBeGreaterThan(0);
+    expect(facts.ftwrlMs).toBeLessThan(1_000);
+
+    // Databases that do not exist yet, mapped by position.
+    const [shop2, crm2] = [track(uniqueName('sa_shop_copy')), track(uniqueName('sa_crm_copy'))];
+    const staged = await driver([shop2, crm2]).stage(Readable.from([dump]), never());
+    expect(staged.facts.databases).toBe(`${shop}->${shop2},${crm}->${crm2}`);
+    // Staged beside the targets, which are not touched before commit.
+    expect(await databaseExists(db, shop2)).toBe(false);
+    expect(await leftoverDatabases(db)).toHaveLength(2);
+    await staged.commit();
+    expect(await leftoverDatabases(db)).toEqual([]);
+
+    expect(await checksums(db, shop2)).toEqual(before.shop);
+    expect(await checksums(db, crm2)).toEqual(before.crm);
+    expect(await definitions(db, shop2)).toEqual(before.shopDefs);
+    const [blob] = await rows<{ data: Buffer }>(db, `SELECT data FROM \`${shop2}\`.blobs WHERE id = 1`);
+    expect([...new Set(blob!.data)].sort((a, b) => a - b)).toEqual(Array.from({ length: 256 }, (_, i) => i));
+    const [emoji] = await rows<{ name: string }>(db, `SELECT name FROM \`${shop2}\`.parent WHERE id = 2`);
+    expect(emoji!.name).toBe('emoji 😀🚀 and ünïcödé');
+
+    // The restored objects work where they now live: procedure → triggers → view → function.
+    await db.query(`CALL \`${shop2}\`.add_parent(10, '  spaced  ')`);
+    const [made] = await rows<{ shout: string; audits: number; doubled: string }>(
+      db,
+      `SELECT n.shout, (SELECT COUNT(*) FROM \`${shop2}\`.audit WHERE what LIKE 'parent 10%') AS audits, \`${shop2}\`.double_it(1.25) AS doubled
+       FROM \`${shop2}\`.parent_names n WHERE n.id = 10`,
+    );
+    expect(made).toEqual({ shout: 'SPACED', audits: 1, doubled: '2.5000000000' });
+  });
+
+  it('restores the same whatever the chunking of the stream (statements split anywhere)', async () => {
+    const before = { sums: await checksums(db, shop), defs: await definitions(db, shop) };
+    const capture = await driver([shop]).capture({ signal: never(), consistent: false });
+    const dump = await readAll(capture.stream);
+    await capture.result;
+    await capture.release();
+    // Irregular small chunks: every delimiter, comment opener, quote and escape lands on a boundary somewhere.
+    const sizes = [1, 2, 3, 5, 7, 11, 13, 31, 32, 33, 64, 97];
+    const chunks: Buffer[] = [];
+    for (let at = 0, k = 0; at < dump.length; k++) {
+      const size = at < 600_000 ? sizes[k % sizes.length]! : dump.length;
+      chunks.push(dump.subarray(at, at + size));
+      at += size;
+    }
+    const copy = track(uniqueName('sa_chunked'));
+    const staged = await driver([copy]).stage(Readable.from(chunks), never());
+    await staged.commit();
+    expect(await checksums(db, copy)).toEqual(before.sums);
+    expect(await definitions(db, copy)).toEqual(before.defs);
+  });
+
+  it('CLI: backup, list, restore in place over changed data, into another environment, and one element only', async () => {
+    const sandbox = await createSandbox();
+    try {
+      const other = track(await createDatabase(db, 'sa_other'));
+      await db.query(`CREATE TABLE \`${other}\`.kv (k VARCHAR(10) PRIMARY KEY, v TEXT)`);
+      await db.query(`INSERT INTO \`${other}\`.kv VALUES ('x', 'original')`);
+      const [shop3, crm3] = [track(uniqueName('sa_shop_env')), track(uniqueName('sa_crm_env'))];
+      await sandbox.writeConfig({
+        environments: {
+          site: { services: { db: mysqlServiceConfig(server, [shop, crm], PASSWORD_ENV), other: mysqlServiceConfig(server, [other], PASSWORD_ENV) } },
+          staging: { services: { db: mysqlServiceConfig(server, [shop3, crm3], PASSWORD_ENV) } },
+        },
+      });
+      const args = ['--config', sandbox.configPath];
+      const original = { shop: await checksums(db, shop), shopDefs: await definitions(db, shop), crm: await checksums(db, crm), other: await checksums(db, other) };
+
+      const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'site']);
+      expect(manifest.elements.map((e) => [e.name, e.kind, e.format])).toEqual([
+        ['db', 'mysql', 'sql'],
+        ['other', 'mysql', 'sql'],
+      ]);
+      expect(manifest.elements[0]!.facts).toMatchObject({ databases: `${shop},${crm}` });
+      expect(await cliJson([...args, 'backup', 'list', 'site'])).toMatchObject([{ id: manifest.id, restorable: true }]);
+
+      // Change everything a restore must undo: rows, a dropped view and trigger, a new table,
+      // a new procedure; and the other element, which a restore of `db` alone must not touch.
+      await db.query(
+        `USE \`${shop}\`; DELETE FROM child WHERE id = 2; UPDATE parent SET name = 'changed' WHERE id = 1; DROP VIEW rich_children;
+         DROP TRIGGER parent_name; CREATE TABLE extra (x INT); INSERT INTO extra VALUES (1); CREATE PROCEDURE extra_proc() SELECT 1; USE information_schema`,
+      );
+      await db.query(`UPDATE \`${other}\`.kv SET v = 'changed'`);
+      const changedOther = await checksums(db, other);
+      expect(changedOther).not.toEqual(original.other);
+
+      const restore = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--element', 'db', '--yes']);
+      expect(restore.exitCode, restore.stderr).toBe(0);
+      expect(await checksums(db, shop)).toEqual(original.shop);
+      expect(await definitions(db, shop)).toEqual(original.shopDefs);
+      expect(await checksums(db, crm)).toEqual(original.crm);
+      expect(await checksums(db, other)).toEqual(changedOther);
+      expect(await leftoverDatabases(db)).toEqual([]);
+
+      const copy = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--target', 'staging', '--element', 'db', '--yes']);
+      expect(copy.exitCode, copy.stderr).toBe(0);
+      expect(await checksums(db, shop3)).toEqual(original.shop);
+      expect(await definitions(db, shop3)).toEqual(original.shopDefs);
+      expect(await checksums(db, crm3)).toEqual(original.crm);
+
+      const all = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--yes']);
+      expect(all.exitCode, all.stderr).toBe(0);
+      expect(await checksums(db, other)).toEqual(original.other);
+    } finally {
+      await sandbox.cleanup();
+    }
+  });
+
+  it('the password reaches mysqldump through a removed 0600 file only: never its argv or environment', async () => {
+    // A password full of what an option file, a shell or a command line would mangle.
+    const password = `p"w\\#'; x $HOME \`id\` end`;
+    const user = uniqueName('sa_pw');
+    const root = await connect(server, { root: true });
+    try {
+      await root.query('CREATE USER ?@? IDENTIFIED BY ?', [user, '127.0.0.1', password]);
+      await root.query(`GRANT SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, RELOAD, PROCESS, REPLICATION CLIENT ON *.* TO ?@?`, [user, '127.0.0.1']);
+      process.env.SA_TEST_WEIRD_PASSWORD = password;
+      const weird = new MysqlDriver({
+        name: 'db',
+        config: { ...config([big]), user, password: { env: 'SA_TEST_WEIRD_PASSWORD' } },
+        password: async () => process.env.SA_TEST_WEIRD_PASSWORD,
+      });
+      const capture = await weird.capture({ signal: never(), consistent: true });
+      // Not read yet: mysqldump is blocked writing, alive.
+      const [dump] = await waitFor(() => {
+        const found = processesWith('--databases', big);
+        return found.length ? found : undefined;
+      }, 'the mysqldump process');
+      const argv = dump!.argv.join(' ');
+      const environ = readFileSync(`/proc/${dump!.pid}/environ`, 'utf8');
+      expect(argv).not.toContain(password);
+      expect(argv).not.toMatch(/--password|(^| )-p/);
+      expect(environ).not.toContain(password);
+      expect(environ).not.toContain(server.password);
+      expect(environ.split('\0').filter(Boolean).map((v) => v.split('=')[0]).sort()).toEqual(['LC_ALL', 'PATH']);
+      const defaultsFile = dump!.argv.find((a) => a.startsWith('--defaults-file='))!.slice('--defaults-file='.length);
+      expect(dump!.argv[1]).toBe(`--defaults-file=${defaultsFile}`);
+      expect(existsSync(defaultsFile)).toBe(false); // removed as soon as mysqldump had read it
+
+      // The escaped password did log in: the whole dump arrives.
+      const bytes = (await readAll(capture.stream)).length;
+      await expect(capture.result).resolves.toMatchObject({ warnings: [] });
+      await capture.release();
+      expect(bytes).toBeGreaterThan(100_000_000);
+    } finally {
+      await root.query('DROP USER IF EXISTS ?@?', [user, '127.0.0.1']).catch(() => {});
+      root.destroy();
+    }
+  });
+
+  it('cancelling a capture kills mysqldump and fails the element with E_CANCELLED', async () => {
+    const controller = new AbortController();
+    const capture = await driver([big]).capture({ signal: controller.signal, consistent: false });
+    const reading = readAll(capture.stream).catch((error: unknown) => error);
+    await waitFor(() => (processesWith('--databases', big).length ? true : undefined), 'the mysqldump process');
+    controller.abort();
+    await expect(capture.result).rejects.toMatchObject({ code: 'E_CANCELLED' });
+    expect(await reading).toBeInstanceOf(Error);
+    await capture.release();
+    await waitFor(() => (processesWith('--databases', big).length === 0 ? true : undefined), 'mysqldump to exit');
+  });
+
+  it('refuses FLUSH TABLES WITH READ LOCK behind a long query, and leaves nothing locked', async () => {
+    const sleeper = await connect(server);
+    const sleeping = sleeper.query('SELECT SLEEP(30)').catch(() => {});
+    try {
+      await waitFor(async () => {
+        const [row] = await rows<{ ms: string }>(db, "SELECT TIME_MS AS ms FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'");
+        return row && Number(row.ms) > 700 ? true : undefined;
+      }, 'the long query');
+      const started = Date.now();
+      const failure = await driver([crm], { longQueryThreshold: 500 })
+        .capture({ signal: never(), consistent: true })
+        .catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: 'E_CAPTURE_FAILED' });
+      expect((failure as Error).message).toMatch(/longer than 0\.5s.*SELECT SLEEP\(30\)/);
+      expect(Date.now() - started).toBeLessThan(2_000);
+      // Nothing is locked: another session writes at once.
+      const writeStarted = Date.now();
+      await db.query(`SET SESSION lock_wait_timeout = 2; INSERT INTO \`${crm}\`.contacts VALUES (99, 'w@example.org', 'b'); SET SESSION lock_wait_timeout = DEFAULT`);
+      expect(Date.now() - writeStarted).toBeLessThan(500);
+      await db.query(`DELETE FROM \`${crm}\`.contacts WHERE id = 99`);
+    } finally {
+      await db.query(`KILL ${sleeper.threadId}`).catch(() => {});
+      await sleeping;
+      sleeper.destroy();
+    }
+  });
+
+  it('refuses forged or truncated dumps before touching anything, and drops what it staged', async () => {
+    const target = track(await createDatabase(db, 'sa_target'));
+    await db.query(`CREATE TABLE \`${target}\`.t (id INT PRIMARY KEY); INSERT INTO \`${target}\`.t VALUES (1), (2)`);
+    const before = await checksums(db, target);
+    const header = (dbs: string[]) => `-- storage-agent mysql dump ${JSON.stringify({ format: 1, databases: dbs })}\n`;
+    const trailer = '-- Dump completed on 2026-01-01  0:00:00\n';
+    const body = `CREATE DATABASE /*!32312 IF NOT EXISTS*/ \`src\`;\nUSE \`src\`;\nCREATE TABLE t (id INT PRIMARY KEY);\nINSERT INTO t VALUES (7);\n`;
+    const cases: [string, string, RegExp][] = [
+      ['drops a database', `${header(['src'])}${body}DROP DATABASE \`mysql\`;\n${trailer}`, /outside staging/],
+      ['switches to an unlisted database', `${header(['src'])}${body}USE \`${target}\`;\nDELETE FROM t;\n${trailer}`, /does not list/],
+      ['is truncated', `${header(['src'])}${body}`, /truncated/],
+      ['is not ours', `SELECT 1;\n${trailer}`, /not a storage-agent MySQL dump/],
+      ['holds two databases for one', `${header(['src', 'src2'])}${body}${trailer}`, /map one to one/],
+    ];
+    for (const [what, dump, message] of cases) {
+      const failure = await driver([target])
+        .stage(Readable.from([Buffer.from(dump)]), never())
+        .catch((error: unknown) => error);
+      expect(failure, what).toMatchObject({ message: expect.stringMatching(message) });
+      expect(await checksums(db, target), what).toEqual(before);
+      expect(await leftoverDatabases(db), what).toEqual([]);
+    }
+    // The well-formed version of the same dump does load.
+    const staged = await driver([target]).stage(Readable.from([Buffer.from(`${header(['src'])}${body}${trailer}`)]), never());
+    await staged.discard();
+    expect(await leftoverDatabases(db)).toEqual([]);
+    expect(await checksums(db, target)).toEqual(before);
+  });
+
+  it('a restore failing at the very end (sha256 mismatch) leaves the target as it was, with no staging left', async () => {
+    const sandbox = await createSandbox();
+    try {
+      const shopCopy = track(await createDatabase(db, 'sa_victim'));
+      await createFixture(db, shopCopy);
+      // Uncompressed: a flipped hex digit keeps the SQL valid, so only the final sha256 check fails.
+      await sandbox.writeConfig({ compression: { algorithm: 'none' }, environments: { site: { services: { db: mysqlServiceConfig(server, [shopCopy], PASSWORD_ENV) } } } });
+      const args = ['--config', sandbox.configPath];
+      const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'site']);
+      await db.query(`INSERT INTO \`${shopCopy}\`.parent VALUES (77, 'written after the backup')`);
+      const before = { sums: await checksums(db, shopCopy), defs: await definitions(db, shopCopy) };
+
+      const object = path.join(sandbox.stateDir, 'backups', manifest.elements[0]!.objects[0]!.key);
+      const bytes = await readFile(object);
+      const at = bytes.indexOf('0x', bytes.indexOf('INSERT INTO `blobs`')) + 1000;
+      expect(String.fromCharCode(bytes[at]!)).toMatch(/[0-9A-F]/);
+      bytes[at] = bytes[at] === 0x30 ? 0x31 : 0x30;
+      await writeFile(object, bytes);
+
+      const restore = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--yes']);
+      expect(restore.exitCode).toBe(5);
+      expect(restore.stderr).toMatch(/E_CHECKSUM_MISMATCH/);
+      expect(await checksums(db, shopCopy)).toEqual(before.sums);
+      expect(await definitions(db, shopCopy)).toEqual(before.defs);
+      expect(await leftoverDatabases(db)).toEqual([]);
+    } finally {
+      await sandbox.cleanup();
+    }
+  });
+
+  it('a swap that fails after the RENAME puts the target back as it was', async () => {
+    // The backup's objects are root's; the target's own are the agent's. Without SET USER the
+    // agent cannot recreate root's objects (after the tables were swapped) but can put its own back.
+    const target = track(uniqueName('sa_swapfail'));
+    const agent = await connect(server);
+    const target2 = track(uniqueName('sa_swapfail_new'));
+    try {
+      await agent.query(
+        `CREATE DATABASE \`${target}\`; USE \`${target}\`; CREATE TABLE parent (id INT PRIMARY KEY, name VARCHAR(100)); INSERT INTO parent VALUES (99, 'mine');
+         CREATE TABLE only_here (x INT); CREATE VIEW mine AS SELECT id FROM parent; CREATE TRIGGER mine_trg BEFORE INSERT ON parent FOR EACH ROW SET NEW.name = LOWER(NEW.name);
+         CREATE FUNCTION mine_fn() RETURNS INT DETERMINISTIC RETURN 1; USE information_schema`,
+      );
+      const before = { sums: await checksums(db, target), defs: await definitions(db, target) };
+      const capture = await driver([shop]).capture({ signal: never(), consistent: false });
+      const dump = await readAll(capture.stream);
+      await capture.result;
+      await capture.release();
+      const staged = await driver([target]).stage(Readable.from([dump]), never());
+      const stagedNew = await driver([target2]).stage(Readable.from([dump]), never());
+      await db.query("REVOKE SET USER ON *.* FROM 'agent'@'127.0.0.1'");
+      try {
+        await expect(staged.commit()).rejects.toMatchObject({ code: 'E_RESTORE_FAILED', message: expect.stringMatching(/failed: .*SET USER.*; sa_swapfail_\w+ was put back as it was/) });
+        // A database that did not exist before is gone again.
+        await expect(stagedNew.commit()).rejects.toMatchObject({ code: 'E_RESTORE_FAILED' });
+      } finally {
+        await db.query("GRANT SET USER ON *.* TO 'agent'@'127.0.0.1'");
+      }
+      expect(await checksums(db, target)).toEqual(before.sums);
+      expect(await definitions(db, target)).toEqual(before.defs);
+      expect(await databaseExists(db, target2)).toBe(false);
+      expect(await leftoverDatabases(db)).toEqual([]);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it('CLI: a wrong password fails the element with an authentication error and leaves nothing restorable', async () => {
+    const sandbox = await createSandbox();
+    try {
+      process.env.SA_TEST_WRONG_PASSWORD = 'not-the-password';
+      await sandbox.writeConfig({ environments: { site: { services: { db: mysqlServiceConfig(server, [crm], 'SA_TEST_WRONG_PASSWORD') } } } });
+      const args = ['--config', sandbox.configPath];
+      const result = await cli([...args, 'backup', 'create', 'site']);
+      expect(result.exitCode).toBe(7);
+      expect(result.stderr).toMatch(/E_CAPTURE_FAILED.*authentication failed/);
+      expect(await cliJson([...args, 'backup', 'list', 'site'])).toEqual([]);
+    } finally {
+      await sandbox.cleanup();
+    }
+  });
+
+  // Last: it kills the server (then restarts it on the same data).
+  it('CLI: MariaDB killed mid-dump fails the element and writes no manifest', async () => {
+    const sandbox = await createSandbox();
+    try {
+      await sandbox.writeConfig({ environments: { site: { services: { db: mysqlServiceConfig(server, [big], PASSWORD_ENV) } } } });
+      const args = ['--config', sandbox.configPath];
+      const running = startCli([...args, 'backup', 'create', 'site']);
+      await waitFor(() => (processesWith('--databases', big).length ? true : undefined), 'the mysqldump process', 20_000);
+      mariadbScript('kill', server);
+      const result = await running;
+      expect(result.exitCode).toBe(7);
+      expect(String(result.stderr)).toMatch(/E_CAPTURE_FAILED.*mysqldump failed/);
+      expect(await cliJson([...args, 'backup', 'list', 'site'])).toEqual([]);
+      expect(existsSync(path.join(sandbox.stateDir, 'backups', 'site')) ? readdirSync(path.join(sandbox.stateDir, 'backups', 'site')) : []).toEqual([]);
+    } finally {
+      mariadbScript('start', server);
+      db.destroy();
+      db = await connect(server, { root: true });
+      await sandbox.cleanup();
+    }
+    expect(await rows(db, `SELECT COUNT(*) AS n FROM \`${big}\`.t`)).toEqual([{ n: 60000 }]);
+  });
+});
