@@ -38,6 +38,8 @@
 #                 managed MySQL/MariaDB services).
 # The test user gets exactly those (global), not ALL.
 set -euo pipefail
+# shellcheck source=lib/bootstrap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bootstrap.sh"
 
 readonly MARIADB_DIR="${MARIADB_DIR:-/tmp/storage-agent-test-mariadb}"
 readonly MARIADB_PORT="${MARIADB_PORT:-13306}"
@@ -65,28 +67,7 @@ die() {
 # ---------------------------------------------------------------- install
 
 install_packages() {
-  local missing=() pkg
-  for pkg in "${PACKAGES[@]}"; do
-    # dpkg -s succeeds for half-removed packages too; check the status word.
-    if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]]; then
-      missing+=("$pkg")
-    fi
-  done
-  ((${#missing[@]} == 0)) && return 0
-  log "installing ${missing[*]}"
-  # The postinst starts the packaged server through invoke-rc.d; policy-rc.d
-  # exiting 101 ("action forbidden") stops that. Only ours is removed after.
-  local policy=/usr/sbin/policy-rc.d ours=
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\n# storage-agent mariadb.sh: no service starts during install\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-    ours=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  local status=0
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null; } || status=$?
-  [[ -n "$ours" ]] && rm -f "$policy"
-  ((status == 0)) || die "apt-get install ${PACKAGES[*]} failed ($status)"
+  apt_install "${PACKAGES[@]}"
 }
 
 # ---------------------------------------------------------------- process

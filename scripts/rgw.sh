@@ -22,6 +22,8 @@
 # (different RGW_DIR/RGW_PORT) can run side by side and /etc/ceph is never
 # touched.
 set -euo pipefail
+# shellcheck source=lib/bootstrap.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/bootstrap.sh"
 
 readonly RGW_DIR="${RGW_DIR:-/tmp/storage-agent-rgw}"
 readonly RGW_PORT="${RGW_PORT:-7480}"
@@ -52,18 +54,7 @@ die() {
 # ---------------------------------------------------------------- install
 
 install_packages() {
-  local missing=() pkg
-  for pkg in "${PACKAGES[@]}"; do
-    # dpkg -s succeeds for half-removed packages too; check the status word.
-    if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]]; then
-      missing+=("$pkg")
-    fi
-  done
-  ((${#missing[@]} == 0)) && return 0
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+  apt_install "${PACKAGES[@]}"
 }
 
 # ---------------------------------------------------------------- processes

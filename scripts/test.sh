@@ -9,7 +9,7 @@ source scripts/lib/bootstrap.sh
 apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs
 bash scripts/rgw.sh install
 bash scripts/mariadb.sh install
-bash scripts/redis.sh install
+apt_install redis-server redis-tools
 ensure_node_modules
 
 log "type-checking"

@@ -4,17 +4,28 @@
 
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 
-# apt_install PKG…: installs the Debian packages that are missing (apt-get update once, first).
+# apt_install PKG…: installs the Debian packages that are missing (quiet when none is).
+# Debian's postinst scripts start packaged services (MariaDB, Redis, Ceph) through invoke-rc.d;
+# the project starts its own private servers, so a policy-rc.d exiting 101 ("action
+# forbidden") stops that for the install. One already there (containers ship one) is kept.
 apt_install() {
   local missing=() pkg
   for pkg in "$@"; do
+    # dpkg -s succeeds for half-removed packages too: check the status word.
     [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" == installed ]] || missing+=("$pkg")
   done
   ((${#missing[@]} == 0)) && return 0
   log "installing ${missing[*]}"
+  local policy=/usr/sbin/policy-rc.d ours=0 status=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\n# storage-agent: no service starts during this install\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    ours=1
+  fi
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || status=$?
+  ((ours)) && rm -f "$policy"
+  return "$status"
 }
 
 # Installs npm if there is none, then the project's dependencies (Node 24 among them) when
