@@ -139,10 +139,25 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
     if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
   }
   throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
-  for (const started of captures.filter((c) => c.capture.pointInTime)) {
-    elements.push(await storeElement(ctx, store, env, id, started, signal));
-  }
-  return { elements, pauseMs };
+  // Stored side by side: a producer kept waiting behind another element's upload would time
+  // out (mysqldump's server connection gives up after net_write_timeout). The first failure
+  // stops the others.
+  const sibling = new AbortController();
+  const storing = AbortSignal.any([signal, sibling.signal]);
+  const settled = await Promise.allSettled(
+    captures
+      .filter((c) => c.capture.pointInTime)
+      .map((started) =>
+        storeElement(ctx, store, env, id, started, storing).catch((error: unknown) => {
+          sibling.abort(error);
+          throw error;
+        }),
+      ),
+  );
+  // Every upload has ended (or been aborted) before the caller cleans up after a failure.
+  const failed = settled.find((result) => result.status === 'rejected');
+  if (failed) throw sibling.signal.reason ?? failed.reason;
+  return { elements: [...elements, ...settled.map((result) => (result as PromiseFulfilledResult<ElementRecord>).value)], pauseMs };
 }
 
 function selectServices(config: Config, env: string, elements: readonly string[] | undefined) {
