@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/bootstrap.sh
 
-apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs
+apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs systemd
 bash scripts/rgw.sh install
 bash scripts/mariadb.sh install
 apt_install redis-server redis-tools

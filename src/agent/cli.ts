@@ -4,18 +4,22 @@ import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { thawLeftovers } from '../snapshot/freeze/recovery.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
-import { downloadElement, findElement, verifyBackup } from './artifacts.ts';
-import { createBackup } from './backup.ts';
-import { deleteBackup, listBackups, readManifest } from './catalog.ts';
+import { downloadElement, findElement } from './artifacts.ts';
+import { readManifest } from './catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';
 import { DEFAULT_CONFIG_PATH, loadConfig, type Config } from './config.ts';
 import { confirmDestructive } from './confirm.ts';
 import type { OperationContext } from './context.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
-import { restoreBackup } from './restore.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
 import { AGENT_VERSION } from './version.ts';
+// Jobs, the daemon and --remote (issue #4).
+import type { Manifest } from '../snapshot/manifest.ts';
+import type { ElementCheck } from './artifacts.ts';
+import { runDaemon } from './daemon.ts';
+import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
+import type { RestoreSummary } from './restore.ts';
 
 interface GlobalOptions {
   config: string;
@@ -50,6 +54,8 @@ function buildProgram(): Command {
     .option('--config <file>', 'config file', DEFAULT_CONFIG_PATH)
     .option('--json', 'machine-readable output on stdout')
     .addOption(new Option('--log-level <level>', 'log level (JSON logs on stderr)').choices(LOG_LEVELS).default('warn'))
+    .option('--remote <url>', 'send the command to the daemon at ws://HOST:PORT (or wss://) instead of running it here')
+    .option('--token-file <file>', 'file holding the bearer token for --remote')
     .exitOverride()
     .showHelpAfterError()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
@@ -65,13 +71,17 @@ function buildProgram(): Command {
     .option('--keep-for <duration>', 'expire the backup after this long (e.g. 30d)')
     .option('--code-ref <sha>', 'the code revision to record in the manifest')
     .option('--yes', 'no confirmation (create needs none; accepted for scripts)')
+    .option('--no-wait', 'with --remote: queue the job and print its id at once')
     .exitOverride()
-    .action(async (env: string, opts: { live?: boolean; element?: string[]; keepFor?: string; codeRef?: string }, cmd: Command) => {
+    .action(async (env: string, opts: { live?: boolean; element?: string[]; keepFor?: string; codeRef?: string; wait?: boolean }, cmd: Command) => {
       const keepForMs = opts.keepFor === undefined ? undefined : parseDuration(opts.keepFor);
       if (opts.keepFor !== undefined && !keepForMs) throw new AgentError('E_USAGE', `--keep-for ${JSON.stringify(opts.keepFor)}: use a duration such as 12h, 30d or 2w`);
-      const manifest = await withOperation(cmd, (ctx) =>
-        createBackup(ctx, { env, live: opts.live, elements: opts.element, keepForMs, codeRef: opts.codeRef }),
-      );
+      const request = { kind: 'backup.create' as const, env, live: opts.live, elements: opts.element, keepForMs, codeRef: opts.codeRef };
+      if (opts.wait === false) {
+        const ticket = await submitJob(cmd, request);
+        return output(cmd, ticket, () => `job ${ticket.jobId} ${ticket.state}: backup ${ticket.backupId} of ${env}${ticket.waitingFor ? ` (${ticket.waitingFor})` : ''}\n`);
+      }
+      const manifest = await runJob<Manifest>(cmd, request);
       output(cmd, manifest, () => {
         const warnings = manifest.elements.flatMap((e) => e.warnings.map((w) => `  warning: ${e.name}: ${w}`));
         return `backup ${manifest.id} of ${manifest.env} created: ${manifest.elements
@@ -86,9 +96,7 @@ function buildProgram(): Command {
     .argument('<env>', 'environment')
     .exitOverride()
     .action(async (env: string, _opts: unknown, cmd: Command) => {
-      const { config } = await globals(cmd);
-      const store = await openEnvironmentStore(config, env);
-      const backups = await listBackups(store, env);
+      const backups = await withAgent(cmd, (agent) => agent.backupList({ env }));
       output(cmd, backups, () =>
         renderTable(
           ['Created', 'Backup ID', 'Restorable', 'Size'],
@@ -109,8 +117,7 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .exitOverride()
     .action(async (env: string, id: string, _opts: unknown, cmd: Command) => {
-      const { config } = await globals(cmd);
-      const manifest = await readManifest(await openEnvironmentStore(config, env), env, id);
+      const manifest = await withAgent(cmd, (agent) => agent.backupShow({ env, id }));
       output(cmd, manifest, () => `${JSON.stringify(manifest, null, 2)}\n`);
     });
 
@@ -126,8 +133,9 @@ function buildProgram(): Command {
     .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
       checkBackupId(id);
-      await confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes);
-      const summary = await withOperation(cmd, (ctx) => restoreBackup(ctx, { env, id, target, elements: opts.element }));
+      const summary = await runJob<RestoreSummary>(cmd, { kind: 'backup.restore', env, id, target, elements: opts.element }, {
+        confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
+      });
       output(cmd, summary, () => `restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n`);
     });
 
@@ -159,13 +167,7 @@ function buildProgram(): Command {
     .action(async (env: string, id: string, opts: { element: string; expires: string }, cmd: Command) => {
       const ms = parseDuration(opts.expires);
       if (!ms || ms < 1000 || ms > 7 * 86_400_000) throw new AgentError('E_USAGE', `--expires ${JSON.stringify(opts.expires)}: use a duration from 1s to 7d`);
-      const { config } = await globals(cmd);
-      const store = await openEnvironmentStore(config, env);
-      const manifest = await readManifest(store, env, id);
-      const element = findElement(manifest, opts.element);
-      if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
-      const url = await store.presignGet(element.objects[0]!.key, Math.round(ms / 1000));
-      const expiresAt = new Date(Date.now() + ms).toISOString();
+      const { url, expiresAt } = await withAgent(cmd, (agent) => agent.backupUrl({ env, id, element: opts.element, expiresSeconds: Math.round(ms / 1000) }));
       output(cmd, { url, expiresAt }, () => `${url}\n`);
     });
 
@@ -176,10 +178,7 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .exitOverride()
     .action(async (env: string, id: string, _opts: unknown, cmd: Command) => {
-      const checks = await withOperation(cmd, async (ctx) => {
-        const store = await openEnvironmentStore(ctx.config, env);
-        return verifyBackup(store, await readManifest(store, env, id), ctx.signal);
-      });
+      const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, { kind: 'backup.verify', env, id });
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
         renderTable(['Element', 'Result', 'Bytes'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, String(c.bytes)])),
       );
@@ -195,13 +194,15 @@ function buildProgram(): Command {
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
     .action(async (env: string, id: string, opts: { yes?: boolean }, cmd: Command) => {
-      const { config } = await globals(cmd);
       checkBackupId(id);
-      const store = await openEnvironmentStore(config, env);
-      await confirmDestructive(`deleting backup ${id} of ${env} cannot be undone`, env, opts.yes);
-      const result = await deleteBackup(store, env, id);
-      output(cmd, { id, ...result }, () => `deleted backup ${id} (${result.deletedObjects} objects)\n`);
+      const result = await runJob<{ id: string; deletedObjects: number }>(cmd, { kind: 'backup.delete', env, id }, {
+        confirm: () => confirmDestructive(`deleting backup ${id} of ${env} cannot be undone`, env, opts.yes),
+      });
+      output(cmd, result, () => `deleted backup ${id} (${result.deletedObjects} objects)\n`);
     });
+
+  // Jobs, the daemon and status (issue #4): src/agent/jobs/cli-glue.ts.
+  addControlPlaneCommands(program, runDaemon);
 
   return program;
 }
@@ -215,7 +216,8 @@ function splitList(value: string): string[] {
  * is an agent start as far as that promise goes.
  */
 async function globals(cmd: Command): Promise<{ config: Config; logLevel: string; json: boolean }> {
-  const opts = cmd.optsWithGlobals<GlobalOptions>();
+  const opts = cmd.optsWithGlobals<GlobalOptions & { remote?: string }>();
+  if (opts.remote !== undefined) throw new AgentError('E_USAGE', `'${cmd.name()}' runs on the node itself: the protocol never names paths; drop --remote`);
   const config = await loadConfig(opts.config);
   await thawLeftovers(new FreezeJournal(config.stateDir), createLogger(opts.logLevel, 2));
   return { config, logLevel: opts.logLevel, json: opts.json === true };

@@ -144,6 +144,42 @@ const configSchema = z
       .default({ algorithm: 'zstd', level: 1 }),
     /** Multipart uploads older than this found under our prefix are orphans and get aborted. */
     orphanUploadAge: duration.default(24 * 3_600_000),
+    // ---- the daemon and the job engine (issue #4; docs/protocol.md) ----
+    daemon: z
+      .object({
+        /** One listener for the WebSocket protocol (/v1), /healthz and /metrics. Port 0: any free port. */
+        listen: z
+          .object({ host: z.string().min(1).default('127.0.0.1'), port: z.number().int().min(0).max(65535).default(7800) })
+          .strict()
+          .prefault({}),
+        /** PEM files; with them the listener speaks wss:// and https://. */
+        tls: z.object({ cert: absolutePath, key: absolutePath }).strict().optional(),
+        /** Each file holds one token per line; its role applies to all of them. */
+        tokens: z.array(z.object({ file: absolutePath, role: z.enum(['viewer', 'admin']) }).strict()).default([]),
+        /** A larger WebSocket message closes the connection (1009). */
+        maxFrameBytes: size(1024).default(1024 * 1024),
+        /** SIGTERM: running jobs get this long to end before they are cancelled. */
+        shutdownGrace: duration.default(60_000),
+        /** Ping interval; a peer that misses a pong for one interval is dropped. */
+        heartbeat: duration.default(30_000),
+      })
+      .strict()
+      .prefault({}),
+    jobs: z
+      .object({
+        /** Jobs running at once on this node (daemon and CLI together). */
+        concurrency: z.number().int().min(1).max(64).default(2),
+        /** A job waits (queued, with the reason) while free disk or memory is below these floors. */
+        minFreeDiskBytes: size(0).default(512 * 1024 * 1024),
+        minFreeMemoryBytes: size(0).default(128 * 1024 * 1024),
+        /** …and fails with E_HOST_RESOURCES after waiting this long. */
+        admissionTimeout: duration.default(10 * 60_000),
+        /** Finished job records kept in <stateDir>/jobs. */
+        history: z.number().int().min(10).max(100_000).default(1000),
+      })
+      .strict()
+      .prefault({}),
+    // ---- end of daemon and jobs ----
     environments: z.record(name, environment).default({}),
   })
   .strict()
@@ -158,6 +194,7 @@ const configSchema = z
 
 export type Config = z.infer<typeof configSchema>;
 export type StoreConfig = Config['stores'][string];
+export type DaemonConfig = Config['daemon'];
 
 /** The embedded default store when the config defines none named "default". */
 export function effectiveStores(config: Config): Record<string, StoreConfig> {

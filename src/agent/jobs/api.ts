@@ -1,0 +1,224 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { AgentError, isErrorCode } from '../../errors.ts';
+import { isProcessAlive } from '../../liveness.ts';
+import type { Manifest } from '../../snapshot/manifest.ts';
+import { findElement } from '../artifacts.ts';
+import { listBackups, readManifest, type BackupSummary } from '../catalog.ts';
+import type { Config } from '../config.ts';
+import { checkName } from '../../snapshot/names.ts';
+import type { ObjectStore } from '../../transport/object-store.ts';
+import { environmentOf } from '../config.ts';
+import { openStore } from '../stores.ts';
+import { ManifestCache } from './read-cache.ts';
+import { AGENT_VERSION, HOST } from '../version.ts';
+import type { JobEngine, JobEvent, JobFilter } from './engine.ts';
+import { hostFacts, type HostFacts } from './host.ts';
+import { isFinished, type JobRecord, type JobRequest, type JobState } from './types.ts';
+
+export interface AgentStatus {
+  agent: { version: string; host: string; program: 'daemon' | 'cli'; pid: number; startedAt: string; uptimeSeconds: number; accepting: boolean };
+  /** The daemon of this node, as its state file says. */
+  daemon: { running: boolean; pid?: number; url?: string };
+  host: HostFacts;
+  jobs: { queued: number; running: number; concurrency: number };
+  /** Jobs queued or running on this node (every agent process), oldest first. */
+  active: JobRecord[];
+}
+
+export interface EnvSummary {
+  name: string;
+  store: string;
+  services: { name: string; kind: string }[];
+  /** Writers frozen for consistent backups (cgroups or filesystems configured). */
+  freeze: boolean;
+}
+
+/** What `backup.create` and the other job methods answer at once. */
+export interface JobTicket {
+  jobId: string;
+  backupId?: string;
+  state: JobState;
+  position?: number;
+  waitingFor?: string;
+}
+
+export interface UrlResult {
+  url: string;
+  expiresAt: string;
+}
+
+/**
+ * The agent as the CLI and the protocol see it. The in-process implementation (below) and the
+ * protocol client (remote-client.ts) implement the same interface, and every protocol method
+ * is one of these calls: a command gives the same result in-process and with --remote.
+ */
+export interface AgentApi {
+  readonly mode: 'local' | 'remote';
+  status(): Promise<AgentStatus>;
+  envList(): Promise<EnvSummary[]>;
+  backupList(params: { env: string }): Promise<BackupSummary[]>;
+  backupShow(params: { env: string; id: string }): Promise<Manifest>;
+  backupUrl(params: { env: string; id: string; element: string; expiresSeconds: number }): Promise<UrlResult>;
+  submit(request: JobRequest, options?: { requestId?: string }): Promise<JobTicket>;
+  jobGet(jobId: string): Promise<JobRecord>;
+  jobList(filter?: JobFilter): Promise<JobRecord[]>;
+  jobCancel(jobId: string): Promise<JobRecord>;
+  /** Follows a job to its end; `onEvent` sees queue changes and progress on the way. */
+  follow(jobId: string, onEvent?: (event: JobEvent) => void): Promise<JobRecord>;
+  /** The failure of a finished job as an AgentError (in-process: the original one). */
+  failureOf(job: JobRecord): AgentError;
+  close(): Promise<void>;
+}
+
+export function ticketOf(job: JobRecord): JobTicket {
+  return {
+    jobId: job.id,
+    ...(job.backupId ? { backupId: job.backupId } : {}),
+    state: job.state,
+    ...(job.position !== undefined ? { position: job.position } : {}),
+    ...(job.waitingFor !== undefined ? { waitingFor: job.waitingFor } : {}),
+  };
+}
+
+/** A failed job's stored error as an AgentError with its stable code. */
+export function errorOfRecord(job: JobRecord): AgentError {
+  const code = job.error?.code;
+  const message = job.error?.message ?? `job ${job.id} ended ${job.state}`;
+  return new AgentError(isErrorCode(code) ? code : job.state === 'cancelled' ? 'E_CANCELLED' : 'E_INTERNAL', message, job.error?.details ? { details: job.error.details } : undefined);
+}
+
+
+/** The agent in this process: the job engine for jobs, the stores for reads. */
+export class LocalAgent implements AgentApi {
+  readonly mode = 'local' as const;
+  readonly engine: JobEngine;
+  readonly program: 'daemon' | 'cli';
+  readonly #startedAt = new Date();
+  #config: Config;
+  /** Stores opened for reads, by name (S3 clients are reused); dropped on reload. */
+  readonly #stores = new Map<string, Promise<ObjectStore>>();
+  readonly #manifests = new ManifestCache();
+
+  constructor(config: Config, engine: JobEngine, program: 'daemon' | 'cli') {
+    this.#config = config;
+    this.engine = engine;
+    this.program = program;
+  }
+
+  get config(): Config {
+    return this.#config;
+  }
+
+  reload(config: Config): void {
+    this.#config = config;
+    this.#stores.clear();
+    this.#manifests.clear();
+    this.engine.reload(config);
+  }
+
+  async status(): Promise<AgentStatus> {
+    const active = (await this.engine.list({ limit: 10_000 })).filter((j) => !isFinished(j.state)).reverse();
+    const summary = this.engine.summary();
+    return {
+      agent: {
+        version: AGENT_VERSION,
+        host: HOST,
+        program: this.program,
+        pid: process.pid,
+        startedAt: this.#startedAt.toISOString(),
+        uptimeSeconds: Math.round((Date.now() - this.#startedAt.getTime()) / 1000),
+        accepting: summary.accepting,
+      },
+      daemon: await daemonState(this.#config.stateDir),
+      host: await hostFacts(this.#config.stateDir),
+      jobs: {
+        queued: active.filter((j) => j.state === 'queued').length,
+        running: active.filter((j) => j.state === 'running').length,
+        concurrency: summary.concurrency,
+      },
+      active,
+    };
+  }
+
+  async envList(): Promise<EnvSummary[]> {
+    return Object.entries(this.#config.environments).map(([name, env]) => ({
+      name,
+      store: env.store ?? this.#config.defaultStore,
+      services: Object.entries(env.services).map(([service, s]) => ({ name: service, kind: s.kind })),
+      freeze: (env.freeze?.cgroups.length ?? 0) + (env.freeze?.filesystems.length ?? 0) > 0,
+    }));
+  }
+
+  async backupList({ env }: { env: string }): Promise<BackupSummary[]> {
+    return listBackups(await this.#readStore(env), env);
+  }
+
+  async backupShow({ env, id }: { env: string; id: string }): Promise<Manifest> {
+    return readManifest(await this.#readStore(env), env, id);
+  }
+
+  async backupUrl({ env, id, element: name, expiresSeconds }: { env: string; id: string; element: string; expiresSeconds: number }): Promise<UrlResult> {
+    const store = await this.#readStore(env);
+    const manifest = await readManifest(store, env, id);
+    const element = findElement(manifest, name);
+    if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
+    const url = await store.presignGet(element.objects[0]!.key, expiresSeconds);
+    return { url, expiresAt: new Date(Date.now() + expiresSeconds * 1000).toISOString() };
+  }
+
+  async submit(request: JobRequest, options: { requestId?: string } = {}): Promise<JobTicket> {
+    return ticketOf(await this.engine.submit(request, options));
+  }
+
+  jobGet(jobId: string): Promise<JobRecord> {
+    return this.engine.require(jobId);
+  }
+
+  jobList(filter: JobFilter = {}): Promise<JobRecord[]> {
+    return this.engine.list(filter);
+  }
+
+  jobCancel(jobId: string): Promise<JobRecord> {
+    return this.engine.cancel(jobId);
+  }
+
+  async follow(jobId: string, onEvent?: (event: JobEvent) => void): Promise<JobRecord> {
+    await this.engine.require(jobId);
+    const off = onEvent ? this.engine.watch(jobId, onEvent) : () => {};
+    try {
+      return await this.engine.wait(jobId);
+    } finally {
+      off();
+    }
+  }
+
+  failureOf(job: JobRecord): AgentError {
+    return this.engine.failureOf(job.id) ?? errorOfRecord(job);
+  }
+
+  async close(): Promise<void> {
+    await this.engine.close();
+  }
+
+  /** The environment's store for reads: opened once per config, manifests cached. */
+  #readStore(env: string): Promise<ObjectStore> {
+    const name = environmentOf(this.#config, checkName('environment', env)).store ?? this.#config.defaultStore;
+    let store = this.#stores.get(name);
+    if (!store) {
+      store = openStore(this.#config, name).then((opened) => this.#manifests.wrap(name, opened));
+      store.catch(() => this.#stores.delete(name));
+      this.#stores.set(name, store);
+    }
+    return store;
+  }
+}
+
+async function daemonState(stateDir: string): Promise<AgentStatus['daemon']> {
+  try {
+    const state = JSON.parse(await readFile(path.join(stateDir, 'daemon.json'), 'utf8')) as { pid: number; url?: string };
+    return isProcessAlive(state.pid) ? { running: true, pid: state.pid, ...(state.url ? { url: state.url } : {}) } : { running: false };
+  } catch {
+    return { running: false };
+  }
+}

@@ -1,0 +1,88 @@
+import os from 'node:os';
+import path from 'node:path';
+import si from 'systeminformation';
+import { formatBytes } from '../units.ts';
+
+/** What the agent knows about its host (systeminformation), for admission and `status`. */
+export interface HostFacts {
+  hostname: string;
+  os: string;
+  kernel: string;
+  cpu: { brand: string; cores: number };
+  load: [number, number, number];
+  memory: { total: number; available: number };
+  /** The filesystem holding the state directory (staging, journals, the embedded store). */
+  disk: { size: number; available: number };
+  uptimeSeconds: number;
+}
+
+let staticFacts: Promise<{ os: string; kernel: string; cpu: { brand: string; cores: number } }> | undefined;
+let cached: { at: number; stateDir: string; resources: Promise<HostResources> } | undefined;
+const CACHE_MS = 2_000;
+
+/** What admission control looks at: free memory, and free disk where the state directory is. */
+export type HostResources = Pick<HostFacts, 'memory' | 'disk'>;
+
+/** Free memory and disk, at most a couple of seconds old (each read runs `df`). */
+export function hostResources(stateDir: string): Promise<HostResources> {
+  const now = Date.now();
+  if (cached && cached.stateDir === stateDir && now - cached.at < CACHE_MS) return cached.resources;
+  const resources = readResources(stateDir);
+  cached = { at: now, stateDir, resources };
+  resources.catch(() => {
+    if (cached?.resources === resources) cached = undefined;
+  });
+  return resources;
+}
+
+/** Everything `status` shows about the host. */
+export async function hostFacts(stateDir: string): Promise<HostFacts> {
+  staticFacts ??= Promise.all([si.osInfo(), si.cpu()]).then(([info, cpu]) => ({
+    os: `${info.distro} ${info.release}`.trim(),
+    kernel: info.kernel,
+    cpu: { brand: `${cpu.manufacturer} ${cpu.brand}`.trim(), cores: cpu.cores },
+  }));
+  const [fixed, resources] = await Promise.all([staticFacts, hostResources(stateDir)]);
+  const [l1, l5, l15] = os.loadavg();
+  return {
+    hostname: os.hostname(),
+    ...fixed,
+    load: [round(l1!), round(l5!), round(l15!)],
+    ...resources,
+    uptimeSeconds: Math.round(os.uptime()),
+  };
+}
+
+async function readResources(stateDir: string): Promise<HostResources> {
+  const [memory, filesystems] = await Promise.all([si.mem(), si.fsSize()]);
+  const target = path.resolve(stateDir);
+  // The filesystem of the state directory: the mount point that is its longest prefix.
+  const mount = filesystems
+    .filter((f) => target === f.mount || target.startsWith(f.mount.endsWith('/') ? f.mount : `${f.mount}/`))
+    .sort((a, b) => b.mount.length - a.mount.length)[0];
+  return {
+    memory: { total: memory.total, available: memory.available },
+    disk: { size: mount?.size ?? 0, available: mount?.available ?? 0 },
+  };
+}
+
+function round(value: number): number {
+  return Math.round(value * 100) / 100;
+}
+
+export interface Floors {
+  minFreeDiskBytes: number;
+  minFreeMemoryBytes: number;
+}
+
+/** Why a job may not start on this host now, or undefined when it may. */
+export function admissionProblem(facts: HostResources, floors: Floors): string | undefined {
+  const problems: string[] = [];
+  if (facts.disk.size > 0 && facts.disk.available < floors.minFreeDiskBytes) {
+    problems.push(`free disk ${formatBytes(facts.disk.available)} is below the floor of ${formatBytes(floors.minFreeDiskBytes)} (jobs.minFreeDiskBytes)`);
+  }
+  if (facts.memory.available < floors.minFreeMemoryBytes) {
+    problems.push(`free memory ${formatBytes(facts.memory.available)} is below the floor of ${formatBytes(floors.minFreeMemoryBytes)} (jobs.minFreeMemoryBytes)`);
+  }
+  return problems.length > 0 ? `waiting for host resources: ${problems.join('; ')}` : undefined;
+}

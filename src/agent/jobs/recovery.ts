@@ -1,0 +1,107 @@
+import type { Logger } from 'pino';
+import { AgentError, toAgentError } from '../../errors.ts';
+import { FreezeJournal } from '../../snapshot/freeze/journal.ts';
+import { thawLeftovers } from '../../snapshot/freeze/recovery.ts';
+import { manifestKey } from '../../snapshot/manifest.ts';
+import { backupObjectKeys, readManifest } from '../catalog.ts';
+import { effectiveStores, type Config } from '../config.ts';
+import { openEnvironmentStore, openStore } from '../stores.ts';
+import { isAlive } from './lock.ts';
+import { JobStore } from './store.ts';
+import { isFinished, type JobRecord } from './types.ts';
+
+export interface RecoveryReport {
+  thawed: number;
+  interrupted: string[];
+  swept: number;
+}
+
+/**
+ * What an agent does when it starts, before it takes any work, so that a crash (SIGKILL, OOM,
+ * power) leaves nothing behind:
+ *   1. thaws every cgroup and filesystem a dead agent froze (its freeze journal);
+ *   2. marks the jobs of dead agent processes failed (E_INTERRUPTED), and removes the objects
+ *      an interrupted backup had written (no manifest: it was never Restorable);
+ *   3. with `sweepStores` (the daemon): aborts the multipart uploads journaled by dead
+ *      processes and those older than `orphanUploadAge` under each store's prefix.
+ * Lock files of dead holders need nothing: the next job that wants one takes it over.
+ */
+export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
+  const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
+  const interrupted = await failInterruptedJobs(config, logger);
+  let swept = 0;
+  if (options.sweepStores) swept = await sweepStores(config, logger);
+  if (thawed > 0 || interrupted.length > 0 || swept > 0) {
+    logger.warn({ phase: 'recovery', thawed, interrupted, swept }, 'recovered from an earlier run that did not end cleanly');
+  }
+  return { thawed, interrupted, swept };
+}
+
+async function failInterruptedJobs(config: Config, logger: Logger): Promise<string[]> {
+  const store = new JobStore(config.stateDir);
+  const found: string[] = [];
+  for (const record of await store.all()) {
+    if (isFinished(record.state) || isAlive(record.owner)) continue;
+    found.push(record.id);
+    const log = logger.child({ jobId: record.id, kind: record.kind, env: record.env });
+    const finished: JobRecord = { ...record, finishedAt: new Date().toISOString(), cancelRequested: undefined, position: undefined, waitingFor: undefined };
+    if (record.state === 'running' && record.kind === 'backup.create' && record.backupId) {
+      const committed = await backupCommitted(config, record, log);
+      if (committed) {
+        // The manifest was written (the commit point) before the agent died: the backup is good.
+        await store.save({ ...finished, state: 'succeeded', result: committed });
+        log.warn({ phase: 'recovery', backupId: record.backupId }, 'job found running after a crash had already written its manifest: marked succeeded');
+        await store.clearCancelRequest(record.id);
+        continue;
+      }
+      await removePartialBackup(config, record.env, record.backupId, log);
+    }
+    const error = new AgentError(
+      'E_INTERRUPTED',
+      record.state === 'running'
+        ? `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was running; what it froze was thawed and its uploads aborted`
+        : `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was queued; it never started`,
+    );
+    await store.save({ ...finished, state: 'failed', error: { code: error.code, message: error.message } });
+    await store.clearCancelRequest(record.id);
+    log.warn({ phase: 'recovery', state: 'failed', code: error.code, was: record.state }, 'job interrupted by an agent crash: marked failed');
+  }
+  return found;
+}
+
+async function backupCommitted(config: Config, record: JobRecord, logger: Logger): Promise<unknown> {
+  try {
+    const store = await openEnvironmentStore(config, record.env);
+    if (!(await store.head(manifestKey(record.env, record.backupId!)))) return undefined;
+    return await readManifest(store, record.env, record.backupId!);
+  } catch (error) {
+    logger.warn({ err: toAgentError(error).message }, 'could not check whether an interrupted backup was committed');
+    return undefined;
+  }
+}
+
+async function removePartialBackup(config: Config, env: string, backupId: string, logger: Logger): Promise<void> {
+  try {
+    const store = await openEnvironmentStore(config, env);
+    const keys = await backupObjectKeys(store, env, backupId);
+    if (keys.length > 0) await store.delete(keys);
+  } catch (error) {
+    // Without a manifest the objects are never Restorable; a later prune removes them.
+    logger.warn({ backupId, err: toAgentError(error).message }, 'could not remove the objects of an interrupted backup');
+  }
+}
+
+async function sweepStores(config: Config, logger: Logger): Promise<number> {
+  const used = new Set([config.defaultStore, ...Object.values(config.environments).map((e) => e.store ?? config.defaultStore)]);
+  let swept = 0;
+  for (const name of used) {
+    if (!(name in effectiveStores(config))) continue;
+    try {
+      const store = await openStore(config, name);
+      swept += await store.sweepIncomplete('', new Date(Date.now() - config.orphanUploadAge));
+    } catch (error) {
+      logger.warn({ store: name, err: toAgentError(error).message }, 'could not sweep incomplete uploads at start; the next backup retries');
+    }
+  }
+  return swept;
+}

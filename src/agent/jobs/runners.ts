@@ -1,0 +1,77 @@
+import { AgentError, throwIfCancelled } from '../../errors.ts';
+import { checkBackupId, checkName } from '../../snapshot/names.ts';
+import { verifyBackup } from '../artifacts.ts';
+import { createBackup } from '../backup.ts';
+import { deleteBackup, readManifest } from '../catalog.ts';
+import { environmentOf, type Config } from '../config.ts';
+import type { OperationContext } from '../context.ts';
+import { restoreBackup } from '../restore.ts';
+import { openEnvironmentStore } from '../stores.ts';
+import type { JobRequest, JobSpec } from './types.ts';
+
+/**
+ * Checks a request against the node's config before it is queued, so that a bad name, an
+ * unknown environment or service fails at once (and over the protocol, as the call's error)
+ * instead of as a job that fails later. Returns the request with its names checked.
+ */
+export function validateRequest(config: Config, request: JobRequest): JobRequest {
+  const env = checkName('environment', request.env);
+  const services = Object.keys(environmentOf(config, env).services);
+  switch (request.kind) {
+    case 'backup.create': {
+      for (const name of request.elements ?? []) {
+        if (!services.includes(checkName('element', name))) {
+          throw new AgentError('E_UNKNOWN_ELEMENT', `environment ${env} has no service "${name}"; its services: ${services.join(', ')}`, {
+            details: { env, element: name },
+          });
+        }
+      }
+      if (request.keepForMs !== undefined && !(Number.isSafeInteger(request.keepForMs) && request.keepForMs > 0)) {
+        throw new AgentError('E_USAGE', 'keepFor must be a positive duration');
+      }
+      return request;
+    }
+    case 'backup.restore': {
+      checkBackupId(request.id);
+      if (request.target !== undefined) environmentOf(config, checkName('environment', request.target));
+      for (const name of request.elements ?? []) checkName('element', name);
+      return request;
+    }
+    case 'backup.delete':
+    case 'backup.verify':
+      checkBackupId(request.id);
+      return request;
+  }
+}
+
+/** Runs a job's operation; the result is what the CLI prints with --json. */
+export async function runOperation(ctx: OperationContext, spec: JobSpec): Promise<unknown> {
+  switch (spec.kind) {
+    case 'backup.create':
+      return createBackup(ctx, {
+        env: spec.env,
+        live: spec.live,
+        elements: spec.elements,
+        keepForMs: spec.keepForMs,
+        codeRef: spec.codeRef,
+        id: spec.backupId,
+      });
+    case 'backup.restore':
+      return restoreBackup(ctx, { env: spec.env, id: spec.id, target: spec.target ?? spec.env, elements: spec.elements });
+    case 'backup.delete': {
+      const store = await openEnvironmentStore(ctx.config, spec.env);
+      throwIfCancelled(ctx.signal);
+      ctx.onProgress?.({ phase: 'delete' });
+      const result = await deleteBackup(store, spec.env, spec.id);
+      ctx.logger.info({ phase: 'done', env: spec.env, backupId: spec.id, deletedObjects: result.deletedObjects }, 'backup deleted');
+      return { id: spec.id, ...result };
+    }
+    case 'backup.verify': {
+      const store = await openEnvironmentStore(ctx.config, spec.env);
+      const manifest = await readManifest(store, spec.env, spec.id);
+      ctx.onProgress?.({ phase: 'verify' });
+      const checks = await verifyBackup(store, manifest, ctx.signal);
+      return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };
+    }
+  }
+}

@@ -1,0 +1,89 @@
+import type { Phase } from '../context.ts';
+
+/**
+ * Jobs: every operation that changes or reads a whole backup is a job with an id, persisted in
+ * `<stateDir>/jobs/` by the process that runs it (the daemon, or an SRE's CLI run).
+ */
+export const JOB_KINDS = ['backup.create', 'backup.restore', 'backup.delete', 'backup.verify'] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
+export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type JobState = (typeof JOB_STATES)[number];
+export const FINISHED_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
+
+/** `job-` + a backup-id-like stamp: unique, URL-safe, sorts by creation time. */
+export const JOB_ID_PATTERN = /^job-[0-9]{8}T[0-9]{9}Z-[a-z0-9]{8}$/;
+
+/** What a caller asks for: names only (environments, services, backups), never paths or commands. */
+export type JobRequest =
+  | { kind: 'backup.create'; env: string; live?: boolean; elements?: string[]; keepForMs?: number; codeRef?: string }
+  | { kind: 'backup.restore'; env: string; id: string; target?: string; elements?: string[] }
+  | { kind: 'backup.delete'; env: string; id: string }
+  | { kind: 'backup.verify'; env: string; id: string };
+
+/** A request as the engine runs it: a backup gets its id when it is queued. */
+export type JobSpec = Exclude<JobRequest, { kind: 'backup.create' }> | (Extract<JobRequest, { kind: 'backup.create' }> & { backupId: string });
+
+/** The process that owns (runs) a job; its start time tells a live owner from a reused pid. */
+export interface JobOwner {
+  pid: number;
+  startTime: number | null;
+  program: 'daemon' | 'cli';
+}
+
+export interface ElementProgress {
+  bytes: number;
+  totalBytes?: number;
+}
+
+export interface JobProgress {
+  phase: Phase;
+  element?: string;
+  /** Raw bytes done per element, with the expected total where it is known. */
+  elements: Record<string, ElementProgress>;
+  /** Raw bytes done, all elements. */
+  bytes: number;
+  /** Bytes per second over the last seconds. */
+  rate?: number;
+  /** Seconds left for the current element, where its size is known. */
+  etaSeconds?: number;
+  updatedAt: string;
+}
+
+export interface JobError {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+export interface JobRecord {
+  id: string;
+  kind: JobKind;
+  /** The environment the job locks: the restore target for restores. */
+  env: string;
+  spec: JobSpec;
+  backupId?: string;
+  requestId?: string;
+  state: JobState;
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  owner: JobOwner;
+  /** While queued: 1-based place in its agent's queue, and why it cannot start yet. */
+  position?: number;
+  waitingFor?: string;
+  cancelRequested?: boolean;
+  progress?: JobProgress;
+  /** The operation's result: the manifest, the restore summary, the verify checks… */
+  result?: unknown;
+  error?: JobError;
+}
+
+export function isFinished(state: JobState): boolean {
+  return FINISHED_STATES.includes(state);
+}
+
+/** The environment a job locks: a restore changes its target. */
+export function lockedEnvironment(spec: JobRequest): string {
+  return spec.kind === 'backup.restore' ? (spec.target ?? spec.env) : spec.env;
+}

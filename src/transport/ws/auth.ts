@@ -1,0 +1,63 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { AgentError } from '../../errors.ts';
+import type { Role } from './protocol.ts';
+
+interface Entry {
+  digest: Buffer;
+  role: Role;
+}
+
+/**
+ * The daemon's bearer tokens: read from the configured files (one token per line), kept only
+ * as SHA-256 digests, and compared in constant time — every configured digest is compared,
+ * equal-length buffers, no early exit — so neither the content nor the position of a token
+ * leaks through timing.
+ */
+export class TokenRing {
+  readonly #entries: Entry[];
+
+  private constructor(entries: Entry[]) {
+    this.#entries = entries;
+  }
+
+  get size(): number {
+    return this.#entries.length;
+  }
+
+  static async load(files: readonly { file: string; role: Role }[]): Promise<TokenRing> {
+    const entries: Entry[] = [];
+    for (const { file, role } of files) {
+      let text: string;
+      try {
+        text = await readFile(file, 'utf8');
+      } catch (error) {
+        throw new AgentError('E_SECRET_UNAVAILABLE', `daemon.tokens: cannot read token file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
+          cause: error,
+        });
+      }
+      const tokens = text.split('\n').map((line) => line.trim()).filter((line) => line.length > 0 && !line.startsWith('#'));
+      for (const token of tokens) {
+        if (token.length < 16) throw new AgentError('E_CONFIG_INVALID', `daemon.tokens: a token in ${file} is shorter than 16 characters`);
+        entries.push({ digest: digest(token), role });
+      }
+    }
+    return new TokenRing(entries);
+  }
+
+  /** The role of the bearer token in an Authorization header, or undefined. */
+  authenticate(header: string | undefined): Role | undefined {
+    const match = header === undefined ? null : /^Bearer[ ]+([^\s]+)\s*$/i.exec(header);
+    if (!match) return undefined;
+    const presented = digest(match[1]!);
+    let role: Role | undefined;
+    for (const entry of this.#entries) {
+      if (timingSafeEqual(presented, entry.digest) && role !== 'admin') role = entry.role;
+    }
+    return role;
+  }
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
