@@ -3,7 +3,6 @@ import { effectiveStores, environmentOf, readSecret, type Config } from './confi
 import { AgentError } from '../errors.ts';
 import { FsObjectStore } from '../transport/fs-store.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
-import { S3ObjectStore } from '../transport/s3-store.ts';
 import { UploadJournal } from '../transport/upload-journal.ts';
 
 /** The store of a configured environment (E_UNKNOWN_ENV otherwise). Secrets are read now. */
@@ -15,6 +14,8 @@ export async function openStore(config: Config, name: string): Promise<ObjectSto
   const settings = effectiveStores(config)[name];
   if (!settings) throw new AgentError('E_CONFIG_INVALID', `store "${name}" is not defined under stores`);
   if (settings.type === 'fs') return new FsObjectStore(settings.path);
+  // The AWS SDK (~35 MiB) loads only for an s3 store.
+  const { S3ObjectStore } = await import('../transport/s3-store.ts');
   return new S3ObjectStore({
     name,
     endpoint: settings.endpoint,

@@ -29,7 +29,8 @@ const gzip = promisify(zlib.gzip);
 export function createCompressor(kind: Compression, options: CompressOptions): Transform {
   if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
   const blockBytes = options.blockBytes ?? 4 << 20;
-  const concurrency = options.concurrency ?? availableParallelism();
+  // One frame more than cores: a core stays busy while the next block is still filling.
+  const concurrency = options.concurrency ?? availableParallelism() + 1;
   const compressBlock =
     kind === 'zstd'
       ? (block: Buffer) =>

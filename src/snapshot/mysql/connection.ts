@@ -1,5 +1,5 @@
 import { writeFile } from 'node:fs/promises';
-import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
+import type { Connection, RowDataPacket } from 'mysql2/promise';
 import { file as tempFile } from 'tmp-promise';
 import { AgentError, type ErrorCode } from '../../errors.ts';
 
@@ -28,6 +28,8 @@ export function quoteIdent(name: string): string {
  */
 export async function openConnection(endpoint: MysqlEndpoint, code: ErrorCode, what: string): Promise<Connection> {
   try {
+    // Loaded on first use: an agent without MySQL services never pays for the client's memory.
+    const { createConnection } = await import('mysql2/promise');
     const connection = await createConnection({
       ...(endpoint.socket ? { socketPath: endpoint.socket } : { host: endpoint.host, port: endpoint.port }),
       user: endpoint.user,

@@ -1,7 +1,7 @@
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { AgentError, type ErrorCode } from '../../errors.ts';
 
 /** Where and how to reach one Redis server (from the service's config). */
@@ -31,6 +31,8 @@ export function describeAddress(address: RedisAddress): string {
  */
 export async function connect(address: RedisAddress, failure: ErrorCode, what: string): Promise<Redis> {
   let lastError: Error | undefined;
+  // Loaded on first use: an agent without Redis services never pays for the client's memory.
+  const { Redis } = await import('ioredis');
   const client = new Redis({
     ...(address.socket ? { path: address.socket } : { host: address.host, port: address.port }),
     ...(address.password ? { password: address.password } : {}),
