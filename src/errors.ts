@@ -24,6 +24,8 @@ export const ExitCode = {
   denied: 13,
   /** The daemon cannot be reached (--remote). */
   unavailable: 14,
+  /** A per-environment limit (manual backups) is reached. */
+  limit: 15,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -54,6 +56,7 @@ const catalogue = {
   E_CANCELLED: ExitCode.cancelled,
   E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,
   E_BUSY: ExitCode.busy,
+  E_MANUAL_LIMIT: ExitCode.limit,
   // Jobs, the daemon and its protocol (docs/protocol.md).
   E_JOB_NOT_FOUND: ExitCode.notFound,
   E_HOST_RESOURCES: ExitCode.busy,

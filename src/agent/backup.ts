@@ -13,7 +13,7 @@ import { elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Man
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { putSegmented } from '../transport/segments.ts';
-import { backupObjectKeys } from './catalog.ts';
+import { backupObjectKeys, deleteBackup, listBackups } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
@@ -30,6 +30,8 @@ export interface CreateBackupOptions {
   trigger?: Manifest['trigger'];
   /** Set by callers that must know the id before the backup ends (the job engine). */
   id?: string;
+  /** A manual backup over the environment's limit replaces the oldest manual one. */
+  replaceOldest?: boolean;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const log = logger.child({ env, backupId: id });
   const createdAt = new Date();
 
+  const replaced = await checkManualLimit(config, store, env, options);
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
   log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
@@ -75,6 +78,15 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     ctx.onProgress?.({ phase: 'manifest' });
     await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
     log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
+    for (const old of replaced) {
+      try {
+        await deleteBackup(store, env, old);
+        log.info({ phase: 'replaced', replacedBackupId: old }, 'oldest manual backup replaced');
+      } catch (error) {
+        // The new backup is committed: its success stands; the old one is deleted by hand or replaced next time.
+        log.warn({ phase: 'replaced', replacedBackupId: old, err: toAgentError(error).message }, 'could not delete the replaced manual backup');
+      }
+    }
     return manifest;
   } catch (error) {
     const failure = toAgentError(error, 'E_CAPTURE_FAILED');
@@ -158,6 +170,27 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
   const failed = settled.find((result) => result.status === 'rejected');
   if (failed) throw sibling.signal.reason ?? failed.reason;
   return { elements: [...elements, ...settled.map((result) => (result as PromiseFulfilledResult<ElementRecord>).value)], pauseMs };
+}
+
+/**
+ * Manual backups are limited per environment (safety and scheduled ones are not). Over the
+ * limit, a new one fails before any work — or, with replaceOldest, names the oldest manual
+ * backups to delete once the new one is committed (never before: a failed backup replaces none).
+ * Expired manual backups do not count (prune deletes them).
+ */
+async function checkManualLimit(config: Config, store: ObjectStore, env: string, options: CreateBackupOptions): Promise<string[]> {
+  if ((options.trigger ?? 'manual') !== 'manual') return [];
+  const limit = environmentOf(config, env).manualLimit;
+  const manual = (await listBackups(store, env)).filter((b) => b.restorable && b.manifest?.trigger === 'manual');
+  if (manual.length < limit) return [];
+  if (!options.replaceOldest) {
+    throw new AgentError(
+      'E_MANUAL_LIMIT',
+      `environment ${env} already has ${manual.length} manual backups, its limit (manualLimit: ${limit}); delete one ('backup delete'), or pass --replace-oldest`,
+      { details: { env, limit, manual: manual.length } },
+    );
+  }
+  return manual.slice(limit - 1).map((b) => b.id); // newest first: the oldest are at the end
 }
 
 function selectServices(config: Config, env: string, elements: readonly string[] | undefined) {

@@ -17,9 +17,19 @@ import { AGENT_VERSION } from './version.ts';
 // Jobs, the daemon and --remote (issue #4).
 import type { Manifest } from '../snapshot/manifest.ts';
 import type { ElementCheck } from './artifacts.ts';
-import { runDaemon } from './daemon.ts';
 import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
+import type { PruneResult } from './prune.ts';
 import type { RestoreSummary } from './restore.ts';
+
+interface CreateOptions {
+  live?: boolean;
+  element?: string[];
+  keepFor?: string;
+  codeRef?: string;
+  wait?: boolean;
+  replaceOldest?: boolean;
+  scheduled?: boolean;
+}
 
 interface GlobalOptions {
   config: string;
@@ -70,13 +80,25 @@ function buildProgram(): Command {
     .option('--element <names>', 'comma-separated services to back up', splitList)
     .option('--keep-for <duration>', 'expire the backup after this long (e.g. 30d)')
     .option('--code-ref <sha>', 'the code revision to record in the manifest')
+    .option('--replace-oldest', "at the environment's manualLimit: delete the oldest manual backup once this one is committed")
+    .option('--scheduled', 'record the backup as scheduled (an external timer): kept by the retention rules, not counted against manualLimit')
     .option('--yes', 'no confirmation (create needs none; accepted for scripts)')
     .option('--no-wait', 'with --remote: queue the job and print its id at once')
     .exitOverride()
-    .action(async (env: string, opts: { live?: boolean; element?: string[]; keepFor?: string; codeRef?: string; wait?: boolean }, cmd: Command) => {
+    .action(async (env: string, opts: CreateOptions, cmd: Command) => {
       const keepForMs = opts.keepFor === undefined ? undefined : parseDuration(opts.keepFor);
       if (opts.keepFor !== undefined && !keepForMs) throw new AgentError('E_USAGE', `--keep-for ${JSON.stringify(opts.keepFor)}: use a duration such as 12h, 30d or 2w`);
-      const request = { kind: 'backup.create' as const, env, live: opts.live, elements: opts.element, keepForMs, codeRef: opts.codeRef };
+      if (opts.scheduled && opts.replaceOldest) throw new AgentError('E_USAGE', '--replace-oldest applies to manual backups, not --scheduled ones');
+      const request = {
+        kind: 'backup.create' as const,
+        env,
+        live: opts.live,
+        elements: opts.element,
+        keepForMs,
+        codeRef: opts.codeRef,
+        ...(opts.scheduled ? { trigger: 'scheduled' as const } : {}),
+        ...(opts.replaceOldest ? { replaceOldest: true } : {}),
+      };
       if (opts.wait === false) {
         const ticket = await submitJob(cmd, request);
         return output(cmd, ticket, () => `job ${ticket.jobId} ${ticket.state}: backup ${ticket.backupId} of ${env}${ticket.waitingFor ? ` (${ticket.waitingFor})` : ''}\n`);
@@ -99,12 +121,15 @@ function buildProgram(): Command {
       const backups = await withAgent(cmd, (agent) => agent.backupList({ env }));
       output(cmd, backups, () =>
         renderTable(
-          ['Created', 'Backup ID', 'Restorable', 'Size'],
+          ['Created', 'Backup ID', 'Restorable', 'Trigger', 'Expires', 'Size', 'Pause'],
           backups.map((b) => [
-            b.createdAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+            shortTime(b.createdAt),
             b.id,
             b.restorable ? 'yes' : `no (${b.status})`,
+            b.manifest?.trigger ?? '-',
+            b.manifest ? (b.manifest.keepUntil ? shortTime(b.manifest.keepUntil) : 'never') : '-',
             b.manifest ? formatBytes(b.manifest.elements.reduce((sum, e) => sum + e.storedBytes, 0)) : '-',
+            b.manifest ? (b.manifest.pauseMs === null ? '-' : `${b.manifest.pauseMs} ms`) : '-',
           ]),
         ),
       );
@@ -128,15 +153,45 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .option('--target <env>', 'restore into this environment instead')
     .option('--element <names>', 'comma-separated elements to restore', splitList)
+    .option('--no-safety-backup', 'do not back up the target first (the pre-restore safety backup)')
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
-    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
       checkBackupId(id);
-      const summary = await runJob<RestoreSummary>(cmd, { kind: 'backup.restore', env, id, target, elements: opts.element }, {
+      const request = { kind: 'backup.restore' as const, env, id, target, elements: opts.element, ...(opts.safetyBackup === false ? { safetyBackup: false } : {}) };
+      const summary = await runJob<RestoreSummary>(cmd, request, {
         confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
       });
-      output(cmd, summary, () => `restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n`);
+      output(cmd, summary, () => {
+        const s = summary.safetyBackup;
+        const safety = !s
+          ? ''
+          : s.id
+            ? `safety backup ${s.id} of ${summary.target} taken first (${s.elements.join(', ')}; expires ${s.keepUntil ?? 'never'})${s.skipped.length ? `; skipped, nothing there yet: ${s.skipped.join(', ')}` : ''}\n`
+            : `no safety backup: nothing there yet (${s.skipped.join(', ')})\n`;
+        return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n`;
+      });
+    });
+
+  backup
+    .command('prune')
+    .description("delete what the environment's retention does not keep: scheduled backups outside the rules, expired and failed ones")
+    .argument('<env>', 'environment')
+    .option('--dry-run', 'say what would be deleted, delete nothing')
+    .exitOverride()
+    .action(async (env: string, opts: { dryRun?: boolean }, cmd: Command) => {
+      const result = await runJob<PruneResult>(cmd, { kind: 'backup.prune', env, ...(opts.dryRun ? { dryRun: true } : {}) });
+      output(cmd, result, () => {
+        const rows = [
+          ...result.deleted.map((e) => ({ ...e, action: result.dryRun ? 'would delete' : 'deleted' })),
+          ...result.kept.map((e) => ({ ...e, action: 'kept' })),
+        ].sort((a, b) => (a.id < b.id ? 1 : -1));
+        const table = rows.length
+          ? renderTable(['Backup ID', 'Created', 'Trigger', 'Action', 'Reason'], rows.map((r) => [r.id, shortTime(r.createdAt), r.trigger ?? '-', r.action, r.reason]))
+          : '';
+        return `${table}${result.deleted.length} ${result.dryRun ? 'would be deleted (dry run: nothing deleted)' : 'deleted'}, ${result.kept.length} kept\n`;
+      });
     });
 
   backup
@@ -202,9 +257,14 @@ function buildProgram(): Command {
     });
 
   // Jobs, the daemon and status (issue #4): src/agent/jobs/cli-glue.ts.
-  addControlPlaneCommands(program, runDaemon);
+  // The daemon's modules (ws, prom-client) load only for `storage-agent daemon`: a CLI run stays small.
+  addControlPlaneCommands(program, async (options) => (await import('./daemon.ts')).runDaemon(options));
 
   return program;
+}
+
+function shortTime(iso: string): string {
+  return iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
 
 function splitList(value: string): string[] {

@@ -16,6 +16,7 @@ import { JobEngine } from './jobs/engine.ts';
 import { createMetrics } from './jobs/metrics.ts';
 import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger } from './logger.ts';
+import { Scheduler } from './scheduler.ts';
 import { AGENT_VERSION } from './version.ts';
 
 /** After the grace period, cancelled jobs get this long to clean up (thaw, abort uploads). */
@@ -82,6 +83,8 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   const engine = new JobEngine({ config, logger, program: 'daemon' });
   await engine.init();
   const agent = new LocalAgent(config, engine, 'daemon');
+  const scheduler = new Scheduler({ agent, logger, stateDir: config.stateDir });
+  agent.schedules = () => scheduler.status();
   const metrics = createMetrics(engine);
   const protocol = new ProtocolServer({
     agent,
@@ -111,6 +114,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   const url = `${tls ? 'wss' : 'ws'}://${address.address}:${address.port}${PROTOCOL_PATH}`;
   await writeFile(path.join(config.stateDir, 'daemon.json'), JSON.stringify({ pid: process.pid, url, startedAt: new Date().toISOString() }), { mode: 0o600 });
   logger.info({ host: address.address, port: address.port, tls: Boolean(tls), url, recovered: recovery }, 'daemon listening');
+  await scheduler.start(config);
   await notifySystemd(['--ready', `--status=listening on ${url}`], logger);
 
   let stopping: Promise<void> | undefined;
@@ -138,12 +142,14 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
       config = next;
       tokens = nextTokens;
       agent.reload(config);
+      await scheduler.reload(config);
       logger.info({ environments: Object.keys(config.environments).length, tokens: tokens.size }, 'SIGHUP: config reloaded');
       return true;
     },
     shutdown(reason: string) {
       stopping ??= (async () => {
         draining = true;
+        scheduler.stop();
         const grace = config.daemon.shutdownGrace;
         const running = engine.summary().running;
         logger.info({ reason, running, graceMs: grace }, 'stopping: no new work; running jobs get the grace period');

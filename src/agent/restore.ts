@@ -2,6 +2,7 @@ import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
 import type { StagedRestore } from '../snapshot/driver.ts';
 import { checkName } from '../snapshot/names.ts';
 import { findElement, readDecompressed } from './artifacts.ts';
+import { createBackup } from './backup.ts';
 import { readManifest } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
@@ -14,6 +15,17 @@ export interface RestoreOptions {
   /** Environment to restore into; `env` itself when absent. Elements map by service name. */
   target?: string;
   elements?: readonly string[];
+  /** Back up the target's restored elements first (default true; `--no-safety-backup`). */
+  safetyBackup?: boolean;
+}
+
+export interface SafetyBackupSummary {
+  /** The safety backup's id, or null when none was taken (nothing to keep, or skipped). */
+  id: string | null;
+  keepUntil: string | null;
+  elements: string[];
+  /** Elements left out because their target does not exist yet (nothing to keep). */
+  skipped: string[];
 }
 
 export interface RestoreSummary {
@@ -21,6 +33,8 @@ export interface RestoreSummary {
   id: string;
   target: string;
   elements: { name: string; facts: StagedRestore['facts'] }[];
+  /** Absent when the restore was run with --no-safety-backup. */
+  safetyBackup?: SafetyBackupSummary;
 }
 
 /**
@@ -50,6 +64,8 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   });
   const log = logger.child({ env, backupId: manifest.id, target });
   log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
+
+  const safety = options.safetyBackup === false ? undefined : await takeSafetyBackup(ctx, target, plan);
 
   const staged: { name: string; restore: StagedRestore }[] = [];
   try {
@@ -83,5 +99,47 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     }
   }
   log.info({ phase: 'done' }, 'restore completed');
-  return { env, id: manifest.id, target, elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })) };
+  return {
+    env,
+    id: manifest.id,
+    target,
+    elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })),
+    ...(safety ? { safetyBackup: safety } : {}),
+  };
+}
+
+/**
+ * The pre-restore safety backup (SPEC §7): an ordinary backup of the target's elements about to
+ * be overwritten, trigger 'safety', expiring after the target's `safetyKeepFor`, not counted
+ * against manualLimit. An element whose target holds nothing yet (a mount path or a database
+ * that does not exist) has nothing to keep and is left out; when none is left, no backup is
+ * taken. A failed safety backup fails the restore before anything is touched.
+ */
+async function takeSafetyBackup(ctx: OperationContext, target: string, plan: { element: { name: string }; driver: { targetExists(signal: AbortSignal): Promise<boolean> } }[]): Promise<SafetyBackupSummary> {
+  const elements: string[] = [];
+  const skipped: string[] = [];
+  for (const { element, driver } of plan) {
+    throwIfCancelled(ctx.signal);
+    if (await driver.targetExists(ctx.signal)) elements.push(element.name);
+    else skipped.push(element.name);
+  }
+  const log = ctx.logger.child({ env: target });
+  if (elements.length === 0) {
+    log.info({ phase: 'safety', skipped }, 'no safety backup: the target holds nothing yet');
+    return { id: null, keepUntil: null, elements, skipped };
+  }
+  log.info({ phase: 'safety', elements, skipped }, 'taking the pre-restore safety backup');
+  let manifest;
+  try {
+    manifest = await createBackup(ctx, { env: target, elements, trigger: 'safety', keepForMs: environmentOf(ctx.config, target).safetyKeepFor });
+  } catch (error) {
+    const failure = toAgentError(error, 'E_RESTORE_FAILED');
+    if (failure.code === 'E_CANCELLED') throw failure;
+    throw new AgentError(
+      'E_RESTORE_FAILED',
+      `the pre-restore safety backup of ${target} failed (${failure.code}), so nothing was restored: ${failure.message} (--no-safety-backup restores without one)`,
+      { cause: error, details: { ...failure.details, env: target, safetyBackupError: failure.code } },
+    );
+  }
+  return { id: manifest.id, keepUntil: manifest.keepUntil, elements, skipped };
 }

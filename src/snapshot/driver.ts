@@ -57,4 +57,9 @@ export interface ServiceDriver {
   /** Resolves once the service's point in time is fixed; the stream carries the data. */
   capture(options: CaptureOptions): Promise<Capture>;
   stage(source: Readable, signal: AbortSignal): Promise<StagedRestore>;
+  /**
+   * Whether the restore target holds anything to keep (the pre-restore safety backup skips
+   * elements whose target does not exist: a mount path or a database not created yet).
+   */
+  targetExists(signal: AbortSignal): Promise<boolean>;
 }

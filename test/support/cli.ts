@@ -48,6 +48,15 @@ export async function createSandbox(): Promise<Sandbox> {
     configPath,
     stateDir,
     writeConfig: async (config) => {
+      // Tests before issue #5 take many manual backups of one environment: unless a test sets
+      // its own manualLimit, lift the limit (default 4) so they are not refused E_MANUAL_LIMIT.
+      const environments = config.environments as Record<string, Record<string, unknown>> | undefined;
+      if (environments && typeof environments === 'object') {
+        config = {
+          ...config,
+          environments: Object.fromEntries(Object.entries(environments).map(([name, env]) => [name, env && typeof env === 'object' && !('manualLimit' in env) ? { manualLimit: 100, ...env } : env])),
+        };
+      }
       await writeFile(configPath, stringify({ stateDir, ...config }));
       return configPath;
     },

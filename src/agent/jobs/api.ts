@@ -11,6 +11,7 @@ import type { ObjectStore } from '../../transport/object-store.ts';
 import { environmentOf } from '../config.ts';
 import { openStore } from '../stores.ts';
 import { ManifestCache } from './read-cache.ts';
+import { scheduleStates, type ScheduleState } from '../scheduler.ts';
 import { AGENT_VERSION, HOST } from '../version.ts';
 import type { JobEngine, JobEvent, JobFilter } from './engine.ts';
 import { hostFacts, type HostFacts } from './host.ts';
@@ -24,6 +25,8 @@ export interface AgentStatus {
   jobs: { queued: number; running: number; concurrency: number };
   /** Jobs queued or running on this node (every agent process), oldest first. */
   active: JobRecord[];
+  /** Automated backups per environment with a schedule: last and next run (the daemon's). */
+  schedules: ScheduleState[];
 }
 
 export interface EnvSummary {
@@ -99,6 +102,8 @@ export class LocalAgent implements AgentApi {
   /** Stores opened for reads, by name (S3 clients are reused); dropped on reload. */
   readonly #stores = new Map<string, Promise<ObjectStore>>();
   readonly #manifests = new ManifestCache();
+  /** Set by the daemon: its scheduler's live view (otherwise schedule.json is read). */
+  schedules: (() => ScheduleState[]) | undefined;
 
   constructor(config: Config, engine: JobEngine, program: 'daemon' | 'cli') {
     this.#config = config;
@@ -138,6 +143,7 @@ export class LocalAgent implements AgentApi {
         concurrency: summary.concurrency,
       },
       active,
+      schedules: this.schedules ? this.schedules() : await scheduleStates(this.#config),
     };
   }
 

@@ -3,7 +3,6 @@ import { AgentError } from '../../errors.ts';
 import { createProgressLine, printJson, renderTable } from '../cli-output.ts';
 import { loadConfig, readSecret } from '../config.ts';
 import { createLogger } from '../logger.ts';
-import { RemoteAgent } from '../remote-client.ts';
 import { formatBytes } from '../units.ts';
 import { errorOfRecord, LocalAgent, type AgentApi, type AgentStatus, type JobTicket } from './api.ts';
 import { JobEngine, type JobEvent } from './engine.ts';
@@ -29,6 +28,7 @@ export async function openAgent(cmd: Command): Promise<AgentApi> {
   if (opts.remote !== undefined) {
     if (!opts.tokenFile) throw new AgentError('E_USAGE', '--remote needs --token-file FILE (a token never goes on the command line)');
     const token = await readSecret({ file: opts.tokenFile }, '--token-file');
+    const { RemoteAgent } = await import('../remote-client.ts'); // ws loads only with --remote
     return RemoteAgent.connect({ url: opts.remote, token });
   }
   if (opts.tokenFile !== undefined) throw new AgentError('E_USAGE', '--token-file goes with --remote URL');
@@ -140,6 +140,9 @@ function statusText(status: AgentStatus): string {
     `memory  ${formatBytes(host.memory.available)} available of ${formatBytes(host.memory.total)}`,
     `disk    ${formatBytes(host.disk.available)} free of ${formatBytes(host.disk.size)} (state directory)`,
     `jobs    ${jobs.running} running, ${jobs.queued} queued, ${jobs.concurrency} at once`,
+    ...(status.schedules ?? []).map(
+      (s) => `backups ${s.env}: ${s.schedule}; next ${s.nextRunAt ? s.nextRunAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-'}${s.lastRunAt ? `, last ${s.lastRunAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}` : ''}`,
+    ),
   ].filter((l): l is string => l !== undefined);
   return `${lines.join('\n')}\n${status.active.length ? `\n${jobsTable(status.active)}` : ''}`;
 }

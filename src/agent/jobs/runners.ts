@@ -6,6 +6,7 @@ import { deleteBackup, readManifest } from '../catalog.ts';
 import { environmentOf, type Config } from '../config.ts';
 import type { OperationContext } from '../context.ts';
 import { restoreBackup } from '../restore.ts';
+import { pruneBackups } from '../prune.ts';
 import { openEnvironmentStore } from '../stores.ts';
 import type { JobRequest, JobSpec } from './types.ts';
 
@@ -41,6 +42,8 @@ export function validateRequest(config: Config, request: JobRequest): JobRequest
     case 'backup.verify':
       checkBackupId(request.id);
       return request;
+    case 'backup.prune':
+      return request;
   }
 }
 
@@ -55,9 +58,11 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
         keepForMs: spec.keepForMs,
         codeRef: spec.codeRef,
         id: spec.backupId,
+        trigger: spec.trigger ?? 'manual',
+        replaceOldest: spec.replaceOldest,
       });
     case 'backup.restore':
-      return restoreBackup(ctx, { env: spec.env, id: spec.id, target: spec.target ?? spec.env, elements: spec.elements });
+      return restoreBackup(ctx, { env: spec.env, id: spec.id, target: spec.target ?? spec.env, elements: spec.elements, safetyBackup: spec.safetyBackup !== false });
     case 'backup.delete': {
       const store = await openEnvironmentStore(ctx.config, spec.env);
       throwIfCancelled(ctx.signal);
@@ -73,5 +78,8 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
       const checks = await verifyBackup(store, manifest, ctx.signal);
       return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };
     }
+    case 'backup.prune':
+      ctx.onProgress?.({ phase: 'delete' });
+      return pruneBackups(ctx, spec.env, spec.dryRun === true);
   }
 }

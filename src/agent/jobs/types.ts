@@ -4,7 +4,7 @@ import type { Phase } from '../context.ts';
  * Jobs: every operation that changes or reads a whole backup is a job with an id, persisted in
  * `<stateDir>/jobs/` by the process that runs it (the daemon, or an SRE's CLI run).
  */
-export const JOB_KINDS = ['backup.create', 'backup.restore', 'backup.delete', 'backup.verify'] as const;
+export const JOB_KINDS = ['backup.create', 'backup.restore', 'backup.delete', 'backup.verify', 'backup.prune'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
 export const JOB_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
@@ -16,10 +16,22 @@ export const JOB_ID_PATTERN = /^job-[0-9]{8}T[0-9]{9}Z-[a-z0-9]{8}$/;
 
 /** What a caller asks for: names only (environments, services, backups), never paths or commands. */
 export type JobRequest =
-  | { kind: 'backup.create'; env: string; live?: boolean; elements?: string[]; keepForMs?: number; codeRef?: string }
-  | { kind: 'backup.restore'; env: string; id: string; target?: string; elements?: string[] }
+  | {
+      kind: 'backup.create';
+      env: string;
+      live?: boolean;
+      elements?: string[];
+      keepForMs?: number;
+      codeRef?: string;
+      /** 'scheduled': the daemon's schedule or an external timer (not counted against manualLimit). */
+      trigger?: 'manual' | 'scheduled';
+      /** Over manualLimit: delete the oldest manual backup(s) once this one is committed. */
+      replaceOldest?: boolean;
+    }
+  | { kind: 'backup.restore'; env: string; id: string; target?: string; elements?: string[]; /** false: no safety backup of the target first. */ safetyBackup?: boolean }
   | { kind: 'backup.delete'; env: string; id: string }
-  | { kind: 'backup.verify'; env: string; id: string };
+  | { kind: 'backup.verify'; env: string; id: string }
+  | { kind: 'backup.prune'; env: string; dryRun?: boolean };
 
 /** A request as the engine runs it: a backup gets its id when it is queued. */
 export type JobSpec = Exclude<JobRequest, { kind: 'backup.create' }> | (Extract<JobRequest, { kind: 'backup.create' }> & { backupId: string });

@@ -50,6 +50,16 @@ export class FilesDriver implements ServiceDriver {
     return { stream, result, pointInTime: snapshot !== undefined, release: async () => snapshot?.remove() };
   }
 
+  /** A mount path that does not exist holds nothing to keep. */
+  async targetExists(): Promise<boolean> {
+    try {
+      return (await stat(this.#options.path)).isDirectory();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw error;
+    }
+  }
+
   async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
     const target = this.#options.path;
     const existing = await stat(target).catch(() => undefined);

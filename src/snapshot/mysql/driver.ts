@@ -144,6 +144,22 @@ export class MysqlDriver implements ServiceDriver {
     };
   }
 
+  /**
+   * Whether every configured database exists (a dump of a missing one fails). With some
+   * missing, the element is left out of the safety backup: there is no complete state to keep.
+   */
+  async targetExists(signal: AbortSignal): Promise<boolean> {
+    throwIfCancelled(signal);
+    let connection: Connection | undefined;
+    try {
+      connection = await openConnection(await this.#endpoint(), 'E_RESTORE_FAILED', this.#what());
+      const rows = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (?)', [this.#config.databases]);
+      return rows.length === new Set(this.#config.databases).size;
+    } finally {
+      closeConnection(connection);
+    }
+  }
+
   async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
     let connection: Connection | undefined;
     let defaults: DefaultsFile | undefined;

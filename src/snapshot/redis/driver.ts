@@ -138,6 +138,11 @@ export class RedisDriver implements ServiceDriver {
     }
   }
 
+  /** A Redis server always holds a dataset (maybe empty): there is always something to keep. */
+  async targetExists(): Promise<boolean> {
+    return true;
+  }
+
   async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
     throwIfCancelled(signal);
     const what = `restore of ${this.#options.name}`;

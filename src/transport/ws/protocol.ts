@@ -41,14 +41,19 @@ export const methods = {
         elements: z.array(element).min(1).max(64).optional(),
         keepFor: keepFor.optional(),
         codeRef: z.string().regex(/^[\x21-\x7e]{1,200}$/, 'must be 1-200 printable characters').optional(),
+        trigger: z.enum(['manual', 'scheduled']).optional(),
+        replaceOldest: z.boolean().optional(),
         requestId: requestId.optional(),
       })
       .strict(),
   },
   'backup.restore': {
     role: 'admin',
-    params: z.object({ env, id: backupId, target: env.optional(), elements: z.array(element).min(1).max(64).optional(), requestId: requestId.optional() }).strict(),
+    params: z
+      .object({ env, id: backupId, target: env.optional(), elements: z.array(element).min(1).max(64).optional(), safetyBackup: z.boolean().optional(), requestId: requestId.optional() })
+      .strict(),
   },
+  'backup.prune': { role: 'admin', params: z.object({ env, dryRun: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'backup.delete': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
   'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
   'job.get': { role: 'viewer', params: z.object({ jobId }).strict() },
@@ -125,7 +130,7 @@ export function agentErrorOf(error: { code?: unknown; message?: unknown; data?: 
 }
 
 /** The job request of a job method's (validated) params. */
-export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backup.delete' | 'backup.verify', params: Record<string, unknown>): JobRequest {
+export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backup.delete' | 'backup.verify' | 'backup.prune', params: Record<string, unknown>): JobRequest {
   switch (method) {
     case 'backup.create': {
       const p = params as MethodParams<'backup.create'>;
@@ -136,11 +141,24 @@ export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backu
         ...(p.elements ? { elements: p.elements } : {}),
         ...(p.keepFor !== undefined ? { keepForMs: parseDuration(p.keepFor)! } : {}),
         ...(p.codeRef !== undefined ? { codeRef: p.codeRef } : {}),
+        ...(p.trigger !== undefined ? { trigger: p.trigger } : {}),
+        ...(p.replaceOldest !== undefined ? { replaceOldest: p.replaceOldest } : {}),
       };
     }
     case 'backup.restore': {
       const p = params as MethodParams<'backup.restore'>;
-      return { kind: method, env: p.env, id: p.id, ...(p.target ? { target: p.target } : {}), ...(p.elements ? { elements: p.elements } : {}) };
+      return {
+        kind: method,
+        env: p.env,
+        id: p.id,
+        ...(p.target ? { target: p.target } : {}),
+        ...(p.elements ? { elements: p.elements } : {}),
+        ...(p.safetyBackup !== undefined ? { safetyBackup: p.safetyBackup } : {}),
+      };
+    }
+    case 'backup.prune': {
+      const p = params as MethodParams<'backup.prune'>;
+      return { kind: method, env: p.env, ...(p.dryRun !== undefined ? { dryRun: p.dryRun } : {}) };
     }
     case 'backup.delete':
     case 'backup.verify': {

@@ -181,7 +181,8 @@ export class ProtocolServer {
       case 'backup.create':
       case 'backup.restore':
       case 'backup.delete':
-      case 'backup.verify': {
+      case 'backup.verify':
+      case 'backup.prune': {
         const requestId = (params as { requestId?: string }).requestId;
         const ticket = await agent.submit(jobRequestOf(method, params), requestId === undefined ? {} : { requestId });
         this.#options.logger.info({ connection: session.id, method, jobId: ticket.jobId, env: params.env }, 'job submitted');

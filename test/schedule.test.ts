@@ -1,0 +1,148 @@
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupSummary } from '../src/agent/catalog.ts';
+import type { AgentStatus } from '../src/agent/jobs/api.ts';
+import type { JobRecord } from '../src/agent/jobs/types.ts';
+import { parseConfig } from '../src/agent/config.ts';
+import { nextRun, parseSchedule } from '../src/agent/schedule.ts';
+import { cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
+
+describe('schedule expressions', () => {
+  it('every: from the last run; never run: due now', () => {
+    const s = parseSchedule({ every: '6h' });
+    const now = new Date('2026-11-22T10:00:00Z');
+    expect(nextRun(s, undefined, now, 'UTC')).toEqual(now);
+    expect(nextRun(s, new Date('2026-11-22T09:00:00Z'), now, 'UTC').toISOString()).toBe('2026-11-22T15:00:00.000Z');
+  });
+
+  it('cron in the environment time zone', () => {
+    const s = parseSchedule({ cron: '0 */6 * * *' });
+    expect(nextRun(s, undefined, new Date('2026-11-22T10:00:00Z'), 'UTC').toISOString()).toBe('2026-11-22T12:00:00.000Z');
+    // 02:30 local in Berlin (UTC+1 in November) is 01:30 UTC.
+    expect(nextRun(parseSchedule({ cron: '30 2 * * *' }), undefined, new Date('2026-11-22T10:00:00Z'), 'Europe/Berlin').toISOString()).toBe('2026-11-23T01:30:00.000Z');
+    // Mondays only.
+    expect(nextRun(parseSchedule({ cron: '0 0 * * 1' }), undefined, new Date('2026-11-22T10:00:00Z'), 'UTC').toISOString()).toBe('2026-11-23T00:00:00.000Z');
+  });
+
+  it('rejects bad schedules', () => {
+    expect(() => parseSchedule({})).toThrow(/exactly one of every/);
+    expect(() => parseSchedule({ every: '6h', cron: '* * * * *' })).toThrow(/exactly one/);
+    expect(() => parseSchedule({ cron: '61 * * * *' })).toThrow(/minute/);
+    expect(() => parseSchedule({ cron: '* * *' })).toThrow(/5 fields/);
+  });
+});
+
+describe('retention and schedule config', () => {
+  const env = (extra: string) => `environments:\n  shop:\n    services: { uploads: { kind: files, path: /srv/x } }\n${extra}`;
+  it('defaults: essential, UTC, 4 manual, no schedule, 3d safety expiry', () => {
+    const shop = parseConfig(env(''), 'c.yaml').environments.shop!;
+    expect(shop).toMatchObject({ timeZone: 'UTC', manualLimit: 4, safetyKeepFor: 3 * 86_400_000 });
+    expect(shop.retention).toEqual([{ interval: { count: 1, unit: 'd' }, keep: 2 }]);
+    expect(shop.schedule).toBeUndefined();
+  });
+  it('names the bad field', () => {
+    expect(() => parseConfig(env('    timeZone: Mars/Olympus\n'), 'c.yaml')).toThrow(/environments\.shop\.timeZone: must be an IANA time zone/);
+    expect(() => parseConfig(env('    retention: platinum\n'), 'c.yaml')).toThrow(/environments\.shop\.retention: .*unknown schedule tier/);
+    expect(() => parseConfig(env('    schedule: { cron: "99 * * * *" }\n'), 'c.yaml')).toThrow(/environments\.shop\.schedule: .*minute/);
+    expect(() => parseConfig(env('    manualLimit: 0\n'), 'c.yaml')).toThrow(/environments\.shop\.manualLimit/);
+  });
+  it('accepts rules, a zone and a schedule', () => {
+    const shop = parseConfig(env('    retention: [{interval: 6h, count: 4}, {interval: 1d, count: 7}]\n    timeZone: Europe/Berlin\n    schedule: { every: 6h, jitter: 5m }\n'), 'c.yaml').environments.shop!;
+    expect(shop.retention).toHaveLength(2);
+    expect(shop.schedule).toMatchObject({ every: '6h', jitter: 300_000, live: false });
+  });
+});
+
+describe('the daemon runs scheduled backups as jobs, prunes after each, and takes a missed run once', () => {
+  let sandbox: Sandbox;
+  let daemon: RunningDaemon | undefined;
+  const args = (...rest: string[]) => ['--config', sandbox.configPath, ...rest];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    await mkdir(path.join(sandbox.dir, 'mount'));
+    await writeFile(path.join(sandbox.dir, 'mount', 'f.txt'), 'data');
+  });
+  afterEach(async () => {
+    await daemon?.stop();
+    daemon = undefined;
+  });
+  afterAll(() => sandbox.cleanup());
+
+  it('a 2-second schedule: backups happen, never overlap, prune keeps the count; status shows the next run', async () => {
+    const tokens = await writeTokens(sandbox);
+    await sandbox.writeConfig({
+      daemon: daemonSection(tokens),
+      environments: {
+        // 1h × 1: one scheduled backup survives each prune (the newest).
+        busy: { ...filesEnv({ uploads: path.join(sandbox.dir, 'mount') }), schedule: { every: '2s', jitter: '200ms' }, retention: [{ interval: '1h', count: 1 }] },
+        idle: filesEnv({ uploads: path.join(sandbox.dir, 'mount') }),
+      },
+    });
+    daemon = await startDaemon(sandbox.configPath);
+    const jobsOf = () => cliJson<JobRecord[]>(args('jobs', 'list', '--env', 'busy', '--limit', '1000'));
+    const done = await waitFor(
+      'four scheduled backups and their prunes',
+      async () => {
+        const jobs = await jobsOf();
+        const creates = jobs.filter((j) => j.kind === 'backup.create' && j.state === 'succeeded');
+        const prunes = jobs.filter((j) => j.kind === 'backup.prune' && j.state === 'succeeded');
+        return creates.length >= 4 && prunes.length >= 4 && jobs;
+      },
+      60_000,
+    );
+    const status = await cliJson<AgentStatus>(args('status'));
+    const busy = status.schedules.find((s) => s.env === 'busy')!;
+    expect(busy.schedule).toBe('every 2s');
+    expect(new Date(busy.nextRunAt!).getTime()).toBeGreaterThan(Date.now() - 5_000);
+    expect(status.schedules.find((s) => s.env === 'idle')).toBeUndefined();
+    // backup.prune over the protocol (--remote), as a job of the daemon.
+    const remote = await cliJson<{ env: string; dryRun: boolean; deleted: unknown[]; kept: unknown[] }>(
+      args('--remote', daemon.url, '--token-file', tokens.adminFile, 'backup', 'prune', 'busy', '--dry-run'),
+    );
+    expect(remote).toMatchObject({ env: 'busy', dryRun: true });
+    expect(remote.kept.length).toBeGreaterThanOrEqual(1);
+    await daemon.stop();
+    daemon = undefined;
+
+    // Never two jobs of the environment at once: their running intervals do not overlap.
+    const jobs = (await jobsOf()).filter((j) => j.startedAt && j.finishedAt).sort((a, b) => (a.startedAt! < b.startedAt! ? -1 : 1));
+    for (let i = 1; i < jobs.length; i++) expect(jobs[i]!.startedAt! >= jobs[i - 1]!.finishedAt!).toBe(true);
+    expect(done.filter((j) => j.kind === 'backup.create').every((j) => (j.spec as { trigger?: string }).trigger === 'scheduled')).toBe(true);
+
+    // Prune ran after the last backup: one scheduled backup is left.
+    const backups = await cliJson<BackupSummary[]>(args('backup', 'list', 'busy'));
+    const scheduled = backups.filter((b) => b.manifest?.trigger === 'scheduled');
+    expect(scheduled.length).toBeGreaterThanOrEqual(1);
+    expect(scheduled.length).toBeLessThanOrEqual(2); // a backup may have ended just before its prune
+    expect(backups.length).toBeLessThan(done.filter((j) => j.kind === 'backup.create').length);
+  }, 90_000);
+
+  it('a run missed while the daemon was down is taken once at start, not replayed', async () => {
+    const tokens = await writeTokens(sandbox);
+    await sandbox.writeConfig({
+      daemon: daemonSection(tokens),
+      environments: {
+        hourly: { ...filesEnv({ uploads: path.join(sandbox.dir, 'mount') }), schedule: { every: '1h' } },
+      },
+    });
+    // The last run was 5 hours ago: 4 runs were missed.
+    const fiveHoursAgo = new Date(Date.now() - 5 * 3_600_000).toISOString();
+    await mkdir(sandbox.stateDir, { recursive: true });
+    await writeFile(path.join(sandbox.stateDir, 'schedule.json'), JSON.stringify({ hourly: { lastRunAt: fiveHoursAgo } }));
+    daemon = await startDaemon(sandbox.configPath);
+    await daemon.waitForLog('the missed run', (l) => l.msg.startsWith('scheduled backup missed'));
+    await waitFor('the missed backup and its prune', async () => {
+      const jobs = await cliJson<JobRecord[]>(args('jobs', 'list', '--env', 'hourly'));
+      return jobs.some((j) => j.kind === 'backup.prune' && j.state === 'succeeded');
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    const jobs = await cliJson<JobRecord[]>(args('jobs', 'list', '--env', 'hourly'));
+    expect(jobs.filter((j) => j.kind === 'backup.create')).toHaveLength(1);
+    const state = JSON.parse(await readFile(path.join(sandbox.stateDir, 'schedule.json'), 'utf8')) as Record<string, { lastRunAt: string; nextRunAt: string }>;
+    expect(new Date(state.hourly!.lastRunAt).getTime()).toBeGreaterThan(Date.now() - 60_000);
+    expect(new Date(state.hourly!.nextRunAt).getTime() - new Date(state.hourly!.lastRunAt).getTime()).toBe(3_600_000);
+  }, 60_000);
+});
