@@ -50,6 +50,16 @@ describe('parallel frame compression', () => {
     expect(node.equals(input)).toBe(true);
   });
 
+  it('decodes many frames whose sizes do not line up with the chunks they arrive in (nodejs/node#64741)', async () => {
+    const odd = sample(9 * MiB + 4321);
+    const compressed = await compress('zstd', odd, 4 * MiB - 17);
+    const pieces = [];
+    for (let at = 0; at < compressed.length; at += 100_003) pieces.push(compressed.subarray(at, at + 100_003));
+    const decoded = await buffer(Readable.from(pieces).pipe(createDecompressor('zstd')));
+    expect(decoded.length).toBe(odd.length);
+    expect(decoded.equals(odd)).toBe(true);
+  });
+
   it('passes bytes through unchanged with compression none', async () => {
     expect((await compress('none', input)).equals(input)).toBe(true);
   });

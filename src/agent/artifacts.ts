@@ -5,7 +5,7 @@ import { PassThrough, Writable, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AgentError, toAgentError } from '../errors.ts';
 import { compressionExtension, createDecompressor } from '../snapshot/compression.ts';
-import { VerifyStream } from '../snapshot/digest.ts';
+import { LengthCheck, VerifyStream } from '../snapshot/digest.ts';
 import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
@@ -34,7 +34,8 @@ export function readVerified(store: ObjectStore, manifest: Manifest, element: El
 /** The element's raw archive (tar, SQL, RDB), verified and decompressed. */
 export function readDecompressed(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Readable {
   const out = new PassThrough({ highWaterMark: 1 << 20 });
-  pipeline(readVerified(store, manifest, element, signal), createDecompressor(element.compression), out, { signal }).catch((error) => {
+  const raw = new LengthCheck(element.rawBytes, `element ${element.name} of backup ${manifest.id}`);
+  pipeline(readVerified(store, manifest, element, signal), createDecompressor(element.compression), raw, out, { signal }).catch((error) => {
     out.destroy(decompressError(error, element));
   });
   return out;

@@ -1,7 +1,8 @@
 import { availableParallelism } from 'node:os';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
+import { execa } from 'execa';
 
 export type Compression = 'zstd' | 'gzip' | 'none';
 
@@ -92,10 +93,13 @@ class FrameCompressor extends Transform {
 }
 
 /** A streaming decompressor for `kind` (reads concatenated frames/members). */
-export function createDecompressor(kind: Compression): Transform {
+export function createDecompressor(kind: Compression): Duplex {
   switch (kind) {
     case 'zstd':
-      return zlib.createZstdDecompress({ chunkSize: 1 << 20 });
+      // Node 24's zstd decompressor stops after the first frame unless that frame's output ends
+      // on a chunk boundary (nodejs/node#64741) — erroring, or silently dropping the rest. Our
+      // streams are many frames, so they are decoded by the zstd CLI, which reads them as one.
+      return execa('zstd', ['-d', '-c', '-q'], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });
     case 'none':

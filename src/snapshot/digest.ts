@@ -75,3 +75,35 @@ export class VerifyStream extends Transform {
     );
   }
 }
+
+/**
+ * Passes bytes through and fails at the end unless exactly `expected` passed: a decoder that
+ * stops early can never hand a short archive to a restore as if it were whole.
+ */
+export class LengthCheck extends Transform {
+  readonly #expected: number;
+  readonly #what: string;
+  #bytes = 0;
+
+  constructor(expected: number, what: string) {
+    super();
+    this.#expected = expected;
+    this.#what = what;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    this.#bytes += chunk.length;
+    done(null, chunk);
+  }
+
+  override _flush(done: TransformCallback): void {
+    if (this.#bytes === this.#expected) return done();
+    done(
+      new AgentError(
+        'E_ARCHIVE_CORRUPT',
+        `${this.#what}: decompressed to ${this.#bytes} bytes, the manifest records ${this.#expected}; the archive is corrupt — restore from another backup`,
+        { details: { expected: this.#expected, actual: this.#bytes } },
+      ),
+    );
+  }
+}

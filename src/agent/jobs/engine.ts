@@ -80,6 +80,8 @@ export class JobEngine {
   #pumpAgain = false;
   #timer: NodeJS.Timeout | undefined;
   #idleWaiters: (() => void)[] = [];
+  /** Jobs between leaving `running` and having their final record written. */
+  #finishing = 0;
 
   constructor(options: EngineOptions) {
     this.#config = options.config;
@@ -297,7 +299,7 @@ export class JobEngine {
 
   /** Resolves when this process has no queued or running job. */
   idle(): Promise<void> {
-    if (this.#queue.length === 0 && this.#running.size === 0) return Promise.resolve();
+    if (this.#isIdle()) return Promise.resolve();
     return new Promise((resolve) => this.#idleWaiters.push(resolve));
   }
 
@@ -477,6 +479,25 @@ export class JobEngine {
     if (isFinished(record.state)) return;
     const wasRunning = this.#running.get(record.env) === job;
     if (wasRunning) this.#running.delete(record.env);
+    // Idle only once every finished job's final state is on disk.
+    this.#finishing++;
+    try {
+      await this.#record(job, state, result, failure);
+    } finally {
+      this.#finishing--;
+    }
+    if (this.#isIdle()) {
+      for (const resolve of this.#idleWaiters.splice(0)) resolve();
+    }
+    if (wasRunning) void this.#pump();
+  }
+
+  #isIdle(): boolean {
+    return this.#queue.length === 0 && this.#running.size === 0 && this.#finishing === 0;
+  }
+
+  async #record(job: LiveJob, state: JobState, result: unknown, failure?: AgentError): Promise<void> {
+    const { record } = job;
     await job.release?.();
     job.release = undefined;
     record.state = state;
@@ -498,10 +519,6 @@ export class JobEngine {
     this.#emit('finished', job);
     for (const resolve of job.waiters.splice(0)) resolve(this.#snapshot(job));
     this.#forgetOldJobs();
-    if (this.#queue.length === 0 && this.#running.size === 0) {
-      for (const resolve of this.#idleWaiters.splice(0)) resolve();
-    }
-    if (wasRunning) void this.#pump();
   }
 
   // ---------------------------------------------------------------- housekeeping
