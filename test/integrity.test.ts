@@ -19,18 +19,20 @@ const treeState = (root: string) => Object.fromEntries(describeTree(root));
 
 type Entry = { header: Partial<Header> & Pick<Header, 'name'>; body?: string };
 
-async function tarZst(entries: Entry[]): Promise<Buffer> {
+/** A tar archive built entry by entry, zstd-compressed; rawBytes is the tar's own size. */
+async function tarZst(entries: Entry[]): Promise<{ archive: Buffer; rawBytes: number }> {
   const pack = tarPack();
   for (const { header, body } of entries) {
     if (body === undefined) pack.entry(header);
     else pack.entry(header, body);
   }
   pack.finalize();
+  const tar = await buffer(pack);
   const out: Buffer[] = [];
-  await pipeline(pack, createCompressor('zstd', { level: 1 }), async function* (source) {
+  await pipeline(Readable.from([tar]), createCompressor('zstd', { level: 1 }), async function* (source) {
     for await (const chunk of source) out.push(chunk as Buffer);
   });
-  return Buffer.concat(out);
+  return { archive: Buffer.concat(out), rawBytes: tar.length };
 }
 
 for (const storeKind of ['fs', 's3'] as const) {
@@ -129,10 +131,10 @@ for (const storeKind of ['fs', 's3'] as const) {
       it.each(attacks)('%s', async (_name, entries) => {
         const manifest = await freshBackup();
         const element = manifest.elements[0]!;
-        const archive = await tarZst([{ header: { name: 'innocent.txt', type: 'file' }, body: 'hello' }, ...entries]);
+        const { archive, rawBytes } = await tarZst([{ header: { name: 'innocent.txt', type: 'file' }, body: 'hello' }, ...entries]);
         await store.put(element.objects[0]!.key, Readable.from([archive]));
         const sha256 = createHash('sha256').update(archive).digest('hex');
-        const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, sha256 }] };
+        const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes, sha256 }] };
         await store.put(manifestKey('site', manifest.id), Readable.from([Buffer.from(JSON.stringify(forged))]));
         await writeFile(path.join(outside, 'target'), 'outside original');
         const before = await treeState(mount);

@@ -10,38 +10,42 @@ export const compressionExtension: Record<Compression, string> = { zstd: '.zst',
 
 export interface CompressOptions {
   level: number;
-  /** Input bytes per independently compressed frame. */
+  /** gzip: input bytes per independently compressed member. */
   blockBytes?: number;
-  /** Frames compressed at once on libuv's thread pool. */
+  /** gzip: members compressed at once on libuv's thread pool. */
   concurrency?: number;
 }
 
-const zstdCompress = promisify(zlib.zstdCompress);
 const gzip = promisify(zlib.gzip);
 
 /**
- * Compresses in independent frames, several at once. Node's zstd and gzip streams use one
- * thread each (~194 MB/s for zstd -1 here, half of `zstd -T0`); cutting the input into blocks
- * and compressing them in parallel on the thread pool uses every core. Concatenated zstd
- * frames and gzip members are each a valid stream: `zstd -d`, `gunzip`, `tar -xzf` and
- * Node's own decompressors read them as one.
- * Memory: about blockBytes × (concurrency + 1) in and as much out, whatever the data size.
+ * zstd runs as the `zstd` CLI with one worker per core (-T0): Node's own zstd costs 43–57 %
+ * more CPU per byte and uses one core per stream (docs/benchmarks.md), and its decoder stops
+ * after the first frame of a multi-frame stream (nodejs/node#64741). The output is one
+ * standard stream with frame checksums (`zstd -d`, `tar --zstd`).
+ *
+ * gzip (for tools that want .tar.gz/.sql.gz) is compressed in independent members, several at
+ * once on the thread pool: Node's gzip stream uses one thread. Concatenated members are one
+ * valid gzip stream. Memory: about blockBytes × (concurrency + 1) in and as much out.
  */
-export function createCompressor(kind: Compression, options: CompressOptions): Transform {
-  if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
-  const blockBytes = options.blockBytes ?? 4 << 20;
-  // One frame more than cores: a core stays busy while the next block is still filling.
-  const concurrency = options.concurrency ?? availableParallelism() + 1;
-  const compressBlock =
-    kind === 'zstd'
-      ? (block: Buffer) =>
-          zstdCompress(block, {
-            // The frame checksum lets `zstd -t` and any decoder spot corruption on their own,
-            // without our manifest's sha256.
-            params: { [zlib.constants.ZSTD_c_compressionLevel]: options.level, [zlib.constants.ZSTD_c_checksumFlag]: 1 },
-          })
-      : (block: Buffer) => gzip(block, { level: options.level });
-  return new FrameCompressor(compressBlock, blockBytes, concurrency);
+export function createCompressor(kind: Compression, options: CompressOptions): Duplex {
+  switch (kind) {
+    case 'none':
+      return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
+    case 'zstd':
+      return zstdCli([`-${options.level}`, '-T0', '-c']);
+    case 'gzip': {
+      const blockBytes = options.blockBytes ?? 4 << 20;
+      // One member more than cores: a core stays busy while the next block is still filling.
+      const concurrency = options.concurrency ?? availableParallelism() + 1;
+      return new FrameCompressor((block: Buffer) => gzip(block, { level: options.level }), blockBytes, concurrency);
+    }
+  }
+}
+
+/** The zstd CLI as a stream; a non-zero exit fails the stream, destroying it ends the process. */
+function zstdCli(args: string[]): Duplex {
+  return execa('zstd', ['-q', ...args], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
 }
 
 class FrameCompressor extends Transform {
@@ -96,10 +100,9 @@ class FrameCompressor extends Transform {
 export function createDecompressor(kind: Compression): Duplex {
   switch (kind) {
     case 'zstd':
-      // Node 24's zstd decompressor stops after the first frame unless that frame's output ends
-      // on a chunk boundary (nodejs/node#64741) — erroring, or silently dropping the rest. Our
-      // streams are many frames, so they are decoded by the zstd CLI, which reads them as one.
-      return execa('zstd', ['-d', '-c', '-q'], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
+      // Not Node's decoder: it stops after the first frame unless that frame's output ends on
+      // a chunk boundary (nodejs/node#64741), erroring or silently dropping the rest.
+      return zstdCli(['-d', '-c']);
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });
     case 'none':
