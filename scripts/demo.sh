@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/bootstrap.sh
-apt_install tar findutils diffutils
+apt_install tar zstd findutils diffutils
 ensure_node_modules
 
 demo="${DEMO_DIR:-$(mktemp -d /tmp/storage-agent-demo.XXXXXX)}"
