@@ -37,6 +37,7 @@
  * CPU (mariadbd, from /proc) is reported beside it: a restore's work is mostly there.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { processCpuSeconds, timed as timedRun } from './timing.ts';
 import { randomBytes } from 'node:crypto';
 import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -141,49 +142,17 @@ interface Sample {
 let current: ChildProcess | undefined;
 
 /** Runs argv under /usr/bin/time; rejects with its stderr if it fails. */
-function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
-  const timeFile = path.join(work, 'time.out');
-  rmSync(timeFile, { force: true });
+async function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
   const serverPid = mariadbPid();
   const cpuBefore = processCpuSeconds(serverPid);
-  return new Promise((resolve, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, '--', ...argv], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    current = child;
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.once('error', reject);
-    child.once('close', (code) => {
-      current = undefined;
-      const serverCpu = processCpuSeconds(serverPid) - cpuBefore;
-      const stderr = Buffer.concat(err).toString();
-      const lines = existsSync(timeFile) ? readFileSync(timeFile, 'utf8').trim().split('\n') : [];
-      if (code !== 0) {
-        reject(new Error(`${argv.join(' ')} exited with ${code}: ${lines.join(' / ')}\n${stderr.slice(-4000)}`));
-        return;
-      }
-      const [wall, user, sys, rss] = (lines.at(-1) ?? '').split(' ').map(Number);
-      if ([wall, user, sys, rss].some((n) => n === undefined || !Number.isFinite(n))) {
-        reject(new Error(`cannot parse /usr/bin/time output ${JSON.stringify(lines)}`));
-        return;
-      }
-      resolve({ wall: wall!, user: user!, sys: sys!, maxRssKiB: rss!, serverCpu, stdout: Buffer.concat(out).toString(), stderr });
-    });
-  });
-}
-
-/** utime + stime of a process, from /proc (clock ticks are 100 Hz on Linux). */
-function processCpuSeconds(pid: number | undefined): number {
-  if (!pid) return 0;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
+    const run = await timedRun(argv, { cwd: ROOT, timeFile: path.join(work, 'time.out'), env, onSpawn: (child) => (current = child) });
+    return { ...run, serverCpu: processCpuSeconds(serverPid) - cpuBefore };
+  } finally {
+    current = undefined;
   }
 }
+
 
 /** True while process `pid` exists and is not a zombie. */
 function alive(pid: number): boolean {

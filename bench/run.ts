@@ -26,11 +26,12 @@ import {
   ListObjectsV2Command,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
+import { processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = process.execPath;
@@ -87,32 +88,10 @@ function log(line: string): void {
 }
 
 /** Runs argv under /usr/bin/time; rejects with its stderr if it fails. */
-function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
-  const timeFile = path.join(work, 'time.out');
-  rmSync(timeFile, { force: true });
-  return new Promise((resolve, reject) => {
-    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, '--', ...argv], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    child.once('error', reject);
-    child.once('close', (code) => {
-      const stderr = Buffer.concat(err).toString();
-      const lines = existsSync(timeFile) ? readFileSync(timeFile, 'utf8').trim().split('\n') : [];
-      if (code !== 0) {
-        reject(new Error(`${argv.join(' ')} exited with ${code}: ${lines.join(' / ')}\n${stderr.slice(-4000)}`));
-        return;
-      }
-      const [wall, user, sys, rss] = (lines.at(-1) ?? '').split(' ').map(Number);
-      if ([wall, user, sys, rss].some((n) => n === undefined || !Number.isFinite(n))) {
-        reject(new Error(`cannot parse /usr/bin/time output ${JSON.stringify(lines)}`));
-        return;
-      }
-      if (stderr.trim()) log(`  stderr of ${path.basename(argv[0]!)}: ${stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 600)}`);
-      resolve({ wall: wall!, user: user!, sys: sys!, maxRssKiB: rss!, stdout: Buffer.concat(out).toString() });
-    });
-  });
+async function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
+  const run = await timedRun(argv, { cwd: ROOT, timeFile: path.join(work, 'time.out'), env });
+  if (run.stderr.trim()) log(`  stderr of ${path.basename(argv[0]!)}: ${run.stderr.trim().split('\n').slice(-3).join(' | ').slice(0, 600)}`);
+  return { wall: run.wall, user: run.user, sys: run.sys, maxRssKiB: run.maxRssKiB, stdout: run.stdout };
 }
 
 function sh(script: string, ...params: string[]): string[] {
@@ -184,15 +163,6 @@ function spawnSyncChecked(command: string, argv: string[]): string {
 }
 
 /** utime + stime of a process, from /proc (clock ticks are 100 Hz on Linux). */
-function processCpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
 
 // ------------------------------------------------------------------ the agent's config
 

@@ -1,0 +1,65 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+
+export interface TimedRun {
+  wall: number;
+  user: number;
+  sys: number;
+  /** Peak RSS of the largest single process of the run (GNU time's %M). */
+  maxRssKiB: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface TimedOptions {
+  cwd: string;
+  /** Where GNU time writes its figures (apart from the command's own stderr). */
+  timeFile: string;
+  env?: NodeJS.ProcessEnv;
+  onSpawn?: (child: ChildProcess) => void;
+}
+
+/** Runs argv under GNU `/usr/bin/time -f '%e %U %S %M'`; rejects with its stderr if it fails. */
+export function timed(argv: string[], options: TimedOptions): Promise<TimedRun> {
+  const { timeFile } = options;
+  rmSync(timeFile, { force: true });
+  return new Promise((resolve, reject) => {
+    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', '-o', timeFile, '--', ...argv], {
+      cwd: options.cwd,
+      env: options.env ?? process.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    options.onSpawn?.(child);
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    child.once('error', reject);
+    child.once('close', (code) => {
+      const stderr = Buffer.concat(err).toString();
+      const lines = existsSync(timeFile) ? readFileSync(timeFile, 'utf8').trim().split('\n') : [];
+      if (code !== 0) {
+        reject(new Error(`${argv.join(' ')} exited with ${code}: ${lines.join(' / ')}\n${stderr.slice(-4000)}`));
+        return;
+      }
+      const [wall, user, sys, rss] = (lines.at(-1) ?? '').split(' ').map(Number);
+      if ([wall, user, sys, rss].some((n) => n === undefined || !Number.isFinite(n))) {
+        reject(new Error(`cannot parse /usr/bin/time output ${JSON.stringify(lines)}`));
+        return;
+      }
+      resolve({ wall: wall!, user: user!, sys: sys!, maxRssKiB: rss!, stdout: Buffer.concat(out).toString(), stderr });
+    });
+  });
+}
+
+/** utime + stime of a process, from /proc (clock ticks are 100 Hz on Linux); 0 when gone. */
+export function processCpuSeconds(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
