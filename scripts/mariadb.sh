@@ -280,11 +280,6 @@ cmd_status() {
   server_pid >/dev/null && agent_answers
 }
 
-trap_errors() {
-  set -E
-  trap 'fail "failed at line $LINENO: $BASH_COMMAND"' ERR
-}
-
 main() {
   case "${1:-}" in
     install) install_packages ;;

@@ -437,13 +437,6 @@ cmd_status() {
   healthy
 }
 
-# Any failing step of a start reports where it failed and the logs.
-# errtrace (-E) makes functions and subshells inherit the trap.
-trap_errors() {
-  set -E
-  trap 'fail "failed at line $LINENO: $BASH_COMMAND"' ERR
-}
-
 main() {
   case "${1:-}" in
     install) install_packages ;;

@@ -39,3 +39,10 @@ ensure_node_modules() {
   NODE="$PWD/node_modules/.bin/node"
   export PATH="$PWD/node_modules/.bin:$PATH"
 }
+
+# trap_errors: any failing command reports where it failed through the sourcing script's own
+# fail() (which prints the logs); errtrace (-E) makes functions and subshells inherit the trap.
+trap_errors() {
+  set -E
+  trap 'fail "failed at line $LINENO: $BASH_COMMAND"' ERR
+}

@@ -290,8 +290,10 @@ async function withOperation<T>(cmd: Command, run: (ctx: OperationContext) => Pr
   const onSignal = (name: string) => controller.abort(new AgentError('E_CANCELLED', `cancelled by ${name}`));
   const onInt = () => onSignal('SIGINT');
   const onTerm = () => onSignal('SIGTERM');
-  process.once('SIGINT', onInt);
-  process.once('SIGTERM', onTerm);
+  // `on`, not `once` (see followJob in jobs/cli-glue.ts): execa's signal-exit re-raises a signal
+  // no other listener handles, and a `once` listener is gone by the time it looks.
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
   const progress = json ? { update: () => {}, end: () => {} } : createProgressLine(process.stderr);
   try {
     return await run({ config, logger: createLogger(logLevel, 2), signal: controller.signal, onProgress: progress.update });

@@ -91,8 +91,10 @@ async function followJob(cmd: Command, agent: AgentApi, ticket: JobTicket): Prom
     }
   };
   const cancel = () => void agent.jobCancel(ticket.jobId).catch(() => {});
-  process.once('SIGINT', cancel);
-  process.once('SIGTERM', cancel);
+  // `on`, not `once`: execa's signal-exit re-raises a signal that no other listener is left to
+  // handle, and a `once` listener is removed before it runs — the process would die mid-cancel.
+  process.on('SIGINT', cancel);
+  process.on('SIGTERM', cancel);
   let final: JobRecord;
   try {
     final = await agent.follow(ticket.jobId, onEvent);

@@ -145,9 +145,17 @@ export function clientArgs(defaults: DefaultsFile): string[] {
 }
 
 /**
- * The environment of the client commands: a clean one, since the agent's own environment may
- * hold the very password (`password: {env: …}`) and MYSQL_PWD/MYSQL_HOST would override ours.
+ * How every client command runs: streamed (no buffering), its stderr read for messages, killed
+ * on cancel, and in a clean environment, since the agent's own may hold the very password
+ * (`password: {env: …}`) and MYSQL_PWD/MYSQL_HOST would override ours.
  */
-export function clientEnv(): Record<string, string> {
-  return { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LC_ALL: 'C' };
+export function clientProcessOptions(signal: AbortSignal) {
+  return {
+    buffer: false,
+    stderr: 'pipe',
+    env: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LC_ALL: 'C' },
+    extendEnv: false,
+    cancelSignal: signal,
+    forceKillAfterDelay: 2_000,
+  } as const;
 }

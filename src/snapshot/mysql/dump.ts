@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import { PassThrough, type Readable } from 'node:stream';
 import { execa } from 'execa';
 import { AgentError, cancelled } from '../../errors.ts';
-import { clientArgs, clientEnv, type DefaultsFile } from './connection.ts';
+import { clientArgs, clientProcessOptions, type DefaultsFile } from './connection.ts';
 import { dumpHeaderLine } from './dump-format.ts';
 
 /** mysqldump's options; --verbose is for us: it tells when the snapshot is open (see below). */
@@ -45,14 +45,9 @@ export interface RunningDump {
  */
 export function startDump(defaults: DefaultsFile, databases: readonly string[], signal: AbortSignal): RunningDump {
   const subprocess = execa('mysqldump', [...clientArgs(defaults), ...DUMP_OPTIONS, '--databases', ...databases], {
-    buffer: false,
+    ...clientProcessOptions(signal),
     stdin: 'ignore',
     stdout: 'pipe',
-    stderr: 'pipe',
-    env: clientEnv(),
-    extendEnv: false,
-    cancelSignal: signal,
-    forceKillAfterDelay: 2_000,
   });
 
   const messages: string[] = [];

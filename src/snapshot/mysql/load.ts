@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { AgentError, cancelled, toAgentError } from '../../errors.ts';
-import { clientArgs, clientEnv, type DefaultsFile } from './connection.ts';
+import { clientArgs, clientProcessOptions, type DefaultsFile } from './connection.ts';
 import type { StagingRewriter } from './rewrite.ts';
 
 const LOAD_OPTIONS = [
@@ -27,15 +27,11 @@ const MAX_MESSAGES = 20;
  */
 export async function loadDump(defaults: DefaultsFile, source: Readable, rewriter: StagingRewriter, signal: AbortSignal): Promise<void> {
   const subprocess = execa('mysql', [...clientArgs(defaults), ...LOAD_OPTIONS], {
-    buffer: false,
+    ...clientProcessOptions(signal),
     stdin: 'pipe',
     stdout: 'ignore',
-    stderr: 'pipe',
-    env: clientEnv(),
-    extendEnv: false,
-    cancelSignal: signal,
-    forceKillAfterDelay: 2_000,
   });
+
   const messages: string[] = [];
   createInterface({ input: subprocess.stderr, crlfDelay: Infinity }).on('line', (line) => {
     if (line.trim() && messages.length < MAX_MESSAGES) messages.push(line.trim());
