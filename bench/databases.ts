@@ -37,7 +37,7 @@
  * CPU (mariadbd, from /proc) is reported beside it: a restore's work is mostly there.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { processCpuSeconds, timed as timedRun } from './timing.ts';
+import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
 import { randomBytes } from 'node:crypto';
 import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -1029,12 +1029,7 @@ function report(started: number, load: number[], ctx: Context): string {
   if (ctx.redis) sizes.push(`Redis: ${ctx.redis.keys} keys × ${ctx.redis.valueBytes} B values, RDB ${(ctx.redis.rdbBytes / MIB).toFixed(0)} MiB, used_memory ${((ctx.redisMemory ?? 0) / MIB).toFixed(0)} MiB`);
   out.push(`Data: ${sizes.join('; ')}.`);
   out.push(`Servers: ${ctx.mysql?.mariadb ?? 'MariaDB ?'} (scripts/mariadb.sh: 256 MiB buffer pool, binlog ROW); ${run('redis-server', ['--version']).trim().split(' ').slice(0, 3).join(' ')}.`);
-  out.push(`Load average at start ${load.map((l) => l.toFixed(2)).join(' ')}, at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; total ${((performance.now() - started) / 60000).toFixed(1)} min.`);
-  if (problems.length) {
-    out.push('');
-    out.push('Problems seen:');
-    for (const p of problems) out.push(`- ${p}`);
-  }
+  out.push(...closingLines(load, started, problems));
   return out.join('\n');
 }
 

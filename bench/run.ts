@@ -31,7 +31,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } 
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
-import { processCpuSeconds, timed as timedRun } from './timing.ts';
+import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = process.execPath;
@@ -573,12 +573,7 @@ function report(started: number, load: number[]): string {
   }
   if (process.env.BENCH_AGENT_VERSION) out.push(`Agent: ${process.env.BENCH_AGENT_VERSION}.`);
   out.push(`Trees: ${sizeNames.map((s) => `${s} = ${treeInfos[s]?.files} files, ${((treeInfos[s]?.bytes ?? 0) / 1024 ** 2).toFixed(0)} MiB`).join('; ')}.`);
-  out.push(`Load average at start ${load.map((l) => l.toFixed(2)).join(' ')}, at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; total ${((performance.now() - started) / 60000).toFixed(1)} min.`);
-  if (problems.length) {
-    out.push('');
-    out.push('Problems seen:');
-    for (const p of problems) out.push(`- ${p}`);
-  }
+  out.push(...closingLines(load, started, problems));
   return out.join('\n');
 }
 

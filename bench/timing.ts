@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 
 export interface TimedRun {
   wall: number;
@@ -62,4 +63,12 @@ export function processCpuSeconds(pid: number | undefined): number {
   } catch {
     return 0;
   }
+}
+
+/** The last lines of a report: how loaded the machine was, how long it took, what went wrong. */
+export function closingLines(loadAtStart: number[], startedAt: number, problems: readonly string[]): string[] {
+  const load = (values: number[]) => values.map((l) => l.toFixed(2)).join(' ');
+  const lines = [`Load average at start ${load(loadAtStart)}, at end ${load(loadavg())}; total ${((performance.now() - startedAt) / 60000).toFixed(1)} min.`];
+  if (problems.length) lines.push('', 'Problems seen:', ...problems.map((p) => `- ${p}`));
+  return lines;
 }

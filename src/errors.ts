@@ -52,7 +52,6 @@ const catalogue = {
   E_CAPTURE_FAILED: ExitCode.capture,
   E_FREEZE_TIMEOUT: ExitCode.capture,
   E_RESTORE_FAILED: ExitCode.restore,
-  E_TARGET_EXISTS: ExitCode.restore,
   E_CANCELLED: ExitCode.cancelled,
   E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,
   E_BUSY: ExitCode.busy,

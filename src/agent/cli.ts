@@ -1,15 +1,14 @@
 import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
-import { FreezeJournal } from '../snapshot/freeze/journal.ts';
-import { thawLeftovers } from '../snapshot/freeze/recovery.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
 import { downloadElement, findElement } from './artifacts.ts';
 import { readManifest } from './catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';
-import { DEFAULT_CONFIG_PATH, loadConfig, type Config } from './config.ts';
+import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { confirmDestructive } from './confirm.ts';
 import type { OperationContext } from './context.ts';
+import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
@@ -272,20 +271,16 @@ function splitList(value: string): string[] {
 }
 
 /**
- * Loads the config, and first of all thaws whatever a crashed run left frozen: every command
- * is an agent start as far as that promise goes.
+ * Runs an operation in this process (commands whose arguments name local paths, which the
+ * protocol never does), with cancel on SIGINT/SIGTERM: uploads aborted, nothing half-done.
+ * Like every agent start, it first recovers from a crashed run (thaw, dead jobs).
  */
-async function globals(cmd: Command): Promise<{ config: Config; logLevel: string; json: boolean }> {
+async function withOperation<T>(cmd: Command, run: (ctx: OperationContext) => Promise<T>): Promise<T> {
   const opts = cmd.optsWithGlobals<GlobalOptions & { remote?: string }>();
   if (opts.remote !== undefined) throw new AgentError('E_USAGE', `'${cmd.name()}' runs on the node itself: the protocol never names paths; drop --remote`);
   const config = await loadConfig(opts.config);
-  await thawLeftovers(new FreezeJournal(config.stateDir), createLogger(opts.logLevel, 2));
-  return { config, logLevel: opts.logLevel, json: opts.json === true };
-}
-
-/** Runs an operation with cancel on SIGINT/SIGTERM (cleanly: uploads aborted, nothing half-done). */
-async function withOperation<T>(cmd: Command, run: (ctx: OperationContext) => Promise<T>): Promise<T> {
-  const { config, logLevel, json } = await globals(cmd);
+  const logger = createLogger(opts.logLevel, 2);
+  await recoverAtStart(config, logger, { sweepStores: false });
   const controller = new AbortController();
   const onSignal = (name: string) => controller.abort(new AgentError('E_CANCELLED', `cancelled by ${name}`));
   const onInt = () => onSignal('SIGINT');
@@ -294,9 +289,9 @@ async function withOperation<T>(cmd: Command, run: (ctx: OperationContext) => Pr
   // no other listener handles, and a `once` listener is gone by the time it looks.
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
-  const progress = json ? { update: () => {}, end: () => {} } : createProgressLine(process.stderr);
+  const progress = opts.json ? { update: () => {}, end: () => {} } : createProgressLine(process.stderr);
   try {
-    return await run({ config, logger: createLogger(logLevel, 2), signal: controller.signal, onProgress: progress.update });
+    return await run({ config, logger, signal: controller.signal, onProgress: progress.update });
   } finally {
     progress.end();
     process.off('SIGINT', onInt);

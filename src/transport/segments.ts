@@ -8,7 +8,7 @@ export interface StoredSegment {
 }
 
 /** The key of segment `index` of an artifact: the first keeps the base key. */
-export function segmentKey(baseKey: string, index: number): string {
+function segmentKey(baseKey: string, index: number): string {
   return index === 0 ? baseKey : `${baseKey}.${String(index).padStart(4, '0')}`;
 }
 
