@@ -1,5 +1,5 @@
+import { statfs } from 'node:fs/promises';
 import os from 'node:os';
-import path from 'node:path';
 import si from 'systeminformation';
 import { formatBytes } from '../units.ts';
 
@@ -23,7 +23,7 @@ const CACHE_MS = 2_000;
 /** What admission control looks at: free memory, and free disk where the state directory is. */
 export type HostResources = Pick<HostFacts, 'memory' | 'disk'>;
 
-/** Free memory and disk, at most a couple of seconds old (each read runs `df`). */
+/** Free memory and disk, at most a couple of seconds old. */
 export function hostResources(stateDir: string): Promise<HostResources> {
   const now = Date.now();
   if (cached && cached.stateDir === stateDir && now - cached.at < CACHE_MS) return cached.resources;
@@ -54,15 +54,13 @@ export async function hostFacts(stateDir: string): Promise<HostFacts> {
 }
 
 async function readResources(stateDir: string): Promise<HostResources> {
-  const [memory, filesystems] = await Promise.all([si.mem(), si.fsSize()]);
-  const target = path.resolve(stateDir);
-  // The filesystem of the state directory: the mount point that is its longest prefix.
-  const mount = filesystems
-    .filter((f) => target === f.mount || target.startsWith(f.mount.endsWith('/') ? f.mount : `${f.mount}/`))
-    .sort((a, b) => b.mount.length - a.mount.length)[0];
+  // statfs of the state directory itself, not systeminformation's fsSize: that runs `df`
+  // synchronously (~10 ms of a blocked event loop per job) and matches mounts by path prefix.
+  const [memory, disk] = await Promise.all([si.mem(), statfs(stateDir).catch(() => undefined)]);
   return {
     memory: { total: memory.total, available: memory.available },
-    disk: { size: mount?.size ?? 0, available: mount?.available ?? 0 },
+    // bavail: what an unprivileged writer may use (the root reserve is not ours to plan on).
+    disk: disk ? { size: disk.blocks * disk.bsize, available: disk.bavail * disk.bsize } : { size: 0, available: 0 },
   };
 }
 
