@@ -12,6 +12,7 @@
  */
 import { Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { recycle } from '../src/snapshot/chunk-recycling.ts';
 import { createCompressor } from '../src/snapshot/compression.ts';
 import { ByteCounter } from '../src/snapshot/counter.ts';
 import { DigestStream } from '../src/snapshot/digest.ts';
@@ -32,6 +33,7 @@ const sink = new Writable({
   highWaterMark: 1 << 20,
   write(chunk: Buffer, _encoding, callback) {
     bytes += chunk.length;
+    recycle(chunk); // as the compressor does with the pack worker's chunks
     callback();
   },
 });

@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
+import { offerForRecycling, recycle } from '../src/snapshot/chunk-recycling.ts';
 import { createCompressor, createDecompressor, type Compression } from '../src/snapshot/compression.ts';
 
 const MiB = 1024 * 1024;
@@ -24,7 +25,7 @@ async function compress(kind: Compression, input: Buffer, blockBytes = 1 * MiB):
   const out: Buffer[] = [];
   await pipeline(
     Readable.from([input.subarray(0, 3 * MiB), input.subarray(3 * MiB)]),
-    createCompressor(kind, { level: 1, blockBytes, concurrency: 2 }),
+    createCompressor(kind, { level: 1, blockBytes, workers: 2 }),
     async function* (source) {
       for await (const chunk of source) out.push(chunk as Buffer);
     },
@@ -32,7 +33,7 @@ async function compress(kind: Compression, input: Buffer, blockBytes = 1 * MiB):
   return Buffer.concat(out);
 }
 
-describe('compression (zstd CLI, parallel gzip members)', () => {
+describe('compression (parallel zstd frames and gzip members, zstd CLI decoder)', () => {
   const input = sample(7 * MiB + 123);
 
   it.each(['zstd', 'gzip'] as const)('%s output is one stream the standard tools and Node decode to the input', async (kind) => {
@@ -70,3 +71,65 @@ describe('compression (zstd CLI, parallel gzip members)', () => {
     await expect(buffer(Readable.from([compressed]).pipe(createDecompressor('zstd')))).rejects.toThrow();
   });
 });
+
+describe('compression workers and chunk memory', () => {
+  it('hands whole blocks back to their producer and offers each frame for freeing', async () => {
+    const input = sample(3 * MiB);
+    const returned: ArrayBuffer[] = [];
+    const blocks = [0, 1, 2].map((i) => {
+      const block = Buffer.allocUnsafeSlow(MiB);
+      input.copy(block, 0, i * MiB, (i + 1) * MiB);
+      return offerForRecycling(block, (memory) => returned.push(memory));
+    });
+    const frames: Buffer[] = [];
+    await pipeline(Readable.from(blocks), createCompressor('zstd', { level: 1, blockBytes: MiB, workers: 2 }), async function* (source) {
+      for await (const frame of source) frames.push(Buffer.from(frame as Buffer)); // a copy: the original is freed below
+      for (const frame of frames) yield frame;
+    });
+    expect(returned.map((memory) => memory.byteLength)).toEqual([MiB, MiB, MiB]);
+    const decoded = await execa('zstd', ['-dc'], { input: Buffer.concat(frames), encoding: 'buffer' });
+    expect(Buffer.from(decoded.stdout).equals(input)).toBe(true);
+  });
+
+  it('frees a frame when its consumer recycles it', async () => {
+    const [frame] = await compressChunks([sample(100_000)]);
+    expect(frame!.length).toBeGreaterThan(0);
+    recycle(frame!);
+    expect(frame!.length).toBe(0);
+  });
+
+  it('compresses buffers from Node\'s shared pool without taking the pool away', async () => {
+    const small = Buffer.from('a small pooled buffer');
+    const neighbour = Buffer.from('its neighbour in the pool');
+    const frames = await compressChunks([small]);
+    const decoded = await execa('zstd', ['-dc'], { input: Buffer.concat(frames), encoding: 'buffer' });
+    expect(Buffer.from(decoded.stdout).toString()).toBe('a small pooled buffer');
+    expect(neighbour.toString()).toBe('its neighbour in the pool');
+  });
+
+  it('fails the stream with E_INTERNAL when a worker cannot compress, and stops its workers', async () => {
+    const compressor = createCompressor('gzip', { level: 42, blockBytes: MiB, workers: 1 });
+    await expect(pipeline(Readable.from([sample(2 * MiB)]), compressor, new Writable({ write: (_c, _e, done) => done() }))).rejects.toMatchObject({
+      code: 'E_INTERNAL',
+    });
+    expect(compressor.destroyed).toBe(true);
+  });
+
+  it('ends cleanly when destroyed with blocks in flight', async () => {
+    const compressor = createCompressor('zstd', { level: 1, blockBytes: MiB, workers: 2 });
+    compressor.write(sample(3 * MiB));
+    const closed = new Promise((resolve) => compressor.once('close', resolve));
+    compressor.destroy();
+    await closed;
+    expect(compressor.destroyed).toBe(true);
+  });
+});
+
+async function compressChunks(chunks: Buffer[]): Promise<Buffer[]> {
+  const frames: Buffer[] = [];
+  await pipeline(Readable.from(chunks), createCompressor('zstd', { level: 1, blockBytes: MiB, workers: 1 }), async function* (source) {
+    for await (const frame of source) frames.push(frame as Buffer);
+    yield* [];
+  });
+  return frames;
+}

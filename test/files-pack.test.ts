@@ -8,6 +8,7 @@ import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAgentError } from '../src/errors.ts';
+import { recycle } from '../src/snapshot/chunk-recycling.ts';
 import { extractTree } from '../src/snapshot/files/extract.ts';
 import { packTree, type PackStats } from '../src/snapshot/files/pack.ts';
 import {
@@ -54,6 +55,25 @@ async function untilWorkerBlocked(stream: Readable): Promise<void> {
 }
 
 describe('packTree', () => {
+  it('fills again the chunks its consumer hands back, and the archive stays the same bytes', async () => {
+    const source = await makeDir('source');
+    // Several times the chunks in flight (2 × 4 MiB), so that chunks go round more than once.
+    for (let i = 0; i < 12; i++) await writeFile(path.join(source, `f${i}`), randomBytes(3 * MiB + i));
+    const plain = (await packToBuffer(source)).archive;
+
+    const { stream, stats } = packTree(source);
+    const copies: Buffer[] = [];
+    let handedBack = 0;
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      copies.push(Buffer.from(chunk));
+      recycle(chunk);
+      if (chunk.length === 0) handedBack++; // transferred back to the worker
+    }
+    await stats;
+    expect(handedBack).toBeGreaterThan(5);
+    expect(Buffer.concat(copies).equals(plain)).toBe(true);
+  });
+
   it('round trips every kind of entry through extractTree: content, modes, owners, mtimes, links, names', async () => {
     const source = await makeDir('source');
     await buildFixtureTree(source);

@@ -1,8 +1,9 @@
 import { availableParallelism } from 'node:os';
 import { Transform, type Duplex, type TransformCallback } from 'node:stream';
-import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
+import { claimRecyclable, freeNow, offerForRecycling, recycle } from './chunk-recycling.ts';
+import { CompressionPool } from './compress-pool.ts';
 
 export type Compression = 'zstd' | 'gzip' | 'none';
 
@@ -10,57 +11,40 @@ export const compressionExtension: Record<Compression, string> = { zstd: '.zst',
 
 export interface CompressOptions {
   level: number;
-  /** gzip: input bytes per independently compressed member. */
+  /** Input bytes per independently compressed frame (zstd) or member (gzip). */
   blockBytes?: number;
-  /** gzip: members compressed at once on libuv's thread pool. */
-  concurrency?: number;
+  /** Compression workers (threads). */
+  workers?: number;
 }
-
-const gzip = promisify(zlib.gzip);
 
 /**
- * zstd runs as the `zstd` CLI with one worker per core (-T0): Node's own zstd costs 43–57 %
- * more CPU per byte and uses one core per stream (docs/benchmarks.md), and its decoder stops
- * after the first frame of a multi-frame stream (nodejs/node#64741). The output is one
- * standard stream with frame checksums (`zstd -d`, `tar --zstd`).
- *
- * gzip (for tools that want .tar.gz/.sql.gz) is compressed in independent members, several at
- * once on the thread pool: Node's gzip stream uses one thread. Concatenated members are one
- * valid gzip stream. Memory: about blockBytes × (concurrency + 1) in and as much out.
+ * Compresses in independent frames (zstd) or members (gzip) of `blockBytes`, one per worker
+ * thread at a time: a Node zstd or gzip stream uses one thread. Concatenated frames or members
+ * are one valid stream (`zstd -d`, `tar --zstd`, `gunzip`). Frames carry a checksum, so
+ * `zstd -t` spots corruption on its own. On 2 cores, zstd -1 in 4 MiB frames costs 0.85× the
+ * CPU of `zstd -1 -T0` on the same tar for 0.7 % more output (docs/benchmarks.md).
+ * Memory: about blockBytes × (workers + 2) in and as much out.
  */
 export function createCompressor(kind: Compression, options: CompressOptions): Duplex {
-  switch (kind) {
-    case 'none':
-      return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
-    case 'zstd':
-      return zstdCli([`-${options.level}`, '-T0', '-c']);
-    case 'gzip': {
-      const blockBytes = options.blockBytes ?? 4 << 20;
-      // One member more than cores: a core stays busy while the next block is still filling.
-      const concurrency = options.concurrency ?? availableParallelism() + 1;
-      return new FrameCompressor((block: Buffer) => gzip(block, { level: options.level }), blockBytes, concurrency);
-    }
-  }
-}
-
-/** The zstd CLI as a stream; a non-zero exit fails the stream, destroying it ends the process. */
-function zstdCli(args: string[]): Duplex {
-  return execa('zstd', ['-q', ...args], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
+  if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
+  const pool = new CompressionPool({ kind, level: options.level }, options.workers ?? availableParallelism());
+  return new FrameCompressor(pool, options.blockBytes ?? 4 << 20);
 }
 
 class FrameCompressor extends Transform {
-  readonly #compress: (block: Buffer) => Promise<Buffer>;
+  readonly #pool: CompressionPool;
   readonly #blockBytes: number;
-  readonly #concurrency: number;
+  /** Frames in order; one more than workers, so that a worker never waits for the next block. */
   readonly #inFlight: Promise<Buffer>[] = [];
+  readonly #maxInFlight: number;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
 
-  constructor(compress: (block: Buffer) => Promise<Buffer>, blockBytes: number, concurrency: number) {
+  constructor(pool: CompressionPool, blockBytes: number) {
     super({ readableHighWaterMark: blockBytes });
-    this.#compress = compress;
+    this.#pool = pool;
     this.#blockBytes = blockBytes;
-    this.#concurrency = concurrency;
+    this.#maxInFlight = pool.size + 1;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
@@ -68,8 +52,8 @@ class FrameCompressor extends Transform {
     this.#pendingBytes += chunk.length;
     if (this.#pendingBytes < this.#blockBytes) return done();
     this.#submit();
-    // Backpressure: hold the callback while the pool is full, so input waits for output.
-    if (this.#inFlight.length < this.#concurrency) return done();
+    // Backpressure: hold the callback while the workers are busy, so input waits for output.
+    if (this.#inFlight.length < this.#maxInFlight) return done();
     this.#pushOldest().then(() => done(), done);
   }
 
@@ -78,14 +62,30 @@ class FrameCompressor extends Transform {
     const drain = async () => {
       while (this.#inFlight.length > 0) await this.#pushOldest();
     };
-    drain().then(() => done(), done);
+    drain().then(
+      () => this.#pool.close().then(() => done(), done),
+      (error: Error) => done(error),
+    );
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.#pool.close().then(() => callback(error), () => callback(error));
   }
 
   #submit(): void {
-    const block = Buffer.concat(this.#pending, this.#pendingBytes);
+    const pieces = this.#pending;
     this.#pending = [];
+    // A block that arrived whole (the pack worker's chunks) goes to a worker and back to its
+    // producer without a copy; anything else is gathered into a block of our own.
+    const giveBack = pieces.length === 1 ? claimRecyclable(pieces[0]!) : undefined;
+    const block = giveBack ? pieces[0]! : Buffer.concat(pieces, this.#pendingBytes);
     this.#pendingBytes = 0;
-    const frame = this.#compress(block);
+    if (!giveBack) pieces.forEach(recycle);
+    const frame = this.#pool.compress(block).then(({ frame, memory }) => {
+      giveBack?.(memory);
+      // Nobody downstream keeps a frame once written: the store frees it then.
+      return offerForRecycling(frame, freeNow);
+    });
     frame.catch(() => {}); // surfaced in order by #pushOldest; never an unhandled rejection
     this.#inFlight.push(frame);
   }
@@ -102,7 +102,7 @@ export function createDecompressor(kind: Compression): Duplex {
     case 'zstd':
       // Not Node's decoder: it stops after the first frame unless that frame's output ends on
       // a chunk boundary (nodejs/node#64741), erroring or silently dropping the rest.
-      return zstdCli(['-d', '-c']);
+      return execa('zstd', ['-q', '-d', '-c'], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });
     case 'none':

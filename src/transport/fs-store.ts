@@ -1,10 +1,10 @@
-import { createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { AgentError } from '../errors.ts';
+import { FileSink } from './file-sink.ts';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
 
 /** Temp files live in one directory under the root so a sweep finds every one of them. */
@@ -31,9 +31,7 @@ export class FsObjectStore implements ObjectStore {
     await mkdir(tempDir, { recursive: true });
     const temp = path.join(tempDir, randomUUID());
     try {
-      // flush: fsync before close, so the rename below never publishes unwritten data.
-      const file = createWriteStream(temp, { flags: 'wx', mode: 0o600, flush: true, highWaterMark: 1 << 20 });
-      await pipeline(body, file, { signal: options.signal });
+      await pipeline(body, new FileSink(temp), { signal: options.signal });
       await mkdir(path.dirname(target), { recursive: true });
       await rename(temp, target);
       await syncDirectory(path.dirname(target));

@@ -1,4 +1,5 @@
 import { readSync } from 'node:fs';
+import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { takeCredit } from './pack-protocol.ts';
 
 export type SendChunk = (chunk: ArrayBuffer, length: number) => void;
@@ -12,18 +13,21 @@ export interface ReadOutcome {
 /**
  * The worker's side of the tar stream: fills fixed-size chunks and hands each full one to
  * `send` (which transfers it, so nothing is copied), waiting for credit first. File contents
- * are read straight into the chunk.
+ * are read straight into the chunk. Chunks come back through `recycled` once consumed
+ * (chunk-recycling.ts) and are filled again.
  */
 export class ChunkOutput {
   readonly #control: Int32Array;
   readonly #size: number;
   readonly #send: SendChunk;
+  readonly #recycled: MessagePort;
   #chunk: Buffer;
   #used = 0;
 
-  constructor(control: Int32Array, chunkSize: number, send: SendChunk) {
+  constructor(control: Int32Array, chunkSize: number, recycled: MessagePort, send: SendChunk) {
     this.#control = control;
     this.#size = chunkSize;
+    this.#recycled = recycled;
     this.#send = send;
     this.#chunk = this.#allocate();
   }
@@ -85,6 +89,8 @@ export class ChunkOutput {
   }
 
   #allocate(): Buffer {
+    const returned = receiveMessageOnPort(this.#recycled)?.message as ArrayBuffer | undefined;
+    if (returned !== undefined) return Buffer.from(returned);
     // A chunk of its own (never the shared pool) so that it can be transferred. Not zero-filled
     // (measurably cheaper): every byte below #used is written by write/zeros/readFrom, and only
     // those bytes are sent.

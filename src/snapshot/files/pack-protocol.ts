@@ -7,6 +7,7 @@
  * thus bounded by the credits, whatever the size of the tree.
  */
 
+import type { MessagePort } from 'node:worker_threads';
 import type { ErrorCode } from '../../errors.ts';
 import type { PackStats } from './pack.ts';
 
@@ -15,6 +16,8 @@ export interface PackWorkerData {
   excludes: string[];
   chunkSize: number;
   control: Int32Array;
+  /** Chunks (ArrayBuffers of chunkSize) handed back for reuse; read with receiveMessageOnPort. */
+  recycled: MessagePort;
 }
 
 export type PackWorkerMessage =

@@ -15,7 +15,7 @@ function post(message: PackWorkerMessage, transfer: ArrayBuffer[] = []): void {
 }
 
 try {
-  const out = new ChunkOutput(data.control, data.chunkSize, (chunk, length) =>
+  const out = new ChunkOutput(data.control, data.chunkSize, data.recycled, (chunk, length) =>
     post({ kind: 'chunk', chunk, length }, [chunk]),
   );
   const stats = writeTreeArchive(data.root, compileExcludes(data.excludes), out);
