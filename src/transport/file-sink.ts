@@ -34,7 +34,14 @@ export class FileSink extends Writable {
     const handle = this.#handle!;
     this.#handle = undefined;
     // fsync before close: the caller's rename must never publish unwritten data.
-    handle.sync().then(() => handle.close()).then(() => callback(), (error: Error) => handle.close().finally(() => callback(error)));
+    const synced = handle.sync().then(
+      () => handle.close(),
+      async (error: unknown) => {
+        await handle.close().catch(() => {});
+        throw error;
+      },
+    );
+    synced.then(() => callback(), callback);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {

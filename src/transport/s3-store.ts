@@ -14,6 +14,7 @@ import { ConfiguredRetryStrategy } from '@smithy/util-retry';
 import { Readable } from 'node:stream';
 import { AgentError, cancelled } from '../errors.ts';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
+import { UploadMemory } from './upload-memory.ts';
 import type { UploadJournal } from './upload-journal.ts';
 
 export interface S3StoreOptions {
@@ -49,6 +50,8 @@ export class S3ObjectStore implements ObjectStore {
   readonly #options: S3StoreOptions;
   /** Upload ids, captured as CreateMultipartUpload answers, by full key. */
   readonly #uploadIds = new Map<string, (id: string | undefined) => void>();
+  /** The memory of each upload in progress, by full key. */
+  readonly #uploadMemory = new Map<string, UploadMemory>();
 
   constructor(options: S3StoreOptions) {
     this.#options = options;
@@ -80,6 +83,18 @@ export class S3ObjectStore implements ObjectStore {
       },
       { step: 'initialize', name: 'storageAgentCaptureUploadId' },
     );
+    this.#client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const { Key, PartNumber, Body } = args.input as { Key?: string; PartNumber?: number; Body?: unknown };
+        const memory = context.commandName === 'UploadPartCommand' ? this.#uploadMemory.get(Key ?? '') : undefined;
+        if (!memory || PartNumber === undefined) return next(args);
+        memory.started(PartNumber, Body);
+        const result = await next(args);
+        memory.succeeded(PartNumber, Body);
+        return result;
+      },
+      { step: 'initialize', name: 'storageAgentUploadMemory' },
+    );
   }
 
   async put(key: string, body: Readable, options: PutOptions = {}): Promise<void> {
@@ -92,9 +107,11 @@ export class S3ObjectStore implements ObjectStore {
       uploadId = id;
       void journal.record({ ...entry, ...(id ? { uploadId: id } : {}) }).catch(() => {});
     });
+    const memory = new UploadMemory(this.#options.partSize);
+    this.#uploadMemory.set(fullKey, memory);
     const upload = new Upload({
       client: this.#client,
-      params: { Bucket: bucket, Key: fullKey, Body: body },
+      params: { Bucket: bucket, Key: fullKey, Body: memory.track(body) },
       partSize: this.#options.partSize,
       queueSize: this.#options.partsInFlight,
       leavePartsOnError: false,
@@ -112,6 +129,7 @@ export class S3ObjectStore implements ObjectStore {
     try {
       if (signal?.aborted) onAbort();
       await upload.done();
+      memory.completed();
       await journal.remove(entry);
     } catch (error) {
       body.destroy();
@@ -125,6 +143,8 @@ export class S3ObjectStore implements ObjectStore {
       clearTimeout(graceTimer);
       signal?.removeEventListener('abort', onAbort);
       this.#uploadIds.delete(fullKey);
+      this.#uploadMemory.delete(fullKey);
+      memory.forget();
     }
   }
 
