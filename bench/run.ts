@@ -538,7 +538,7 @@ function report(started: number, load: number[]): string {
     const c = compressed[size];
     if (!info || !c) continue;
     const r = (bytes: number | undefined) => (bytes ? `${(info.bytes / bytes).toFixed(3)} (${(bytes / 1024 ** 2).toFixed(0)} MiB)` : 'n/a');
-    ratios.push([`${size} ours, zstd level 1 (4 MiB frames)`, r(c.ours)]);
+    ratios.push([`${size} ours, zstd level 1 (3 MiB frames)`, r(c.ours)]);
     ratios.push([`${size} zstd -1 -T0 CLI`, r(c.zstd)]);
     if (c.oursL3) ratios.push([`${size} ours, zstd level 3`, r(c.oursL3)]);
   }

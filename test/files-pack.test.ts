@@ -57,7 +57,7 @@ async function untilWorkerBlocked(stream: Readable): Promise<void> {
 describe('packTree', () => {
   it('fills again the chunks its consumer hands back, and the archive stays the same bytes', async () => {
     const source = await makeDir('source');
-    // Several times the chunks in flight (2 × 4 MiB), so that chunks go round more than once.
+    // Several times the chunks in flight (a few of 3 MiB), so that chunks go round more than once.
     for (let i = 0; i < 12; i++) await writeFile(path.join(source, `f${i}`), randomBytes(3 * MiB + i));
     const plain = (await packToBuffer(source)).archive;
 

@@ -1,8 +1,10 @@
 import { mkdir, mkdtemp, readdir } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RedisServiceConfig } from '../src/agent/config.ts';
 import { isAgentError } from '../src/errors.ts';
@@ -10,15 +12,18 @@ import type { Capture } from '../src/snapshot/driver.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { FsObjectStore } from '../src/transport/fs-store.ts';
 import { RedisDriver } from '../src/snapshot/redis/driver.ts';
-import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
+import { RedisRestoreJournal, tokenDigest } from '../src/snapshot/redis/restore-journal.ts';
+import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { diffData, fillAllTypes, readAll, startRedis, type TestRedis } from './support/redis.ts';
 
 const DBS = [0, 3, 15];
 const PASSWORD = 'source-secret';
 
+const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'redis-driver-state-'));
+
 function driverFor(server: TestRedis, saveTimeout = 30_000): RedisDriver {
   const config: RedisServiceConfig = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout };
-  return new RedisDriver({ name: 'cache', config, password: async () => server.password });
+  return new RedisDriver({ name: 'cache', env: 'test', stateDir: STATE_DIR, config, password: async () => server.password });
 }
 
 async function drain(capture: Capture): Promise<Buffer> {
@@ -322,3 +327,101 @@ async function waitForNoSave(server: TestRedis): Promise<void> {
   const c = server.client();
   while (/rdb_bgsave_in_progress:1/.test(String(await c.info('persistence')))) await new Promise((r) => setTimeout(r, 50));
 }
+
+describe('redis restore interrupted by a crash', () => {
+  let sandbox: Sandbox;
+  let source: TestRedis;
+  let target: TestRedis;
+  const args = () => ['--config', sandbox.configPath];
+  const journalDir = () => path.join(sandbox.stateDir, 'redis-restores');
+  const journalFiles = () => readdir(journalDir()).catch(() => [] as string[]);
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    [source, target] = await Promise.all([startRedis({ password: PASSWORD }), startRedis({ password: 'target-secret' })]);
+    process.env.TEST_REDIS_PASSWORD = PASSWORD;
+    process.env.TEST_TARGET_PASSWORD = 'target-secret';
+    await sandbox.writeConfig({
+      environments: {
+        site: { services: { cache: source.serviceConfig('TEST_REDIS_PASSWORD') } },
+        copy: { services: { cache: target.serviceConfig('TEST_TARGET_PASSWORD') } },
+      },
+    });
+  });
+  afterAll(async () => {
+    await Promise.all([source, target].map((s) => s?.stop()));
+    await sandbox.cleanup();
+  });
+
+  async function replication(server: TestRedis): Promise<{ role: string; masterauth: string; disklessLoad: string }> {
+    const c = server.client();
+    const text = String(await c.call('INFO', 'replication'));
+    const masterauth = ((await c.call('CONFIG', 'GET', 'masterauth')) as string[])[1]!;
+    const disklessLoad = ((await c.call('CONFIG', 'GET', 'repl-diskless-load')) as string[])[1]!;
+    return { role: /role:(\w+)/.exec(text)![1]!, masterauth, disklessLoad };
+  }
+
+  it('the next start promotes a target left a replica of the agent and sets its settings back', async () => {
+    const c = target.client();
+    await c.call('CONFIG', 'SET', 'masterauth', 'operator-masterauth', 'repl-diskless-load', 'swapdb');
+    const original = { disklessLoad: 'swapdb', masterauth: 'operator-masterauth' };
+    // What a restore killed mid-load leaves: a replica of a closed port, with a one-time masterauth.
+    const closed = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo;
+        server.close(() => resolve(port));
+      });
+    });
+    const token = 'one-time-token';
+    await c.call('CONFIG', 'SET', 'masterauth', token, 'repl-diskless-load', 'disabled');
+    await c.call('REPLICAOF', '127.0.0.1', String(closed));
+    const gone = execa('true');
+    await gone;
+    await new RedisRestoreJournal(sandbox.stateDir).record('copy-cache-dead', {
+      pid: gone.pid!,
+      env: 'copy',
+      service: 'cache',
+      since: new Date().toISOString(),
+      restoreFrom: { host: '127.0.0.1', port: closed },
+      tokenSha256: tokenDigest(token),
+      original,
+    });
+    expect((await replication(target)).role).toBe('slave');
+
+    const list = await cli([...args(), 'backup', 'list', 'copy']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(list.stderr).toMatch(/promoted/);
+    expect(await replication(target)).toEqual({ role: 'master', ...original });
+    expect(await journalFiles()).toEqual([]);
+    await c.set('writable-again', '1');
+  });
+
+  it('a restore killed mid-load leaves a journal; the next command makes the target a writable master', async () => {
+    const c = source.client();
+    // Enough data that the target spends a while receiving and loading it.
+    for (let batch = 0; batch < 40; batch++) {
+      const pipeline = c.pipeline();
+      for (let i = 0; i < 5000; i++) pipeline.set(`big:${batch}:${i}`, 'x'.repeat(1000));
+      await pipeline.exec();
+    }
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const restore = startCli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--yes', '--no-safety-backup']);
+    let sawReplica = false;
+    for (let i = 0; i < 400 && !sawReplica; i++) {
+      sawReplica = (await replication(target)).role === 'slave';
+      if (!sawReplica) await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    expect(sawReplica).toBe(true);
+    expect(await journalFiles()).toHaveLength(1);
+    restore.kill('SIGKILL');
+    await restore;
+
+    const list = await cli([...args(), 'backup', 'list', 'copy']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    const after = await replication(target);
+    expect(after.role).toBe('master');
+    expect(after.masterauth).toBe('operator-masterauth');
+    expect(await journalFiles()).toEqual([]);
+    await target.client().set('writable-again', '2');
+  });
+});

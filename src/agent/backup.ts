@@ -52,7 +52,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
   log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
-  const plan = services.map(([name, service]) => ({ name, driver: createDriver(name, service) }));
+  const plan = services.map(([name, service]) => ({ name, driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }) }));
   const captures: Started[] = [];
   try {
     const { elements, pauseMs } = options.live
@@ -209,8 +209,12 @@ function selectServices(config: Config, env: string, elements: readonly string[]
 
 async function startCapture(name: string, driver: ServiceDriver, options: CaptureOptions): Promise<Started> {
   const capture = await driver.capture(options);
-  // Awaited when the element is stored, which may come after the producer already failed.
+  // Awaited when the element is stored, which may come after the producer already failed; the
+  // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
+  // 'error' without a listener would take the whole process down. The failure still reaches
+  // the pipeline that consumes the stream, and `result`.
   capture.result.catch(() => {});
+  capture.stream.on('error', () => {});
   return { name, driver, capture };
 }
 

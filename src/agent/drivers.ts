@@ -4,15 +4,21 @@ import { FilesDriver } from '../snapshot/files/driver.ts';
 import { MysqlDriver } from '../snapshot/mysql/driver.ts';
 import { RedisDriver } from '../snapshot/redis/driver.ts';
 
+/** Where a driver runs: its environment, and the state directory for what it must journal. */
+export interface DriverContext {
+  env: string;
+  stateDir: string;
+}
+
 /** The driver for a configured service: what runs and what is read comes from config only. */
-export function createDriver(name: string, service: ServiceConfig): ServiceDriver {
+export function createDriver(name: string, service: ServiceConfig, context: DriverContext): ServiceDriver {
   switch (service.kind) {
     case 'files':
       return new FilesDriver({ path: service.path, exclude: service.exclude });
     case 'mysql':
       return new MysqlDriver({ name, config: service, password: secretReader(service.password, `services.${name}.password`) });
     case 'redis':
-      return new RedisDriver({ name, config: service, password: secretReader(service.password, `services.${name}.password`) });
+      return new RedisDriver({ name, ...context, config: service, password: secretReader(service.password, `services.${name}.password`) });
   }
 }
 

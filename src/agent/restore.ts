@@ -60,7 +60,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     if (service.kind !== element.kind) {
       throw new AgentError('E_RESTORE_FAILED', `element ${element.name} is a ${element.kind} backup but service ${element.name} of ${target} is ${service.kind}`);
     }
-    return { element, driver: createDriver(element.name, service) };
+    return { element, driver: createDriver(element.name, service, { env: target, stateDir: config.stateDir }) };
   });
   const log = logger.child({ env, backupId: manifest.id, target });
   log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');

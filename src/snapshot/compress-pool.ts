@@ -32,7 +32,7 @@ const WORKER_URL = new URL('./compress-worker.ts', import.meta.url);
  * jobs beyond the workers wait in a queue. Blocks and frames move by transfer, never copied.
  * Node's async one-shot zstd on the thread pool was measured instead: it streams each block
  * through zstd's window (1.2× the CPU) unless the output buffer holds the bound, and every
- * frame then costs the main heap a 4 MiB buffer to collect (docs/benchmarks.md).
+ * frame then costs the main heap a block-sized buffer to collect (docs/benchmarks.md).
  */
 export class CompressionPool {
   readonly #workers: Worker[] = [];

@@ -2,6 +2,8 @@ import type { Logger } from 'pino';
 import { AgentError, toAgentError } from '../../errors.ts';
 import { FreezeJournal } from '../../snapshot/freeze/journal.ts';
 import { thawLeftovers } from '../../snapshot/freeze/recovery.ts';
+import type { RedisDriver } from '../../snapshot/redis/driver.ts';
+import { RedisRestoreJournal } from '../../snapshot/redis/restore-journal.ts';
 import { manifestKey } from '../../snapshot/manifest.ts';
 import { backupObjectKeys, readManifest } from '../catalog.ts';
 import { effectiveStores, type Config } from '../config.ts';
@@ -28,6 +30,7 @@ export interface RecoveryReport {
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
   const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
+  await undoInterruptedRedisLoads(config, logger);
   const interrupted = await failInterruptedJobs(config, logger);
   let swept = 0;
   if (options.sweepStores) swept = await sweepStores(config, logger);
@@ -35,6 +38,32 @@ export async function recoverAtStart(config: Config, logger: Logger, options: { 
     logger.warn({ phase: 'recovery', thawed, interrupted, swept }, 'recovered from an earlier run that did not end cleanly');
   }
   return { thawed, interrupted, swept };
+}
+
+/**
+ * A Redis restore the agent did not live to finish left its target a replica of the agent's
+ * closed port (read-only, with a one-time masterauth): promote it and set its settings back.
+ * What cannot be undone now stays journaled, for the next start.
+ */
+async function undoInterruptedRedisLoads(config: Config, logger: Logger): Promise<void> {
+  const journal = new RedisRestoreJournal(config.stateDir);
+  for (const { file, record } of await journal.leftovers()) {
+    const log = logger.child({ phase: 'recovery', env: record.env, service: record.service, since: record.since });
+    const service = config.environments[record.env]?.services[record.service];
+    if (service?.kind !== 'redis') {
+      log.error(`an interrupted restore may have left redis service ${record.service} of ${record.env} a replica of ${record.restoreFrom.host}:${record.restoreFrom.port}, and it is no longer configured: run REPLICAOF NO ONE on it; ${file} stays until then`);
+      continue;
+    }
+    try {
+      const { createDriver } = await import('../drivers.ts');
+      const driver = createDriver(record.service, service, { env: record.env, stateDir: config.stateDir }) as RedisDriver;
+      const promoted = await driver.undoInterruptedLoad(record);
+      await journal.remove(file);
+      log.warn({ promoted }, promoted ? 'a restore interrupted by a crash had left Redis a replica of the agent: promoted back to a writable master, settings set back' : 'checked Redis after a restore interrupted by a crash: no longer a replica of the agent');
+    } catch (error) {
+      log.error({ err: toAgentError(error).message }, 'could not undo what an interrupted restore left on Redis; retried at the next start');
+    }
+  }
 }
 
 async function failInterruptedJobs(config: Config, logger: Logger): Promise<string[]> {

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
 import { offerForRecycling } from '../chunk-recycling.ts';
+import { BLOCK_BYTES } from '../compression.ts';
 import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
 
 export interface PackOptions {
@@ -22,7 +23,7 @@ export interface PackStats {
 }
 
 /** The compressor's block size, so that a chunk is compressed as it comes, without a copy. */
-const CHUNK_SIZE = 4 * 1024 * 1024;
+const CHUNK_SIZE = BLOCK_BYTES;
 /**
  * Chunks the worker may have posted that the reader has not taken, besides the one it fills:
  * 1, 2 and 4 measured alike end to end (the compressor is the slower side); consumed chunks

@@ -26,7 +26,7 @@ export interface FreezeOptions {
  */
 export async function freezeWriters(options: FreezeOptions): Promise<FreezeLease> {
   const { targets, journal, logger } = options;
-  const journalFile = await journal.record({
+  const journalFile = await journal.record(`${options.env}-${process.pid}`, {
     pid: process.pid,
     env: options.env,
     since: new Date().toISOString(),

@@ -12,11 +12,15 @@ import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, Stag
 import { forkSave, waitForSave } from './bgsave.ts';
 import { configGet, connect, describeAddress, info, infoNumber, type RedisAddress } from './connection.ts';
 import { checkRdb, readRdbVersion } from './rdb-file.ts';
-import { loadThroughReplication, checkTarget } from './replica-load.ts';
+import { checkTarget, loadThroughReplication, undoInterruptedLoad } from './replica-load.ts';
+import { RedisRestoreJournal, tokenDigest, type InterruptedLoad } from './restore-journal.ts';
 
 export interface RedisDriverOptions {
   /** The service (element) name, for messages. */
   name: string;
+  /** The environment and state directory, for the journal of a restore in progress. */
+  env: string;
+  stateDir: string;
   config: RedisServiceConfig;
   /** Reads the configured password when a connection needs it; never kept. */
   password: () => Promise<string | undefined>;
@@ -166,7 +170,7 @@ export class RedisDriver implements ServiceDriver {
       commit: async () => {
         try {
           const loaded = await this.#withClient('E_RESTORE_FAILED', what, async (client) =>
-            loadThroughReplication(client, { file, bytes: checked.bytes, timeoutMs: this.#options.config.saveTimeout, address: this.#address(), token: randomBytes(24).toString('hex') }),
+            this.#load(client, file, checked.bytes),
           );
           Object.assign(facts, loaded);
         } finally {
@@ -175,6 +179,39 @@ export class RedisDriver implements ServiceDriver {
       },
       discard,
     };
+  }
+
+  /**
+   * Undoes what a restore interrupted by a crash left on this server (restore-journal.ts);
+   * returns whether it was still a replica of the restore.
+   */
+  async undoInterruptedLoad(record: InterruptedLoad): Promise<boolean> {
+    return this.#withClient('E_RESTORE_FAILED', 'recovery of an interrupted restore', (client) => undoInterruptedLoad(client, record));
+  }
+
+  #load(client: Redis, file: string, bytes: number): Promise<Facts> {
+    const { name, env, stateDir, config } = this.#options;
+    const token = randomBytes(24).toString('hex');
+    const journal = new RedisRestoreJournal(stateDir);
+    return loadThroughReplication(client, {
+      file,
+      bytes,
+      timeoutMs: config.saveTimeout,
+      address: this.#address(),
+      token,
+      journal: async ({ restoreFrom, original }) => {
+        const entry = await journal.record(`${env}-${name}-${process.pid}`, {
+          pid: process.pid,
+          env,
+          service: name,
+          since: new Date().toISOString(),
+          restoreFrom,
+          tokenSha256: tokenDigest(token),
+          original,
+        });
+        return () => journal.remove(entry);
+      },
+    });
   }
 
   #address(): RedisAddress {

@@ -3,6 +3,7 @@ import type { Redis } from 'ioredis';
 import { AgentError } from '../../errors.ts';
 import type { Facts } from '../driver.ts';
 import { backoff, configGet, describeAddress, info, infoNumber, keyspaceOf, logCursor, logSince, pause, replyText, warningsIn, type Info, type RedisAddress } from './connection.ts';
+import { tokenDigest, type InterruptedLoad } from './restore-journal.ts';
 import { SyncSource } from './sync-source.ts';
 
 export interface TargetFacts {
@@ -42,6 +43,11 @@ export interface LoadOptions {
   address: RedisAddress;
   /** One-time masterauth: only the target gets the data from our port. */
   token: string;
+  /**
+   * Called before the target is changed, with what a crash would leave to undo; the function
+   * it returns is called once everything is undone (not when the target stays a replica).
+   */
+  journal?: (load: Pick<InterruptedLoad, 'restoreFrom' | 'original'>) => Promise<() => Promise<void>>;
 }
 
 /**
@@ -72,8 +78,10 @@ export async function loadThroughReplication(client: Redis, options: LoadOptions
   let replicating = false;
   let configChanged = false;
   let loaded = false;
+  let forget: (() => Promise<void>) | undefined;
   try {
     const { host, port } = await source.listen(listenOn);
+    forget = await options.journal?.({ restoreFrom: { host, port }, original });
     configChanged = true;
     await client.call('CONFIG', 'SET', 'repl-diskless-load', 'disabled', 'masterauth', options.token);
     const aofEnabled = before.get('aof_enabled') === '1';
@@ -90,6 +98,7 @@ export async function loadThroughReplication(client: Redis, options: LoadOptions
     return { loadMs, keys, keyspace, aof: aofEnabled };
   } catch (error) {
     const stillReplica = replicating && !(await promote(client));
+    if (stillReplica) forget = undefined; // the next start retries
     const reason = `${error instanceof AgentError ? error.message : replyText(error)}${stillReplica ? '; the target is still a replica of the closed restore port: run REPLICAOF NO ONE on it' : ''}`;
     if (loaded) throw new AgentError('E_RESTORE_FAILED', reason, { cause: error, details: { targetFlushed: true } });
     const lines = await logSince(log);
@@ -108,9 +117,12 @@ export async function loadThroughReplication(client: Redis, options: LoadOptions
     });
   } finally {
     if (configChanged) {
-      await client.call('CONFIG', 'SET', 'repl-diskless-load', original.disklessLoad, 'masterauth', original.masterauth).catch(() => {});
+      await client.call('CONFIG', 'SET', 'repl-diskless-load', original.disklessLoad, 'masterauth', original.masterauth).catch(() => {
+        forget = undefined; // the next start sets them back
+      });
     }
     await source.close();
+    await forget?.();
   }
 }
 
@@ -171,4 +183,25 @@ async function waitForAofRewrite(client: Redis, rewritesBefore: number | undefin
     if (Date.now() > deadline) throw new AgentError('E_RESTORE_FAILED', `the data is loaded but Redis's AOF rewrite did not finish within ${timeoutMs} ms (saveTimeout)`);
     await pause(ms, undefined);
   }
+}
+
+/**
+ * Undoes what an interrupted restore left on the server of `client`, as far as it is still
+ * there: a replica of the restore's port is promoted (REPLICAOF NO ONE), and the settings are
+ * set back if the one-time masterauth is still in place. Anything changed since by someone
+ * else is left alone. Returns whether the server was still a replica of the restore.
+ */
+export async function undoInterruptedLoad(client: Redis, record: InterruptedLoad): Promise<boolean> {
+  const replication = await info(client, 'replication');
+  const replicaOfRestore =
+    replication.get('role') === 'slave' &&
+    replication.get('master_host') === record.restoreFrom.host &&
+    Number(replication.get('master_port')) === record.restoreFrom.port;
+  if (replicaOfRestore && !(await promote(client))) {
+    throw new Error(`still a replica of ${record.restoreFrom.host}:${record.restoreFrom.port}: REPLICAOF NO ONE did not take (it is loading); retried at the next start`);
+  }
+  if (tokenDigest(await configGet(client, 'masterauth')) === record.tokenSha256) {
+    await client.call('CONFIG', 'SET', 'repl-diskless-load', record.original.disklessLoad, 'masterauth', record.original.masterauth);
+  }
+  return replicaOfRestore;
 }
