@@ -396,7 +396,8 @@ describe('redis restore interrupted by a crash', () => {
     await c.set('writable-again', '1');
   });
 
-  it('a restore killed mid-load leaves a journal; the next command makes the target a writable master', async () => {
+  it('a restore killed mid-load leaves a journal; the next command makes the target a writable master', { timeout: 120_000 }, async () => {
+    await target.client().call('CONFIG', 'SET', 'masterauth', 'operator-masterauth');
     const c = source.client();
     // Enough data that the target spends a while receiving and loading it.
     for (let batch = 0; batch < 40; batch++) {
@@ -406,10 +407,12 @@ describe('redis restore interrupted by a crash', () => {
     }
     const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
     const restore = startCli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--yes', '--no-safety-backup']);
+    // The download and the RDB check come first: wait as long as they may take on a busy machine.
     let sawReplica = false;
-    for (let i = 0; i < 400 && !sawReplica; i++) {
+    for (const until = Date.now() + 60_000; !sawReplica && Date.now() < until; ) {
+      if (restore.exitCode !== null) throw new Error(`the restore ended (exit ${restore.exitCode}) before the target became a replica: ${(await restore).stderr}`);
       sawReplica = (await replication(target)).role === 'slave';
-      if (!sawReplica) await new Promise((resolve) => setTimeout(resolve, 25));
+      if (!sawReplica) await new Promise((resolve) => setTimeout(resolve, 20));
     }
     expect(sawReplica).toBe(true);
     expect(await journalFiles()).toHaveLength(1);
