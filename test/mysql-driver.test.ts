@@ -151,6 +151,26 @@ describe('mysql driver (real MariaDB)', () => {
     expect(made).toEqual({ shout: 'SPACED', audits: 1, doubled: '2.5000000000' });
   });
 
+  it('a restore drops the staging databases a crashed restore into the same targets left, and no others', async () => {
+    const target = track(uniqueName('sa_stale'));
+    const stale = track(`${target}__sa_stage_0badc0`);
+    const unrelated = track(`${uniqueName('sa_other')}__sa_stage_0badc0`);
+    for (const name of [stale, unrelated]) {
+      await db.query(`CREATE DATABASE \`${name}\``);
+      await db.query(`CREATE TABLE \`${name}\`.t (id INT)`);
+    }
+    const capture = await driver([crm]).capture({ signal: never(), consistent: false });
+    const dump = await readAll(capture.stream);
+    await capture.result;
+    await capture.release();
+    const staged = await driver([target]).stage(Readable.from([dump]), never());
+    expect(await databaseExists(db, stale)).toBe(false);
+    expect(await databaseExists(db, unrelated)).toBe(true);
+    await staged.commit();
+    expect(await checksums(db, target)).toEqual(await checksums(db, crm));
+    await db.query(`DROP DATABASE \`${unrelated}\``); // other tests count leftovers
+  });
+
   it('restores the same whatever the chunking of the stream (statements split anywhere)', async () => {
     const before = { sums: await checksums(db, shop), defs: await definitions(db, shop) };
     const capture = await driver([shop]).capture({ signal: never(), consistent: false });

@@ -168,6 +168,7 @@ export class MysqlDriver implements ServiceDriver {
       throwIfCancelled(signal);
       const endpoint = await this.#endpoint();
       connection = await openConnection(endpoint, 'E_RESTORE_FAILED', this.#what());
+      await dropStaleStaging(connection, this.#config.databases);
       defaults = await writeDefaultsFile(endpoint);
       const tag = randomBytes(3).toString('hex');
       const rewriter = new StagingRewriter({
@@ -245,7 +246,7 @@ export class MysqlDriver implements ServiceDriver {
     const byName = sources.every((s) => targets.includes(s));
     return sources.map((source, i) => {
       const target = byName ? source : targets[i]!;
-      return { source, target, staging: derivedName(target, `__sa_stage_${tag}`), old: derivedName(target, `__sa_old_${tag}`) };
+      return { source, target, staging: derivedName(target, `${STAGE_MARK}${tag}`), old: derivedName(target, `__sa_old_${tag}`) };
     });
   }
 
@@ -274,11 +275,29 @@ function derivedName(db: string, suffix: string): string {
   return `${db.slice(0, MAX_IDENTIFIER - suffix.length)}${suffix}`;
 }
 
+/** A staging database is `<target>__sa_stage_<6 hex>`, cut to fit (derivedName). */
+const STAGE_MARK = '__sa_stage_';
+const STAGE_SUFFIX = /__sa_stage_[0-9a-f]{6}$/;
+
+/**
+ * Drops the staging databases a crashed restore into these targets left behind (its `mysql`
+ * was loading them when the agent died). The environment's lock is held, so no restore into
+ * them is running. `__sa_old_` databases are left alone: after a crash mid-swap one may hold
+ * the target's original tables (see the README).
+ */
+async function dropStaleStaging(connection: Connection, targets: readonly string[]): Promise<void> {
+  const candidates = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE ?', [`%${STAGE_MARK}%`]);
+  const stale = candidates
+    .map((row) => row.name)
+    .filter((name) => STAGE_SUFFIX.test(name) && targets.some((target) => derivedName(target, name.slice(-(STAGE_MARK.length + 6))) === name));
+  await dropStaging(connection, stale.map((staging) => ({ staging })));
+}
+
 /**
  * Drops the staging databases. A killed `mysql` client's server thread may still be running its
  * last statement: sessions using a staging database are killed first, so none recreates it.
  */
-async function dropStaging(connection: Connection, plans: readonly DatabasePlan[]): Promise<void> {
+async function dropStaging(connection: Connection, plans: readonly Pick<DatabasePlan, 'staging'>[]): Promise<void> {
   if (plans.length === 0) return;
   const names = plans.map((p) => p.staging);
   const sessions = await queryRows<{ id: number }>(
