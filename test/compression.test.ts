@@ -107,7 +107,7 @@ describe('compression workers and chunk memory', () => {
     expect(neighbour.toString()).toBe('its neighbour in the pool');
   });
 
-  it('fails the stream with E_INTERNAL when a worker cannot compress, and stops its workers', async () => {
+  it('fails the stream with E_INTERNAL when a worker cannot compress a block, and destroys it', async () => {
     const compressor = createCompressor('gzip', { level: 42, blockBytes: MiB, workers: 1 });
     await expect(pipeline(Readable.from([sample(2 * MiB)]), compressor, new Writable({ write: (_c, _e, done) => done() }))).rejects.toMatchObject({
       code: 'E_INTERNAL',

@@ -4,18 +4,17 @@
  * output buffer of its bound, its fastest path (no copy into its window, one frame, no
  * trailing empty frame), and keeps the garbage of each block in this small heap.
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
-import type { CompressJob, CompressReply, CompressWorkerData } from './compress-pool.ts';
+import type { CompressJob, CompressReply, FrameFormat } from './compress-pool.ts';
 
 if (parentPort === null) throw new Error('compress-worker.ts runs as a worker thread started by CompressionPool');
 const port = parentPort;
-const { kind, level } = workerData as CompressWorkerData;
 
 /** Output buffers this size and larger are allocated for their call alone, never pooled. */
 const MIN_OUTPUT = 64 << 10;
 
-function compress(input: Buffer): Buffer {
+function compress(input: Buffer, { kind, level }: FrameFormat): Buffer {
   if (kind === 'gzip') return zlib.gzipSync(input, { level, chunkSize: Math.max(gzipBound(input.length), MIN_OUTPUT) });
   return zlib.zstdCompressSync(input, {
     chunkSize: Math.max(zstdBound(input.length), MIN_OUTPUT),
@@ -24,10 +23,10 @@ function compress(input: Buffer): Buffer {
   });
 }
 
-port.on('message', ({ seq, memory, length }: CompressJob) => {
+port.on('message', ({ seq, memory, length, ...format }: CompressJob) => {
   let reply: CompressReply;
   try {
-    const output = compress(Buffer.from(memory, 0, length));
+    const output = compress(Buffer.from(memory, 0, length), format);
     // The output's own buffer, cut to size (its bound was allocated; the rest is freed now):
     // an exact-size copy would leave the original as garbage in this heap, which collects it
     // too late (+100 MiB of peak RSS measured). At least MIN_OUTPUT, it is never Node's shared

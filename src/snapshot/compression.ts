@@ -3,7 +3,7 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
 import { claimRecyclable, freeNow, offerForRecycling, recycle } from './chunk-recycling.ts';
-import { CompressionPool } from './compress-pool.ts';
+import { sharedCompressionPool, type CompressionPool, type FrameFormat } from './compress-pool.ts';
 
 export type Compression = 'zstd' | 'gzip' | 'none';
 
@@ -13,7 +13,7 @@ export interface CompressOptions {
   level: number;
   /** Input bytes per independently compressed frame (zstd) or member (gzip). */
   blockBytes?: number;
-  /** Compression workers (threads). */
+  /** Compression workers (threads) of the process's shared pool, if it has to be made. */
   workers?: number;
 }
 
@@ -40,12 +40,13 @@ const MAX_WORKERS = 4;
  */
 export function createCompressor(kind: Compression, options: CompressOptions): Duplex {
   if (kind === 'none') return new Transform({ transform: (chunk, _encoding, done) => done(null, chunk) });
-  const pool = new CompressionPool({ kind, level: options.level }, options.workers ?? Math.min(availableParallelism(), MAX_WORKERS));
-  return new FrameCompressor(pool, options.blockBytes ?? BLOCK_BYTES);
+  const pool = sharedCompressionPool(options.workers ?? Math.min(availableParallelism(), MAX_WORKERS));
+  return new FrameCompressor(pool, { kind, level: options.level }, options.blockBytes ?? BLOCK_BYTES);
 }
 
 class FrameCompressor extends Transform {
   readonly #pool: CompressionPool;
+  readonly #format: FrameFormat;
   readonly #blockBytes: number;
   /**
    * Frames in order: one more than workers, so that a worker that finishes finds the next
@@ -56,9 +57,10 @@ class FrameCompressor extends Transform {
   #pending: Buffer[] = [];
   #pendingBytes = 0;
 
-  constructor(pool: CompressionPool, blockBytes: number) {
+  constructor(pool: CompressionPool, format: FrameFormat, blockBytes: number) {
     super({ readableHighWaterMark: blockBytes });
     this.#pool = pool;
+    this.#format = format;
     this.#blockBytes = blockBytes;
     this.#maxInFlight = pool.size + 1;
   }
@@ -78,14 +80,7 @@ class FrameCompressor extends Transform {
     const drain = async () => {
       while (this.#inFlight.length > 0) await this.#pushOldest();
     };
-    drain().then(
-      () => this.#pool.close().then(() => done(), done),
-      (error: Error) => done(error),
-    );
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.#pool.close().then(() => callback(error), () => callback(error));
+    drain().then(() => done(), done);
   }
 
   #submit(): void {
@@ -97,7 +92,7 @@ class FrameCompressor extends Transform {
     const block = giveBack ? pieces[0]! : Buffer.concat(pieces, this.#pendingBytes);
     this.#pendingBytes = 0;
     if (!giveBack) pieces.forEach(recycle);
-    const frame = this.#pool.compress(block).then(({ frame, memory }) => {
+    const frame = this.#pool.compress(block, this.#format).then(({ frame, memory }) => {
       giveBack?.(memory);
       // Nobody downstream keeps a frame once written: the store frees it then.
       return offerForRecycling(frame, freeNow);
