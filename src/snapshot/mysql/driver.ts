@@ -181,7 +181,7 @@ export class MysqlDriver implements ServiceDriver {
       await connection.ping();
     } catch (error) {
       source.destroy();
-      if (connection) await dropStaging(connection, plans).catch(() => {});
+      if (connection) await dropStaging(connection, plans.map((p) => p.staging)).catch(() => {});
       if (signal.aborted) throw cancelled(signal);
       throw error instanceof AgentError ? error : serverError(error, 'E_RESTORE_FAILED', this.#what());
     } finally {
@@ -215,7 +215,7 @@ export class MysqlDriver implements ServiceDriver {
         done.push(plan.target);
       }
     } finally {
-      await dropStaging(connection, plans).catch(() => {});
+      await dropStaging(connection, plans.map((p) => p.staging)).catch(() => {});
       closeConnection(connection);
     }
   }
@@ -224,7 +224,7 @@ export class MysqlDriver implements ServiceDriver {
     if (plans.length === 0) return;
     const connection = await openConnection(await this.#endpoint(), 'E_RESTORE_FAILED', this.#what());
     try {
-      await dropStaging(connection, plans);
+      await dropStaging(connection, plans.map((p) => p.staging));
     } finally {
       closeConnection(connection);
     }
@@ -290,16 +290,15 @@ async function dropStaleStaging(connection: Connection, targets: readonly string
   const stale = candidates
     .map((row) => row.name)
     .filter((name) => STAGE_SUFFIX.test(name) && targets.some((target) => derivedName(target, name.slice(-(STAGE_MARK.length + 6))) === name));
-  await dropStaging(connection, stale.map((staging) => ({ staging })));
+  await dropStaging(connection, stale);
 }
 
 /**
  * Drops the staging databases. A killed `mysql` client's server thread may still be running its
  * last statement: sessions using a staging database are killed first, so none recreates it.
  */
-async function dropStaging(connection: Connection, plans: readonly Pick<DatabasePlan, 'staging'>[]): Promise<void> {
-  if (plans.length === 0) return;
-  const names = plans.map((p) => p.staging);
+async function dropStaging(connection: Connection, names: readonly string[]): Promise<void> {
+  if (names.length === 0) return;
   const sessions = await queryRows<{ id: number }>(
     connection,
     'SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB IN (?) AND ID <> CONNECTION_ID()',
