@@ -1,5 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
@@ -26,6 +27,7 @@ import {
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
 const never = () => new AbortController().signal;
+const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'mysql-driver-state-'));
 
 /** Processes whose command line has every one of `parts` (e.g. a mysqldump of one database). */
 function processesWith(...parts: string[]): { pid: number; argv: string[] }[] {
@@ -84,7 +86,7 @@ describe('mysql driver (real MariaDB)', () => {
     ...extra,
   });
   const driver = (databases: string[], extra: Partial<MysqlServiceConfig> = {}, password = async () => server.password as string | undefined) =>
-    new MysqlDriver({ name: 'db', config: config(databases, extra), password });
+    new MysqlDriver({ name: 'db', config: config(databases, extra), stateDir: STATE_DIR, password });
 
   beforeAll(async () => {
     server = mariadbServer();
@@ -261,6 +263,7 @@ describe('mysql driver (real MariaDB)', () => {
         name: 'db',
         config: { ...config([big]), user, password: { env: 'SA_TEST_WEIRD_PASSWORD' } },
         password: async () => process.env.SA_TEST_WEIRD_PASSWORD,
+        stateDir: STATE_DIR,
       });
       const capture = await weird.capture({ signal: never(), consistent: true });
       // Not read yet: mysqldump is blocked writing, alive.

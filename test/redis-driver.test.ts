@@ -74,7 +74,8 @@ describe('redis driver: capture and restore through the driver', () => {
 
   it('a corrupt or unloadable RDB is rejected at stage: the target is not touched, nothing is left staged', async () => {
     const target = await startRedis();
-    const staging = async () => (await readdir(tmpdir())).filter((n) => n.startsWith('storage-agent-redis-'));
+    // Staged RDBs wait in the process's temp directory under the state dir, never in /tmp.
+    const staging = async () => (await readdir(path.join(STATE_DIR, 'tmp'), { recursive: true }).catch(() => [])).filter((n) => n.endsWith('.rdb'));
     const stagedBefore = await staging();
     try {
       await fillAllTypes(target, [1], 'kept');

@@ -17,5 +17,7 @@ export interface OperationContext {
   config: Config;
   logger: Logger;
   signal: AbortSignal;
+  /** The job this operation runs as, when it is one: journals name it for recovery. */
+  jobId?: string;
   onProgress?: (event: ProgressEvent) => void;
 }

@@ -16,7 +16,7 @@ export function createDriver(name: string, service: ServiceConfig, context: Driv
     case 'files':
       return new FilesDriver({ path: service.path, exclude: service.exclude });
     case 'mysql':
-      return new MysqlDriver({ name, config: service, password: secretReader(service.password, `services.${name}.password`) });
+      return new MysqlDriver({ name, config: service, stateDir: context.stateDir, password: secretReader(service.password, `services.${name}.password`) });
     case 'redis':
       return new RedisDriver({ name, ...context, config: service, password: secretReader(service.password, `services.${name}.password`) });
   }

@@ -1,4 +1,5 @@
 import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
+import { reachedPhase } from '../phase-hook.ts';
 import type { StagedRestore } from '../snapshot/driver.ts';
 import { checkName } from '../snapshot/names.ts';
 import { findElement, readDecompressed } from './artifacts.ts';
@@ -7,6 +8,7 @@ import { readManifest } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
+import { RestoreJournal } from './restore-journal.ts';
 import { openEnvironmentStore } from './stores.ts';
 
 export interface RestoreOptions {
@@ -67,37 +69,57 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
 
   const safety = options.safetyBackup === false ? undefined : await takeSafetyBackup(ctx, target, plan);
 
+  // Journaled before anything is staged (restore-journal.ts): a crash while staging leaves
+  // every target as it was, one while committing is rolled forward by the next start.
+  const journal = await RestoreJournal.begin(config.stateDir, { jobId: ctx.jobId, env, target, backupId: manifest.id });
   const staged: { name: string; restore: StagedRestore }[] = [];
   try {
     for (const { element, driver } of plan) {
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
-      staged.push({ name: element.name, restore: await driver.stage(readDecompressed(store, manifest, element, signal), signal) });
+      const source = readDecompressed(store, manifest, element, signal);
+      try {
+        const restore = await driver.stage(source, signal, { rawBytes: element.rawBytes, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) });
+        staged.push({ name: element.name, restore });
+      } finally {
+        source.destroy(); // consumed, or abandoned by a failed stage: its decompressor goes now
+      }
       log.info({ phase: 'staged', element: element.name }, 'element staged');
+      await reachedPhase(`restore:staged:${element.name}`);
     }
     throwIfCancelled(signal);
+    journal.record.phase = 'committing';
+    await journal.save();
   } catch (error) {
-    await Promise.all(staged.map((s) => s.restore.discard().catch(() => {})));
+    const discarded = await Promise.allSettled(staged.map((s) => s.restore.discard()));
+    // What could not be removed now stays journaled: the next start removes it.
+    if (discarded.every((d) => d.status === 'fulfilled')) await journal.finish().catch(() => {});
     const failure = toAgentError(error, 'E_RESTORE_FAILED');
     log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'restore failed before any change to the target');
     throw failure;
   }
+  await reachedPhase('restore:committing');
   // Past this point the swap runs to the end: a cancel now would leave elements half swapped.
   for (const [index, { name, restore }] of staged.entries()) {
     ctx.onProgress?.({ phase: 'commit', element: name });
     try {
       await restore.commit();
     } catch (error) {
-      await Promise.all(staged.slice(index + 1).map((s) => s.restore.discard().catch(() => {})));
       const done = staged.slice(0, index).map((s) => s.name);
+      const left = staged.slice(index).map((s) => s.name);
       throw new AgentError(
         'E_RESTORE_FAILED',
         // The driver's message says what state this element's target was left in.
-        `could not swap in element ${name}: ${toAgentError(error).message}${done.length ? `; already restored: ${done.join(', ')}` : ''}`,
+        `could not swap in element ${name}: ${toAgentError(error).message}; ${done.length ? `already restored: ${done.join(', ')}; ` : ''}` +
+          `the restore stays journaled and the next start of the agent (any storage-agent command, or the daemon) finishes swapping in ${left.join(', ')}`,
         { cause: error },
       );
     }
+    journal.record.elements.find((e) => e.name === name)!.committed = true;
+    await journal.save();
+    await reachedPhase(`restore:committed:${name}`);
   }
+  await journal.finish();
   log.info({ phase: 'done' }, 'restore completed');
   return {
     env,

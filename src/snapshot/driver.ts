@@ -30,17 +30,41 @@ export interface CaptureOptions {
    * freeze than that. Live mode: read the service on its own, no locks beyond its own.
    */
   consistent: boolean;
+  /**
+   * A pre-restore safety backup: keep whatever part of the target exists (some of a service's
+   * databases) instead of failing on what does not exist yet.
+   */
+  partial?: boolean;
 }
 
 /**
  * A restore in two steps, so that every element of a backup is fully received and verified
  * before any target changes: `stage` loads the data beside the target (a staging directory,
  * database or file) and only `commit` swaps it in. `discard` removes what was staged.
+ * A commit that fails keeps what it needs to be finished by `resumeCommit` (the restore is
+ * rolled forward, never left half done); `discard` is only for a restore that never committed.
  */
 export interface StagedRestore {
   facts: Facts;
   commit(): Promise<void>;
   discard(): Promise<void>;
+}
+
+/**
+ * What a driver journals about a restore in progress: where its staged data lives and how to
+ * finish swapping it in. Plain JSON, written to the state directory before the driver creates
+ * anything (so a crash leaves nothing unnamed) and again when it changes; read back after a
+ * crash by `resumeCommit` or `discardStaged`, which validate it.
+ */
+export type StagedState = Record<string, unknown>;
+
+export interface StageOptions {
+  /** Raw bytes the source holds (the manifest's): the free-space check before staging. */
+  rawBytes?: number;
+  /** A directory under the state dir owned by this restore, for staged files (an RDB). */
+  stagingDir?: string;
+  /** Journals `state`; awaited before the driver creates what it names. */
+  journal?: (state: StagedState) => Promise<void>;
 }
 
 /**
@@ -56,7 +80,14 @@ export interface ServiceDriver {
   estimateBytes(signal: AbortSignal): Promise<number | undefined>;
   /** Resolves once the service's point in time is fixed; the stream carries the data. */
   capture(options: CaptureOptions): Promise<Capture>;
-  stage(source: Readable, signal: AbortSignal): Promise<StagedRestore>;
+  stage(source: Readable, signal: AbortSignal, options?: StageOptions): Promise<StagedRestore>;
+  /**
+   * Finishes the commit of a staged restore that a crash (or a failed commit) interrupted,
+   * from the state `stage` journaled last; safe to run again at any point of an earlier run.
+   */
+  resumeCommit(state: StagedState, signal: AbortSignal): Promise<void>;
+  /** Removes what an interrupted `stage` created (its journaled state); the target is untouched. */
+  discardStaged(state: StagedState): Promise<void>;
   /**
    * Whether the restore target holds anything to keep (the pre-restore safety backup skips
    * elements whose target does not exist: a mount path or a database not created yet).

@@ -36,6 +36,8 @@ const root = path.resolve(import.meta.dirname, '../..');
 /** A test server of the project's own scripts: started in its own directory, stopped after. */
 async function startServer(script: string, dirVar: string, dir: string, extraEnv: Record<string, string>) {
   const env = { ...process.env, [dirVar]: dir, ...extraEnv };
+  // A server some other run started (a developer's KEEP_SERVERS, a parallel run) is left running.
+  const wasRunning = await run('bash', [path.join(root, 'scripts', script), 'status'], { env }).then(() => true, () => false);
   await run('bash', [path.join(root, 'scripts', script), 'start'], { env });
   const vars = Object.fromEntries(
     (await readFile(path.join(dir, 'env'), 'utf8'))
@@ -43,7 +45,7 @@ async function startServer(script: string, dirVar: string, dir: string, extraEnv
       .filter((line) => line.includes('='))
       .map((line) => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]),
   ) as Record<string, string>;
-  return { vars, stop: () => run('bash', [path.join(root, 'scripts', script), 'stop'], { env }) };
+  return { vars, stop: async () => (wasRunning ? undefined : run('bash', [path.join(root, 'scripts', script), 'stop'], { env })) };
 }
 
 /**

@@ -437,7 +437,7 @@ export class JobEngine {
     logger.info({ phase: 'started', env: record.env }, 'job started');
     void this.#store.save(record).catch(() => {});
     this.#emit('changed', job);
-    const ctx = { config: this.#config, logger, signal: job.controller.signal, onProgress: (event: ProgressEvent) => this.#onProgress(job, event) };
+    const ctx = { config: this.#config, logger, signal: job.controller.signal, jobId: job.record.id, onProgress: (event: ProgressEvent) => this.#onProgress(job, event) };
     // Errors thrown synchronously by the operation become its failure too.
     void Promise.resolve()
       .then(() => this.#run(ctx, record.spec))

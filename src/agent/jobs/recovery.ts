@@ -8,6 +8,9 @@ import { manifestKey } from '../../snapshot/manifest.ts';
 import { backupObjectKeys, readManifest } from '../catalog.ts';
 import { effectiveStores, type Config } from '../config.ts';
 import { openEnvironmentStore, openStore } from '../stores.ts';
+import { UploadJournal } from '../../transport/upload-journal.ts';
+import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
+import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
 import { isAlive } from './lock.ts';
 import { JobStore } from './store.ts';
 import { isFinished, type JobRecord } from './types.ts';
@@ -16,28 +19,36 @@ export interface RecoveryReport {
   thawed: number;
   interrupted: string[];
   swept: number;
+  /** Restores a crash interrupted: finished (rolled forward) or their staged data removed. */
+  restores: RecoveredRestore[];
 }
 
 /**
  * What an agent does when it starts, before it takes any work, so that a crash (SIGKILL, OOM,
  * power) leaves nothing behind:
  *   1. thaws every cgroup and filesystem a dead agent froze (its freeze journal);
- *   2. marks the jobs of dead agent processes failed (E_INTERRUPTED), and removes the objects
- *      an interrupted backup had written (no manifest: it was never Restorable);
- *   3. with `sweepStores` (the daemon): aborts the multipart uploads journaled by dead
- *      processes and those older than `orphanUploadAge` under each store's prefix.
+ *   2. promotes a Redis a dead restore left a replica of the agent;
+ *   3. finishes or undoes the restores dead processes left (restore-journal.ts);
+ *   4. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what recovery did,
+ *      and removes the objects an interrupted backup had written (no manifest: it was never
+ *      Restorable);
+ *   5. removes dead processes' temp files (private-temp.ts);
+ *   6. aborts the multipart uploads journaled by dead processes; with `sweepStores` (the
+ *      daemon) also those older than `orphanUploadAge` under each store's prefix.
  * Lock files of dead holders need nothing: the next job that wants one takes it over.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
   const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
   await undoInterruptedRedisLoads(config, logger);
-  const interrupted = await failInterruptedJobs(config, logger);
-  let swept = 0;
-  if (options.sweepStores) swept = await sweepStores(config, logger);
-  if (thawed > 0 || interrupted.length > 0 || swept > 0) {
-    logger.warn({ phase: 'recovery', thawed, interrupted, swept }, 'recovered from an earlier run that did not end cleanly');
+  const restores = await recoverRestores(config, logger, new AbortController().signal);
+  const aborted = await abortOrphanUploads(config, logger, options.sweepStores);
+  const interrupted = await failInterruptedJobs(config, logger, restores, aborted);
+  await removeDeadTempDirs(config.stateDir);
+  const swept = aborted.swept;
+  if (thawed > 0 || interrupted.length > 0 || swept > 0 || restores.length > 0) {
+    logger.warn({ phase: 'recovery', thawed, interrupted, swept, restores: restores.length }, 'recovered from an earlier run that did not end cleanly');
   }
-  return { thawed, interrupted, swept };
+  return { thawed, interrupted, swept, restores };
 }
 
 /**
@@ -66,7 +77,7 @@ async function undoInterruptedRedisLoads(config: Config, logger: Logger): Promis
   }
 }
 
-async function failInterruptedJobs(config: Config, logger: Logger): Promise<string[]> {
+async function failInterruptedJobs(config: Config, logger: Logger, restores: readonly RecoveredRestore[], uploads: { failed: boolean }): Promise<string[]> {
   const store = new JobStore(config.stateDir);
   const found: string[] = [];
   for (const record of await store.all()) {
@@ -88,7 +99,7 @@ async function failInterruptedJobs(config: Config, logger: Logger): Promise<stri
     const error = new AgentError(
       'E_INTERRUPTED',
       record.state === 'running'
-        ? `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was running; what it froze was thawed and its uploads aborted`
+        ? `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was running; ${whatRecoveryDid(record, restores, uploads)}`
         : `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was queued; it never started`,
     );
     await store.save({ ...finished, state: 'failed', error: { code: error.code, message: error.message } });
@@ -120,17 +131,43 @@ async function removePartialBackup(config: Config, env: string, backupId: string
   }
 }
 
-async function sweepStores(config: Config, logger: Logger): Promise<number> {
+/** The part of an interrupted job's message that says what recovery did about it. */
+function whatRecoveryDid(record: JobRecord, restores: readonly RecoveredRestore[], uploads: { failed: boolean }): string {
+  if (record.kind === 'backup.restore') {
+    const restore = restores.find((r) => r.jobId === record.id);
+    if (!restore) return 'nothing of the restore was journaled for recovery to act on (it had not begun staging)';
+    return restore.outcome === 'rolled-forward'
+      ? `every element had been staged and verified, so recovery finished the restore${restore.elements.length ? ` (swapped in ${restore.elements.join(', ')})` : ''}: the target is entirely the backup's`
+      : `it was still staging, so recovery removed what it had staged (${restore.elements.join(', ') || 'nothing yet'}): the target is unchanged`;
+  }
+  if (record.kind === 'backup.create') {
+    return uploads.failed
+      ? 'anything it froze was thawed; its objects were removed, but its incomplete uploads could not be aborted now (retried at the next start)'
+      : 'anything it froze was thawed, its incomplete uploads were aborted and its objects removed';
+  }
+  return 'nothing it did needs undoing';
+}
+
+/**
+ * Multipart uploads journaled by dead processes are aborted by every start (a request only when
+ * there are some); the daemon also sweeps those older than `orphanUploadAge` (a crash before
+ * the journal entry, another node's leftovers).
+ */
+async function abortOrphanUploads(config: Config, logger: Logger, byAge: boolean): Promise<{ swept: number; failed: boolean }> {
+  const journal = new UploadJournal(config.stateDir);
   const used = new Set([config.defaultStore, ...Object.values(config.environments).map((e) => e.store ?? config.defaultStore)]);
   let swept = 0;
+  let failed = false;
   for (const name of used) {
-    if (!(name in effectiveStores(config))) continue;
+    if (!Object.hasOwn(effectiveStores(config), name)) continue;
+    if (!byAge && (await journal.orphans(name, new Set())).length === 0) continue;
     try {
       const store = await openStore(config, name);
-      swept += await store.sweepIncomplete('', new Date(Date.now() - config.orphanUploadAge));
+      swept += await store.sweepIncomplete('', byAge ? new Date(Date.now() - config.orphanUploadAge) : new Date(0));
     } catch (error) {
-      logger.warn({ store: name, err: toAgentError(error).message }, 'could not sweep incomplete uploads at start; the next backup retries');
+      failed = true;
+      logger.warn({ store: name, err: toAgentError(error).message }, 'could not abort incomplete uploads at start; the next start retries');
     }
   }
-  return swept;
+  return { swept, failed };
 }

@@ -1,9 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, readdir, rename, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import { z } from 'zod';
 import { AgentError } from '../../errors.ts';
-import type { Capture, CaptureOptions, ServiceDriver, StagedRestore } from '../driver.ts';
+import { reachedPhase } from '../../phase-hook.ts';
+import { requireFreeSpace } from '../free-space.ts';
+import type { Capture, CaptureOptions, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
 import { extractTree } from './extract.ts';
 import { packTree } from './pack.ts';
 import { AGENT_ENTRY_PREFIX, snapshotMount } from './snapshot.ts';
@@ -60,7 +63,7 @@ export class FilesDriver implements ServiceDriver {
     }
   }
 
-  async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
+  async stage(source: Readable, signal: AbortSignal, options: StageOptions = {}): Promise<StagedRestore> {
     const target = this.#options.path;
     const existing = await stat(target).catch(() => undefined);
     if (existing && !existing.isDirectory()) {
@@ -70,30 +73,68 @@ export class FilesDriver implements ServiceDriver {
     // there, stage inside the mount and swap its top-level entries instead of the directory.
     const mountPoint = existing ? await isMountPoint(target) : false;
     const tag = randomBytes(6).toString('hex');
-    const staging = mountPoint ? path.join(target, `${AGENT_ENTRY_PREFIX}restore-${tag}`) : siblingOf(target, `restore-${tag}`);
-    const discard = () => rm(staging, { recursive: true, force: true });
-    await mkdir(staging, { mode: 0o700 });
-    let stats;
+    const state: SwapState = {
+      target,
+      mode: mountPoint ? 'mount' : 'directory',
+      staging: mountPoint ? path.join(target, `${AGENT_ENTRY_PREFIX}restore-${tag}`) : siblingOf(target, `restore-${tag}`),
+      old: mountPoint ? path.join(target, `${AGENT_ENTRY_PREFIX}old-${tag}`) : siblingOf(target, `old-${tag}`),
+      // A new mount's missing parents are created (and removed again if the restore fails).
+      createdFrom: existing ? null : await firstMissing(path.dirname(target)),
+      staged: [],
+    };
+    await options.journal?.(state);
     try {
-      stats = await extractTree(source, staging, { signal });
+      if (state.createdFrom) await mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
+      await requireFreeSpace(mountPoint ? target : path.dirname(target), options.rawBytes, `the restore of ${target}`);
+      await mkdir(state.staging, { mode: 0o700 });
+      const stats = await extractTree(source, state.staging, { signal });
+      if (mountPoint) {
+        // What the commit moves up: it tells a moved-up new entry from an old one of the same name.
+        state.staged = (await readdir(state.staging)).filter((n) => n !== LOST_AND_FOUND);
+        await options.journal?.(state);
+      }
+      return {
+        facts: { files: stats.files, directories: stats.directories, symlinks: stats.symlinks, hardlinks: stats.hardlinks, contentBytes: stats.bytes },
+        commit: () => commitSwap(state),
+        discard: () => discardSwap(state),
+      };
     } catch (error) {
-      await discard();
+      source.destroy();
+      await discardSwap(state);
       throw error;
     }
-    return {
-      facts: { files: stats.files, directories: stats.directories, symlinks: stats.symlinks, hardlinks: stats.hardlinks, contentBytes: stats.bytes },
-      commit: async () => {
-        try {
-          if (mountPoint) await swapContents(target, staging, tag);
-          else await swapDirectory(target, staging, existing, tag);
-        } finally {
-          await discard();
-        }
-      },
-      discard,
-    };
+  }
+
+  async resumeCommit(state: StagedState): Promise<void> {
+    await commitSwap(this.#checkState(state));
+  }
+
+  async discardStaged(state: StagedState): Promise<void> {
+    await discardSwap(this.#checkState(state));
+  }
+
+  /** A journaled state names paths this driver will rename and remove: only its own. */
+  #checkState(state: StagedState): SwapState {
+    const parsed = swapStateSchema.safeParse(state);
+    const target = this.#options.path;
+    const ours = (p: string) => p.startsWith(`${path.dirname(target)}/.${path.basename(target)}.storage-agent-`) || p.startsWith(`${target}/${AGENT_ENTRY_PREFIX}`);
+    if (!parsed.success || parsed.data.target !== target || !ours(parsed.data.staging) || !ours(parsed.data.old)) {
+      throw new AgentError('E_RESTORE_FAILED', `the journaled restore of ${target} does not name this mount's own staging paths; left alone`);
+    }
+    return parsed.data;
   }
 }
+
+const swapStateSchema = z.object({
+  target: z.string(),
+  mode: z.enum(['directory', 'mount']),
+  staging: z.string(),
+  old: z.string(),
+  createdFrom: z.string().nullable(),
+  staged: z.array(z.string().refine((n) => n !== '' && !n.includes('/') && n !== '.' && n !== '..')),
+});
+/** A files restore as journaled: where it stages and keeps the old tree, and what it staged. */
+type SwapState = z.infer<typeof swapStateSchema>;
 
 function siblingOf(target: string, what: string): string {
   return path.join(path.dirname(target), `.${path.basename(target)}.storage-agent-${what}`);
@@ -104,57 +145,96 @@ async function isMountPoint(dir: string): Promise<boolean> {
   return self.dev !== parent.dev || self.ino === parent.ino;
 }
 
-/** staging → target by two renames; the old tree is removed only once the new one is in place. */
-async function swapDirectory(target: string, staging: string, existing: Awaited<ReturnType<typeof stat>> | undefined, tag: string): Promise<void> {
-  if (!existing) {
-    // The archive holds the mount's contents, not its root: a new mount gets the usual 0755.
-    await chmod(staging, 0o755);
-    await rename(staging, target);
-    return;
+async function exists(p: string): Promise<boolean> {
+  return lstat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** The outermost ancestor of `dir` (itself included) that does not exist, or null. */
+async function firstMissing(dir: string): Promise<string | null> {
+  let missing: string | null = null;
+  for (let current = dir; !(await exists(current)); current = path.dirname(current)) missing = current;
+  return missing;
+}
+
+/**
+ * Swaps the staged tree in. Every step is checked against what is on disk, so the same call
+ * finishes a swap that a crash interrupted at any point (journaled by the restore): the old
+ * tree is removed only once the new one is in place.
+ */
+async function commitSwap(state: SwapState): Promise<void> {
+  if (state.mode === 'mount') await swapContents(state);
+  else await swapDirectory(state);
+  await rm(state.old, { recursive: true, force: true });
+}
+
+async function discardSwap(state: SwapState): Promise<void> {
+  await rm(state.staging, { recursive: true, force: true });
+  if (state.createdFrom === null) return;
+  // The parents this restore created, deepest first, as long as nothing else was put there.
+  for (let dir = path.dirname(state.target); dir.startsWith(state.createdFrom); dir = path.dirname(dir)) {
+    if (!(await rmdir(dir).then(() => true, () => false))) break;
+    if (dir === state.createdFrom) break;
   }
-  // The tree's root keeps the mount's own owner and mode; the archive holds only its contents.
-  await chmod(staging, Number(existing.mode) & 0o7777);
-  await chown(staging, Number(existing.uid), Number(existing.gid));
-  const old = siblingOf(target, `old-${tag}`);
-  await rename(target, old);
+}
+
+/** staging → target by two renames (target → old first when there is one). */
+async function swapDirectory({ target, staging, old }: SwapState): Promise<void> {
+  if (!(await exists(staging))) {
+    if (await exists(target)) return; // swapped in before a crash: only the old tree is left to remove
+    throw new AgentError('E_RESTORE_FAILED', `the staged tree ${staging} of ${target} is gone; restore again`);
+  }
+  // The tree's root keeps the mount's own owner and mode (the archive holds only its
+  // contents); a new mount gets the usual 0755.
+  const original = (await stat(target).catch(() => undefined)) ?? (await stat(old).catch(() => undefined));
+  if (original) {
+    await chmod(staging, Number(original.mode) & 0o7777);
+    await chown(staging, Number(original.uid), Number(original.gid));
+  } else {
+    await chmod(staging, 0o755);
+  }
+  if (await exists(target)) {
+    await rename(target, old);
+    await reachedPhase('restore:files:old-moved');
+  }
   try {
     await rename(staging, target);
   } catch (error) {
-    await rename(old, target);
+    if (original && !(await exists(target))) await rename(old, target).catch(() => {});
     throw new AgentError('E_RESTORE_FAILED', `cannot move the restored tree into ${target}: ${(error as Error).message}`, { cause: error });
   }
-  await rm(old, { recursive: true, force: true });
 }
 
 const LOST_AND_FOUND = 'lost+found';
 
-/** For a mount point: move the old entries aside inside the mount, then the staged ones up. */
-async function swapContents(target: string, staging: string, tag: string): Promise<void> {
-  const old = path.join(target, `${AGENT_ENTRY_PREFIX}old-${tag}`);
-  await mkdir(old, { mode: 0o700 });
-  const stagingName = path.basename(staging);
-  const oldName = path.basename(old);
-  // A filesystem's own lost+found stays where it is: it belongs to fsck, not to the data.
-  const current = (await readdir(target)).filter((n) => n !== stagingName && n !== oldName && n !== LOST_AND_FOUND);
-  const moved: string[] = [];
-  const placed: string[] = [];
+/**
+ * For a mount point: move the old entries aside inside the mount, then the staged ones up. An
+ * entry of the target whose name was staged and is no longer in staging is a new one moved up
+ * before a crash; any other is old.
+ */
+async function swapContents({ target, staging, old, staged }: SwapState): Promise<void> {
+  if (!(await exists(staging))) return; // every staged entry was moved up before a crash
+  await mkdir(old, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EEXIST') throw error;
+  });
+  const ours = new Set([path.basename(staging), path.basename(old), LOST_AND_FOUND]);
   try {
-    for (const name of current) {
+    for (const name of await readdir(target)) {
+      if (ours.has(name)) continue;
+      if (staged.includes(name) && !(await exists(path.join(staging, name)))) continue;
       await rename(path.join(target, name), path.join(old, name));
-      moved.push(name);
     }
+    await reachedPhase('restore:files:old-moved');
+    // A filesystem's own lost+found stays where it is: it belongs to fsck, not to the data.
     for (const name of (await readdir(staging)).filter((n) => n !== LOST_AND_FOUND)) {
       await rename(path.join(staging, name), path.join(target, name));
-      placed.push(name);
     }
   } catch (error) {
-    // Put the mount back as it was before failing.
-    let restored = true;
-    for (const name of placed) await rename(path.join(target, name), path.join(staging, name)).catch(() => (restored = false));
-    for (const name of moved) await rename(path.join(old, name), path.join(target, name)).catch(() => (restored = false));
-    // Never delete the old tree unless every entry of it is back in place.
-    if (restored) await rm(old, { recursive: true, force: true });
-    throw new AgentError('E_RESTORE_FAILED', `cannot swap the restored tree into mount ${target}: ${(error as Error).message}`, { cause: error });
+    throw new AgentError('E_RESTORE_FAILED', `cannot swap the restored tree into mount ${target}: ${(error as Error).message}; the next agent start finishes the swap (nothing is lost: old entries wait in ${old})`, {
+      cause: error,
+    });
   }
-  await rm(old, { recursive: true, force: true });
+  await rm(staging, { recursive: true, force: true });
 }

@@ -1,6 +1,7 @@
-import { writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { Connection, RowDataPacket } from 'mysql2/promise';
-import { file as tempFile } from 'tmp-promise';
 import { AgentError, type ErrorCode } from '../../errors.ts';
 
 /** Where and as whom the agent talks to one MySQL/MariaDB server. */
@@ -96,17 +97,18 @@ export async function queryRows<T extends object>(connection: Connection, sql: s
 }
 
 /**
- * The option file that carries the credentials to mysqldump and mysql: 0600, in the temp
- * directory, removed by `remove()`. The password never reaches a command line (ps) or a child's
- * environment (/proc/PID/environ).
+ * The option file that carries the credentials to mysqldump and mysql: 0600, in the process's
+ * private temp directory under the state dir (private-temp.ts: never /tmp, and removed by the
+ * next start if this process is killed), removed by `remove()`. The password never reaches a
+ * command line (ps) or a child's environment (/proc/PID/environ).
  */
 export interface DefaultsFile {
   path: string;
   remove(): Promise<void>;
 }
 
-export async function writeDefaultsFile(endpoint: MysqlEndpoint): Promise<DefaultsFile> {
-  const temp = await tempFile({ prefix: 'storage-agent-mysql-', postfix: '.cnf', mode: 0o600 });
+export async function writeDefaultsFile(endpoint: MysqlEndpoint, tempDir: string): Promise<DefaultsFile> {
+  const file = path.join(tempDir, `mysql-${randomBytes(6).toString('hex')}.cnf`);
   const lines = ['[client]', `user=${optionValue(endpoint.user)}`];
   if (endpoint.password !== undefined) lines.push(`password=${optionValue(endpoint.password)}`);
   if (endpoint.socket) {
@@ -118,15 +120,15 @@ export async function writeDefaultsFile(endpoint: MysqlEndpoint): Promise<Defaul
   const remove = async () => {
     if (removed) return;
     removed = true;
-    await temp.cleanup();
+    await rm(file, { force: true });
   };
   try {
-    await writeFile(temp.path, `${lines.join('\n')}\n`, { mode: 0o600 });
+    await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600, flag: 'wx' });
   } catch (error) {
     await remove();
     throw error;
   }
-  return { path: temp.path, remove };
+  return { path: file, remove };
 }
 
 /** An option-file value: double-quoted, with the escapes my_load_defaults understands. */

@@ -1,15 +1,17 @@
 import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
 import type { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
 import type { MysqlServiceConfig } from '../../agent/config.ts';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
-import type { Capture, CaptureOptions, Facts, ServiceDriver, StagedRestore } from '../driver.ts';
+import type { Capture, CaptureOptions, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
+import { privateTempDir } from '../private-temp.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
 import { startDump, type RunningDump } from './dump.ts';
 import { loadDump } from './load.ts';
 import { StagingRewriter } from './rewrite.ts';
 import { binlogPosition, checkLongQueries, flushTablesWithReadLock, serverVersion, type BinlogPosition } from './server.ts';
-import { swapDatabase, type SwapPlan } from './swap.ts';
+import { readSchema, swapDatabase, type Schema, type SwapPlan } from './swap.ts';
 
 export interface MysqlDriverOptions {
   /** The service (element) name, for messages. */
@@ -17,6 +19,8 @@ export interface MysqlDriverOptions {
   config: MysqlServiceConfig;
   /** Read when needed, never kept. */
   password: () => Promise<string | undefined>;
+  /** For the clients' option file (private-temp.ts). */
+  stateDir: string;
 }
 
 /** How long FTWRL may be held waiting for mysqldump to open its snapshot (normally ~20 ms). */
@@ -27,6 +31,39 @@ const MAX_IDENTIFIER = 64;
 interface DatabasePlan extends SwapPlan {
   source: string;
 }
+
+const storedObjectSchema = z.object({
+  kind: z.enum(['TRIGGER', 'VIEW', 'PROCEDURE', 'FUNCTION', 'PACKAGE', 'PACKAGE BODY', 'EVENT']),
+  name: z.string(),
+  create: z.string(),
+  sqlMode: z.string().nullable(),
+  timeZone: z.string().nullable(),
+  characterSetClient: z.string().nullable(),
+  collationConnection: z.string().nullable(),
+  databaseCollation: z.string().nullable(),
+});
+const mysqlStateSchema = z.object({
+  tag: z.string().regex(/^[0-9a-f]{6}$/),
+  plans: z.array(z.object({ source: z.string(), target: z.string(), staging: z.string(), old: z.string() })),
+  staged: z.array(
+    z.object({
+      exists: z.boolean(),
+      charset: z.string().nullable(),
+      collation: z.string().nullable(),
+      tables: z.array(z.string()),
+      triggers: z.array(storedObjectSchema),
+      views: z.array(storedObjectSchema),
+      routines: z.array(storedObjectSchema),
+      events: z.array(storedObjectSchema),
+    }),
+  ),
+});
+/** A MySQL restore as journaled: its staging tag, and once loaded, the plans and staged schemas. */
+type MysqlState = {
+  tag: string;
+  plans: DatabasePlan[];
+  staged: Schema[];
+};
 
 /**
  * MySQL/MariaDB: captured as one `mysqldump --single-transaction --databases …` stream (see
@@ -48,11 +85,13 @@ export class MysqlDriver implements ServiceDriver {
   readonly #name: string;
   readonly #config: MysqlServiceConfig;
   readonly #password: () => Promise<string | undefined>;
+  readonly #stateDir: string;
 
   constructor(options: MysqlDriverOptions) {
     this.#name = options.name;
     this.#config = options.config;
     this.#password = options.password;
+    this.#stateDir = options.stateDir;
   }
 
   /** The configured databases' data size (information_schema): a guide for progress only. */
@@ -74,7 +113,7 @@ export class MysqlDriver implements ServiceDriver {
     }
   }
 
-  async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+  async capture({ signal, consistent, partial }: CaptureOptions): Promise<Capture> {
     throwIfCancelled(signal);
     const endpoint = await this.#endpoint();
     const connection = await openConnection(endpoint, 'E_CAPTURE_FAILED', this.#what());
@@ -87,7 +126,7 @@ export class MysqlDriver implements ServiceDriver {
     let facts: Facts;
     try {
       const version = await serverVersion(connection);
-      await this.#checkDatabasesExist(connection);
+      const databases = partial ? await this.#existingDatabases(connection) : await this.#checkDatabasesExist(connection);
       let binlog: BinlogPosition | undefined;
       let ftwrlMs: number | null = null;
       let lockedAt = 0;
@@ -99,8 +138,8 @@ export class MysqlDriver implements ServiceDriver {
       }
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);
-      defaults = await writeDefaultsFile(endpoint);
-      dump = startDump(defaults, this.#config.databases, signal);
+      defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
+      dump = startDump(defaults, databases, signal);
       await withTimeout(dump.snapshotOpen, SNAPSHOT_TIMEOUT_MS, `mysqldump did not open its snapshot within ${SNAPSHOT_TIMEOUT_MS / 1000}s`);
       if (locked) {
         await connection.query('UNLOCK TABLES');
@@ -110,7 +149,7 @@ export class MysqlDriver implements ServiceDriver {
       await defaults.remove(); // read by mysqldump at its start: the password leaves the disk now
       facts = {
         serverVersion: version,
-        databases: this.#config.databases.join(','),
+        databases: databases.join(','),
         binlogFile: binlog?.binlogFile ?? null,
         binlogPosition: binlog?.binlogPosition ?? null,
         gtid: binlog?.gtid ?? null,
@@ -145,32 +184,43 @@ export class MysqlDriver implements ServiceDriver {
   }
 
   /**
-   * Whether every configured database exists (a dump of a missing one fails). With some
-   * missing, the element is left out of the safety backup: there is no complete state to keep.
+   * Whether any configured database exists: a safety backup keeps whatever is there (a partial
+   * capture, see capture's `partial`), and only a service with none of its databases holds
+   * nothing to keep.
    */
   async targetExists(signal: AbortSignal): Promise<boolean> {
     throwIfCancelled(signal);
     let connection: Connection | undefined;
     try {
       connection = await openConnection(await this.#endpoint(), 'E_RESTORE_FAILED', this.#what());
-      const rows = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (?)', [this.#config.databases]);
-      return rows.length === new Set(this.#config.databases).size;
+      return (await this.#existingDatabases(connection)).length > 0;
     } finally {
       closeConnection(connection);
     }
   }
 
-  async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
+  async #existingDatabases(connection: Connection): Promise<string[]> {
+    const rows = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (?)', [
+      this.#config.databases,
+    ]);
+    return this.#config.databases.filter((db) => rows.some((r) => r.name === db));
+  }
+
+  async stage(source: Readable, signal: AbortSignal, options: StageOptions = {}): Promise<StagedRestore> {
     let connection: Connection | undefined;
     let defaults: DefaultsFile | undefined;
+    const tag = randomBytes(3).toString('hex');
+    // The staging names follow from the tag and the configured targets: journaled before the
+    // load creates any of them, so a crash while loading leaves nothing unnamed.
+    const state: MysqlState = { tag, plans: [], staged: [] };
     let plans: DatabasePlan[] = [];
     try {
       throwIfCancelled(signal);
+      await options.journal?.(state);
       const endpoint = await this.#endpoint();
       connection = await openConnection(endpoint, 'E_RESTORE_FAILED', this.#what());
       await dropStaleStaging(connection, this.#config.databases);
-      defaults = await writeDefaultsFile(endpoint);
-      const tag = randomBytes(3).toString('hex');
+      defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
       const rewriter = new StagingRewriter({
         resolve: (databases) => {
           plans = this.#plan(databases, tag);
@@ -178,32 +228,56 @@ export class MysqlDriver implements ServiceDriver {
         },
       });
       await loadDump(defaults, source, rewriter, signal);
-      await connection.ping();
+      // What the swap recreates (triggers, views, routines, events), read now and journaled:
+      // the swap drops the staged triggers before it moves the tables.
+      const staged: Schema[] = [];
+      for (const plan of plans) staged.push(await readSchema(connection, plan.staging));
+      Object.assign(state, { plans, staged });
+      await options.journal?.(state);
     } catch (error) {
       source.destroy();
-      if (connection) await dropStaging(connection, plans.map((p) => p.staging)).catch(() => {});
+      if (connection) await dropStaging(connection, this.#stagingNames(tag)).catch(() => {});
       if (signal.aborted) throw cancelled(signal);
       throw error instanceof AgentError ? error : serverError(error, 'E_RESTORE_FAILED', this.#what());
     } finally {
       closeConnection(connection);
       await defaults?.remove();
     }
-    const staged = plans;
     return {
-      facts: { databases: staged.map((p) => (p.source === p.target ? p.target : `${p.source}->${p.target}`)).join(',') },
-      commit: () => this.#commit(staged),
-      discard: () => this.#discard(staged),
+      facts: { databases: plans.map((p) => (p.source === p.target ? p.target : `${p.source}->${p.target}`)).join(',') },
+      commit: () => this.#commit(state),
+      discard: () => this.#discard(tag),
     };
   }
 
-  /** Swaps each staged database in; the staging databases are gone afterwards, whatever happened. */
-  async #commit(plans: readonly DatabasePlan[]): Promise<void> {
+  async resumeCommit(state: StagedState): Promise<void> {
+    await this.#commit(this.#checkState(state));
+  }
+
+  async discardStaged(state: StagedState): Promise<void> {
+    await this.#discard(this.#checkState(state).tag);
+  }
+
+  /** A journaled state names databases to rename and drop: only this service's own. */
+  #checkState(state: StagedState): MysqlState {
+    const parsed = mysqlStateSchema.safeParse(state);
+    const names = parsed.success ? this.#stagingNames(parsed.data.tag) : [];
+    const ok =
+      parsed.success &&
+      parsed.data.plans.length === parsed.data.staged.length &&
+      parsed.data.plans.every((p) => this.#config.databases.includes(p.target) && names.includes(p.staging) && p.old === derivedName(p.target, `__sa_old_${parsed.data.tag}`));
+    if (!ok) throw new AgentError('E_RESTORE_FAILED', `${this.#what()}: the journaled restore does not name this service's own staging databases; left alone`);
+    return parsed.data as MysqlState;
+  }
+
+  /** Swaps each staged database in; the staging databases are dropped once all are in. */
+  async #commit(state: MysqlState): Promise<void> {
     const connection = await openConnection(await this.#endpoint(), 'E_RESTORE_FAILED', this.#what());
     const done: string[] = [];
     try {
-      for (const plan of plans) {
+      for (const [index, plan] of state.plans.entries()) {
         try {
-          await swapDatabase(connection, plan);
+          await swapDatabase(connection, plan, state.staged[index]!);
         } catch (error) {
           const failure = toAgentError(error, 'E_RESTORE_FAILED');
           throw new AgentError(
@@ -214,20 +288,23 @@ export class MysqlDriver implements ServiceDriver {
         }
         done.push(plan.target);
       }
+      await dropStaging(connection, state.plans.map((p) => p.staging));
     } finally {
-      await dropStaging(connection, plans.map((p) => p.staging)).catch(() => {});
       closeConnection(connection);
     }
   }
 
-  async #discard(plans: readonly DatabasePlan[]): Promise<void> {
-    if (plans.length === 0) return;
+  async #discard(tag: string): Promise<void> {
     const connection = await openConnection(await this.#endpoint(), 'E_RESTORE_FAILED', this.#what());
     try {
-      await dropStaging(connection, plans.map((p) => p.staging));
+      await dropStaging(connection, this.#stagingNames(tag));
     } finally {
       closeConnection(connection);
     }
+  }
+
+  #stagingNames(tag: string): string[] {
+    return this.#config.databases.map((target) => derivedName(target, `${STAGE_MARK}${tag}`));
   }
 
   /** The backup's databases onto this service's: by name when the sets agree, else by position. */
@@ -236,28 +313,29 @@ export class MysqlDriver implements ServiceDriver {
     if (new Set(targets).size !== targets.length) {
       throw new AgentError('E_CONFIG_INVALID', `${this.#what()}: databases lists a database twice: ${targets.join(', ')}`);
     }
-    if (sources.length !== targets.length) {
+    // A backup of some of the databases (a safety backup of a partly created target) maps by name.
+    const byName = sources.every((s) => targets.includes(s));
+    if (!byName && sources.length !== targets.length) {
       throw new AgentError(
         'E_RESTORE_FAILED',
         `${this.#what()}: the backup holds ${sources.length} database(s) (${sources.join(', ')}) but the service restored into has ` +
-          `${targets.length} (${targets.join(', ')}); databases map one to one, by name or else by position`,
+          `${targets.length} (${targets.join(', ')}); databases map by name, or else one to one by position`,
       );
     }
-    const byName = sources.every((s) => targets.includes(s));
     return sources.map((source, i) => {
       const target = byName ? source : targets[i]!;
       return { source, target, staging: derivedName(target, `${STAGE_MARK}${tag}`), old: derivedName(target, `__sa_old_${tag}`) };
     });
   }
 
-  async #checkDatabasesExist(connection: Connection): Promise<void> {
-    const rows = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME IN (?)', [
-      this.#config.databases,
-    ]);
-    const missing = this.#config.databases.filter((db) => !rows.some((r) => r.name === db));
+  /** The configured databases, all of which must exist (a dump of a missing one fails). */
+  async #checkDatabasesExist(connection: Connection): Promise<readonly string[]> {
+    const existing = await this.#existingDatabases(connection);
+    const missing = this.#config.databases.filter((db) => !existing.includes(db));
     if (missing.length) {
       throw new AgentError('E_CAPTURE_FAILED', `${this.#what()}: database ${missing.join(', ')} does not exist on ${describeEndpoint(await this.#endpoint())}`);
     }
+    return this.#config.databases;
   }
 
   async #endpoint(): Promise<MysqlEndpoint> {

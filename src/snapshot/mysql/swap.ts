@@ -1,11 +1,12 @@
 import type { Connection } from 'mysql2/promise';
 import { AgentError } from '../../errors.ts';
+import { reachedPhase } from '../../phase-hook.ts';
 import { queryRows, quoteIdent } from './connection.ts';
 
 /** Stored objects that RENAME TABLE does not carry across databases: recreated from definitions. */
 type ObjectKind = 'TRIGGER' | 'VIEW' | 'PROCEDURE' | 'FUNCTION' | 'PACKAGE' | 'PACKAGE BODY' | 'EVENT';
 
-interface StoredObject {
+export interface StoredObject {
   kind: ObjectKind;
   name: string;
   /** The CREATE statement, unqualified (read while the object's database was the current one). */
@@ -17,7 +18,7 @@ interface StoredObject {
   databaseCollation: string | null;
 }
 
-interface Schema {
+export interface Schema {
   exists: boolean;
   charset: string | null;
   collation: string | null;
@@ -48,21 +49,43 @@ export interface SwapResult {
  * Swaps a staged database into its target: one RENAME TABLE statement moves every base table
  * of the target out (to `old`) and every staged one in, atomically. Triggers (which pin a table
  * to its database), views, routines and events do not move with RENAME: the target's are
- * dropped and the staged ones recreated from their SHOW CREATE definitions, with their
- * definer, sql_mode, character set and collation. The target ends up with exactly the staged
- * tables; its old tables are dropped only once everything else succeeded. A failure puts the
- * target back as it was (its tables renamed back, its objects recreated from the definitions
- * read first) before rejecting. The staging database is left for the caller to drop.
+ * dropped and the staged ones recreated from their SHOW CREATE definitions (`staged`, read when
+ * the restore was staged and journaled with it), with their definer, sql_mode, character set
+ * and collation. The target ends up with exactly the staged tables; its old tables are dropped
+ * only once everything else succeeded. A failure puts the target back as it was before
+ * rejecting. The staging database is left for the caller to drop.
+ *
+ * Run again after a crash at any point, it finishes the swap: the RENAME happened when the
+ * staged tables have left staging or the target's originals are in `old`; the objects are then
+ * (re)created from `staged`, whatever part of them an earlier run made.
  */
-export async function swapDatabase(connection: Connection, plan: SwapPlan): Promise<SwapResult> {
+export async function swapDatabase(connection: Connection, plan: SwapPlan, staged: Schema): Promise<SwapResult> {
   await connection.query('SET SESSION foreign_key_checks = 0');
-  const staged = await readSchema(connection, plan.staging);
-  if (!staged.exists) throw new AgentError('E_RESTORE_FAILED', `staging database ${plan.staging} is gone; nothing was changed`);
+  const now = await readSchema(connection, plan.staging);
+  // Staging databases are dropped only once every database of the element is swapped in.
+  if (now.exists) {
+    const parked = await readSchema(connection, plan.old);
+    const renamed = (staged.tables.length > 0 && now.tables.length === 0) || parked.tables.length > 0;
+    if (renamed) await installObjects(connection, plan, staged);
+    else await swapTables(connection, plan, staged);
+    await reachedPhase('restore:mysql:swapped');
+    await connection.query(`DROP DATABASE IF EXISTS ${quoteIdent(plan.old)}`);
+  }
+  return {
+    tables: staged.tables.length,
+    views: staged.views.length,
+    routines: staged.routines.length,
+    triggers: staged.triggers.length,
+    events: staged.events.length,
+  };
+}
+
+async function swapTables(connection: Connection, plan: SwapPlan, staged: Schema): Promise<void> {
   const before = await readSchema(connection, plan.target);
   if (!before.exists) {
     await connection.query(`CREATE DATABASE ${quoteIdent(plan.target)}${charsetClause(staged)}`);
   }
-  await connection.query(`CREATE DATABASE ${quoteIdent(plan.old)}`);
+  await connection.query(`CREATE DATABASE IF NOT EXISTS ${quoteIdent(plan.old)}`);
 
   let renamed = false;
   try {
@@ -76,15 +99,8 @@ export async function swapDatabase(connection: Connection, plan: SwapPlan): Prom
     ];
     if (pairs.length > 0) await connection.query(`RENAME TABLE ${pairs.join(', ')}`);
     renamed = true;
-    await dropObjects(connection, plan.target, [...before.routines, ...before.events]);
-    if (staged.charset && staged.collation) {
-      await connection.query(`ALTER DATABASE ${quoteIdent(plan.target)}${charsetClause(staged)}`);
-    }
-    // Routines before views: a view may call a stored function.
-    await createObjects(connection, plan.target, staged.routines, staged.collation);
-    await createObjects(connection, plan.target, staged.views, staged.collation);
-    await createObjects(connection, plan.target, staged.events, staged.collation);
-    await createObjects(connection, plan.target, staged.triggers, staged.collation);
+    await reachedPhase('restore:mysql:renamed');
+    await installObjects(connection, plan, staged);
   } catch (error) {
     const reason = (error as { sqlMessage?: string; message?: string }).sqlMessage ?? (error as Error).message;
     try {
@@ -101,14 +117,20 @@ export async function swapDatabase(connection: Connection, plan: SwapPlan): Prom
       cause: error,
     });
   }
-  await connection.query(`DROP DATABASE ${quoteIdent(plan.old)}`);
-  return {
-    tables: staged.tables.length,
-    views: staged.views.length,
-    routines: staged.routines.length,
-    triggers: staged.triggers.length,
-    events: staged.events.length,
-  };
+}
+
+/** Once the tables are in: the target's objects replaced by the staged ones. */
+async function installObjects(connection: Connection, plan: SwapPlan, staged: Schema): Promise<void> {
+  const current = await readSchema(connection, plan.target);
+  await dropObjects(connection, plan.target, [...current.triggers, ...current.views, ...current.routines, ...current.events]);
+  if (staged.charset && staged.collation) {
+    await connection.query(`ALTER DATABASE ${quoteIdent(plan.target)}${charsetClause(staged)}`);
+  }
+  // Routines before views: a view may call a stored function.
+  await createObjects(connection, plan.target, staged.routines, staged.collation);
+  await createObjects(connection, plan.target, staged.views, staged.collation);
+  await createObjects(connection, plan.target, staged.events, staged.collation);
+  await createObjects(connection, plan.target, staged.triggers, staged.collation);
 }
 
 /** Puts the target back: the staged tables return to staging, the old ones to the target. */
@@ -142,7 +164,7 @@ function charsetClause(schema: Pick<Schema, 'charset' | 'collation'>): string {
   return schema.charset && schema.collation ? ` CHARACTER SET ${schema.charset} COLLATE ${schema.collation}` : '';
 }
 
-async function readSchema(connection: Connection, db: string): Promise<Schema> {
+export async function readSchema(connection: Connection, db: string): Promise<Schema> {
   const [schema] = await queryRows<{ charset: string; collation: string }>(
     connection,
     'SELECT DEFAULT_CHARACTER_SET_NAME AS charset, DEFAULT_COLLATION_NAME AS collation FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = ?',

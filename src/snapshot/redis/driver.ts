@@ -1,14 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Redis } from 'ioredis';
 import type { RedisServiceConfig } from '../../agent/config.ts';
 import { AgentError, throwIfCancelled, toAgentError, type ErrorCode } from '../../errors.ts';
-import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, StagedRestore } from '../driver.ts';
+import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
+import { requireFreeSpace } from '../free-space.ts';
+import { privateTempDir } from '../private-temp.ts';
 import { forkSave, waitForSave } from './bgsave.ts';
 import { configGet, connect, describeAddress, info, infoNumber, type RedisAddress } from './connection.ts';
 import { checkRdb, readRdbVersion } from './rdb-file.ts';
@@ -147,16 +148,26 @@ export class RedisDriver implements ServiceDriver {
     return true;
   }
 
-  async stage(source: Readable, signal: AbortSignal): Promise<StagedRestore> {
+  async stage(source: Readable, signal: AbortSignal, options: StageOptions = {}): Promise<StagedRestore> {
     throwIfCancelled(signal);
     const what = `restore of ${this.#options.name}`;
-    // A target that cannot take the data fails the restore before any download.
-    const target = await this.#withClient('E_RESTORE_FAILED', what, (client) => checkTarget(client, this.#address()));
-    const dir = await mkdtemp(path.join(tmpdir(), 'storage-agent-redis-'));
-    const file = path.join(dir, 'restore.rdb');
-    const discard = () => rm(dir, { recursive: true, force: true });
+    let target;
+    try {
+      // A target that cannot take the data fails the restore before any download.
+      target = await this.#withClient('E_RESTORE_FAILED', what, (client) => checkTarget(client, this.#address()));
+    } catch (error) {
+      source.destroy();
+      throw error;
+    }
+    // The verified RDB waits in the state directory (never /tmp: it is the whole dataset),
+    // in the restore's own directory, so that a crash after the first swap can still load it.
+    const dir = options.stagingDir ?? (await privateTempDir(this.#options.stateDir));
+    const file = path.join(dir, `redis-${this.#options.name}-${randomBytes(4).toString('hex')}.rdb`);
+    const discard = () => rm(file, { force: true });
     let checked;
     try {
+      await options.journal?.({ file });
+      await requireFreeSpace(dir, options.rawBytes, `the staged RDB of ${this.#options.name}`);
       await pipeline(source, createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }), { signal });
       checked = await checkRdb(file, target.version, signal);
     } catch (error) {
@@ -168,17 +179,35 @@ export class RedisDriver implements ServiceDriver {
     return {
       facts,
       commit: async () => {
-        try {
-          const loaded = await this.#withClient('E_RESTORE_FAILED', what, async (client) =>
-            this.#load(client, file, checked.bytes),
-          );
-          Object.assign(facts, loaded);
-        } finally {
-          await discard();
-        }
+        Object.assign(facts, await this.#commit(file));
       },
       discard,
     };
+  }
+
+  /** Loads the staged RDB; the file goes only once it is loaded (a failed load can be retried). */
+  async #commit(file: string): Promise<Facts> {
+    const bytes = (await stat(file)).size;
+    const loaded = await this.#withClient('E_RESTORE_FAILED', `restore of ${this.#options.name}`, (client) => this.#load(client, file, bytes));
+    await rm(file, { force: true });
+    return loaded;
+  }
+
+  /** Loading the RDB again is the whole commit; its file is gone only once it was loaded. */
+  async resumeCommit(state: StagedState): Promise<void> {
+    const file = this.#checkState(state);
+    if (await stat(file).then(() => true, () => false)) await this.#commit(file);
+  }
+
+  async discardStaged(state: StagedState): Promise<void> {
+    await rm(this.#checkState(state), { force: true });
+  }
+
+  #checkState(state: StagedState): string {
+    const file = typeof state.file === 'string' ? path.resolve(state.file) : '';
+    const ours = path.basename(file).startsWith(`redis-${this.#options.name}-`) && file.startsWith(`${path.resolve(this.#options.stateDir)}/`) && file.endsWith('.rdb');
+    if (!ours) throw new AgentError('E_RESTORE_FAILED', `redis service ${this.#options.name}: the journaled restore does not name a staged RDB of the state directory; left alone`);
+    return file;
   }
 
   /**

@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { AgentError } from '../../errors.ts';
+import { reachedPhase } from '../../phase-hook.ts';
 import type { Facts } from '../driver.ts';
 import { backoff, configGet, describeAddress, info, infoNumber, keyspaceOf, logCursor, logSince, pause, replyText, warningsIn, type Info, type RedisAddress } from './connection.ts';
 import { tokenDigest, type InterruptedLoad } from './restore-journal.ts';
@@ -88,6 +89,7 @@ export async function loadThroughReplication(client: Redis, options: LoadOptions
     const aofRewritesBefore = infoNumber(before, 'aof_rewrites');
     await client.call('REPLICAOF', host, String(port));
     replicating = true;
+    await reachedPhase('restore:redis:replicating');
     await waitForLoad(client, source, { host, port, deadline, timeoutMs: options.timeoutMs });
     loaded = true;
     await client.call('REPLICAOF', 'NO', 'ONE');

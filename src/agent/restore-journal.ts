@@ -1,0 +1,162 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { toAgentError } from '../errors.ts';
+import { CrashJournal } from '../snapshot/crash-journal.ts';
+import type { StagedState } from '../snapshot/driver.ts';
+import { environmentOf, type Config } from './config.ts';
+import { createDriver } from './drivers.ts';
+import { currentProcess, environmentLockFile, tryLock } from './jobs/lock.ts';
+
+const recordSchema = z.object({
+  pid: z.number().int(),
+  jobId: z.string().optional(),
+  env: z.string(),
+  target: z.string(),
+  backupId: z.string(),
+  since: z.string(),
+  /**
+   * staging: a crash leaves every target as it was, and recovery removes what was staged;
+   * committing: every element was staged and verified, so recovery finishes the swaps.
+   */
+  phase: z.enum(['staging', 'committing']),
+  elements: z.array(z.object({ name: z.string(), kind: z.enum(['files', 'mysql', 'redis']), state: z.record(z.string(), z.unknown()), committed: z.boolean() })),
+});
+export type RestoreRecord = z.infer<typeof recordSchema>;
+type ElementEntry = RestoreRecord['elements'][number];
+
+const DIR = 'restores';
+
+/**
+ * A restore in progress, journaled in `<stateDir>/restores/` before anything is staged and
+ * rewritten whenever a driver says where it stages, when the commit begins and after each
+ * element is swapped in: what the next start of any agent process needs to leave the target
+ * entirely old (a crash while staging) or entirely new (a crash while committing).
+ * The restore's staged files (a Redis RDB) live in `<stateDir>/restores/<name>.d/`.
+ */
+export class RestoreJournal {
+  readonly #journal: CrashJournal<RestoreRecord>;
+  readonly #name: string;
+  readonly record: RestoreRecord;
+  readonly stagingDir: string;
+
+  private constructor(stateDir: string, name: string, record: RestoreRecord) {
+    this.#journal = new CrashJournal(stateDir, DIR, recordSchema);
+    this.#name = name;
+    this.record = record;
+    this.stagingDir = stagingDirOf(stateDir, name);
+  }
+
+  static async begin(stateDir: string, fields: Omit<RestoreRecord, 'pid' | 'since' | 'phase' | 'elements'>): Promise<RestoreJournal> {
+    const name = `${fields.target}-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const journal = new RestoreJournal(stateDir, name, { ...fields, pid: process.pid, since: new Date().toISOString(), phase: 'staging', elements: [] });
+    await journal.save();
+    await mkdir(journal.stagingDir, { mode: 0o700 });
+    return journal;
+  }
+
+  /** The journal callback for one element's driver: its latest state, saved before it acts. */
+  stagingOf(name: string, kind: ElementEntry['kind']): (state: StagedState) => Promise<void> {
+    return async (state) => {
+      const entry = this.record.elements.find((e) => e.name === name);
+      if (entry) entry.state = { ...state };
+      else this.record.elements.push({ name, kind, state: { ...state }, committed: false });
+      await this.save();
+    };
+  }
+
+  async save(): Promise<void> {
+    await this.#journal.record(this.#name, this.record);
+  }
+
+  /** The restore ended (done, or nothing left staged): its record and staging directory go. */
+  async finish(): Promise<void> {
+    await rm(this.stagingDir, { recursive: true, force: true });
+    await this.#journal.remove(path.join(path.dirname(this.stagingDir), `${this.#name}.json`));
+  }
+
+  /** The journal of a dead process's restore, taken over to finish it. */
+  static adopt(stateDir: string, file: string, record: RestoreRecord): RestoreJournal {
+    return new RestoreJournal(stateDir, path.basename(file, '.json'), record);
+  }
+
+  static leftovers(stateDir: string): Promise<{ file: string; record: RestoreRecord }[]> {
+    return new CrashJournal(stateDir, DIR, recordSchema).leftovers();
+  }
+}
+
+function stagingDirOf(stateDir: string, name: string): string {
+  return path.join(stateDir, DIR, `${name}.d`);
+}
+
+export interface RecoveredRestore {
+  jobId: string | undefined;
+  target: string;
+  backupId: string;
+  /** rolled-forward: every element is the backup's now; discarded: every target is as before. */
+  outcome: 'rolled-forward' | 'discarded';
+  /** Elements this recovery swapped in (rolled-forward) or whose staged data it removed. */
+  elements: string[];
+}
+
+/**
+ * What a restore that died left: a crash while staging → the staged data is removed (the
+ * targets were never touched); a crash while committing → the remaining swaps are finished
+ * (every element was staged and verified first), so a target is never left part old, part
+ * new. Runs at the start of every agent process, under the target environment's lock; what
+ * cannot be done now (a server down) stays journaled for the next start.
+ */
+export async function recoverRestores(config: Config, logger: Logger, signal: AbortSignal): Promise<RecoveredRestore[]> {
+  const recovered: RecoveredRestore[] = [];
+  for (const { file, record } of await RestoreJournal.leftovers(config.stateDir)) {
+    const log = logger.child({ phase: 'recovery', env: record.env, target: record.target, backupId: record.backupId, jobId: record.jobId });
+    const lock = await tryLock(environmentLockFile(config.stateDir, record.target), {
+      ...currentProcess(),
+      program: 'cli',
+      jobId: record.jobId ?? 'recovery',
+      kind: 'restore.recover',
+      since: new Date().toISOString(),
+    }).catch(() => undefined);
+    if (!lock?.held) {
+      log.warn('an interrupted restore waits for recovery, but its environment is busy: retried at the next start');
+      continue;
+    }
+    try {
+      recovered.push(await recoverOne(config, RestoreJournal.adopt(config.stateDir, file, record), signal, log));
+    } catch (error) {
+      log.error({ err: toAgentError(error).message }, `could not finish what an interrupted restore of ${record.target} left; ${file} stays and the next start retries`);
+    } finally {
+      await lock.release().catch(() => {});
+    }
+  }
+  return recovered;
+}
+
+async function recoverOne(config: Config, journal: RestoreJournal, signal: AbortSignal, log: Logger): Promise<RecoveredRestore> {
+  const { record } = journal;
+  const services = environmentOf(config, record.target).services;
+  const driverOf = (entry: ElementEntry) => {
+    const service = Object.hasOwn(services, entry.name) ? services[entry.name] : undefined;
+    if (service?.kind !== entry.kind) throw new Error(`service ${entry.name} of ${record.target} is no longer a configured ${entry.kind} service`);
+    return createDriver(entry.name, service, { env: record.target, stateDir: config.stateDir });
+  };
+  const summary = { jobId: record.jobId, target: record.target, backupId: record.backupId };
+  if (record.phase === 'staging') {
+    for (const entry of record.elements) await driverOf(entry).discardStaged(entry.state);
+    await journal.finish();
+    log.warn({ elements: record.elements.map((e) => e.name) }, 'a restore interrupted while staging: its staged data was removed, every target is as it was');
+    return { ...summary, outcome: 'discarded', elements: record.elements.map((e) => e.name) };
+  }
+  const finished: string[] = [];
+  for (const entry of record.elements.filter((e) => !e.committed)) {
+    await driverOf(entry).resumeCommit(entry.state, signal);
+    entry.committed = true;
+    finished.push(entry.name);
+    await journal.save();
+  }
+  await journal.finish();
+  log.warn({ finished, elements: record.elements.map((e) => e.name) }, 'a restore interrupted while swapping in was finished: every element is the backup\'s now');
+  return { ...summary, outcome: 'rolled-forward', elements: finished };
+}
