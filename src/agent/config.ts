@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { AgentError } from '../errors.ts';
+import { compileExcludes } from '../snapshot/files/excludes.ts';
 import { namePattern } from '../snapshot/names.ts';
 import { parseRules } from './retention.ts';
 import { parseSchedule } from './schedule.ts';
@@ -11,6 +12,25 @@ import { parseDuration, parseSize } from './units.ts';
 export const DEFAULT_CONFIG_PATH = '/etc/storage-agent/config.yaml';
 
 const name = z.string().regex(namePattern, 'must be 1-63 characters of a-z, 0-9, - and _, starting with a letter or digit');
+
+/** A refinement whose issue is the message `check` throws: the parsers of retention rules, schedules and exclude patterns say what is wrong themselves. */
+function thrownAsIssue<T>(check: (value: T) => unknown): (value: T, ctx: z.core.$RefinementCtx<T>) => void {
+  return (value, ctx) => {
+    try {
+      check(value);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: (error as Error).message });
+    }
+  };
+}
+
+/**
+ * A record keyed by names from outside (environments, services, stores), without a prototype:
+ * "constructor" is a valid name, and every lookup `config.environments[env]` of a name the
+ * config does not define must find nothing, never one of Object.prototype's members.
+ */
+const namedRecord = <T extends z.ZodType>(value: T) =>
+  z.record(name, value).transform((record) => Object.assign(Object.create(null) as Record<string, z.output<T>>, record));
 
 const size = (min: number) =>
   z.union([z.string(), z.number()]).transform((value, ctx) => {
@@ -67,7 +87,8 @@ const filesService = z
   .object({
     kind: z.literal('files'),
     path: absolutePath,
-    exclude: z.array(z.string().min(1)).default([]),
+    // Checked here, not first at backup time: a daemon's SIGHUP must refuse a pattern it could not pack.
+    exclude: z.array(z.string().superRefine(thrownAsIssue((pattern) => compileExcludes([pattern])))).default([]),
   })
   .strict();
 
@@ -126,19 +147,13 @@ const environment = z
   .object({
     store: name.optional(),
     freeze: freeze.optional(),
-    services: z.record(name, service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
+    services: namedRecord(service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
     // ---- retention and schedules (issue #5; docs/decisions.md) ----
     /** Which scheduled backups prune keeps: a tier (essential, advanced, premium) or [{interval: 1d, count: 7}, …]. */
     retention: z
       .unknown()
       .default('essential')
-      .superRefine((value, ctx) => {
-        try {
-          parseRules(value);
-        } catch (error) {
-          ctx.addIssue({ code: 'custom', message: (error as Error).message });
-        }
-      })
+      .superRefine(thrownAsIssue(parseRules))
       .transform((value) => parseRules(value)),
     /** Periods of the retention rules (and cron schedules) are calendar periods in this IANA time zone. */
     timeZone: z
@@ -169,13 +184,7 @@ const environment = z
         live: z.boolean().default(false),
       })
       .strict()
-      .superRefine((value, ctx) => {
-        try {
-          parseSchedule(value);
-        } catch (error) {
-          ctx.addIssue({ code: 'custom', message: (error as Error).message });
-        }
-      })
+      .superRefine(thrownAsIssue(parseSchedule))
       .optional(),
     /** Expiry of the safety backup a restore takes of its target first. */
     safetyKeepFor: duration.default(3 * 86_400_000),
@@ -188,7 +197,8 @@ const configSchema = z
   .object({
     stateDir: absolutePath.default('/var/lib/storage-agent'),
     defaultStore: name.default('default'),
-    stores: z.record(name, z.discriminatedUnion('type', [fsStore, s3Store])).default({}),
+    // prefault, not default: the empty record goes through namedRecord's transform too.
+    stores: namedRecord(z.discriminatedUnion('type', [fsStore, s3Store])).prefault({}),
     compression: z
       .object({
         algorithm: z.enum(['zstd', 'gzip', 'none']).default('zstd'),
@@ -235,13 +245,13 @@ const configSchema = z
       .strict()
       .prefault({}),
     // ---- end of daemon and jobs ----
-    environments: z.record(name, environment).default({}),
+    environments: namedRecord(environment).prefault({}),
   })
   .strict()
   .superRefine((config, ctx) => {
     for (const [envName, env] of Object.entries(config.environments)) {
       const store = env.store ?? config.defaultStore;
-      if (!(store in config.stores) && !(store === 'default')) {
+      if (!Object.hasOwn(config.stores, store) && store !== 'default') {
         ctx.addIssue({ code: 'custom', path: ['environments', envName, 'store'], message: `names store "${store}", which is not defined under stores` });
       }
     }
@@ -251,9 +261,9 @@ export type Config = z.infer<typeof configSchema>;
 export type StoreConfig = Config['stores'][string];
 export type DaemonConfig = Config['daemon'];
 
-/** The embedded default store when the config defines none named "default". */
+/** The embedded default store when the config defines none named "default" (a record without a prototype, like the config's). */
 export function effectiveStores(config: Config): Record<string, StoreConfig> {
-  return { default: { type: 'fs', path: path.join(config.stateDir, 'backups') }, ...config.stores };
+  return Object.assign(Object.create(null) as Record<string, StoreConfig>, { default: { type: 'fs', path: path.join(config.stateDir, 'backups') } }, config.stores);
 }
 
 export function parseConfig(text: string, source: string): Config {
@@ -266,10 +276,15 @@ export function parseConfig(text: string, source: string): Config {
   }
   const result = configSchema.safeParse(raw);
   if (!result.success) {
-    const problems = result.error.issues.map((issue) => `${issue.path.join('.') || '(top level)'}: ${issue.message}`);
+    const problems = result.error.issues.map((issue) => `${fieldOf(issue.path) || '(top level)'}: ${issue.message}`);
     throw new AgentError('E_CONFIG_INVALID', `${source}: invalid config:\n  ${problems.join('\n  ')}`, { details: { problems } });
   }
   return result.data;
+}
+
+/** environments.shop.services.uploads.exclude[0]: the field as it reads in the YAML. */
+function fieldOf(at: readonly PropertyKey[]): string {
+  return at.map((key, i) => (typeof key === 'number' ? `[${key}]` : `${i === 0 ? '' : '.'}${String(key)}`)).join('');
 }
 
 export async function loadConfig(file: string): Promise<Config> {
@@ -296,7 +311,8 @@ export async function readSecret(ref: SecretRef, what: string): Promise<string> 
 }
 
 export function environmentOf(config: Config, env: string): EnvironmentConfig {
-  const found = config.environments[env];
+  // Own properties only, also for a Config not built by parseConfig (a test's, a spread copy).
+  const found = Object.hasOwn(config.environments, env) ? config.environments[env] : undefined;
   if (!found) {
     const known = Object.keys(config.environments);
     throw new AgentError('E_UNKNOWN_ENV', `unknown environment "${env}"; configured: ${known.length ? known.join(', ') : '(none)'}`, { details: { env } });
