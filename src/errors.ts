@@ -26,6 +26,8 @@ export const ExitCode = {
   unavailable: 14,
   /** A per-environment limit (manual backups) is reached. */
   limit: 15,
+  /** The file system holding the state directory is full (or its quota is used up). */
+  noSpace: 16,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -56,6 +58,7 @@ const catalogue = {
   E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,
   E_BUSY: ExitCode.busy,
   E_MANUAL_LIMIT: ExitCode.limit,
+  E_NO_SPACE: ExitCode.noSpace,
   // Jobs, the daemon and its protocol (docs/protocol.md).
   E_JOB_NOT_FOUND: ExitCode.notFound,
   E_HOST_RESOURCES: ExitCode.busy,
@@ -108,6 +111,21 @@ export function toAgentError(error: unknown, fallback: ErrorCode = 'E_INTERNAL')
   }
   const message = error instanceof Error ? error.message : String(error);
   return new AgentError(fallback, message, { cause: error });
+}
+
+/**
+ * A write into the state directory that failed for want of space (ENOSPC) or quota (EDQUOT)
+ * becomes E_NO_SPACE naming the directory and the file: the errno's own message ("no space left
+ * on device, write") names neither. Any other error is returned as it is.
+ */
+export function stateDirWriteError(error: unknown, stateDir: string, file: string): unknown {
+  const errno = (error as NodeJS.ErrnoException | null)?.code;
+  if (errno !== 'ENOSPC' && errno !== 'EDQUOT') return error;
+  return new AgentError(
+    'E_NO_SPACE',
+    `the state directory ${stateDir} is out of ${errno === 'EDQUOT' ? 'disk quota' : 'space'} (${errno}): could not write ${file}; free space on its file system, or point stateDir in the config at a larger one`,
+    { cause: error, details: { stateDir, file, errno } },
+  );
 }
 
 /** Throws the signal's reason as E_CANCELLED if it has fired: call before each unit of work. */

@@ -1,5 +1,6 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { stateDirWriteError } from '../../errors.ts';
 import { JOB_ID_PATTERN, type JobRecord } from './types.ts';
 
 /**
@@ -11,24 +12,20 @@ import { JOB_ID_PATTERN, type JobRecord } from './types.ts';
  */
 export class JobStore {
   readonly dir: string;
+  readonly #stateDir: string;
   /** Writes of one record are chained, so an older state never overwrites a newer one. */
   readonly #writes = new Map<string, Promise<void>>();
   #sequence = 0;
 
   constructor(stateDir: string) {
+    this.#stateDir = stateDir;
     this.dir = path.join(stateDir, 'jobs');
   }
 
   save(record: JobRecord): Promise<void> {
     const text = JSON.stringify(record);
     const previous = this.#writes.get(record.id) ?? Promise.resolve();
-    const next = previous.then(async () => {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      const file = this.#file(record.id);
-      const temp = `${file}.${process.pid}.${this.#sequence++}.tmp`;
-      await writeFile(temp, text, { mode: 0o600 });
-      await rename(temp, file);
-    });
+    const next = previous.then(() => this.#writeAtomically(this.#file(record.id), text));
     const settled = next.catch(() => {});
     this.#writes.set(record.id, settled);
     void settled.then(() => {
@@ -64,9 +61,9 @@ export class JobStore {
     await rm(this.#cancelFile(id), { force: true });
   }
 
-  async requestCancel(id: string): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await writeFile(this.#cancelFile(id), new Date().toISOString(), { mode: 0o600 });
+  /** Atomic too: a failed write must not leave an empty `<id>.cancel` that the owner would obey. */
+  requestCancel(id: string): Promise<void> {
+    return this.#writeAtomically(this.#cancelFile(id), new Date().toISOString());
   }
 
   /** Ids with a pending cancel request. */
@@ -85,6 +82,23 @@ export class JobStore {
   /** Waits for the writes in flight (at shutdown). */
   async flush(): Promise<void> {
     await Promise.all([...this.#writes.values()]);
+  }
+
+  /**
+   * Temp file, then rename. A write that fails (a full state directory) removes its temp file:
+   * on a full disk the create succeeds and the write does not, which would leave an empty
+   * `.tmp` behind for every attempt.
+   */
+  async #writeAtomically(file: string, text: string): Promise<void> {
+    const temp = `${file}.${process.pid}.${this.#sequence++}.tmp`;
+    try {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await writeFile(temp, text, { mode: 0o600 });
+      await rename(temp, file);
+    } catch (error) {
+      await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
+      throw stateDirWriteError(error, this.#stateDir, file);
+    }
   }
 
   #file(id: string): string {
