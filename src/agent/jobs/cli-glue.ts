@@ -1,14 +1,16 @@
 import { Option, type Command } from 'commander';
 import { AgentError } from '../../errors.ts';
+import { readTokenFile } from '../../transport/ws/auth.ts';
 import { createProgressLine, printJson, renderTable } from '../cli-output.ts';
-import { loadConfig, readSecret } from '../config.ts';
+import { loadConfig } from '../config.ts';
+import type { ProgressEvent } from '../context.ts';
 import { createLogger } from '../logger.ts';
 import { formatBytes } from '../units.ts';
 import { errorOfRecord, LocalAgent, type AgentApi, type AgentStatus, type JobTicket } from './api.ts';
 import { JobEngine, type JobEvent } from './engine.ts';
 import { recoverAtStart } from './recovery.ts';
 import { validateRequest } from './runners.ts';
-import { JOB_STATES, type JobRecord, type JobRequest } from './types.ts';
+import { JOB_STATES, type JobProgress, type JobRecord, type JobRequest } from './types.ts';
 
 /**
  * The CLI's side of jobs and of --remote: every command talks to an AgentApi — this process
@@ -27,7 +29,11 @@ export async function openAgent(cmd: Command): Promise<AgentApi> {
   const opts = cmd.optsWithGlobals<CliOptions>();
   if (opts.remote !== undefined) {
     if (!opts.tokenFile) throw new AgentError('E_USAGE', '--remote needs --token-file FILE (a token never goes on the command line)');
-    const token = await readSecret({ file: opts.tokenFile }, '--token-file');
+    // The daemon's token file format; with several tokens (a daemon's file), the first is used.
+    const [token] = await readTokenFile(opts.tokenFile, '--token-file');
+    if (token === undefined) throw new AgentError('E_SECRET_UNAVAILABLE', `--token-file: ${opts.tokenFile} holds no token (only blank lines or # comments)`);
+    // An HTTP header carries visible ASCII only; anything else would fail inside ws as an internal error.
+    if (!/^[\x21-\x7e]+$/.test(token)) throw new AgentError('E_SECRET_UNAVAILABLE', `--token-file: the token in ${opts.tokenFile} holds spaces or characters outside visible ASCII: a token is one word of visible ASCII`);
     const { RemoteAgent } = await import('../remote-client.ts'); // ws loads only with --remote
     return RemoteAgent.connect({ url: opts.remote, token });
   }
@@ -85,10 +91,7 @@ async function followJob(cmd: Command, agent: AgentApi, ticket: JobTicket): Prom
   const onEvent = ({ job }: JobEvent) => {
     sayWaiting(job.state, job.position, job.waitingFor);
     const p = job.progress;
-    if (job.state === 'running' && p) {
-      const element = p.element === undefined ? undefined : p.elements[p.element];
-      progress.update({ phase: p.phase, element: p.element, bytes: element?.bytes, totalBytes: element?.totalBytes });
-    }
+    if (job.state === 'running' && p) progress.update(progressEventOf(p));
   };
   const cancel = () => void agent.jobCancel(ticket.jobId).catch(() => {});
   // `on`, not `once`: execa's signal-exit re-raises a signal that no other listener is left to
@@ -105,6 +108,12 @@ async function followJob(cmd: Command, agent: AgentApi, ticket: JobTicket): Prom
   }
   if (final.state === 'succeeded') return final.result;
   throw agent.failureOf(final);
+}
+
+/** The progress line's event for a job's progress. The element is looked up as an own entry: its name comes from outside ("constructor"). */
+function progressEventOf(p: JobProgress): ProgressEvent {
+  const element = p.element !== undefined && Object.hasOwn(p.elements, p.element) ? p.elements[p.element] : undefined;
+  return { phase: p.phase, element: p.element, bytes: element?.bytes, totalBytes: element?.totalBytes };
 }
 
 function print(cmd: Command, value: unknown, human: () => string): void {
@@ -199,9 +208,7 @@ export function addControlPlaneCommands(program: Command, runDaemon: (options: {
         const progress = json ? { update: () => {}, end: () => {} } : createProgressLine(process.stderr);
         try {
           return await agent.follow(id, ({ job: j }) => {
-            const p = j.progress;
-            const element = p?.element === undefined ? undefined : p.elements[p.element];
-            if (p) progress.update({ phase: p.phase, element: p.element, bytes: element?.bytes, totalBytes: element?.totalBytes });
+            if (j.progress) progress.update(progressEventOf(j.progress));
           });
         } finally {
           progress.end();

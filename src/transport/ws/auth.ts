@@ -28,16 +28,7 @@ export class TokenRing {
   static async load(files: readonly { file: string; role: Role }[]): Promise<TokenRing> {
     const entries: Entry[] = [];
     for (const { file, role } of files) {
-      let text: string;
-      try {
-        text = await readFile(file, 'utf8');
-      } catch (error) {
-        throw new AgentError('E_SECRET_UNAVAILABLE', `daemon.tokens: cannot read token file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, {
-          cause: error,
-        });
-      }
-      const tokens = text.split('\n').map((line) => line.trim()).filter((line) => line.length > 0 && !line.startsWith('#'));
-      for (const token of tokens) {
+      for (const token of await readTokenFile(file, 'daemon.tokens')) {
         if (token.length < 16) throw new AgentError('E_CONFIG_INVALID', `daemon.tokens: a token in ${file} is shorter than 16 characters`);
         entries.push({ digest: digest(token), role });
       }
@@ -56,6 +47,24 @@ export class TokenRing {
     }
     return role;
   }
+}
+
+/**
+ * The tokens of a token file: one per line, blank lines and `# comments` skipped. The daemon's
+ * files and the CLI's --token-file are read by this one function, so a file the daemon accepts
+ * works for the client too. `what` names the setting in the error.
+ */
+export async function readTokenFile(file: string, what: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: cannot read token file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
+  }
+  return text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line.length > 0 && !line.startsWith('#'));
 }
 
 function digest(token: string): Buffer {
