@@ -1,7 +1,10 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+
+const MAIN = path.resolve(import.meta.dirname, '../src/agent/main.ts');
 
 let sandbox: Sandbox;
 let backupId: string;
@@ -51,6 +54,14 @@ describe('bad input gets a stable exit code and a message naming it', () => {
     expect(result.stderr).toMatch(message);
   });
 
+  it('an exclude pattern the packer refuses → exit 3 at config load (not at backup time), naming the file, the field and the pattern', async () => {
+    const config = await withConfig(`stateDir: ${sandbox.stateDir}\nenvironments:\n  site:\n    services:\n      up: { kind: files, path: /srv, exclude: [cache/, "!keep"] }\n`);
+    const result = await cli(['--config', config, 'backup', 'list', 'site']);
+    expect(result.exitCode).toBe(3);
+    expect(result.stderr).toContain(`error [E_CONFIG_INVALID]: ${config}: invalid config:`);
+    expect(result.stderr).toMatch(/environments\.site\.services\.up\.exclude\[1\]: exclude pattern "!keep" is not supported/);
+  });
+
   it('a secret from an unset environment variable → exit 3 naming the variable', async () => {
     const config = await withConfig(
       `stateDir: ${sandbox.stateDir}\ndefaultStore: s3\nstores:\n  s3:\n    type: s3\n    bucket: backups\n    accessKeyId: { env: SA_TEST_UNSET_KEY }\n    secretAccessKey: { env: SA_TEST_UNSET_KEY }\nenvironments:\n  site:\n    services:\n      up: { kind: files, path: /srv }\n`,
@@ -98,6 +109,18 @@ describe('bad input gets a stable exit code and a message naming it', () => {
     expect(del.exitCode).toBe(2);
     const list = await cliJson<{ id: string; restorable: boolean }[]>(['--config', sandbox.configPath, 'backup', 'list', 'site']);
     expect(list.map((b) => [b.id, b.restorable])).toEqual([[backupId, true]]);
+  });
+
+  it('a closed stdout (`| (exit 0)`) ends the CLI quietly: no stack trace, the exit code is the command\'s own', async () => {
+    // The reader is gone before the agent writes: its write fails with EPIPE.
+    const piped = (args: string[]) =>
+      execa('bash', ['-c', '"$@" | (exit 0); exit "${PIPESTATUS[0]}"', 'bash', process.execPath, MAIN, '--config', sandbox.configPath, '--json', ...args], { reject: false, stdin: 'ignore' });
+    const shown = await piped(['backup', 'show', 'site', backupId]);
+    expect(shown.stderr).toBe('');
+    expect(shown.exitCode).toBe(0);
+    const missing = await piped(['backup', 'show', 'site', '20200101T000000000Z-aaaaaaaa']);
+    expect(missing.stderr).toMatch(/^error \[E_BACKUP_NOT_FOUND\]: [^\n]+$/);
+    expect(missing.exitCode).toBe(4);
   });
 
   it('usage errors → exit 2; --json errors are JSON on stdout', async () => {

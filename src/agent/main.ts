@@ -10,5 +10,15 @@ process.env.NODE_COMPILE_CACHE ??= new URL('../../node_modules/.cache/storage-ag
 enableCompileCache(process.env.NODE_COMPILE_CACHE);
 const { runCli } = await import('./cli.ts');
 
+// A reader that went away (`… | head -1`, a pipe closed early) is not a failure of the command:
+// what it would have read is dropped, quietly, and the exit code stays the command's own outcome
+// (README "Exit codes"). Unhandled, the 'error' event would end the process with a stack trace;
+// any other write error still does.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
+}
+
 process.exitCode = await runCli(process.argv.slice(2));
 
