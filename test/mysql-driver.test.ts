@@ -421,6 +421,10 @@ describe('mysql driver (real MariaDB)', () => {
       expect(await checksums(db, target)).toEqual(before.sums);
       expect(await definitions(db, target)).toEqual(before.defs);
       expect(await databaseExists(db, target2)).toBe(false);
+      // A failed commit keeps what it staged, for the restore journal's roll-forward to retry.
+      expect(await leftoverDatabases(db)).toHaveLength(2);
+      await staged.discard();
+      await stagedNew.discard();
       expect(await leftoverDatabases(db)).toEqual([]);
     } finally {
       agent.destroy();

@@ -52,7 +52,7 @@ describe('restore into a mount point (loop-mounted ext4)', () => {
     const before = state(mountPoint);
     const full = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'mounted', '--yes']);
     expect(full.exitCode).not.toBe(0);
-    expect(full.stderr, full.stderr).toMatch(/E_RESTORE_FAILED.*(ENOSPC|no space)/is);
+    expect(full.stderr, full.stderr).toMatch(/E_RESTORE_FAILED.*(ENOSPC|no space|not enough free space)/is);
     expect(state(mountPoint)).toEqual(before);
     expect((await readdir(mountPoint)).filter((n) => n.startsWith('.storage-agent'))).toEqual([]);
   });
