@@ -1,0 +1,144 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { loopMount } from './support/cgroup.ts';
+import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
+import { createTestBucket, multipartUploads } from './support/s3.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Starts `args` stopped at `phase` (the STORAGE_AGENT_PAUSE_AT seam) and SIGKILLs it there. */
+async function killAt(sandbox: Sandbox, args: string[], phase: string): Promise<void> {
+  const pauseFile = path.join(sandbox.dir, `paused-${randomBytes(4).toString('hex')}`);
+  const child = startCli(args, { env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+  for (let waited = 0; !existsSync(pauseFile); waited += 20) {
+    if (child.exitCode !== null || waited > 90_000) {
+      child.kill('SIGKILL');
+      throw new Error(`never reached ${phase}: ${String((await child).stderr)}`);
+    }
+    await sleep(20);
+  }
+  child.kill('SIGKILL');
+  await child;
+  await rm(pauseFile);
+}
+
+async function agentEntries(dir: string): Promise<string[]> {
+  return (await readdir(dir)).filter((name) => name.includes('.storage-agent-')).sort();
+}
+
+describe('a restore into a mount point killed mid-swap is finished by the next command', () => {
+  let sandbox: Sandbox;
+  let source: string;
+  let mountPoint: string;
+  let unmount: () => Promise<void>;
+  let backupId: string;
+  const args = () => ['--config', sandbox.configPath];
+
+  async function generation(root: string, gen: string) {
+    for (const name of await readdir(root)) if (name !== 'lost+found') await rm(path.join(root, name), { recursive: true, force: true });
+    await writeFile(path.join(root, 'gen'), gen);
+    await writeFile(path.join(root, `only-${gen}`), gen);
+    await mkdir(path.join(root, 'shared'));
+    await writeFile(path.join(root, 'shared', 'file'), gen.repeat(5000));
+  }
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    source = path.join(sandbox.dir, 'source');
+    mountPoint = path.join(sandbox.dir, 'mnt');
+    await mkdir(source);
+    unmount = await loopMount('ext4', path.join(sandbox.dir, 'mnt.img'), mountPoint, '64M');
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: source }), mounted: filesEnv({ uploads: mountPoint }) } });
+    await generation(source, 'B');
+    backupId = (await cliJson<Manifest>([...args(), 'backup', 'create', 'site'])).id;
+  });
+  afterAll(async () => {
+    await unmount?.();
+    await sandbox?.cleanup();
+  });
+
+  it.each([
+    ['restore:staged:uploads', 'A'],
+    ['restore:files:old-moved', 'B'],
+    ['restore:committed:uploads', 'B'],
+  ])('killed at %s → the mount holds generation %s only, and nothing of the agent', async (phase, gen) => {
+    await generation(mountPoint, 'A');
+    await killAt(sandbox, [...args(), 'backup', 'restore', 'site', backupId, '--target', 'mounted', '--yes', '--no-safety-backup'], phase);
+    expect((await cli([...args(), 'backup', 'list', 'site'])).exitCode).toBe(0);
+    expect((await readdir(mountPoint)).sort()).toEqual(['gen', 'lost+found', `only-${gen}`, 'shared']);
+    expect(await readFile(path.join(mountPoint, 'gen'), 'utf8')).toBe(gen);
+    expect(await readFile(path.join(mountPoint, 'shared', 'file'), 'utf8')).toBe(gen.repeat(5000));
+    expect(await agentEntries(mountPoint)).toEqual([]);
+    expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+  });
+});
+
+describe('what a killed process leaves is cleaned up by the next start of a daemon, too', () => {
+  let sandbox: Sandbox;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+  });
+  afterAll(async () => {
+    await sandbox?.cleanup();
+  });
+
+  it('a restore killed as it began swapping in is finished when the daemon starts', async () => {
+    const source = path.join(sandbox.dir, 'src');
+    const target = path.join(sandbox.dir, 'new', 'parent', 'target');
+    await mkdir(source);
+    await writeFile(path.join(source, 'data'), 'new data');
+    const tokens = await writeTokens(sandbox);
+    await sandbox.writeConfig({ daemon: daemonSection(tokens), environments: { site: filesEnv({ uploads: source }), fresh: filesEnv({ uploads: target }) } });
+    const { id } = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    // The target's parents do not exist: the restore creates them.
+    await killAt(sandbox, [...args(), 'backup', 'restore', 'site', id, '--target', 'fresh', '--yes'], 'restore:committing');
+    expect(existsSync(target)).toBe(false);
+    const daemon = await startDaemon(sandbox.configPath);
+    try {
+      const line = await daemon.waitForLog('the roll-forward', (l) => /was finished: every element is the backup's now/.test(String(l.msg)));
+      expect(line).toMatchObject({ target: 'fresh', backupId: id });
+      expect(await readFile(path.join(target, 'data'), 'utf8')).toBe('new data');
+      expect(await agentEntries(path.dirname(target))).toEqual([]);
+      expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+    } finally {
+      await daemon.stop();
+    }
+  });
+
+  it('a restore killed while staging into a missing parent removes its staging and the parents it made', async () => {
+    const source = path.join(sandbox.dir, 'src2');
+    await mkdir(source);
+    await writeFile(path.join(source, 'data'), 'x');
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: source }), fresh: filesEnv({ uploads: path.join(sandbox.dir, 'made', 'by', 'restore') }) } });
+    const { id } = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    await killAt(sandbox, [...args(), 'backup', 'restore', 'site', id, '--target', 'fresh', '--yes'], 'restore:staged:uploads');
+    expect(existsSync(path.join(sandbox.dir, 'made'))).toBe(true);
+    expect((await cli([...args(), 'backup', 'list', 'site'])).exitCode).toBe(0);
+    expect(existsSync(path.join(sandbox.dir, 'made'))).toBe(false);
+  });
+
+  it('a backup killed mid-upload leaves no multipart upload after the next CLI command, and its job says so', async () => {
+    const bucket = await createTestBucket();
+    const source = path.join(sandbox.dir, 'big');
+    await mkdir(source);
+    for (let i = 0; i < 6; i++) await writeFile(path.join(source, `blob-${i}`), randomBytes(8 << 20));
+    await sandbox.writeConfig({ stores: { s3: s3StoreConfig(bucket) }, environments: { big: filesEnv({ uploads: source }, 's3') } });
+    const backup = startCli([...args(), 'backup', 'create', 'big']);
+    await waitFor('an open multipart upload', async () => (await multipartUploads(bucket)).length > 0, 60_000);
+    backup.kill('SIGKILL');
+    await backup;
+    expect((await multipartUploads(bucket)).length).toBeGreaterThan(0);
+    const list = await cli([...args(), 'backup', 'list', 'big']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(await multipartUploads(bucket)).toEqual([]);
+    const jobs = await cliJson<{ kind: string; error?: { code: string; message: string } }[]>([...args(), 'jobs', 'list']);
+    expect(jobs.find((j) => j.kind === 'backup.create')?.error).toMatchObject({ code: 'E_INTERRUPTED', message: expect.stringMatching(/incomplete uploads were aborted/) });
+  });
+});
