@@ -5,27 +5,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { loopMount } from './support/cgroup.ts';
-import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, multipartUploads } from './support/s3.ts';
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Starts `args` stopped at `phase` (the STORAGE_AGENT_PAUSE_AT seam) and SIGKILLs it there. */
-async function killAt(sandbox: Sandbox, args: string[], phase: string): Promise<void> {
-  const pauseFile = path.join(sandbox.dir, `paused-${randomBytes(4).toString('hex')}`);
-  const child = startCli(args, { env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile } });
-  for (let waited = 0; !existsSync(pauseFile); waited += 20) {
-    if (child.exitCode !== null || waited > 90_000) {
-      child.kill('SIGKILL');
-      throw new Error(`never reached ${phase}: ${String((await child).stderr)}`);
-    }
-    await sleep(20);
-  }
-  child.kill('SIGKILL');
-  await child;
-  await rm(pauseFile);
-}
+const killAt = (sandbox: Sandbox, args: string[], phase: string) => killCliAt(sandbox.dir, args, phase);
 
 async function agentEntries(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((name) => name.includes('.storage-agent-')).sort();

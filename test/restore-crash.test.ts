@@ -1,15 +1,12 @@
-import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, killCliAt, type Sandbox } from './support/cli.ts';
 import { connect, leftoverDatabases, mariadbServer, mysqlServiceConfig, rows, uniqueName } from './support/mysql.ts';
 import { startRedis, type TestRedis } from './support/redis.ts';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Phases of a restore of three elements (files, then MySQL, then Redis), in the order reached. */
 const BEFORE_FIRST_SWAP = ['restore:staged:uploads', 'restore:staged:db', 'restore:staged:cache'];
@@ -120,24 +117,7 @@ describe('a restore killed at any phase is finished or undone by the next comman
     await sandbox?.cleanup();
   });
 
-  /** Starts a restore that stops at `phase`, and SIGKILLs it there. */
-  async function killRestoreAt(phase: string): Promise<void> {
-    const pauseFile = path.join(sandbox.dir, `paused-${phase.replaceAll(':', '_')}`);
-    const child = startCli([...args(), 'backup', 'restore', 'app', backupId, '--yes', '--no-safety-backup'], {
-      env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile },
-    });
-    for (let waited = 0; !existsSync(pauseFile); waited += 20) {
-      if (child.exitCode !== null || waited > 90_000) {
-        child.kill('SIGKILL');
-        const result = await child;
-        throw new Error(`the restore never reached ${phase} (exit ${result.exitCode}): ${String(result.stderr)}`);
-      }
-      await sleep(20);
-    }
-    child.kill('SIGKILL');
-    await child;
-    await rm(pauseFile);
-  }
+  const killRestoreAt = (phase: string) => killCliAt(sandbox.dir, [...args(), 'backup', 'restore', 'app', backupId, '--yes', '--no-safety-backup'], phase);
 
   it.each([...BEFORE_FIRST_SWAP.map((p) => [p, 'A'] as const), ...AFTER_FIRST_SWAP.map((p) => [p, 'B'] as const)])(
     'killed at %s → after one command every element is %s, nothing left behind',

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -89,4 +90,23 @@ export function filesEnv(services: Record<string, string | { path: string; exclu
       Object.entries(services).map(([name, spec]) => [name, typeof spec === 'string' ? { kind: 'files', path: spec } : { kind: 'files', ...spec }]),
     ),
   };
+}
+
+/**
+ * Starts the CLI with `args`, stopped at `phase` by the STORAGE_AGENT_PAUSE_AT seam
+ * (src/phase-hook.ts), and SIGKILLs it there: a crash at exactly that point.
+ */
+export async function killCliAt(dir: string, args: readonly string[], phase: string): Promise<void> {
+  const pauseFile = path.join(dir, `paused-${process.pid}-${Date.now()}`);
+  const child = startCli(args, { env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+  for (let waited = 0; !existsSync(pauseFile); waited += 20) {
+    if (child.exitCode !== null || waited > 90_000) {
+      child.kill('SIGKILL');
+      throw new Error(`storage-agent ${args.join(' ')} never reached ${phase}: ${String((await child).stderr)}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  child.kill('SIGKILL');
+  await child;
+  await rm(pauseFile, { force: true });
 }
