@@ -1,23 +1,29 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { buffer } from 'node:stream/consumers';
-import { pipeline } from 'node:stream/promises';
 import { pack as tarPack, type Header } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { createCompressor } from '../src/snapshot/compression.ts';
+import { encodeHeader } from '../src/snapshot/files/tar-header.ts';
 import { manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
-import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { createTestBucket } from './support/s3.ts';
-import { describeTree } from './support/tree.ts';
+import { describeTree, MiB } from './support/tree.ts';
 
 const treeState = (root: string) => Object.fromEntries(describeTree(root));
 
 type Entry = { header: Partial<Header> & Pick<Header, 'name'>; body?: string };
+
+/** `data` zstd-compressed the way backups are (independent frames). */
+async function zst(data: Buffer): Promise<Buffer> {
+  return buffer(Readable.from([data]).pipe(createCompressor('zstd', { level: 1 })));
+}
 
 /** A tar archive built entry by entry, zstd-compressed; rawBytes is the tar's own size. */
 async function tarZst(entries: Entry[]): Promise<{ archive: Buffer; rawBytes: number }> {
@@ -28,11 +34,30 @@ async function tarZst(entries: Entry[]): Promise<{ archive: Buffer; rawBytes: nu
   }
   pack.finalize();
   const tar = await buffer(pack);
-  const out: Buffer[] = [];
-  await pipeline(Readable.from([tar]), createCompressor('zstd', { level: 1 }), async function* (source) {
-    for await (const chunk of source) out.push(chunk as Buffer);
-  });
-  return { archive: Buffer.concat(out), rawBytes: tar.length };
+  return { archive: await zst(tar), rawBytes: tar.length };
+}
+
+/**
+ * A tar of one file of `bytes` zeros, compressed to a few hundred KB: one frame of 64 MiB of
+ * zeros repeated (concatenated zstd frames are one stream).
+ */
+async function zeroBomb(bytes: number): Promise<Buffer> {
+  const frameBytes = 64 * MiB;
+  const frame = await zst(Buffer.alloc(frameBytes));
+  const header = await zst(encodeHeader({ name: 'zeros', type: 'file', mode: 0o644, uid: 0, gid: 0, size: bytes, mtime: 0 }));
+  return Buffer.concat([header, ...Array.from({ length: bytes / frameBytes }, () => frame)]);
+}
+
+/** Bytes under the restore staging directories in `dir` (`.<mount>.storage-agent-restore-*`). */
+async function stagedBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const name of await readdir(dir)) {
+    if (!name.includes('storage-agent-restore')) continue;
+    const root = path.join(dir, name);
+    // The restore may remove the directory at any moment: what is gone counts as nothing.
+    for (const entry of await readdir(root, { recursive: true }).catch(() => [])) total += (await lstat(path.join(root, entry)).catch(() => undefined))?.size ?? 0;
+  }
+  return total;
 }
 
 for (const storeKind of ['fs', 's3'] as const) {
@@ -66,7 +91,23 @@ for (const storeKind of ['fs', 's3'] as const) {
       await store.put(key, Readable.from([change(Buffer.from(bytes))]));
     }
 
-    it('a corrupted object → verify and restore fail with E_CHECKSUM_MISMATCH (exit 5); the target is unchanged', async () => {
+    /** Stores `archive` as the backup's only element, under a manifest whose size and sha256 match it. */
+    async function forge(manifest: Manifest, archive: Buffer, rawBytes: number): Promise<void> {
+      const element = manifest.elements[0]!;
+      await store.put(element.objects[0]!.key, Readable.from([archive]));
+      const sha256 = createHash('sha256').update(archive).digest('hex');
+      const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes, sha256 }] };
+      await store.put(manifestKey('site', manifest.id), Readable.from([Buffer.from(JSON.stringify(forged))]));
+    }
+
+    async function expectUnchangedAfter(action: () => Promise<void>): Promise<void> {
+      const before = await treeState(mount);
+      await action();
+      expect(await treeState(mount)).toEqual(before);
+      expect((await readdir(sandbox.dir)).filter((n) => n.includes('storage-agent'))).toEqual([]);
+    }
+
+    it('a corrupted object → verify and restore fail with E_CHECKSUM_MISMATCH (exit 5), not the decompressor\'s error; the target is unchanged', async () => {
       const manifest = await freshBackup();
       const key = manifest.elements[0]!.objects[0]!.key;
       await rewrite(key, (b) => {
@@ -80,7 +121,8 @@ for (const storeKind of ['fs', 's3'] as const) {
       const before = await treeState(mount);
       const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes']);
       expect(restore.exitCode).toBe(5);
-      expect(restore.stderr).toMatch(/E_CHECKSUM_MISMATCH|E_ARCHIVE_CORRUPT/);
+      expect(restore.stderr).toContain('E_CHECKSUM_MISMATCH');
+      expect(restore.stderr).toContain(`element uploads of backup ${manifest.id}`);
       expect(await treeState(mount)).toEqual(before);
       expect((await readdir(sandbox.dir)).filter((n) => n.includes('storage-agent'))).toEqual([]);
     });
@@ -99,6 +141,39 @@ for (const storeKind of ['fs', 's3'] as const) {
       const get = await cli([...args(), 'backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', to]);
       expect(get.exitCode).toBe(5);
       expect((await readdir(sandbox.dir)).filter((n) => n.includes('download'))).toEqual([]);
+    });
+
+    it('a decompression bomb (2 GiB of zeros, its manifest claiming 1 MiB) → E_ARCHIVE_CORRUPT (exit 5) at 1 MiB, within seconds; nothing staged stays', async () => {
+      const manifest = await freshBackup();
+      await forge(manifest, await zeroBomb(2048 * MiB), MiB);
+      await expectUnchangedAfter(async () => {
+        const started = Date.now();
+        const restore = startCli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes']);
+        let running = true;
+        void restore.then(() => (running = false));
+        let peak = 0;
+        while (running) {
+          peak = Math.max(peak, await stagedBytes(sandbox.dir));
+          await sleep(10);
+        }
+        const { exitCode, stderr } = await restore;
+        expect(exitCode, String(stderr)).toBe(5);
+        expect(stderr).toMatch(new RegExp(`E_ARCHIVE_CORRUPT.*element uploads of backup ${manifest.id}: decompressed to more than ${MiB} bytes`));
+        expect(Date.now() - started).toBeLessThan(30_000);
+        expect(peak).toBeLessThan(2 * MiB);
+      });
+    });
+
+    it('a truncated archive under a manifest that matches it → E_ARCHIVE_CORRUPT naming the element (exit 5), not the decompressor\'s exit code', async () => {
+      const manifest = await freshBackup();
+      const stored = await buffer(await store.get(manifest.elements[0]!.objects[0]!.key));
+      await forge(manifest, Buffer.from(stored).subarray(0, stored.length - 1000), manifest.elements[0]!.rawBytes);
+      await expectUnchangedAfter(async () => {
+        const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes']);
+        expect(restore.exitCode, restore.stderr).toBe(5);
+        expect(restore.stderr).toMatch(new RegExp(`E_ARCHIVE_CORRUPT.*element uploads of backup ${manifest.id}: the archive is corrupt`));
+        expect(restore.stderr).not.toMatch(/Command failed|exit code/);
+      });
     });
 
     it('a forged manifest naming another backup\'s object → E_MANIFEST_INVALID (exit 5), nothing read', async () => {
@@ -130,12 +205,8 @@ for (const storeKind of ['fs', 's3'] as const) {
       ];
       it.each(attacks)('%s', async (_name, entries) => {
         const manifest = await freshBackup();
-        const element = manifest.elements[0]!;
         const { archive, rawBytes } = await tarZst([{ header: { name: 'innocent.txt', type: 'file' }, body: 'hello' }, ...entries]);
-        await store.put(element.objects[0]!.key, Readable.from([archive]));
-        const sha256 = createHash('sha256').update(archive).digest('hex');
-        const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes, sha256 }] };
-        await store.put(manifestKey('site', manifest.id), Readable.from([Buffer.from(JSON.stringify(forged))]));
+        await forge(manifest, archive, rawBytes);
         await writeFile(path.join(outside, 'target'), 'outside original');
         const before = await treeState(mount);
         const outsideBefore = await treeState(outside);

@@ -1,9 +1,9 @@
 import { createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { PassThrough, Writable, type Readable } from 'node:stream';
+import { addAbortSignal, Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AgentError, toAgentError } from '../errors.ts';
+import { AgentError, isAgentError, toAgentError } from '../errors.ts';
 import { compressionExtension, createDecompressor } from '../snapshot/compression.ts';
 import { LengthCheck, VerifyStream } from '../snapshot/digest.ts';
 import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
@@ -23,28 +23,160 @@ export function findElement(manifest: Manifest, name: string): ElementRecord {
   return found;
 }
 
-/** The stored bytes of an element, failing at the end unless size and sha256 match the manifest. */
+/**
+ * The stored bytes of an element, failing unless size and sha256 match the manifest (size as
+ * soon as it is exceeded, sha256 at the end). Destroying the stream stops the store read.
+ */
 export function readVerified(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Readable {
-  const out = new VerifyStream({ bytes: element.storedBytes, sha256: element.sha256, what: `element ${element.name} of backup ${manifest.id}` });
-  const source = readSegmented(store, element.objects.map((o) => o.key), signal);
-  source.on('error', (error) => out.destroy(error));
-  return source.pipe(out);
-}
-
-/** The element's raw archive (tar, SQL, RDB), verified and decompressed. */
-export function readDecompressed(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Readable {
-  const out = new PassThrough({ highWaterMark: 1 << 20 });
-  const raw = new LengthCheck(element.rawBytes, `element ${element.name} of backup ${manifest.id}`);
-  pipeline(readVerified(store, manifest, element, signal), createDecompressor(element.compression), raw, out, { signal }).catch((error) => {
-    out.destroy(decompressError(error, element));
-  });
+  const out = new VerifyStream({ bytes: element.storedBytes, sha256: element.sha256, what: elementLabel(manifest, element) });
+  // pipeline(), not pipe(): a consumer that destroys `out` must also end the store's request.
+  pipeline(readSegmented(store, element.objects.map((o) => o.key), signal), out).catch(() => {}); // the failure is out's error
   return out;
 }
 
-function decompressError(error: unknown, element: ElementRecord): AgentError {
+export interface DecompressOptions {
+  /** Raw (decompressed) bytes handed on so far, after each chunk: restore progress. */
+  onBytes?: (rawBytes: number) => void;
+}
+
+/**
+ * The element's raw archive (tar, SQL, RDB): its stored bytes verified (readVerified) and
+ * decompressed, never more bytes than the manifest's rawBytes (a decompression bomb fails
+ * E_ARCHIVE_CORRUPT as soon as it passes them). It ends only once both checks passed.
+ *
+ * Nothing starts before the first read: no store request, no decompressor process. The stream
+ * owns all it starts, and a consumer that stops reading early (it failed, or was cancelled)
+ * must destroy() it; that, or an abort of `signal`, ends the store read and the `zstd` child,
+ * and 'close' is emitted once the child has exited. A failure to decompress is explained by
+ * the stored bytes when they are wrong: the rest of them is read (not decompressed) to their
+ * end, and their E_SIZE_MISMATCH / E_CHECKSUM_MISMATCH is reported instead of E_ARCHIVE_CORRUPT.
+ */
+export function readDecompressed(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions = {}): Readable {
+  return addAbortSignal(signal, new DecompressedElement(store, manifest, element, signal, options));
+}
+
+class DecompressedElement extends Readable {
+  readonly #open: () => { stored: Readable; decoder: Duplex; check: LengthCheck };
+  readonly #label: string;
+  readonly #parts: (Readable | Writable)[] = [];
+  #decoder: Duplex | undefined;
+  #started = false;
+  /** The held write callback of the decoded side, waiting for the consumer to read. */
+  #wantMore: (() => void) | undefined;
+
+  constructor(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions) {
+    super({ highWaterMark: 1 << 20 });
+    this.#label = elementLabel(manifest, element);
+    this.#open = () => ({
+      stored: readVerified(store, manifest, element, signal),
+      decoder: createDecompressor(element.compression),
+      check: new LengthCheck(element.rawBytes, this.#label, options.onBytes),
+    });
+  }
+
+  override _read(): void {
+    if (!this.#started) {
+      this.#started = true;
+      this.#run().then(
+        () => this.push(null),
+        (error: unknown) => this.destroy(error as Error),
+      );
+    }
+    const resume = this.#wantMore;
+    this.#wantMore = undefined;
+    resume?.();
+  }
+
+  override _destroy(error: Error | null, done: (error?: Error | null) => void): void {
+    for (const part of this.#parts) part.destroy();
+    this.#wantMore = undefined;
+    const decoder = this.#decoder;
+    if (!decoder || decoder.closed) return done(error);
+    // The decompressor's 'close' comes once its child process has exited.
+    decoder.once('close', () => done(error));
+  }
+
+  async #run(): Promise<void> {
+    const { stored, decoder, check } = this.#open();
+    const feed = new DecoderFeed(decoder);
+    const deliver = new Writable({
+      highWaterMark: 1 << 20,
+      write: (chunk: Buffer, _encoding, next) => {
+        if (this.push(chunk)) next();
+        else this.#wantMore = next;
+      },
+    });
+    this.#decoder = decoder;
+    this.#parts.push(stored, feed, decoder, check, deliver);
+    const read = pipeline(stored, feed);
+    // A failed read (store, size, sha256) is the whole story: stop decompressing.
+    read.catch(() => decoder.destroy());
+    const decodeFailure = await pipeline(decoder, check, deliver).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    if (decodeFailure === undefined) return read;
+    feed.discard();
+    await read;
+    throw archiveCorrupt(decodeFailure, this.#label);
+  }
+}
+
+/**
+ * Writes the stored bytes into the decoder until discard(), then only lets them through: once
+ * the decoder has failed, the rest of the stored bytes is still read, for its size and sha256.
+ */
+class DecoderFeed extends Writable {
+  #decoder: Writable | undefined;
+  #held: (() => void) | undefined;
+
+  constructor(decoder: Writable) {
+    super({ highWaterMark: 1 << 20 });
+    this.#decoder = decoder;
+  }
+
+  discard(): void {
+    this.#decoder = undefined;
+    this.#release();
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, done: (error?: Error | null) => void): void {
+    const decoder = this.#decoder;
+    if (!decoder) return done();
+    if (decoder.write(chunk)) return done();
+    this.#held = done;
+    decoder.once('drain', () => this.#release());
+  }
+
+  override _final(done: (error?: Error | null) => void): void {
+    this.#decoder?.end();
+    done();
+  }
+
+  #release(): void {
+    const held = this.#held;
+    this.#held = undefined;
+    held?.();
+  }
+}
+
+function elementLabel(manifest: Manifest, element: ElementRecord): string {
+  return `element ${element.name} of backup ${manifest.id}`;
+}
+
+/** A decompression failure over stored bytes that match their manifest: the archive itself is bad. */
+function archiveCorrupt(error: unknown, label: string): AgentError {
+  if (isAgentError(error)) return error;
   const failure = toAgentError(error);
-  if (failure.code !== 'E_INTERNAL') return failure;
-  return new AgentError('E_ARCHIVE_CORRUPT', `element ${element.name}: cannot decompress (${failure.message}); the stored object is corrupt`, { cause: error });
+  if (failure.code === 'E_CANCELLED') return failure;
+  // execa's message is "Command failed with exit code 1: zstd -q -d -c" and zstd's own words.
+  const stderr = (error as { stderr?: unknown }).stderr;
+  const reason = typeof stderr === 'string' && stderr.trim() ? stderr.trim() : failure.message;
+  return new AgentError(
+    'E_ARCHIVE_CORRUPT',
+    `${label}: the archive is corrupt and cannot be decompressed (${reason}), although the stored object matches its manifest's size and sha256 — restore from another backup`,
+    { cause: error },
+  );
 }
 
 /** The file name `get` writes: `<element>.<format><compression ext>` (db.sql.gz, uploads.tar.zst). */
@@ -78,15 +210,29 @@ export interface ElementCheck {
   message?: string;
 }
 
+/**
+ * Reads back the element's stored objects and rejects unless size and sha256 match the
+ * manifest (E_SIZE_MISMATCH, E_CHECKSUM_MISMATCH, E_STORE_IO, E_CANCELLED). A restore whose
+ * consumer failed before the stream ended (a parse or load error) can ask this whether the
+ * stored bytes explain it better.
+ */
+export async function verifyElement(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Promise<void> {
+  try {
+    await pipeline(readVerified(store, manifest, element, signal), new Writable({ write: (_chunk, _encoding, done) => done() }), { signal });
+  } catch (error) {
+    throw toAgentError(error, 'E_STORE_IO');
+  }
+}
+
 /** Reads back every object of the backup and checks sizes and sha256 against the manifest. */
 export async function verifyBackup(store: ObjectStore, manifest: Manifest, signal: AbortSignal): Promise<ElementCheck[]> {
   const checks: ElementCheck[] = [];
   for (const element of manifest.elements) {
     try {
-      await pipeline(readVerified(store, manifest, element, signal), new Writable({ write: (_chunk, _encoding, done) => done() }), { signal });
+      await verifyElement(store, manifest, element, signal);
       checks.push({ element: element.name, ok: true, bytes: element.storedBytes });
     } catch (error) {
-      const failure = toAgentError(error, 'E_STORE_IO');
+      const failure = toAgentError(error);
       if (failure.code === 'E_CANCELLED') throw failure;
       checks.push({ element: element.name, ok: false, bytes: element.storedBytes, code: failure.code, message: failure.message });
     }

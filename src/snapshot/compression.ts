@@ -113,7 +113,10 @@ export function createDecompressor(kind: Compression): Duplex {
     case 'zstd':
       // Not Node's decoder: it stops after the first frame unless that frame's output ends on
       // a chunk boundary (nodejs/node#64741), erroring or silently dropping the rest.
-      return execa('zstd', ['-q', '-d', '-c'], { buffer: false, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
+      // stderr is kept (a few lines at most) so that a failure says what zstd found wrong.
+      // Destroying the duplex closes the child's pipes, which ends it (EOF, or EPIPE on a full
+      // stdout), and the duplex closes only once the child has exited.
+      return execa('zstd', ['-q', '-d', '-c'], { buffer: { stdout: false, stderr: true }, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });
     case 'none':

@@ -77,33 +77,41 @@ export class VerifyStream extends Transform {
 }
 
 /**
- * Passes bytes through and fails at the end unless exactly `expected` passed: a decoder that
- * stops early can never hand a short archive to a restore as if it were whole.
+ * Passes bytes through and fails unless exactly `expected` pass: as soon as more did (a
+ * decompression bomb must not fill the disk before it is caught), or at the end when fewer
+ * did (a decoder that stops early can never hand a short archive to a restore as if whole).
+ * `onBytes` hears the running total after each chunk.
  */
 export class LengthCheck extends Transform {
   readonly #expected: number;
   readonly #what: string;
+  readonly #onBytes: ((total: number) => void) | undefined;
   #bytes = 0;
 
-  constructor(expected: number, what: string) {
+  constructor(expected: number, what: string, onBytes?: (total: number) => void) {
     super();
     this.#expected = expected;
     this.#what = what;
+    this.#onBytes = onBytes;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.#bytes += chunk.length;
+    if (this.#bytes > this.#expected) return done(this.#mismatch(`more than ${this.#expected} bytes (${this.#bytes} so far)`));
+    this.#onBytes?.(this.#bytes);
     done(null, chunk);
   }
 
   override _flush(done: TransformCallback): void {
     if (this.#bytes === this.#expected) return done();
-    done(
-      new AgentError(
-        'E_ARCHIVE_CORRUPT',
-        `${this.#what}: decompressed to ${this.#bytes} bytes, the manifest records ${this.#expected}; the archive is corrupt — restore from another backup`,
-        { details: { expected: this.#expected, actual: this.#bytes } },
-      ),
+    done(this.#mismatch(`${this.#bytes} bytes`));
+  }
+
+  #mismatch(actual: string): AgentError {
+    return new AgentError(
+      'E_ARCHIVE_CORRUPT',
+      `${this.#what}: decompressed to ${actual}, the manifest records ${this.#expected}; the archive is corrupt — restore from another backup`,
+      { details: { expected: this.#expected, actual: this.#bytes } },
     );
   }
 }

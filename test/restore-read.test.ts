@@ -1,0 +1,244 @@
+/**
+ * The restore read path (artifacts.ts readDecompressed): what comes back from the store is
+ * verified, decompressed and handed on, and everything it starts (the store read, the `zstd`
+ * child) ends with it, whichever way the consumer stops.
+ */
+import { randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { finished, pipeline } from 'node:stream/promises';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readDecompressed } from '../src/agent/artifacts.ts';
+import { loadConfig } from '../src/agent/config.ts';
+import { openEnvironmentStore } from '../src/agent/stores.ts';
+import { LengthCheck } from '../src/snapshot/digest.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import type { ObjectStore } from '../src/transport/object-store.ts';
+import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
+import { MiB } from './support/tree.ts';
+
+const ARTIFACTS = path.resolve(import.meta.dirname, '../src/agent/artifacts.ts');
+const CATALOG = path.resolve(import.meta.dirname, '../src/agent/catalog.ts');
+const CONFIG = path.resolve(import.meta.dirname, '../src/agent/config.ts');
+const STORES = path.resolve(import.meta.dirname, '../src/agent/stores.ts');
+
+/** The `zstd` processes whose parent is this process, zombies included (not yet reaped). */
+async function zstdChildren(): Promise<number[]> {
+  const found: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const line = await readFile(`/proc/${name}/stat`, 'utf8').catch(() => '');
+    const fields = /^\d+ \((.*)\) \S+ (\d+) /.exec(line);
+    if (fields?.[1] === 'zstd' && Number(fields[2]) === process.pid) found.push(Number(name));
+  }
+  return found;
+}
+
+/** Flips one byte in the middle of an object. */
+async function corrupt(store: ObjectStore, key: string): Promise<void> {
+  const bytes = Buffer.from(await buffer(await store.get(key)));
+  bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+  await store.put(key, Readable.from([bytes]));
+}
+
+/** Runs the CLI and fails the test when it has not exited after `ms` (it is killed then). */
+async function cliWithin(ms: number, args: string[]): Promise<{ exitCode: number; stderr: string; ms: number }> {
+  const started = Date.now();
+  const result = await Promise.race([cli(args), new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`storage-agent ${args.join(' ')} still running after ${ms} ms`)), ms).unref())]);
+  return { exitCode: result.exitCode, stderr: result.stderr, ms: Date.now() - started };
+}
+
+describe('LengthCheck', () => {
+  it('fails E_ARCHIVE_CORRUPT as soon as more bytes than expected pass, without waiting for the end', async () => {
+    let produced = 0;
+    const endless = new Readable({
+      read() {
+        produced += 64 * 1024;
+        this.push(Buffer.alloc(64 * 1024));
+      },
+    });
+    const seen: number[] = [];
+    const check = new LengthCheck(MiB, 'element x', (bytes) => seen.push(bytes));
+    await expect(pipeline(endless, check, new Writable({ write: (_chunk, _encoding, done) => done() }))).rejects.toMatchObject({
+      code: 'E_ARCHIVE_CORRUPT',
+      message: expect.stringContaining(`element x: decompressed to more than ${MiB} bytes`),
+    });
+    expect(produced).toBeLessThan(4 * MiB);
+    expect(seen.at(-1)).toBe(MiB);
+  });
+
+  it('fails E_ARCHIVE_CORRUPT at the end when fewer bytes passed', async () => {
+    await expect(pipeline(Readable.from([Buffer.alloc(100)]), new LengthCheck(101, 'element x'), new Writable({ write: (_chunk, _encoding, done) => done() }))).rejects.toMatchObject({
+      code: 'E_ARCHIVE_CORRUPT',
+      message: expect.stringContaining('element x: decompressed to 100 bytes, the manifest records 101'),
+    });
+  });
+});
+
+describe('readDecompressed owns what it starts', () => {
+  let sandbox: Sandbox;
+  let store: ObjectStore;
+  let manifest: Manifest;
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    const mount = path.join(sandbox.dir, 'mount');
+    await mkdir(mount);
+    // Incompressible: zstd's output outruns a reader that stops, so the child blocks on a full pipe.
+    await writeFile(path.join(mount, 'random.bin'), randomBytes(24 * MiB));
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: mount }) } });
+    store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
+    manifest = await cliJson<Manifest>(['--config', sandbox.configPath, 'backup', 'create', 'site']);
+  });
+  afterAll(() => sandbox.cleanup());
+
+  const element = () => manifest.elements[0]!;
+
+  it('starts nothing before the first read: no store request, no zstd; destroyed unread, it just closes', async () => {
+    let gets = 0;
+    const counting = new Proxy(store, {
+      get(target, property) {
+        if (property === 'get') return (...args: Parameters<ObjectStore['get']>) => (gets++, target.get(...args));
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const stream = readDecompressed(counting, manifest, element(), new AbortController().signal);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(gets).toBe(0);
+    expect(await zstdChildren()).toEqual([]);
+    stream.destroy();
+    await once(stream, 'close');
+    expect(gets).toBe(0);
+  });
+
+  it('destroyed after a partial read, it kills and reaps the zstd child before it closes', async () => {
+    const stream = readDecompressed(store, manifest, element(), new AbortController().signal);
+    const [first] = (await once(stream, 'data')) as [Buffer];
+    stream.pause();
+    expect(first.length).toBeGreaterThan(0);
+    expect(await zstdChildren()).toHaveLength(1);
+    stream.destroy();
+    await once(stream, 'close');
+    expect(await zstdChildren()).toEqual([]);
+  });
+
+  it('an abort of the signal fails it with an AbortError (E_CANCELLED to a restore) and leaves no zstd child', async () => {
+    const controller = new AbortController();
+    const stream = readDecompressed(store, manifest, element(), controller.signal);
+    await once(stream, 'data');
+    stream.pause();
+    controller.abort();
+    await expect(finished(stream)).rejects.toMatchObject({ name: 'AbortError' });
+    if (!stream.closed) await once(stream, 'close');
+    expect(await zstdChildren()).toEqual([]);
+  });
+
+  it('reports the raw bytes read so far through onBytes, up to rawBytes', async () => {
+    const seen: number[] = [];
+    const stream = readDecompressed(store, manifest, element(), new AbortController().signal, { onBytes: (bytes) => seen.push(bytes) });
+    let total = 0;
+    for await (const chunk of stream) {
+      total += (chunk as Buffer).length;
+      expect(seen.at(-1)).toBeGreaterThanOrEqual(total);
+    }
+    expect(total).toBe(element().rawBytes);
+    expect(seen.length).toBeGreaterThan(10);
+    expect(seen.every((bytes, i) => i === 0 || bytes > seen[i - 1]!)).toBe(true);
+    expect(seen.at(-1)).toBe(element().rawBytes);
+    expect(await zstdChildren()).toEqual([]);
+  });
+
+  it.each(['before reading', 'after a partial read'])('a process that destroys the stream %s exits on its own', async (when) => {
+    const script = `
+      import { readDecompressed } from ${JSON.stringify(ARTIFACTS)};
+      import { readManifest } from ${JSON.stringify(CATALOG)};
+      import { loadConfig } from ${JSON.stringify(CONFIG)};
+      import { openEnvironmentStore } from ${JSON.stringify(STORES)};
+      const [configPath, id, when] = process.argv.slice(1);
+      const store = await openEnvironmentStore(await loadConfig(configPath), 'site');
+      const manifest = await readManifest(store, 'site', id);
+      const stream = readDecompressed(store, manifest, manifest.elements[0], new AbortController().signal);
+      if (when === 'after a partial read') {
+        await new Promise((resolve) => stream.once('data', resolve));
+        stream.pause();
+      }
+      stream.destroy();
+      console.log('destroyed');
+    `;
+    const started = Date.now();
+    const child = await execa(process.execPath, ['--input-type=module', '-e', script, sandbox.configPath, manifest.id, when], { timeout: 20_000, reject: false });
+    expect(child.timedOut, 'the process stayed alive after destroying the stream').toBe(false);
+    expect(child.exitCode, String(child.stderr)).toBe(0);
+    expect(child.stdout).toBe('destroyed');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+});
+
+describe('restores that fail end, and say why', () => {
+  let sandbox: Sandbox;
+  let redis: TestRedis;
+  let down: TestRedis;
+  let store: ObjectStore;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    const mount = path.join(sandbox.dir, 'mount');
+    await mkdir(mount);
+    await writeFile(path.join(mount, 'a.txt'), 'original contents '.repeat(100_000));
+    await writeFile(path.join(mount, 'b.bin'), randomBytes(2 * MiB));
+    await writeFile(path.join(sandbox.dir, 'a-file'), 'not a directory');
+    redis = await startRedis({ save: false });
+    await fillAllTypes(redis, [0, 2]);
+    down = await startRedis({ save: false });
+    await down.stop(); // its port is free now: ECONNREFUSED
+    await sandbox.writeConfig({
+      environments: {
+        site: filesEnv({ uploads: mount }),
+        // Its mount's parent is a file: staging beside it fails before anything is read.
+        orphan: filesEnv({ uploads: path.join(sandbox.dir, 'a-file', 'mount') }),
+        cache: { services: { cache: redis.serviceConfig() } },
+        down: { services: { cache: down.serviceConfig() } },
+      },
+    });
+    store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
+  });
+  afterAll(async () => {
+    await redis?.stop();
+    await sandbox.cleanup();
+  });
+
+  it('a byte flipped in a stored Redis element → restore fails E_CHECKSUM_MISMATCH (exit 5), like verify, not the decompressor\'s error', async () => {
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'cache']);
+    await corrupt(store, manifest.elements[0]!.objects[0]!.key);
+    const verify = await cli([...args(), 'backup', 'verify', 'cache', manifest.id]);
+    expect(verify.stdout).toContain('E_CHECKSUM_MISMATCH');
+    const restore = await cliWithin(60_000, [...args(), 'backup', 'restore', 'cache', manifest.id, '--yes', '--no-safety-backup']);
+    expect(restore.exitCode, restore.stderr).toBe(5);
+    expect(restore.stderr).toContain(`E_CHECKSUM_MISMATCH`);
+    expect(restore.stderr).toContain(`element cache of backup ${manifest.id}`);
+    expect(restore.stderr).not.toMatch(/zstd -q -d -c/);
+  });
+
+  it('a files restore whose mount\'s parent cannot be created exits with the error within seconds (it hung, holding a zstd child)', async () => {
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const restore = await cliWithin(20_000, [...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'orphan', '--yes', '--no-safety-backup']);
+    expect(restore.exitCode, restore.stderr).toBe(8);
+    expect(restore.stderr).toContain('E_RESTORE_FAILED');
+    expect(restore.ms).toBeLessThan(10_000);
+  });
+
+  it('a Redis restore whose target is down exits with the error within seconds', async () => {
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'cache']);
+    const restore = await cliWithin(30_000, [...args(), 'backup', 'restore', 'cache', manifest.id, '--target', 'down', '--yes', '--no-safety-backup']);
+    expect(restore.exitCode, restore.stderr).toBe(8);
+    expect(restore.stderr).toMatch(/E_RESTORE_FAILED.*ECONNREFUSED|E_RESTORE_FAILED.*connect/i);
+    expect(restore.ms).toBeLessThan(15_000);
+  });
+});
