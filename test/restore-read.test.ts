@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
@@ -240,5 +240,40 @@ describe('restores that fail end, and say why', () => {
     expect(restore.exitCode, restore.stderr).toBe(8);
     expect(restore.stderr).toMatch(/E_RESTORE_FAILED.*ECONNREFUSED|E_RESTORE_FAILED.*connect/i);
     expect(restore.ms).toBeLessThan(15_000);
+  });
+
+  describe('backup get --to', () => {
+    let id: string;
+    beforeAll(async () => {
+      id = (await cliJson<Manifest>([...args(), 'backup', 'create', 'site'])).id;
+    });
+    const get = (to: string) => cli([...args(), 'backup', 'get', 'site', id, '--element', 'uploads', '--to', to]);
+
+    it('a path ending in / that is no directory → E_USAGE (exit 2) naming it; no file of that name is written', async () => {
+      const to = path.join(sandbox.dir, 'newdir') + '/';
+      const result = await get(to);
+      expect(result.exitCode, result.stderr).toBe(2);
+      expect(result.stderr).toContain(`E_USAGE`);
+      expect(result.stderr).toContain(to);
+      await expect(stat(path.join(sandbox.dir, 'newdir'))).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('a file path in a directory that does not exist → E_USAGE (exit 2) naming the directory', async () => {
+      const to = path.join(sandbox.dir, 'nonexistent', 'dir', 'uploads.tar.zst');
+      const result = await get(to);
+      expect(result.exitCode, result.stderr).toBe(2);
+      expect(result.stderr).toMatch(/E_USAGE.*directory .*nonexistent\/dir does not exist/);
+    });
+
+    it('an existing directory gets <element>.<ext> inside; a file path in one is written as named', async () => {
+      const dir = path.join(sandbox.dir, 'downloads');
+      await mkdir(dir);
+      const inDir = await get(dir + '/');
+      expect(inDir.exitCode, inDir.stderr).toBe(0);
+      expect((await stat(path.join(dir, 'uploads.tar.zst'))).size).toBeGreaterThan(0);
+      const named = await get(path.join(dir, 'copy.tzst'));
+      expect(named.exitCode, named.stderr).toBe(0);
+      expect(await readFile(path.join(dir, 'copy.tzst'))).toEqual(await readFile(path.join(dir, 'uploads.tar.zst')));
+    });
   });
 });

@@ -186,11 +186,11 @@ export function artifactFileName(element: ElementRecord): string {
 
 /**
  * Downloads one element as the standard archive it is stored as, verified; the file appears
- * only when complete (temp + rename). `to` may be a directory or a file path.
+ * only when complete (temp + rename). `to` may be an existing directory (the file is
+ * artifactFileName inside it) or a file path in one.
  */
 export async function downloadElement(store: ObjectStore, manifest: Manifest, element: ElementRecord, to: string, signal: AbortSignal): Promise<{ path: string; bytes: number }> {
-  const isDirectory = await stat(to).then((s) => s.isDirectory(), () => false);
-  const file = isDirectory ? path.join(to, artifactFileName(element)) : path.resolve(to);
+  const file = await downloadTarget(to, element);
   const temp = path.join(path.dirname(file), `.${path.basename(file)}.partial-${process.pid}`);
   try {
     await pipeline(readVerified(store, manifest, element, signal), createWriteStream(temp, { flags: 'wx', mode: 0o600 }), { signal });
@@ -200,6 +200,21 @@ export async function downloadElement(store: ObjectStore, manifest: Manifest, el
     throw toAgentError(error, 'E_STORE_IO');
   }
   return { path: file, bytes: element.storedBytes };
+}
+
+async function downloadTarget(to: string, element: ElementRecord): Promise<string> {
+  const isDirectory = (at: string) => stat(at).then((s) => s.isDirectory(), () => false);
+  if (await isDirectory(to)) return path.join(to, artifactFileName(element));
+  // A trailing slash means a directory: never write a file of that name instead.
+  if (to.endsWith(path.sep)) {
+    throw new AgentError('E_USAGE', `--to ${to}: no such directory; create it first, or give a file path`, { details: { to } });
+  }
+  const file = path.resolve(to);
+  const parent = path.dirname(file);
+  if (!(await isDirectory(parent))) {
+    throw new AgentError('E_USAGE', `--to ${to}: directory ${parent} does not exist; create it first, or give a path in an existing directory`, { details: { to } });
+  }
+  return file;
 }
 
 export interface ElementCheck {
