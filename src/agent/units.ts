@@ -11,9 +11,11 @@ const SIZE_UNITS: Record<string, number> = {
 export function parseSize(value: string | number): number | undefined {
   if (typeof value === 'number') return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value);
-  const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
-  if (!m || unit === undefined) return undefined;
-  return Math.round(Number(m[1]) * unit);
+  if (!m) return undefined;
+  const unit = m[2]!.toLowerCase();
+  // An own key only: '8constructor' would otherwise multiply by Object and pass as NaN.
+  if (!Object.hasOwn(SIZE_UNITS, unit)) return undefined;
+  return Math.round(Number(m[1]) * SIZE_UNITS[unit]!);
 }
 
 const DURATION_UNITS: Record<string, number> = {

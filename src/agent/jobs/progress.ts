@@ -16,7 +16,10 @@ export class ProgressTracker {
   #started = false;
 
   constructor() {
-    this.#progress = { phase: 'prepare', elements: {}, bytes: 0, updatedAt: new Date().toISOString() };
+    // Keyed by service names from the config: without a prototype, an element named
+    // 'constructor' gets its own entry instead of finding (and writing onto) Object.
+    const elements = Object.create(null) as JobProgress['elements'];
+    this.#progress = { phase: 'prepare', elements, bytes: 0, updatedAt: new Date().toISOString() };
   }
 
   /** Applies an event; returns true when the phase or element changed. */
