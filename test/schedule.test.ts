@@ -1,11 +1,15 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSummary } from '../src/agent/catalog.ts';
-import type { AgentStatus } from '../src/agent/jobs/api.ts';
+import type { AgentStatus, LocalAgent } from '../src/agent/jobs/api.ts';
 import type { JobRecord } from '../src/agent/jobs/types.ts';
-import { parseConfig } from '../src/agent/config.ts';
+import { parseConfig, type Config } from '../src/agent/config.ts';
 import { nextRun, parseSchedule } from '../src/agent/schedule.ts';
+import { Scheduler, scheduleStates } from '../src/agent/scheduler.ts';
+import { fullTmpfs } from './support/full-disk.ts';
 import { cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
 
@@ -52,6 +56,112 @@ describe('retention and schedule config', () => {
     const shop = parseConfig(env('    retention: [{interval: 6h, count: 4}, {interval: 1d, count: 7}]\n    timeZone: Europe/Berlin\n    schedule: { every: 6h, jitter: 5m }\n'), 'c.yaml').environments.shop!;
     expect(shop.retention).toHaveLength(2);
     expect(shop.schedule).toMatchObject({ every: '6h', jitter: 300_000, live: false });
+  });
+});
+
+describe('schedule.json: own keys only, and a full state directory', () => {
+  let dir: string;
+  let stateDir: string;
+  const schedulers: Scheduler[] = [];
+  const DAY = 86_400_000;
+  // Each environment ran a minute ago, so no run comes due during a test: the agent is never asked.
+  const ranAt = new Date(Date.now() - 60_000).toISOString();
+  const agent = {
+    submit: () => Promise.reject(new Error('no run is due in these tests')),
+  } as unknown as LocalAgent;
+
+  function configure(envs: readonly string[]): Config {
+    return parseConfig(
+      `stateDir: ${stateDir}
+environments:
+${envs.map((env) => `  ${env}: { schedule: { every: 1d }, services: { db: { kind: files, path: ${dir}/${env} } } }`).join('\n')}
+`,
+      'test',
+    );
+  }
+
+  function scheduler(logs: Record<string, unknown>[] = []): Scheduler {
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
+    const created = new Scheduler({ agent, logger, stateDir });
+    schedulers.push(created);
+    return created;
+  }
+
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'sa-schedule-'));
+  });
+  afterEach(async () => {
+    for (const s of schedulers.splice(0)) s.stop();
+    await rm(stateDir, { recursive: true, force: true });
+  });
+  afterAll(() => rm(dir, { recursive: true, force: true }));
+
+  it("an environment named 'constructor' has its own runs; one schedule.json does not record has none", async () => {
+    stateDir = path.join(dir, 'state-names');
+    await mkdir(stateDir, { recursive: true });
+    await writeFile(path.join(stateDir, 'schedule.json'), JSON.stringify({ shop: { lastRunAt: ranAt } }));
+    // What `status` shows outside the daemon: 'constructor' is not in the file.
+    expect(await scheduleStates(configure(['constructor', 'shop']))).toEqual([
+      { env: 'constructor', schedule: 'every 1d', lastRunAt: null, nextRunAt: null },
+      { env: 'shop', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt: null },
+    ]);
+
+    await writeFile(path.join(stateDir, 'schedule.json'), JSON.stringify({ constructor: { lastRunAt: ranAt }, shop: { lastRunAt: ranAt } }));
+    const config = configure(['constructor', 'shop']);
+    const first = scheduler();
+    await first.start(config);
+    const nextRunAt = new Date(Date.parse(ranAt) + DAY).toISOString();
+    expect(first.status()).toEqual([
+      { env: 'constructor', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
+      { env: 'shop', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
+    ]);
+    await first.reload(config); // rebuilds the saved runs from memory
+    expect(first.status().map((s) => s.lastRunAt)).toEqual([ranAt, ranAt]);
+    first.stop();
+
+    // Written as an own key, read back by a restarted daemon and by `status`.
+    const saved = JSON.parse(await readFile(path.join(stateDir, 'schedule.json'), 'utf8')) as Record<string, unknown>;
+    expect(Object.getOwnPropertyDescriptor(saved, 'constructor')?.value).toEqual({ lastRunAt: ranAt, nextRunAt });
+    await scheduler().start(config);
+    expect(await scheduleStates(config)).toEqual([
+      { env: 'constructor', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
+      { env: 'shop', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
+    ]);
+  });
+
+  it('a hand-edited schedule.json with other shapes gives no runs instead of bad dates', async () => {
+    stateDir = path.join(dir, 'state-shapes');
+    await mkdir(stateDir, { recursive: true });
+    await writeFile(path.join(stateDir, 'schedule.json'), JSON.stringify({ shop: { lastRunAt: 5, nextRunAt: ['x'] }, blog: 'yesterday' }));
+    expect(await scheduleStates(configure(['shop', 'blog']))).toEqual([
+      { env: 'shop', schedule: 'every 1d', lastRunAt: null, nextRunAt: null },
+      { env: 'blog', schedule: 'every 1d', lastRunAt: null, nextRunAt: null },
+    ]);
+  });
+
+  it('a full state directory: the write is logged as E_NO_SPACE naming it, no schedule.json.tmp is left, the schedule runs on', async () => {
+    stateDir = path.join(dir, 'state-full');
+    const before = JSON.stringify({ shop: { lastRunAt: ranAt } });
+    const unmount = await fullTmpfs(stateDir, () => writeFile(path.join(stateDir, 'schedule.json'), before));
+    try {
+      const logs: Record<string, unknown>[] = [];
+      const full = scheduler(logs);
+      await full.start(configure(['shop']));
+      await full.reload(configure(['shop']));
+      expect(logs).toHaveLength(2);
+      for (const log of logs) {
+        expect(log).toMatchObject({ msg: 'could not write schedule.json', code: 'E_NO_SPACE' });
+        expect(log.err).toBe(
+          `the state directory ${stateDir} is out of space (ENOSPC): could not write ${path.join(stateDir, 'schedule.json')}; free space on its file system, or point stateDir in the config at a larger one`,
+        );
+      }
+      expect((await readdir(stateDir)).sort()).toEqual(['filler', 'schedule.json']);
+      expect(await readFile(path.join(stateDir, 'schedule.json'), 'utf8')).toBe(before);
+      expect(full.status()).toEqual([{ env: 'shop', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt: new Date(Date.parse(ranAt) + DAY).toISOString() }]);
+    } finally {
+      for (const s of schedulers.splice(0)) s.stop();
+      await unmount();
+    }
   });
 });
 

@@ -1,7 +1,7 @@
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { toAgentError } from '../errors.ts';
+import { stateDirWriteError, toAgentError } from '../errors.ts';
 import type { Config } from './config.ts';
 import type { LocalAgent } from './jobs/api.ts';
 import { nextRun, parseSchedule, type Schedule } from './schedule.ts';
@@ -30,7 +30,12 @@ export interface ScheduleState {
   jobId?: string;
 }
 
-type StateFile = Record<string, { lastRunAt?: string; nextRunAt?: string }>;
+interface SavedRun {
+  lastRunAt?: string;
+  nextRunAt?: string;
+}
+/** schedule.json by environment: a Map, so an environment named 'constructor' finds its own run or none. */
+type StateFile = Map<string, SavedRun>;
 
 const STATE_FILE = 'schedule.json';
 /** setTimeout's limit; longer waits re-arm. */
@@ -70,9 +75,9 @@ export class Scheduler {
 
   /** SIGHUP: schedules follow the new config; last runs are kept. */
   async reload(config: Config): Promise<void> {
-    const saved: StateFile = {};
+    const saved: StateFile = new Map();
     for (const entry of this.#entries.values()) {
-      if (entry.lastRunAt) saved[entry.env] = { lastRunAt: entry.lastRunAt.toISOString() };
+      if (entry.lastRunAt) saved.set(entry.env, { lastRunAt: entry.lastRunAt.toISOString() });
       clearTimeout(entry.timer);
     }
     const running = new Map([...this.#entries].map(([env, e]) => [env, e.jobId]));
@@ -98,7 +103,8 @@ export class Scheduler {
     const now = new Date();
     for (const [env, settings] of Object.entries(config.environments)) {
       if (!settings.schedule) continue;
-      const last = saved[env]?.lastRunAt ? new Date(saved[env].lastRunAt) : undefined;
+      const lastRunAt = saved.get(env)?.lastRunAt;
+      const last = lastRunAt ? new Date(lastRunAt) : undefined;
       const entry: Entry = {
         env,
         schedule: parseSchedule(settings.schedule),
@@ -168,22 +174,32 @@ export class Scheduler {
     }
   }
 
-  /** Writes schedule.json (atomically; `status` of the CLI reads it too). */
+  /**
+   * Writes schedule.json (atomically; `status` of the CLI reads it too). A failed write is
+   * logged, not thrown: the schedule runs on from memory. It removes its temp file (on a full
+   * state directory the create succeeds and the write does not).
+   */
   #save(): Promise<void> {
-    const body: StateFile = {};
-    for (const entry of this.#entries.values()) {
-      body[entry.env] = {
-        ...(entry.lastRunAt ? { lastRunAt: entry.lastRunAt.toISOString() } : {}),
-        ...(entry.nextRunAt ? { nextRunAt: entry.nextRunAt.toISOString() } : {}),
-      };
-    }
+    // fromEntries defines own keys, whatever the environment is called.
+    const body: Record<string, SavedRun> = Object.fromEntries(
+      [...this.#entries.values()].map((entry) => [
+        entry.env,
+        {
+          ...(entry.lastRunAt ? { lastRunAt: entry.lastRunAt.toISOString() } : {}),
+          ...(entry.nextRunAt ? { nextRunAt: entry.nextRunAt.toISOString() } : {}),
+        },
+      ]),
+    );
     this.#saving = this.#saving.then(async () => {
       const file = path.join(this.#stateDir, STATE_FILE);
+      const temp = `${file}.tmp`;
       try {
-        await writeFile(`${file}.tmp`, JSON.stringify(body, null, 2), { mode: 0o600 });
-        await rename(`${file}.tmp`, file);
+        await writeFile(temp, JSON.stringify(body, null, 2), { mode: 0o600 });
+        await rename(temp, file);
       } catch (error) {
-        this.#logger.warn({ err: toAgentError(error).message }, 'could not write schedule.json');
+        await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
+        const failure = toAgentError(stateDirWriteError(error, this.#stateDir, file));
+        this.#logger.warn({ code: failure.code, err: failure.message }, 'could not write schedule.json');
       }
     });
     return this.#saving;
@@ -207,13 +223,27 @@ export function describeSchedule(schedule: Schedule, timeZone: string): string {
   return `every ${ms / size}${unit}`;
 }
 
+/** The runs schedule.json records; a missing or unreadable file records none. */
 async function readStateFile(stateDir: string): Promise<StateFile> {
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(await readFile(path.join(stateDir, STATE_FILE), 'utf8')) as unknown;
-    return parsed && typeof parsed === 'object' ? (parsed as StateFile) : {};
+    parsed = JSON.parse(await readFile(path.join(stateDir, STATE_FILE), 'utf8'));
   } catch {
-    return {};
+    return new Map();
   }
+  const saved: StateFile = new Map();
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) return saved;
+  // Own entries only, and only their string times: a hand-edited file must not hand `status`
+  // or Date anything else.
+  for (const [env, run] of Object.entries(parsed)) {
+    if (!run || typeof run !== 'object') continue;
+    const { lastRunAt, nextRunAt } = run as Record<string, unknown>;
+    saved.set(env, {
+      ...(typeof lastRunAt === 'string' ? { lastRunAt } : {}),
+      ...(typeof nextRunAt === 'string' ? { nextRunAt } : {}),
+    });
+  }
+  return saved;
 }
 
 /**
@@ -227,7 +257,7 @@ export async function scheduleStates(config: Config): Promise<ScheduleState[]> {
     .map(([env, settings]) => ({
       env,
       schedule: describeSchedule(parseSchedule(settings.schedule!), settings.timeZone),
-      lastRunAt: saved[env]?.lastRunAt ?? null,
-      nextRunAt: saved[env]?.nextRunAt ?? null,
+      lastRunAt: saved.get(env)?.lastRunAt ?? null,
+      nextRunAt: saved.get(env)?.nextRunAt ?? null,
     }));
 }
