@@ -12,6 +12,7 @@ import { environmentLockFile, processStartTime, tryLock } from '../src/agent/job
 import { recoverAtStart } from '../src/agent/jobs/recovery.ts';
 import { JobStore } from '../src/agent/jobs/store.ts';
 import type { JobRecord, JobSpec } from '../src/agent/jobs/types.ts';
+import { fullTmpfs } from './support/full-disk.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const silent = pino({ level: 'silent' });
@@ -235,6 +236,59 @@ environments:
     const restarted = engine(new FakeOperations());
     await restarted.init();
     expect((await restarted.submit({ kind: 'backup.create', env: 'shop', codeRef: 'abc' }, { requestId: 'r-1' })).id).toBe(first.id);
+  });
+
+  it('a retry with the same requestId while the first record is still being written gets the same job', async () => {
+    const ops = new FakeOperations();
+    const jobs = engine(ops);
+    const [first, retry] = await Promise.all([
+      jobs.submit({ kind: 'backup.create', env: 'shop' }, { requestId: 'r-2' }),
+      jobs.submit({ kind: 'backup.create', env: 'shop' }, { requestId: 'r-2' }),
+    ]);
+    expect(retry.id).toBe(first.id);
+    expect((await jobs.list()).map((j) => j.id)).toEqual([first.id]);
+    ops.release('backup.create:shop');
+    await jobs.wait(first.id);
+  });
+
+  it('a job submitted while the engine stops taking jobs ends cancelled with the stop reason, never queued', async () => {
+    const ops = new FakeOperations();
+    const jobs = engine(ops);
+    const submitted = jobs.submit({ kind: 'backup.create', env: 'shop' });
+    await jobs.stopAccepting('cancelled: the agent is stopping'); // while its record is written
+    expect(await submitted).toMatchObject({ state: 'cancelled', error: { code: 'E_CANCELLED', message: 'cancelled: the agent is stopping' } });
+    expect(jobs.summary()).toMatchObject({ queued: 0, running: 0 });
+    expect(ops.started).toEqual([]);
+  });
+
+  it('a full state directory: the submit fails E_NO_SPACE, the job is not listed and never runs, its requestId is free again', async () => {
+    const unmount = await fullTmpfs(config.stateDir);
+    try {
+      const ops = new FakeOperations();
+      const jobs = engine(ops);
+      await expect(jobs.submit({ kind: 'backup.create', env: 'shop' }, { requestId: 'r-full' })).rejects.toMatchObject({
+        code: 'E_NO_SPACE',
+        details: { stateDir: config.stateDir, errno: 'ENOSPC' },
+      });
+      expect(await jobs.list()).toEqual([]);
+      expect(jobs.summary()).toMatchObject({ queued: 0, running: 0 });
+      expect(await readdir(path.join(config.stateDir, 'jobs'))).toEqual([]); // no record, no temp file
+
+      // Space again: the next job runs alone, and the refused one never starts.
+      await rm(path.join(config.stateDir, 'filler'));
+      const retried = await jobs.submit({ kind: 'backup.create', env: 'shop' }, { requestId: 'r-full' });
+      expect(retried.state).toBe('running');
+      const blog = await jobs.submit({ kind: 'backup.create', env: 'blog' });
+      expect(blog.state).toBe('running');
+      expect((await jobs.list()).map((j) => j.id).sort()).toEqual([retried.id, blog.id].sort());
+      ops.release('backup.create:shop');
+      ops.release('backup.create:blog');
+      await jobs.idle();
+      expect(ops.started).toEqual(['backup.create:shop', 'backup.create:blog']);
+      await jobs.close();
+    } finally {
+      await unmount();
+    }
   });
 
   it('requests are checked before they are queued; a failing operation keeps its error code and details', async () => {

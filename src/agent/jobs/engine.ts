@@ -75,7 +75,10 @@ export class JobEngine {
   readonly #running = new Map<string, LiveJob>();
   readonly #requestIds = new Map<string, string>();
   readonly #listeners = new Set<JobListener>();
-  #accepting = true;
+  /** Set by stopAccepting: new jobs are refused, and this is why queued ones end cancelled. */
+  #stopReason: string | undefined;
+  /** Jobs whose first record is being written: a retry with the same requestId waits for it. */
+  readonly #recording = new Map<string, Promise<void>>();
   #pumping: Promise<void> | undefined;
   #pumpAgain = false;
   #timer: NodeJS.Timeout | undefined;
@@ -108,7 +111,7 @@ export class JobEngine {
   }
 
   get accepting(): boolean {
-    return this.#accepting;
+    return this.#stopReason === undefined;
   }
 
   /** New jobs run under the new config; running ones keep the one they started with. */
@@ -131,6 +134,7 @@ export class JobEngine {
     if (requestId !== undefined) {
       const existing = this.#requestIds.get(requestId);
       if (existing !== undefined) {
+        await this.#recording.get(existing);
         const record = await this.get(existing);
         if (record) {
           if (!sameRequest(record.spec, request)) {
@@ -142,7 +146,7 @@ export class JobEngine {
         }
       }
     }
-    if (!this.#accepting) throw new AgentError('E_SHUTTING_DOWN', 'the agent is shutting down and takes no new jobs; retry when it is back');
+    if (this.#stopReason !== undefined) throw new AgentError('E_SHUTTING_DOWN', 'the agent is shutting down and takes no new jobs; retry when it is back');
     const checked = validateRequest(this.#config, request);
     const backupId = checked.kind === 'backup.create' ? newBackupId() : undefined;
     const spec: JobSpec = checked.kind === 'backup.create' ? { ...checked, backupId: backupId! } : checked;
@@ -159,11 +163,26 @@ export class JobEngine {
       owner: { ...currentProcess(), program: this.#program },
     };
     const job: LiveJob = { record, controller: new AbortController(), tracker: new ProgressTracker(), waiters: [], lastProgressEmit: 0, lastProgressSave: 0 };
+    // Recorded before it is queued: a job whose record could not be written (E_NO_SPACE) is one
+    // the caller was told failed, so it must not be listed, nor be started by a later pump.
     if (requestId !== undefined) this.#requestIds.set(requestId, id);
+    const recorded = this.#store.save(record);
+    this.#recording.set(id, recorded.catch(() => {}));
+    try {
+      await recorded;
+    } catch (error) {
+      if (requestId !== undefined && this.#requestIds.get(requestId) === id) this.#requestIds.delete(requestId);
+      throw error;
+    } finally {
+      this.#recording.delete(id);
+    }
     this.#jobs.set(id, job);
     this.#queue.push(job);
     this.#log(job).info({ phase: 'queued', ...(backupId ? { backupId } : {}) }, 'job queued');
-    await this.#store.save(record);
+    if (this.#stopReason !== undefined) {
+      // stopAccepting ran while the record was written, and cancelled a queue without this job.
+      return this.cancel(id, this.#stopReason);
+    }
     this.#ensureTimer();
     await this.#pump();
     return this.#snapshot(job);
@@ -198,7 +217,7 @@ export class JobEngine {
   }
 
   summary(): { queued: number; running: number; concurrency: number; accepting: boolean } {
-    return { queued: this.#queue.length, running: this.#running.size, concurrency: this.#config.jobs.concurrency, accepting: this.#accepting };
+    return { queued: this.#queue.length, running: this.#running.size, concurrency: this.#config.jobs.concurrency, accepting: this.accepting };
   }
 
   /**
@@ -288,7 +307,7 @@ export class JobEngine {
 
   /** Stops taking new work; queued jobs are cancelled (SIGTERM). Running ones go on. */
   async stopAccepting(reason: string): Promise<void> {
-    this.#accepting = false;
+    this.#stopReason = reason;
     for (const job of [...this.#queue]) await this.cancel(job.record.id, reason);
   }
 
