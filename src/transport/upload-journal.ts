@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { stateDirWriteError } from '../errors.ts';
 import { isProcessAlive } from '../liveness.ts';
 
 export const journalEntrySchema = z.object({
@@ -22,18 +23,30 @@ export type JournalEntry = z.infer<typeof journalEntrySchema>;
  * One small file per upload: concurrent jobs never rewrite each other's entries.
  */
 export class UploadJournal {
+  readonly #stateDir: string;
   readonly #dir: string;
 
   constructor(stateDir: string) {
+    this.#stateDir = stateDir;
     this.#dir = path.join(stateDir, 'uploads');
   }
 
+  /**
+   * Write-then-rename so a crash never leaves a half-written entry. A failed write removes its
+   * temp file (on a full state directory the create succeeds and the write does not); a full
+   * one is E_NO_SPACE naming it, and put() then starts no upload it could not journal.
+   */
   async record(entry: JournalEntry): Promise<void> {
-    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
     const file = this.#fileOf(entry);
-    // Write-then-rename so a crash never leaves a half-written entry.
-    await writeFile(`${file}.tmp`, JSON.stringify(entry), { mode: 0o600 });
-    await rename(`${file}.tmp`, file);
+    const temp = `${file}.tmp`;
+    try {
+      await mkdir(this.#dir, { recursive: true, mode: 0o700 });
+      await writeFile(temp, JSON.stringify(entry), { mode: 0o600 });
+      await rename(temp, file);
+    } catch (error) {
+      await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
+      throw stateDirWriteError(error, this.#stateDir, file);
+    }
   }
 
   async remove(entry: Pick<JournalEntry, 'store' | 'key'>): Promise<void> {
