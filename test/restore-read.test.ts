@@ -12,9 +12,10 @@ import { buffer } from 'node:stream/consumers';
 import { finished, pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readDecompressed } from '../src/agent/artifacts.ts';
+import { consumeElement, readDecompressed } from '../src/agent/artifacts.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
+import { AgentError } from '../src/errors.ts';
 import { LengthCheck } from '../src/snapshot/digest.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
@@ -151,6 +152,31 @@ describe('readDecompressed owns what it starts', () => {
     expect(seen.length).toBeGreaterThan(10);
     expect(seen.every((bytes, i) => i === 0 || bytes > seen[i - 1]!)).toBe(true);
     expect(seen.at(-1)).toBe(element().rawBytes);
+    expect(await zstdChildren()).toEqual([]);
+  });
+
+  /** A consume() that reads one chunk and then fails the way a tar or SQL parser would. */
+  const parseFailure = async (source: Readable) => {
+    await once(source, 'data');
+    throw new AgentError('E_ARCHIVE_CORRUPT', 'invalid tar header');
+  };
+
+  it('consumeElement: a consumer that fails on a stored object with a flipped byte → E_CHECKSUM_MISMATCH, not its own error', async () => {
+    const damaged = await cliJson<Manifest>(['--config', sandbox.configPath, 'backup', 'create', 'site']);
+    await corrupt(store, damaged.elements[0]!.objects[0]!.key);
+    await expect(consumeElement(store, damaged, damaged.elements[0]!, new AbortController().signal, parseFailure)).rejects.toMatchObject({
+      code: 'E_CHECKSUM_MISMATCH',
+      message: expect.stringContaining(`element uploads of backup ${damaged.id}`),
+    });
+    expect(await zstdChildren()).toEqual([]);
+  });
+
+  it('consumeElement: over intact bytes the consumer\'s own error stands; a result leaves nothing running', async () => {
+    const signal = new AbortController().signal;
+    await expect(consumeElement(store, manifest, element(), signal, parseFailure)).rejects.toThrow('invalid tar header');
+    await expect(consumeElement(store, manifest, element(), signal, async () => Promise.reject(new Error('target down')))).rejects.toThrow('target down');
+    const first = await consumeElement(store, manifest, element(), signal, async (source) => ((await once(source, 'data')) as [Buffer])[0].length);
+    expect(first).toBeGreaterThan(0);
     expect(await zstdChildren()).toEqual([]);
   });
 

@@ -45,14 +45,48 @@ export interface DecompressOptions {
  * E_ARCHIVE_CORRUPT as soon as it passes them). It ends only once both checks passed.
  *
  * Nothing starts before the first read: no store request, no decompressor process. The stream
- * owns all it starts, and a consumer that stops reading early (it failed, or was cancelled)
+ * owns all it starts, and whoever stops reading early (the consumer failed, or was cancelled)
  * must destroy() it; that, or an abort of `signal`, ends the store read and the `zstd` child,
- * and 'close' is emitted once the child has exited. A failure to decompress is explained by
+ * and 'close' is emitted once the child has exited. consumeElement does this for a restore. A failure to decompress is explained by
  * the stored bytes when they are wrong: the rest of them is read (not decompressed) to their
  * end, and their E_SIZE_MISMATCH / E_CHECKSUM_MISMATCH is reported instead of E_ARCHIVE_CORRUPT.
  */
-export function readDecompressed(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions = {}): Readable {
+export function readDecompressed(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions = {}): DecompressedElement {
   return addAbortSignal(signal, new DecompressedElement(store, manifest, element, signal, options));
+}
+
+/**
+ * Hands the element's raw archive (readDecompressed) to `consume` (a driver's stage) and
+ * destroys it when `consume` settles: nothing it started outlives the call. A consumer can
+ * fail on corrupt bytes before the decompressor or the sha256 notices (a tar or SQL parse
+ * error on what a damaged frame let through): when it fails after reading some of the archive
+ * and before the stored bytes were checked to their end, they are read back (verifyElement),
+ * and their E_CHECKSUM_MISMATCH / E_SIZE_MISMATCH is thrown instead of the consumer's error.
+ */
+export async function consumeElement<T>(
+  store: ObjectStore,
+  manifest: Manifest,
+  element: ElementRecord,
+  signal: AbortSignal,
+  consume: (source: Readable) => Promise<T>,
+  options: DecompressOptions = {},
+): Promise<T> {
+  const source = readDecompressed(store, manifest, element, signal, options);
+  try {
+    return await consume(source);
+  } catch (error) {
+    source.destroy();
+    if (!source.started || source.storedBytesChecked || signal.aborted || isAgentError(error, 'E_CHECKSUM_MISMATCH') || isAgentError(error, 'E_SIZE_MISMATCH')) throw error;
+    const stored = await verifyElement(store, manifest, element, signal).then(
+      () => undefined,
+      (failure: unknown) => failure,
+    );
+    throw isAgentError(stored, 'E_CHECKSUM_MISMATCH') || isAgentError(stored, 'E_SIZE_MISMATCH') ? stored : error;
+  } finally {
+    source.destroy();
+    // 'close' comes once the decompressor's child has exited (and never rejects, unlike once()).
+    if (!source.closed) await new Promise<void>((resolve) => source.once('close', () => resolve()));
+  }
 }
 
 class DecompressedElement extends Readable {
@@ -61,6 +95,7 @@ class DecompressedElement extends Readable {
   readonly #parts: (Readable | Writable)[] = [];
   #decoder: Duplex | undefined;
   #started = false;
+  #storedBytesChecked = false;
   /** The held write callback of the decoded side, waiting for the consumer to read. */
   #wantMore: (() => void) | undefined;
 
@@ -72,6 +107,16 @@ class DecompressedElement extends Readable {
       decoder: createDecompressor(element.compression),
       check: new LengthCheck(element.rawBytes, this.#label, options.onBytes),
     });
+  }
+
+  /** Whether reading began (the store was asked for the bytes). */
+  get started(): boolean {
+    return this.#started;
+  }
+
+  /** Whether the stored bytes were read to their end and matched size and sha256. */
+  get storedBytesChecked(): boolean {
+    return this.#storedBytesChecked;
   }
 
   override _read(): void {
@@ -108,7 +153,9 @@ class DecompressedElement extends Readable {
     });
     this.#decoder = decoder;
     this.#parts.push(stored, feed, decoder, check, deliver);
-    const read = pipeline(stored, feed);
+    const read = pipeline(stored, feed).then(() => {
+      this.#storedBytesChecked = true;
+    });
     // A failed read (store, size, sha256) is the whole story: stop decompressing.
     read.catch(() => decoder.destroy());
     const decodeFailure = await pipeline(decoder, check, deliver).then(
