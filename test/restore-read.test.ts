@@ -21,7 +21,7 @@ import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
-import { MiB } from './support/tree.ts';
+import { describeTree, MiB } from './support/tree.ts';
 
 const ARTIFACTS = path.resolve(import.meta.dirname, '../src/agent/artifacts.ts');
 const CATALOG = path.resolve(import.meta.dirname, '../src/agent/catalog.ts');
@@ -206,7 +206,7 @@ describe('readDecompressed owns what it starts', () => {
   });
 });
 
-describe('restores that fail end, and say why', () => {
+describe('restores that fail end, and say why; intact ones still restore', () => {
   let sandbox: Sandbox;
   let redis: TestRedis;
   let down: TestRedis;
@@ -229,6 +229,7 @@ describe('restores that fail end, and say why', () => {
         site: filesEnv({ uploads: mount }),
         // Its mount's parent is a file: staging beside it fails before anything is read.
         orphan: filesEnv({ uploads: path.join(sandbox.dir, 'a-file', 'mount') }),
+        copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }),
         cache: { services: { cache: redis.serviceConfig() } },
         down: { services: { cache: down.serviceConfig() } },
       },
@@ -238,6 +239,13 @@ describe('restores that fail end, and say why', () => {
   afterAll(async () => {
     await redis?.stop();
     await sandbox.cleanup();
+  });
+
+  it('an intact backup still restores: the copy is the tree', async () => {
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const restore = await cliWithin(60_000, [...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--yes']);
+    expect(restore.exitCode, restore.stderr).toBe(0);
+    expect(describeTree(path.join(sandbox.dir, 'copy'))).toEqual(describeTree(path.join(sandbox.dir, 'mount')));
   });
 
   it('a byte flipped in a stored Redis element → restore fails E_CHECKSUM_MISMATCH (exit 5), like verify, not the decompressor\'s error', async () => {
