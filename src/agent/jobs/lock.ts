@@ -1,40 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { link, mkdir, open, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isProcessAlive } from '../../liveness.ts';
+import { isAlive, type ProcessIdentity } from '../../liveness.ts';
 
-/** A process, told apart from a later one that reuses its pid by its start time (/proc). */
-export interface ProcessIdentity {
-  pid: number;
-  startTime: number | null;
-}
-
-/** Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or null. */
-export function processStartTime(pid: number): number | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const value = Number(fields[19]);
-    return Number.isSafeInteger(value) ? value : null;
-  } catch {
-    return null;
-  }
-}
-
-let self: ProcessIdentity | undefined;
-export function currentProcess(): ProcessIdentity {
-  self ??= { pid: process.pid, startTime: processStartTime(process.pid) };
-  return self;
-}
-
-export function isAlive(owner: ProcessIdentity): boolean {
-  if (!isProcessAlive(owner.pid)) return false;
-  if (owner.startTime === null) return true;
-  const now = processStartTime(owner.pid);
-  return now === null || now === owner.startTime;
-}
+// Process identity lives in src/liveness.ts (one place for every record of a process); the job
+// engine, recovery and their tests still import it from here.
+export { currentProcess, isAlive, processStartTime, type ProcessIdentity } from '../../liveness.ts';
 
 /** What a lock file says about its holder (shown to whoever waits for it). */
 export interface LockHolder extends ProcessIdentity {
