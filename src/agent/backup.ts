@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
+import { reachedPhase } from '../phase-hook.ts';
 import { newBackupId } from '../snapshot/backup-id.ts';
 import { compressionExtension, createCompressor } from '../snapshot/compression.ts';
 import { ByteCounter } from '../snapshot/counter.ts';
@@ -144,6 +145,7 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
       throwIfCancelled(frozenSignal);
       captures.push(await startCapture(name, driver, { signal: frozenSignal, consistent: true }));
     }
+    if (lease) await reachedPhase('freeze:capturing');
     for (const started of captures.filter((c) => !c.capture.pointInTime)) {
       elements.push(await storeElement(ctx, store, env, id, started, frozenSignal));
     }

@@ -7,6 +7,8 @@ import { execa } from 'execa';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { AgentError, toAgentError } from '../errors.ts';
+import { FreezeJournal } from '../snapshot/freeze/journal.ts';
+import { watchFreezes } from '../snapshot/freeze/watch.ts';
 import { TokenRing } from '../transport/ws/auth.ts';
 import { PROTOCOL_PATH } from '../transport/ws/protocol.ts';
 import { ProtocolServer } from '../transport/ws/server.ts';
@@ -77,6 +79,9 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
 
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const recovery = await recoverAtStart(config, logger, { sweepStores: true });
+  // From now on, a freeze whose owner dies (a CLI run, or this daemon's own job) is thawed
+  // within a fraction of a second, even when its guard died too.
+  const stopWatchingFreezes = watchFreezes(new FreezeJournal(config.stateDir), logger);
   let tokens = await TokenRing.load(config.daemon.tokens);
   if (tokens.size === 0) logger.warn({}, 'no tokens configured (daemon.tokens): every protocol client will be refused');
 
@@ -168,6 +173,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
           server.closeAllConnections();
         });
         await engine.close();
+        stopWatchingFreezes();
         await rm(path.join(config.stateDir, 'daemon.json'), { force: true });
         logger.info({}, 'daemon stopped');
       })();

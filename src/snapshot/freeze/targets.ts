@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { access, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
+import { promisify } from 'node:util';
 import { AgentError } from '../../errors.ts';
+import type { SavedTarget } from './journal.ts';
 
 /** Something that can be frozen and thawed: a cgroup (v1 or v2) or a filesystem. */
 export interface FreezeTarget {
@@ -20,29 +22,38 @@ const POLL_MS = 2;
  * cgroup.freeze and wait for "frozen 1" in cgroup.events.
  */
 export async function cgroupTarget(dir: string): Promise<FreezeTarget> {
-  if (await exists(path.join(dir, 'cgroup.freeze'))) {
-    return {
-      kind: 'cgroup-v2',
-      path: dir,
-      freeze: async (signal) => {
-        await write(path.join(dir, 'cgroup.freeze'), '1');
-        await waitUntil(signal, dir, async () => /^frozen 1$/m.test(await readFile(path.join(dir, 'cgroup.events'), 'utf8')));
-      },
-      thaw: async () => write(path.join(dir, 'cgroup.freeze'), '0'),
-    };
-  }
-  if (await exists(path.join(dir, 'freezer.state'))) {
-    return {
-      kind: 'cgroup-v1',
-      path: dir,
-      freeze: async (signal) => {
-        await write(path.join(dir, 'freezer.state'), 'FROZEN');
-        await waitUntil(signal, dir, async () => (await readFile(path.join(dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN');
-      },
-      thaw: async () => write(path.join(dir, 'freezer.state'), 'THAWED'),
-    };
-  }
+  if (await exists(path.join(dir, 'cgroup.freeze'))) return cgroupV2Target(dir);
+  if (await exists(path.join(dir, 'freezer.state'))) return cgroupV1Target(dir);
   throw new AgentError('E_CONFIG_INVALID', `freeze cgroup ${dir} has neither cgroup.freeze (v2) nor freezer.state (v1): check the path exists and is a cgroup`);
+}
+
+function cgroupV2Target(dir: string): FreezeTarget {
+  return {
+    kind: 'cgroup-v2',
+    path: dir,
+    freeze: async (signal) => {
+      await write(path.join(dir, 'cgroup.freeze'), '1');
+      await waitUntil(signal, dir, async () => /^frozen 1$/m.test(await readFile(path.join(dir, 'cgroup.events'), 'utf8')));
+    },
+    thaw: async () => thawCgroup(dir, 'cgroup.freeze', '0'),
+  };
+}
+
+function cgroupV1Target(dir: string): FreezeTarget {
+  return {
+    kind: 'cgroup-v1',
+    path: dir,
+    freeze: async (signal) => {
+      await write(path.join(dir, 'freezer.state'), 'FROZEN');
+      await waitUntil(signal, dir, async () => (await readFile(path.join(dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN');
+    },
+    thaw: async () => thawCgroup(dir, 'freezer.state', 'THAWED'),
+  };
+}
+
+/** A cgroup removed since it was frozen (its service stopped) has nothing left to thaw. */
+async function thawCgroup(dir: string, file: string, value: string): Promise<void> {
+  if (await exists(dir)) await write(path.join(dir, file), value);
 }
 
 /** fsfreeze(8): flushes the filesystem and blocks writes to it until thawed. */
@@ -64,9 +75,47 @@ export function filesystemTarget(mountPoint: string): FreezeTarget {
   };
 }
 
+/** A journaled target, to thaw it from another process or after a crash. */
+export function savedTarget(saved: SavedTarget): FreezeTarget {
+  return { 'cgroup-v1': cgroupV1Target, 'cgroup-v2': cgroupV2Target, fsfreeze: filesystemTarget }[saved.kind](saved.path);
+}
+
+export interface ThawFailure {
+  path: string;
+  error: string;
+}
+
+/**
+ * Thaws in reverse order of freezing, every target even when one fails, each tried three
+ * times; returns the failures. `afterEach` runs after each target is thawed.
+ */
+export async function thawAll(targets: readonly FreezeTarget[], afterEach?: () => Promise<void>): Promise<ThawFailure[]> {
+  const failures: ThawFailure[] = [];
+  for (const target of [...targets].reverse()) {
+    let lastError: unknown;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await target.thaw();
+        lastError = undefined;
+        break;
+      } catch (error) {
+        lastError = error;
+        await new Promise((resolve) => setTimeout(resolve, 50 * (attempt + 1)));
+      }
+    }
+    if (lastError === undefined) await afterEach?.();
+    else failures.push({ path: target.path, error: (lastError as Error).message });
+  }
+  return failures;
+}
+
+// node:child_process, not execa: the freeze guard loads this module, and execa alone would
+// add ~65 ms to its start-up.
+const execFileAsync = promisify(execFile);
+
 async function run(args: string[], signal?: AbortSignal): Promise<void> {
   try {
-    await execa('fsfreeze', args, { cancelSignal: signal, stdin: 'ignore' });
+    await execFileAsync('fsfreeze', args, { signal });
   } catch (error) {
     const stderr = (error as { stderr?: string }).stderr?.trim();
     throw new AgentError('E_CAPTURE_FAILED', `fsfreeze ${args.join(' ')} failed: ${stderr || (error as Error).message}`, { cause: error });

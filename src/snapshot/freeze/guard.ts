@@ -1,0 +1,77 @@
+/**
+ * The freeze guard: a process of its own that enforces a freeze lease when the agent that took
+ * it cannot — killed (SIGKILL, OOM), or stuck. Started by guard-client.ts before the first
+ * freeze, with the lease's journal file as its argument, stdin a pipe from the agent and stdout
+ * one back to it.
+ *
+ *   agent → guard (stdin):  "deadline <epoch ms>\n" once the lease is journaled; then nothing
+ *                           until the agent closes the pipe — itself, after a clean thaw, or
+ *                           the kernel, when the agent dies.
+ *   guard → agent (stdout): "ready\n" once listening; "thawed <reason>\n" if the guard thawed
+ *                           while the agent still runs (deadline, SIGTERM).
+ *
+ * On EOF, at the deadline, or on SIGTERM/SIGINT it thaws what the journal file still names,
+ * removes the file and exits. After a clean thaw the agent has removed the file first, so the
+ * guard finds nothing to do: closing the pipe is the one way to end it, whoever ends it.
+ */
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { FreezeJournal } from './journal.ts';
+import { releaseEntry } from './recovery.ts';
+
+type Reason = 'agent-gone' | 'deadline' | 'signal';
+
+const file = process.argv[2];
+if (!file) {
+  process.stderr.write('usage: guard.ts <freeze journal file>\n');
+  process.exit(2);
+}
+// <stateDir>/frozen/<name>.json
+const journal = new FreezeJournal(path.dirname(path.dirname(file)));
+let deadlineTimer: NodeJS.Timeout | undefined;
+let releasing = false;
+
+async function release(reason: Reason): Promise<void> {
+  if (releasing) return;
+  releasing = true;
+  clearTimeout(deadlineTimer);
+  const entry = await journal.read(file!);
+  if (!entry) process.exit(0); // thawed and removed by the agent: a clean end
+  const released = await releaseEntry(journal, entry, await journal.entries());
+  const failed = released.failures.length > 0;
+  log(failed ? 50 : 40, {
+    env: entry.record.env,
+    agentPid: entry.record.pid,
+    reason,
+    thawed: released.thawed,
+    ...(released.kept.length > 0 ? { kept: released.kept } : {}),
+    ...(failed ? { failures: released.failures } : {}),
+    msg: failed
+      ? 'THAW FAILED: the freeze guard could not thaw; the daemon and the next agent start retry'
+      : `the freeze guard thawed the writers: ${{ 'agent-gone': 'the agent died or let go of the lease without thawing', deadline: 'the freeze deadline passed', signal: 'the guard was told to stop' }[reason]}`,
+  });
+  if (reason !== 'agent-gone') process.stdout.write(`thawed ${reason}\n`);
+  process.exitCode = failed ? 1 : 0;
+  // Let the line to the agent drain; nothing else keeps this process alive now.
+  process.stdin.destroy();
+}
+
+/** One pino-shaped JSON line on stderr (the agent's: the terminal, or the daemon's journal). */
+function log(level: number, fields: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ level, time: new Date().toISOString(), pid: process.pid, component: 'freeze-guard', ...fields })}\n`);
+}
+
+// An agent that has gone away must not take the guard down with EPIPE.
+process.stdout.on('error', () => {});
+process.on('SIGTERM', () => void release('signal'));
+process.on('SIGINT', () => void release('signal'));
+const lines = createInterface({ input: process.stdin });
+lines.on('line', (line) => {
+  const match = /^deadline (\d+)$/.exec(line);
+  if (!match || releasing) return;
+  clearTimeout(deadlineTimer);
+  deadlineTimer = setTimeout(() => void release('deadline'), Math.max(0, Number(match[1]) - Date.now()));
+});
+lines.on('close', () => void release('agent-gone'));
+process.stdin.on('error', () => void release('agent-gone'));
+process.stdout.write('ready\n');

@@ -1,0 +1,189 @@
+import { spawn } from 'node:child_process';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createSandbox, startCli, type Sandbox } from './support/cli.ts';
+import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
+import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
+
+const MAIN = path.resolve(import.meta.dirname, '../src/agent/main.ts');
+const GUARD = path.resolve(import.meta.dirname, '../src/snapshot/freeze/guard.ts');
+
+/**
+ * The phases of a consistent backup a crash can hit, and whether the cgroup is frozen there.
+ * The ext4 mount cannot be snapshotted, so its files are read inside the freeze ('capturing');
+ * 'thawing' is after the first target (the filesystem, thawed in reverse order) is thawed.
+ */
+const PHASES = [
+  ['freeze:journaled', false],
+  ['freeze:frozen', true],
+  ['freeze:capturing', true],
+  ['freeze:thawing', true],
+] as const;
+
+/** Pids of this sandbox's freeze guards (found by their command line). */
+async function guardPids(stateDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const cmdline = await readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    const args = cmdline.split('\0');
+    if (args[1] === GUARD && args[2]?.startsWith(`${stateDir}/`)) pids.push(Number(name));
+  }
+  return pids;
+}
+
+async function lines(file: string): Promise<number> {
+  return (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean).length;
+}
+
+describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ext4 fsfreeze)', () => {
+  let sandbox: Sandbox;
+  let tokens: Tokens;
+  let unmount: () => Promise<void>;
+  let mount: string;
+  let cgroup: TestCgroup;
+  let log: string;
+  let pauseFile: string;
+  const daemons: RunningDaemon[] = [];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    tokens = await writeTokens(sandbox);
+    mount = path.join(sandbox.dir, 'ext4');
+    unmount = await loopMount('ext4', path.join(sandbox.dir, 'ext4.img'), mount, '64M');
+    await mkdir(path.join(mount, 'data'));
+    await writeFile(path.join(mount, 'data', 'a.txt'), 'some data');
+  });
+  afterEach(async () => {
+    for (const daemon of daemons.splice(0)) await daemon.stop();
+    for (const pid of await guardPids(sandbox.stateDir)) process.kill(pid, 'SIGKILL');
+    await cgroup?.remove();
+    await execa('fsfreeze', ['--unfreeze', mount], { reject: false }); // only if a test failed
+  });
+  afterAll(async () => {
+    await unmount();
+    await sandbox.cleanup();
+  });
+
+  /** A cgroup with a writer appending to the ext4 mount (writers are frozen both ways), and the config naming it. */
+  async function setUp(version: 'v1' | 'v2' = 'v2'): Promise<void> {
+    cgroup = await createCgroup(version);
+    log = path.join(mount, `writer-${Date.now()}.log`);
+    cgroup.spawn('sh', ['-c', `while true; do echo x >> ${log}; sleep 0.002; done`]);
+    await waitFor('the writer to write', async () => (await lines(log)) > 0);
+    await sandbox.writeConfig({
+      stores: { local: { type: 'fs', path: path.join(sandbox.dir, 'store') } },
+      defaultStore: 'local',
+      daemon: daemonSection(tokens),
+      environments: {
+        app: { freeze: { cgroups: [cgroup.path], filesystems: [mount], deadline: '5m' }, services: { uploads: { kind: 'files', path: mount } } },
+      },
+    });
+    pauseFile = path.join(sandbox.dir, `paused-${Date.now()}`);
+  }
+
+  const pausedAt = (phase: string) => ({ STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile });
+  const pausedPid = () => waitFor('the agent to pause', async () => Number((await readFile(pauseFile, 'utf8')).trim()) || undefined);
+
+  /** SIGKILLs `pids` at once; resolves with the ms until the writer writes again and the cgroup is thawed. */
+  async function killAndTimeThaw(pids: number[]): Promise<number> {
+    const before = await lines(log);
+    const killed = performance.now();
+    for (const pid of pids) process.kill(pid, 'SIGKILL');
+    await waitFor('the writers to be thawed', async () => !(await cgroup.isFrozen()) && (await lines(log)) > before, 5_000);
+    return performance.now() - killed;
+  }
+
+  async function expectJournalEmpty(): Promise<void> {
+    await waitFor('the freeze journal to be empty', async () => (await readdir(path.join(sandbox.stateDir, 'frozen'))).length === 0, 2_000);
+  }
+
+  describe.each([
+    ['no daemon', false],
+    ['a daemon running', true],
+  ] as const)('a CLI backup SIGKILLed, %s: its guard thaws', (_, withDaemon) => {
+    it.each(PHASES)('at %s', async (phase, frozen) => {
+      await setUp();
+      if (withDaemon) daemons.push(await startDaemon(sandbox.configPath));
+      const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app'], { env: pausedAt(phase) });
+      const pid = await pausedPid();
+      expect(pid).toBe(backup.pid);
+      expect(await cgroup.isFrozen()).toBe(frozen);
+      expect(await guardPids(sandbox.stateDir)).toHaveLength(1);
+      const ms = await killAndTimeThaw([pid]);
+      expect(ms).toBeLessThan(1000);
+      expect((await backup).signal).toBe('SIGKILL');
+      await expectJournalEmpty();
+      await waitFor('the guard to exit', async () => (await guardPids(sandbox.stateDir)).length === 0, 2_000);
+    });
+  });
+
+  describe('a daemon SIGKILLed in the middle of its own backup job: its guard thaws', () => {
+    it.each(PHASES)('at %s', async (phase, frozen) => {
+      await setUp('v1');
+      const daemon = await startDaemon(sandbox.configPath, { env: pausedAt(phase) });
+      daemons.push(daemon);
+      const client = await TestClient.connect(daemon.url, tokens.admin);
+      await client.call('backup.create', { env: 'app' });
+      expect(await pausedPid()).toBe(daemon.child.pid);
+      expect(await cgroup.isFrozen()).toBe(frozen);
+      const ms = await killAndTimeThaw([daemon.child.pid!]);
+      expect(ms).toBeLessThan(1000);
+      await expectJournalEmpty();
+      await client.close().catch(() => {});
+    });
+  });
+
+  it('a CLI backup and its guard both SIGKILLed while frozen: the running daemon thaws within 1 s', async () => {
+    await setUp();
+    const daemon = await startDaemon(sandbox.configPath);
+    daemons.push(daemon);
+    const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app'], { env: pausedAt('freeze:capturing') });
+    const pid = await pausedPid();
+    const guards = await guardPids(sandbox.stateDir);
+    expect(guards).toHaveLength(1);
+    expect(await cgroup.isFrozen()).toBe(true);
+    const ms = await killAndTimeThaw([pid, ...guards]);
+    expect(ms).toBeLessThan(1000);
+    await backup;
+    const thawed = await daemon.waitForLog('the daemon to say it thawed', (l) => l.msg.startsWith('the daemon thawed what a freeze left frozen'));
+    expect(thawed).toMatchObject({ env: 'app', pid, targets: 2, thawed: 2 });
+    expect(thawed.msg).toContain(`its owner (pid ${pid}) is gone`);
+    await expectJournalEmpty();
+  });
+
+  it('a daemon SIGKILLed with its guard and left a zombie: the next daemon start thaws (pid + start time, zombie = dead)', async () => {
+    await setUp();
+    // The daemon's parent is `sleep`, which never reaps it: once killed it stays a zombie.
+    const out = path.join(sandbox.dir, 'zombie-daemon.log');
+    await rm(path.join(sandbox.stateDir, 'daemon.json'), { force: true }); // a killed daemon's
+    const parent = spawn('sh', ['-c', '"$@" > "$OUT" 2>&1 & echo $!; exec sleep 120', 'sh', process.execPath, MAIN, '--config', sandbox.configPath, 'daemon'], {
+      env: { ...process.env, ...pausedAt('freeze:frozen'), OUT: out },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    try {
+      const daemonPid = Number(await new Promise<string>((resolve) => parent.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString().trim()))));
+      const url = await waitFor('the daemon to listen', async () => (JSON.parse(await readFile(path.join(sandbox.stateDir, 'daemon.json'), 'utf8')) as { url: string }).url);
+      const client = await TestClient.connect(url, tokens.admin);
+      await client.call('backup.create', { env: 'app' });
+      expect(await pausedPid()).toBe(daemonPid);
+      const guards = await guardPids(sandbox.stateDir);
+      expect(guards).toHaveLength(1);
+      for (const pid of [daemonPid, ...guards]) process.kill(pid, 'SIGKILL');
+      await waitFor('a zombie', async () => (await readFile(`/proc/${daemonPid}/stat`, 'utf8')).split(') ')[1]!.startsWith('Z'));
+      await client.close().catch(() => {});
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await cgroup.isFrozen()).toBe(true); // nobody left: the guard died too
+
+      const next = await startDaemon(sandbox.configPath);
+      daemons.push(next);
+      expect(await cgroup.isFrozen()).toBe(false);
+      expect(next.logs().find((l) => l.msg === 'daemon listening')).toMatchObject({ recovered: { thawed: 2 } });
+      await expectJournalEmpty();
+    } finally {
+      parent.kill('SIGKILL');
+    }
+  });
+});
