@@ -1,16 +1,44 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
+import { waitFor, type LogLine } from './support/daemon.ts';
+import { createTestBucket } from './support/s3.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A writer in the cgroup appending a counter to a file on the mount, every few ms. */
 function startWriter(cgroup: TestCgroup, file: string) {
   return cgroup.spawn('sh', ['-c', `n=0; while true; do n=$((n+1)); echo $n >> ${file}; sleep 0.002; done`]);
+}
+
+/** A TCP proxy to `target`; cut() drops every connection and refuses new ones (an outage). */
+async function startProxy(target: URL): Promise<{ url: string; cut(): void; close(): void }> {
+  const sockets = new Set<net.Socket>();
+  let up = true;
+  const server = net.createServer((client) => {
+    if (!up) return client.destroy();
+    const upstream = net.connect(Number(target.port), target.hostname);
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('error', () => {}).on('close', () => sockets.delete(socket));
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const cut = () => {
+    up = false;
+    for (const socket of sockets) socket.destroy();
+  };
+  return { url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, cut, close: () => (cut(), server.close()) };
+}
+
+function logLines(text: string): LogLine[] {
+  return text.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine);
 }
 
 async function lines(file: string): Promise<number> {
@@ -63,6 +91,7 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     expect(manifest.pauseMs).toBeGreaterThan(0);
     expect(manifest.pauseMs).toBeLessThan(1000);
     expect(manifest.elements[0]!.facts.snapshot).toBe(method);
+    expect(manifest.elements[0]!.readInsideFreeze).toBeUndefined(); // read after the thaw
     expect(await cgroup.isFrozen()).toBe(false);
     const before = await lines(log);
     await sleep(200);
@@ -80,7 +109,9 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     const args = await configure({ cgroups: [cgroup.path], filesystems: [mounts.ext4!] }, mounts.ext4!);
     const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'app']);
     expect(manifest.elements[0]!.facts.snapshot).toBeNull();
-    expect(manifest.pauseMs).toBeGreaterThan(0);
+    // The pause's cause is on record: the element was streamed while the writers were frozen.
+    expect(manifest.elements[0]!.readInsideFreeze).toBe(true);
+    expect(manifest.pauseMs).toBeGreaterThanOrEqual(manifest.elements[0]!.durationMs);
     // The restored log is one consistent point: complete lines, numbered 1..n without gaps.
     const restoredLog = await restoredFile(args, manifest.id, 'writer.log');
     const numbers = restoredLog.trimEnd().split('\n').map(Number);
@@ -103,18 +134,59 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     expect(await cliJson([...args, 'backup', 'list', 'app'])).toEqual(before);
   });
 
-  it('an agent killed (SIGKILL) while frozen: the next start thaws the cgroup and the filesystem', async () => {
+  it('a store outage inside the freeze: the deadline thaws and fails the backup at once (E_FREEZE_TIMEOUT), not after the store\'s retries', async () => {
+    const cgroup = await createCgroup('v2');
+    cgroups.push(cgroup);
+    startWriter(cgroup, path.join(mounts.ext4!, 'writer.log'));
+    // The store is reached through a proxy the test cuts: an outage of this test's own.
+    const proxy = await startProxy(new URL(inject('s3').endpoint));
+    try {
+      const bucket = await createTestBucket();
+      // Backoff 1, 2, 4, 8, 16 s: a request keeps retrying for ~30 s before the store gives up.
+      const store = s3StoreConfig(bucket, { endpoint: proxy.url, maxAttempts: 6 });
+      await sandbox.writeConfig({
+        stores: { s3: store },
+        defaultStore: 's3',
+        environments: { app: { freeze: { cgroups: [cgroup.path], filesystems: [mounts.ext4!], deadline: '2s' }, services: { uploads: { kind: 'files', path: mounts.ext4! } } } },
+      });
+      const started = performance.now();
+      const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app']);
+      let stderr = '';
+      backup.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      await waitFor('the freeze', () => cgroup.isFrozen());
+      proxy.cut();
+      const failedAfter = await waitFor('the backup to fail', () => stderr.includes('error [E_FREEZE_TIMEOUT]') && performance.now() - started);
+      expect(await cgroup.isFrozen()).toBe(false);
+      await writeFile(path.join(mounts.ext4!, 'after-outage.txt'), 'writable');
+      // The deadline (2 s), the agent's start, and at most 2 s waiting for the failed backup's
+      // objects to be deleted; the store's own retries would go on for ~30 s.
+      expect(failedAfter).toBeLessThan(8_000);
+      expect(stderr).toContain('the store is slow to delete the objects of the failed backup');
+      // What is left is the store client's retries in the background, with the writers thawed.
+      backup.kill('SIGKILL');
+      await backup;
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('an agent and its freeze guard both killed (SIGKILL) while frozen, no daemon: the next start thaws the cgroup and the filesystem', async () => {
     const cgroup = await createCgroup('v1');
     cgroups.push(cgroup);
     startWriter(cgroup, path.join(mounts.ext4!, 'writer.log'));
     const args = await configure({ cgroups: [cgroup.path], filesystems: [mounts.ext4!], deadline: '5m' }, mounts.ext4!);
-    const backup = startCli([...args, 'backup', 'create', 'app']);
-    for (let i = 0; i < 500 && !(await cgroup.isFrozen()); i++) await sleep(10);
+    const pauseFile = path.join(sandbox.dir, 'paused');
+    const backup = startCli([...args, '--log-level', 'info', 'backup', 'create', 'app'], { env: { STORAGE_AGENT_PAUSE_AT: 'freeze:frozen', STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+    let stderr = '';
+    backup.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    await waitFor('the agent to pause', async () => (await readFile(pauseFile, 'utf8')).trim() !== '');
     expect(await cgroup.isFrozen()).toBe(true);
+    const frozen = await waitFor('the frozen log line', () => logLines(stderr).find((l) => l.msg === 'writers frozen'));
+    process.kill(frozen.guardPid as number, 'SIGKILL');
     backup.kill('SIGKILL');
     await backup;
-    await sleep(100);
-    expect(await cgroup.isFrozen()).toBe(true); // nobody thawed it: the agent is gone
+    await sleep(300);
+    expect(await cgroup.isFrozen()).toBe(true); // nobody thawed it: the agent and its guard are gone
     const next = await cli([...args, 'backup', 'list', 'app']);
     expect(next.exitCode, next.stderr).toBe(0);
     expect(await cgroup.isFrozen()).toBe(false);

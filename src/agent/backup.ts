@@ -93,7 +93,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     const failure = toAgentError(error, 'E_CAPTURE_FAILED');
     log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'backup failed; removing what it wrote');
     for (const { capture } of captures) capture.stream.destroy();
-    await removePartialBackup(ctx, store, env, id);
+    await removePartialBackup(store, env, id, log);
     throw failure;
   } finally {
     await Promise.all(captures.map(({ capture }) => capture.release().catch(() => {})));
@@ -147,10 +147,16 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
     }
     if (lease) await reachedPhase('freeze:capturing');
     for (const started of captures.filter((c) => !c.capture.pointInTime)) {
-      elements.push(await storeElement(ctx, store, env, id, started, frozenSignal));
+      // A store that retries through an outage must not hold the job past the deadline (or a
+      // cancel): the upload is told to stop and ends on its own; the backup fails now.
+      const element = await settleOrAbandon(storeElement(ctx, store, env, id, started, frozenSignal), frozenSignal);
+      elements.push(lease ? { ...element, readInsideFreeze: true } : element);
     }
   } finally {
     if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
+  }
+  if (elements.length > 0 && lease) {
+    logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name) }, 'the pause includes reading elements that could not be snapshotted');
   }
   throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
   // Stored side by side: a producer kept waiting behind another element's upload would time
@@ -228,7 +234,8 @@ async function storeElement(ctx: OperationContext, store: ObjectStore, env: stri
   const totalBytes = await driver.estimateBytes(signal);
   const { algorithm, level } = config.compression;
   const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
-  const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes } : {}) }));
+  // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
+  const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) }));
   const digest = new DigestStream();
   const feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });
   feeding.catch(() => {}); // joined below
@@ -257,6 +264,25 @@ async function storeElement(ctx: OperationContext, store: ObjectStore, env: stri
   };
 }
 
+/**
+ * `work`, or the signal's reason as soon as it fires, whichever comes first. Abandoned work is
+ * already aborted by the same signal; its own failure is expected and dropped.
+ */
+async function settleOrAbandon<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  work.catch(() => {});
+  if (signal.aborted) throw signal.reason;
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
 /** The producer's error when it failed (a dump that died explains an upload that stopped). */
 async function producerFailure(result: Promise<unknown>, uploadError: unknown): Promise<unknown> {
   try {
@@ -277,11 +303,25 @@ async function sweepOrphans(ctx: OperationContext, store: ObjectStore, env: stri
   }
 }
 
-async function removePartialBackup(ctx: OperationContext, store: ObjectStore, env: string, id: string): Promise<void> {
-  try {
-    await store.delete(await backupObjectKeys(store, env, id));
-  } catch (error) {
-    // The objects stay, but without a manifest they are never Restorable; prune removes them.
-    ctx.logger.warn({ env, backupId: id, err: toAgentError(error).message }, 'could not remove the objects of a failed backup');
-  }
+/**
+ * How long a failed backup waits for its objects to be deleted before it reports its failure:
+ * a store that is down would otherwise hold the result (and the environment's lock) for its
+ * whole retry budget. The delete goes on in the background; prune removes what it misses.
+ */
+const CLEANUP_WAIT_MS = 2_000;
+
+async function removePartialBackup(store: ObjectStore, env: string, id: string, log: OperationContext['logger']): Promise<void> {
+  const removing = (async () => {
+    try {
+      await store.delete(await backupObjectKeys(store, env, id));
+    } catch (error) {
+      // The objects stay, but without a manifest they are never Restorable; prune removes them.
+      log.warn({ err: toAgentError(error).message }, 'could not remove the objects of a failed backup');
+    }
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const waited = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), CLEANUP_WAIT_MS).unref()));
+  const done = await Promise.race([removing.then(() => true), waited]);
+  clearTimeout(timer);
+  if (!done) log.warn({ waitedMs: CLEANUP_WAIT_MS }, 'the store is slow to delete the objects of the failed backup: left to finish in the background (prune removes what remains)');
 }

@@ -40,6 +40,12 @@ const elementSchema = z
     durationMs: z.number().nonnegative(),
     warnings: z.array(z.string()),
     facts: z.record(z.string(), factValue),
+    /**
+     * Streamed while the writers were frozen (its mount could not be snapshotted): its
+     * durationMs is part of the backup's pauseMs. Absent for elements fixed in an instant
+     * inside the freeze and read after the thaw, for live backups, and in older manifests.
+     */
+    readInsideFreeze: z.literal(true).optional(),
   })
   .strict();
 export type ElementRecord = z.infer<typeof elementSchema>;
