@@ -2,7 +2,7 @@ import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
 import { reachedPhase } from '../phase-hook.ts';
 import type { StagedRestore } from '../snapshot/driver.ts';
 import { checkName } from '../snapshot/names.ts';
-import { findElement, readDecompressed } from './artifacts.ts';
+import { consumeElement, findElement } from './artifacts.ts';
 import { createBackup } from './backup.ts';
 import { readManifest } from './catalog.ts';
 import { environmentOf } from './config.ts';
@@ -77,13 +77,15 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     for (const { element, driver } of plan) {
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
-      const source = readDecompressed(store, manifest, element, signal);
-      try {
-        const restore = await driver.stage(source, signal, { rawBytes: element.rawBytes, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) });
-        staged.push({ name: element.name, restore });
-      } finally {
-        source.destroy(); // consumed, or abandoned by a failed stage: its decompressor goes now
-      }
+      const restore = await consumeElement(
+        store,
+        manifest,
+        element,
+        signal,
+        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
+        { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
+      );
+      staged.push({ name: element.name, restore });
       log.info({ phase: 'staged', element: element.name }, 'element staged');
       await reachedPhase(`restore:staged:${element.name}`);
     }

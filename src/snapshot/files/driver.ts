@@ -58,8 +58,15 @@ export class FilesDriver implements ServiceDriver {
     try {
       return (await stat(this.#options.path)).isDirectory();
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
-      throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return false;
+      throw new AgentError(
+        'E_RESTORE_FAILED',
+        code === 'ENOTDIR'
+          ? `restore target ${this.#options.path}: one of its parents is not a directory; fix the path in the config or move that file away`
+          : `cannot look at restore target ${this.#options.path}: ${(error as Error).message}`,
+        { cause: error },
+      );
     }
   }
 
