@@ -344,7 +344,7 @@ describe('mysql driver (real MariaDB)', () => {
       ['switches to an unlisted database', `${header(['src'])}${body}USE \`${target}\`;\nDELETE FROM t;\n${trailer}`, /does not list/],
       ['is truncated', `${header(['src'])}${body}`, /truncated/],
       ['is not ours', `SELECT 1;\n${trailer}`, /not a storage-agent MySQL dump/],
-      ['holds two databases for one', `${header(['src', 'src2'])}${body}${trailer}`, /map one to one/],
+      ['holds two databases for one', `${header(['src', 'src2'])}${body}${trailer}`, /one to one by position/],
     ];
     for (const [what, dump, message] of cases) {
       const failure = await driver([target])
@@ -428,6 +428,36 @@ describe('mysql driver (real MariaDB)', () => {
       expect(await leftoverDatabases(db)).toEqual([]);
     } finally {
       agent.destroy();
+    }
+  });
+
+  it('CLI: a target holding some of its databases gets a safety backup of those, which restores them', async () => {
+    const sandbox = await createSandbox();
+    try {
+      const [tshop, tshop2] = [track(uniqueName('sa_tshop')), track(uniqueName('sa_tshop2'))];
+      await db.query(`CREATE DATABASE \`${tshop}\`; CREATE TABLE \`${tshop}\`.orders (id INT PRIMARY KEY, what TEXT); INSERT INTO \`${tshop}\`.orders VALUES (1, 'the only copy')`);
+      await sandbox.writeConfig({
+        environments: {
+          site: { services: { db: mysqlServiceConfig(server, [shop, crm], PASSWORD_ENV) } },
+          target: { services: { db: mysqlServiceConfig(server, [tshop, tshop2], PASSWORD_ENV) } },
+        },
+      });
+      const args = ['--config', sandbox.configPath];
+      const before = await checksums(db, tshop);
+      const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'site']);
+      // tshop2 does not exist: "nothing there" must mean nothing at all, and tshop holds rows.
+      const restored = await cliJson<{ safetyBackup: { id: string; elements: string[]; skipped: string[] } }>([...args, 'backup', 'restore', 'site', manifest.id, '--target', 'target', '--element', 'db', '--yes']);
+      expect(restored.safetyBackup).toMatchObject({ id: expect.any(String), elements: ['db'], skipped: [] });
+      expect(await checksums(db, tshop)).toEqual(await checksums(db, shop));
+      const safety = await cliJson<Manifest>([...args, 'backup', 'show', 'target', restored.safetyBackup.id]);
+      expect(safety.elements[0]!.facts).toMatchObject({ databases: tshop });
+      // Its undo: the safety backup restores tshop (by name; tshop2 is left as the restore made it).
+      const undo = await cli([...args, 'backup', 'restore', 'target', restored.safetyBackup.id, '--yes', '--no-safety-backup']);
+      expect(undo.exitCode, undo.stderr).toBe(0);
+      expect(await checksums(db, tshop)).toEqual(before);
+      expect(await checksums(db, tshop2)).toEqual(await checksums(db, crm));
+    } finally {
+      await sandbox.cleanup();
     }
   });
 

@@ -53,7 +53,9 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
   log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
-  const plan = services.map(([name, service]) => ({ name, driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }) }));
+  // A safety backup keeps whatever part of the target exists (some of a service's databases).
+  const partial = options.trigger === 'safety';
+  const plan = services.map(([name, service]) => ({ name, partial, driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }) }));
   const captures: Started[] = [];
   try {
     const { elements, pauseMs } = options.live
@@ -103,8 +105,11 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
 interface Planned {
   name: string;
   driver: ServiceDriver;
+  partial: boolean;
 }
-interface Started extends Planned {
+interface Started {
+  name: string;
+  driver: ServiceDriver;
   capture: Capture;
 }
 interface Captured {
@@ -115,9 +120,9 @@ interface Captured {
 /** Live: each service is read on its own, one after the other, nothing frozen. */
 async function captureLive(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
   const elements: ElementRecord[] = [];
-  for (const { name, driver } of plan) {
+  for (const { name, driver, partial } of plan) {
     throwIfCancelled(ctx.signal);
-    const started = await startCapture(name, driver, { signal: ctx.signal, consistent: false });
+    const started = await startCapture(name, driver, { signal: ctx.signal, consistent: false, partial });
     captures.push(started);
     elements.push(await storeElement(ctx, store, env, id, started, ctx.signal));
   }
@@ -141,9 +146,9 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
   const elements: ElementRecord[] = [];
   let pauseMs: number | null = null;
   try {
-    for (const { name, driver } of plan) {
+    for (const { name, driver, partial } of plan) {
       throwIfCancelled(frozenSignal);
-      captures.push(await startCapture(name, driver, { signal: frozenSignal, consistent: true }));
+      captures.push(await startCapture(name, driver, { signal: frozenSignal, consistent: true, partial }));
     }
     if (lease) await reachedPhase('freeze:capturing');
     for (const started of captures.filter((c) => !c.capture.pointInTime)) {
