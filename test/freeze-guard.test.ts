@@ -127,7 +127,7 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
       daemons.push(daemon);
       const client = await TestClient.connect(daemon.url, tokens.admin);
       await client.call('backup.create', { env: 'app' });
-      expect(await pausedPid()).toBe(daemon.child.pid);
+      expect(await pausedPid().catch((error: Error) => Promise.reject(new Error(`${error.message}; daemon said:\n${daemon.stdout()}`)))).toBe(daemon.child.pid);
       expect(await cgroup.isFrozen()).toBe(frozen);
       const ms = await killAndTimeThaw([daemon.child.pid!]);
       expect(ms).toBeLessThan(1000);

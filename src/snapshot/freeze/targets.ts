@@ -22,38 +22,32 @@ const POLL_MS = 2;
  * cgroup.freeze and wait for "frozen 1" in cgroup.events.
  */
 export async function cgroupTarget(dir: string): Promise<FreezeTarget> {
-  if (await exists(path.join(dir, 'cgroup.freeze'))) return cgroupV2Target(dir);
-  if (await exists(path.join(dir, 'freezer.state'))) return cgroupV1Target(dir);
+  if (await exists(path.join(dir, 'cgroup.freeze'))) return cgroupOf('cgroup-v2', dir);
+  if (await exists(path.join(dir, 'freezer.state'))) return cgroupOf('cgroup-v1', dir);
   throw new AgentError('E_CONFIG_INVALID', `freeze cgroup ${dir} has neither cgroup.freeze (v2) nor freezer.state (v1): check the path exists and is a cgroup`);
 }
 
-function cgroupV2Target(dir: string): FreezeTarget {
+/** The files each freezer version is driven through. */
+const FREEZERS = {
+  'cgroup-v2': { control: 'cgroup.freeze', freeze: '1', thaw: '0', state: 'cgroup.events', isFrozen: (state: string) => /^frozen 1$/m.test(state) },
+  'cgroup-v1': { control: 'freezer.state', freeze: 'FROZEN', thaw: 'THAWED', state: 'freezer.state', isFrozen: (state: string) => state.trim() === 'FROZEN' },
+} as const;
+
+function cgroupOf(kind: keyof typeof FREEZERS, dir: string): FreezeTarget {
+  const freezer = FREEZERS[kind];
+  const control = path.join(dir, freezer.control);
   return {
-    kind: 'cgroup-v2',
+    kind,
     path: dir,
     freeze: async (signal) => {
-      await write(path.join(dir, 'cgroup.freeze'), '1');
-      await waitUntil(signal, dir, async () => /^frozen 1$/m.test(await readFile(path.join(dir, 'cgroup.events'), 'utf8')));
+      await write(control, freezer.freeze);
+      await waitUntil(signal, dir, async () => freezer.isFrozen(await readFile(path.join(dir, freezer.state), 'utf8')));
     },
-    thaw: async () => thawCgroup(dir, 'cgroup.freeze', '0'),
-  };
-}
-
-function cgroupV1Target(dir: string): FreezeTarget {
-  return {
-    kind: 'cgroup-v1',
-    path: dir,
-    freeze: async (signal) => {
-      await write(path.join(dir, 'freezer.state'), 'FROZEN');
-      await waitUntil(signal, dir, async () => (await readFile(path.join(dir, 'freezer.state'), 'utf8')).trim() === 'FROZEN');
+    // A cgroup removed since it was frozen (its service stopped) has nothing left to thaw.
+    thaw: async () => {
+      if (await exists(dir)) await write(control, freezer.thaw);
     },
-    thaw: async () => thawCgroup(dir, 'freezer.state', 'THAWED'),
   };
-}
-
-/** A cgroup removed since it was frozen (its service stopped) has nothing left to thaw. */
-async function thawCgroup(dir: string, file: string, value: string): Promise<void> {
-  if (await exists(dir)) await write(path.join(dir, file), value);
 }
 
 /** fsfreeze(8): flushes the filesystem and blocks writes to it until thawed. */
@@ -77,7 +71,7 @@ export function filesystemTarget(mountPoint: string): FreezeTarget {
 
 /** A journaled target, to thaw it from another process or after a crash. */
 export function savedTarget(saved: SavedTarget): FreezeTarget {
-  return { 'cgroup-v1': cgroupV1Target, 'cgroup-v2': cgroupV2Target, fsfreeze: filesystemTarget }[saved.kind](saved.path);
+  return saved.kind === 'fsfreeze' ? filesystemTarget(saved.path) : cgroupOf(saved.kind, saved.path);
 }
 
 export interface ThawFailure {
