@@ -8,7 +8,8 @@ import { CrashJournal } from '../snapshot/crash-journal.ts';
 import type { StagedState } from '../snapshot/driver.ts';
 import { environmentOf, type Config } from './config.ts';
 import { createDriver } from './drivers.ts';
-import { currentProcess, environmentLockFile, tryLock } from './jobs/lock.ts';
+import { currentProcess } from '../liveness.ts';
+import { environmentLockFile, tryLock } from './jobs/lock.ts';
 
 const recordSchema = z.object({
   pid: z.number().int(),

@@ -1,6 +1,6 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { currentProcess, isAlive } from '../agent/jobs/lock.ts';
+import { currentProcess, isAlive } from '../liveness.ts';
 
 /**
  * Temp files of this process (the MySQL clients' option file with the password, for one):

@@ -3,10 +3,6 @@ import { link, mkdir, open, readFile, rm, stat, unlink, writeFile } from 'node:f
 import path from 'node:path';
 import { isAlive, type ProcessIdentity } from '../../liveness.ts';
 
-// Process identity lives in src/liveness.ts (one place for every record of a process); the job
-// engine, recovery and their tests still import it from here.
-export { currentProcess, isAlive, processStartTime, type ProcessIdentity } from '../../liveness.ts';
-
 /** What a lock file says about its holder (shown to whoever waits for it). */
 export interface LockHolder extends ProcessIdentity {
   program: 'daemon' | 'cli';

@@ -11,7 +11,7 @@ import { openEnvironmentStore, openStore } from '../stores.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
-import { isAlive } from './lock.ts';
+import { isAlive } from '../../liveness.ts';
 import { JobStore } from './store.ts';
 import { isFinished, type JobRecord } from './types.ts';
 
