@@ -50,6 +50,16 @@ describe('UploadMemory', () => {
     expect(second.length).toBe(PART + 40);
   });
 
+  it('hands the body over cut at partSize × n + 1, as views of its chunks', async () => {
+    const memory = new UploadMemory(PART);
+    const chunks = [60, 60, 60, 60, 250].map((size) => Buffer.alloc(size, 1)); // ends 60, 120, 180, 240, 490
+    const pieces: Buffer[] = [];
+    for await (const piece of memory.track(Readable.from(chunks))) pieces.push(piece as Buffer);
+    // lib-storage joins what it holds once that exceeds PART: every part buffer is PART + 1.
+    expect(pieces.map((piece) => piece.length)).toEqual([60, 41, 19, 60, 21, 39, 61, 100, 89]);
+    expect(pieces.every((piece) => chunks.some((chunk) => chunk.buffer === piece.buffer))).toBe(true);
+  });
+
   it('releases nothing when the upload failed: forget only drops references', async () => {
     const memory = new UploadMemory(PART);
     const chunks = await trackedChunks(memory, [60, 60]);

@@ -14,6 +14,12 @@ import { recycle } from '../snapshot/chunk-recycling.ts';
  * - A part buffer is freed once (1) every UploadPart whose body lies in it has succeeded and (2)
  *   a later part has started from another buffer: lib-storage builds parts in order, so by then
  *   it has copied what it kept of the old buffer into the new one.
+ * - Every part buffer has the same size, partSize + 1: lib-storage concatenates what it holds as
+ *   soon as that exceeds partSize, so the body is handed over cut at each partSize × n + 1. With
+ *   whole frames the buffers ranged from partSize to partSize + a frame, and glibc, which takes
+ *   buffers this size from its heap once a freed one has raised its mmap threshold, could not
+ *   reuse the holes they left: 25–30 MiB more peak RSS on a 477 MiB backup to RGW
+ *   (docs/benchmarks.md, "Peak RSS to S3").
  */
 export class UploadMemory {
   readonly #partSize: number;
@@ -35,13 +41,24 @@ export class UploadMemory {
   /** `body`, passed through: what the upload reads. */
   track(body: Readable): Readable {
     const chunks = this.#chunks;
+    const partSize = this.#partSize;
     const tracked = new Transform({
-      highWaterMark: 1 << 20,
+      writableHighWaterMark: 1 << 20,
+      // One piece per read: a byte-mode read() would join the pieces of a cut chunk into a copy.
+      readableObjectMode: true,
+      readableHighWaterMark: 1,
       transform: (chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback) => {
+        const start = this.#bodyBytes;
         this.#bodyBytes += chunk.length;
         chunks.push({ chunk, end: this.#bodyBytes });
         this.#bodyMemory.add(chunk.buffer);
-        done(null, chunk);
+        // Views, not copies, cut at the body offsets partSize × n + 1 (n ≥ 1) inside this chunk.
+        let at = 0;
+        for (let cut = partSize * (Math.floor(Math.max(start - 1, 0) / partSize) + 1) + 1 - start; cut < chunk.length; cut += partSize) {
+          tracked.push(chunk.subarray(at, cut));
+          at = cut;
+        }
+        done(null, at === 0 ? chunk : chunk.subarray(at));
       },
     });
     body.on('error', (error) => tracked.destroy(error));
