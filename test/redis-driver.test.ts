@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -378,15 +378,11 @@ describe('redis restore interrupted by a crash', () => {
     await c.call('REPLICAOF', '127.0.0.1', String(closed));
     const gone = execa('true');
     await gone;
-    await new RedisRestoreJournal(sandbox.stateDir).record('copy-cache-dead', {
-      pid: gone.pid!,
-      env: 'copy',
-      service: 'cache',
-      since: new Date().toISOString(),
-      restoreFrom: { host: '127.0.0.1', port: closed },
-      tokenSha256: tokenDigest(token),
-      original,
-    });
+    // Written as the dead process would have (record() stamps the writer's own identity).
+    const journal = new RedisRestoreJournal(sandbox.stateDir);
+    await journal.record('copy-cache-dead', { pid: 0, env: 'copy', service: 'cache', since: new Date().toISOString(), restoreFrom: { host: '127.0.0.1', port: closed }, tokenSha256: tokenDigest(token), original });
+    const file = journal.fileOf('copy-cache-dead');
+    await writeFile(file, JSON.stringify({ ...JSON.parse(await readFile(file, 'utf8')), pid: gone.pid!, startTime: null }));
     expect((await replication(target)).role).toBe('slave');
 
     const list = await cli([...args(), 'backup', 'list', 'copy']);

@@ -22,3 +22,10 @@ for (const stream of [process.stdout, process.stderr]) {
 
 process.exitCode = await runCli(process.argv.slice(2));
 
+
+// The outcome is decided and printed (stdout and stderr are synchronous for files and pipes).
+// What may still run is best-effort cleanup that a store outage can stretch for minutes (SDK
+// retries of a failed backup's delete; its leftovers are journaled and swept by the next
+// start): it gets a short grace, never the caller's terminal. An unref'd timer ends nothing
+// that finishes sooner.
+setTimeout(() => process.exit(), 2_000).unref();
