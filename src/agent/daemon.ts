@@ -1,4 +1,4 @@
-import { readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { readFile, rm, mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -20,6 +20,7 @@ import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger } from './logger.ts';
 import { Scheduler } from './scheduler.ts';
 import { AGENT_VERSION } from './version.ts';
+import { writeStateFile } from '../state-file.ts';
 
 /** After the grace period, cancelled jobs get this long to clean up (thaw, abort uploads). */
 const CANCEL_CLEANUP_MS = 30_000;
@@ -117,7 +118,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   });
   const address = server.address() as AddressInfo;
   const url = `${tls ? 'wss' : 'ws'}://${address.address}:${address.port}${PROTOCOL_PATH}`;
-  await writeFile(path.join(config.stateDir, 'daemon.json'), JSON.stringify({ pid: process.pid, url, startedAt: new Date().toISOString() }), { mode: 0o600 });
+  await writeStateFile(config.stateDir, path.join(config.stateDir, 'daemon.json'), JSON.stringify({ pid: process.pid, url, startedAt: new Date().toISOString() }));
   logger.info({ host: address.address, port: address.port, tls: Boolean(tls), url, recovered: recovery }, 'daemon listening');
   await scheduler.start(config);
   await notifySystemd(['--ready', `--status=listening on ${url}`], logger);

@@ -1,7 +1,8 @@
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { stateDirWriteError, toAgentError } from '../errors.ts';
+import { toAgentError } from '../errors.ts';
+import { writeStateFile } from '../state-file.ts';
 import type { Config } from './config.ts';
 import type { LocalAgent } from './jobs/api.ts';
 import { nextRun, parseSchedule, type Schedule } from './schedule.ts';
@@ -191,14 +192,10 @@ export class Scheduler {
       ]),
     );
     this.#saving = this.#saving.then(async () => {
-      const file = path.join(this.#stateDir, STATE_FILE);
-      const temp = `${file}.tmp`;
       try {
-        await writeFile(temp, JSON.stringify(body, null, 2), { mode: 0o600 });
-        await rename(temp, file);
+        await writeStateFile(this.#stateDir, path.join(this.#stateDir, STATE_FILE), JSON.stringify(body, null, 2));
       } catch (error) {
-        await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
-        const failure = toAgentError(stateDirWriteError(error, this.#stateDir, file));
+        const failure = toAgentError(error);
         this.#logger.warn({ code: failure.code, err: failure.message }, 'could not write schedule.json');
       }
     });

@@ -1,7 +1,8 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { currentProcess, isAlive, type ProcessIdentity } from '../liveness.ts';
+import { writeStateFile } from '../state-file.ts';
 
 /**
  * Who wrote a record. Records written before start times were kept have none: their pid alone
@@ -24,10 +25,12 @@ export interface JournalEntry<T> {
  * names. Each record carries its owner's pid and start time, written here.
  */
 export class CrashJournal<T extends { pid: number }> {
+  readonly #stateDir: string;
   readonly #dir: string;
   readonly #schema: z.ZodType<T>;
 
   constructor(stateDir: string, dirName: string, schema: z.ZodType<T>) {
+    this.#stateDir = stateDir;
     this.#dir = path.join(stateDir, dirName);
     this.#schema = schema;
   }
@@ -42,11 +45,9 @@ export class CrashJournal<T extends { pid: number }> {
    * returns the file to remove once undone.
    */
   async record(name: string, record: T): Promise<string> {
-    await mkdir(this.#dir, { recursive: true, mode: 0o700 });
     const file = this.fileOf(name);
     const owner: ProcessIdentity = currentProcess();
-    await writeFile(`${file}.tmp`, JSON.stringify({ ...record, pid: owner.pid, startTime: owner.startTime }), { mode: 0o600 });
-    await rename(`${file}.tmp`, file);
+    await writeStateFile(this.#stateDir, file, JSON.stringify({ ...record, pid: owner.pid, startTime: owner.startTime }));
     return file;
   }
 

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { stateDirWriteError } from '../errors.ts';
 import { isProcessAlive } from '../liveness.ts';
+import { writeStateFile } from '../state-file.ts';
 
 export const journalEntrySchema = z.object({
   store: z.string(),
@@ -37,16 +37,7 @@ export class UploadJournal {
    * one is E_NO_SPACE naming it, and put() then starts no upload it could not journal.
    */
   async record(entry: JournalEntry): Promise<void> {
-    const file = this.#fileOf(entry);
-    const temp = `${file}.tmp`;
-    try {
-      await mkdir(this.#dir, { recursive: true, mode: 0o700 });
-      await writeFile(temp, JSON.stringify(entry), { mode: 0o600 });
-      await rename(temp, file);
-    } catch (error) {
-      await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
-      throw stateDirWriteError(error, this.#stateDir, file);
-    }
+    await writeStateFile(this.#stateDir, this.#fileOf(entry), JSON.stringify(entry));
   }
 
   async remove(entry: Pick<JournalEntry, 'store' | 'key'>): Promise<void> {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { stateDirWriteError } from '../../errors.ts';
 import { isAlive, type ProcessIdentity } from '../../liveness.ts';
 
 /** What a lock file says about its holder (shown to whoever waits for it). */
@@ -28,12 +29,14 @@ export async function tryLock(file: string, holder: LockHolder): Promise<LockAtt
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   for (let attempt = 0; attempt < 3; attempt++) {
     const temp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-    await writeFile(temp, JSON.stringify(holder), { mode: 0o600 });
     try {
+      // Inside the try: a write that fails (a full state directory) must not leave its temp file.
+      await writeFile(temp, JSON.stringify(holder), { mode: 0o600 });
       await link(temp, file);
       return { held: true, release: () => releaseLock(file, holder) };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      // Locks live in <stateDir>/locks/.
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw stateDirWriteError(error, path.dirname(path.dirname(file)), file);
     } finally {
       await rm(temp, { force: true });
     }

@@ -1,6 +1,6 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { stateDirWriteError } from '../../errors.ts';
+import { writeStateFile } from '../../state-file.ts';
 import { JOB_ID_PATTERN, type JobRecord } from './types.ts';
 
 /**
@@ -15,7 +15,6 @@ export class JobStore {
   readonly #stateDir: string;
   /** Writes of one record are chained, so an older state never overwrites a newer one. */
   readonly #writes = new Map<string, Promise<void>>();
-  #sequence = 0;
 
   constructor(stateDir: string) {
     this.#stateDir = stateDir;
@@ -25,7 +24,7 @@ export class JobStore {
   save(record: JobRecord): Promise<void> {
     const text = JSON.stringify(record);
     const previous = this.#writes.get(record.id) ?? Promise.resolve();
-    const next = previous.then(() => this.#writeAtomically(this.#file(record.id), text));
+    const next = previous.then(() => writeStateFile(this.#stateDir, this.#file(record.id), text));
     const settled = next.catch(() => {});
     this.#writes.set(record.id, settled);
     void settled.then(() => {
@@ -63,7 +62,7 @@ export class JobStore {
 
   /** Atomic too: a failed write must not leave an empty `<id>.cancel` that the owner would obey. */
   requestCancel(id: string): Promise<void> {
-    return this.#writeAtomically(this.#cancelFile(id), new Date().toISOString());
+    return writeStateFile(this.#stateDir, this.#cancelFile(id), new Date().toISOString());
   }
 
   /** Ids with a pending cancel request. */
@@ -82,23 +81,6 @@ export class JobStore {
   /** Waits for the writes in flight (at shutdown). */
   async flush(): Promise<void> {
     await Promise.all([...this.#writes.values()]);
-  }
-
-  /**
-   * Temp file, then rename. A write that fails (a full state directory) removes its temp file:
-   * on a full disk the create succeeds and the write does not, which would leave an empty
-   * `.tmp` behind for every attempt.
-   */
-  async #writeAtomically(file: string, text: string): Promise<void> {
-    const temp = `${file}.${process.pid}.${this.#sequence++}.tmp`;
-    try {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
-      await writeFile(temp, text, { mode: 0o600 });
-      await rename(temp, file);
-    } catch (error) {
-      await rm(temp, { force: true }).catch(() => {}); // the write's error is the one to report
-      throw stateDirWriteError(error, this.#stateDir, file);
-    }
   }
 
   #file(id: string): string {
