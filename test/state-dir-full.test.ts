@@ -1,24 +1,11 @@
-import { mkdir, open, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+import { fullTmpfs } from './support/full-disk.ts';
 
 let sandbox: Sandbox;
-let mounted = false;
-
-/** Writes zeros into `file` until the file system refuses: 100 % full. */
-async function fill(file: string): Promise<void> {
-  const handle = await open(file, 'w');
-  const block = Buffer.alloc(4096);
-  try {
-    for (;;) await handle.write(block);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error;
-  } finally {
-    await handle.close();
-  }
-}
+let unmount: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
   sandbox = await createSandbox();
@@ -26,15 +13,12 @@ beforeAll(async () => {
   await mkdir(files);
   await writeFile(path.join(files, 'file.txt'), 'data');
   // A state directory of its own, tiny, on tmpfs (as root), filled up before the agent runs.
-  await mkdir(sandbox.stateDir);
-  await execa('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', sandbox.stateDir]);
-  mounted = true;
-  await fill(path.join(sandbox.stateDir, 'filler'));
+  unmount = await fullTmpfs(sandbox.stateDir);
   // No free-disk floor: the write, not admission, is what this test is about.
   await sandbox.writeConfig({ jobs: { minFreeDiskBytes: 0 }, environments: { site: filesEnv({ uploads: files }) } });
 });
 afterAll(async () => {
-  if (mounted) await execa('umount', [sandbox.stateDir]);
+  await unmount?.();
   await sandbox.cleanup();
 });
 
