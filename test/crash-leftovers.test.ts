@@ -108,6 +108,24 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     expect(existsSync(path.join(sandbox.dir, 'made'))).toBe(false);
   });
 
+  it('a restore killed during its safety backup: the next command removes the incomplete safety backup, the target is unchanged', async () => {
+    const source = path.join(sandbox.dir, 'src3');
+    const target = path.join(sandbox.dir, 'target3');
+    await mkdir(source);
+    await mkdir(target);
+    await writeFile(path.join(source, 'data'), 'new');
+    await writeFile(path.join(target, 'data'), 'old');
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: source }), other: filesEnv({ uploads: target }) } });
+    const { id } = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    // Every element of the safety backup is stored; only its manifest is missing.
+    await killAt(sandbox, [...args(), 'backup', 'restore', 'site', id, '--target', 'other', '--yes'], 'backup:manifest');
+    const list = await cliJson<{ id: string; status: string }[]>([...args(), 'backup', 'list', 'other']);
+    expect(list).toEqual([]);
+    expect(await readFile(path.join(target, 'data'), 'utf8')).toBe('old');
+    expect(await agentEntries(sandbox.dir)).toEqual([]);
+    expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+  });
+
   it('a backup killed mid-upload leaves no multipart upload after the next CLI command, and its job says so', async () => {
     const bucket = await createTestBucket();
     const source = path.join(sandbox.dir, 'big');

@@ -79,6 +79,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     };
     throwIfCancelled(signal);
     ctx.onProgress?.({ phase: 'manifest' });
+    await reachedPhase('backup:manifest');
     await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
     log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
     for (const old of replaced) {

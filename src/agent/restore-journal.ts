@@ -6,8 +6,12 @@ import { z } from 'zod';
 import { toAgentError } from '../errors.ts';
 import { CrashJournal } from '../snapshot/crash-journal.ts';
 import type { StagedState } from '../snapshot/driver.ts';
+import { manifestKey } from '../snapshot/manifest.ts';
+import { checkBackupId } from '../snapshot/names.ts';
+import { backupObjectKeys } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import { createDriver } from './drivers.ts';
+import { openEnvironmentStore } from './stores.ts';
 import { currentProcess } from '../liveness.ts';
 import { environmentLockFile, tryLock } from './jobs/lock.ts';
 
@@ -17,6 +21,8 @@ const recordSchema = z.object({
   env: z.string(),
   target: z.string(),
   backupId: z.string(),
+  /** The pre-restore safety backup's id, chosen before it starts: a crash during it leaves objects. */
+  safetyBackupId: z.string().optional(),
   since: z.string(),
   /**
    * staging: a crash leaves every target as it was, and recovery removes what was staged;
@@ -146,6 +152,7 @@ async function recoverOne(config: Config, journal: RestoreJournal, signal: Abort
   const summary = { jobId: record.jobId, target: record.target, backupId: record.backupId };
   if (record.phase === 'staging') {
     for (const entry of record.elements) await driverOf(entry).discardStaged(entry.state);
+    if (record.safetyBackupId) await removeIncompleteBackup(config, record.target, record.safetyBackupId);
     await journal.finish();
     log.warn({ elements: record.elements.map((e) => e.name) }, 'a restore interrupted while staging: its staged data was removed, every target is as it was');
     return { ...summary, outcome: 'discarded', elements: record.elements.map((e) => e.name) };
@@ -160,4 +167,12 @@ async function recoverOne(config: Config, journal: RestoreJournal, signal: Abort
   await journal.finish();
   log.warn({ finished, elements: record.elements.map((e) => e.name) }, 'a restore interrupted while swapping in was finished: every element is the backup\'s now');
   return { ...summary, outcome: 'rolled-forward', elements: finished };
+}
+
+/** A safety backup the crash interrupted has no manifest: its objects are removed. A whole one stays. */
+async function removeIncompleteBackup(config: Config, env: string, id: string): Promise<void> {
+  const store = await openEnvironmentStore(config, env);
+  if (await store.head(manifestKey(env, checkBackupId(id)))) return;
+  const keys = await backupObjectKeys(store, env, id);
+  if (keys.length > 0) await store.delete(keys);
 }

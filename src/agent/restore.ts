@@ -1,6 +1,7 @@
 import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
 import { reachedPhase } from '../phase-hook.ts';
 import type { StagedRestore } from '../snapshot/driver.ts';
+import { newBackupId } from '../snapshot/backup-id.ts';
 import { checkName } from '../snapshot/names.ts';
 import { consumeElement, findElement } from './artifacts.ts';
 import { createBackup } from './backup.ts';
@@ -67,11 +68,18 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const log = logger.child({ env, backupId: manifest.id, target });
   log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
 
-  const safety = options.safetyBackup === false ? undefined : await takeSafetyBackup(ctx, target, plan);
-
-  // Journaled before anything is staged (restore-journal.ts): a crash while staging leaves
-  // every target as it was, one while committing is rolled forward by the next start.
-  const journal = await RestoreJournal.begin(config.stateDir, { jobId: ctx.jobId, env, target, backupId: manifest.id });
+  // Journaled before anything is written (restore-journal.ts): a crash during the safety
+  // backup or while staging leaves every target as it was (and the safety backup's partial
+  // objects are removed); one while committing is rolled forward by the next start.
+  const safetyBackupId = options.safetyBackup === false ? undefined : newBackupId();
+  const journal = await RestoreJournal.begin(config.stateDir, { jobId: ctx.jobId, env, target, backupId: manifest.id, safetyBackupId });
+  let safety: SafetyBackupSummary | undefined;
+  try {
+    if (safetyBackupId) safety = await takeSafetyBackup(ctx, target, plan, safetyBackupId);
+  } catch (error) {
+    await journal.finish().catch(() => {});
+    throw error;
+  }
   const staged: { name: string; restore: StagedRestore }[] = [];
   try {
     for (const { element, driver } of plan) {
@@ -139,7 +147,12 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
  * that does not exist) has nothing to keep and is left out; when none is left, no backup is
  * taken. A failed safety backup fails the restore before anything is touched.
  */
-async function takeSafetyBackup(ctx: OperationContext, target: string, plan: { element: { name: string }; driver: { targetExists(signal: AbortSignal): Promise<boolean> } }[]): Promise<SafetyBackupSummary> {
+async function takeSafetyBackup(
+  ctx: OperationContext,
+  target: string,
+  plan: { element: { name: string }; driver: { targetExists(signal: AbortSignal): Promise<boolean> } }[],
+  id: string,
+): Promise<SafetyBackupSummary> {
   const elements: string[] = [];
   const skipped: string[] = [];
   for (const { element, driver } of plan) {
@@ -155,7 +168,7 @@ async function takeSafetyBackup(ctx: OperationContext, target: string, plan: { e
   log.info({ phase: 'safety', elements, skipped }, 'taking the pre-restore safety backup');
   let manifest;
   try {
-    manifest = await createBackup(ctx, { env: target, elements, trigger: 'safety', keepForMs: environmentOf(ctx.config, target).safetyKeepFor });
+    manifest = await createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: environmentOf(ctx.config, target).safetyKeepFor });
   } catch (error) {
     const failure = toAgentError(error, 'E_RESTORE_FAILED');
     if (failure.code === 'E_CANCELLED') throw failure;
