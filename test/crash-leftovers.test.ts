@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { loopMount } from './support/cgroup.ts';
 import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
-import { daemonSection, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
+import { daemonSection, sleep, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, multipartUploads } from './support/s3.ts';
 
 const killAt = (sandbox: Sandbox, args: string[], phase: string) => killCliAt(sandbox.dir, args, phase);
@@ -124,6 +124,34 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     expect(await readFile(path.join(target, 'data'), 'utf8')).toBe('old');
     expect(await agentEntries(sandbox.dir)).toEqual([]);
     expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+  });
+
+  it('daemon restores that fail while staging leave no child process, and SIGTERM then ends the daemon', async () => {
+    const source = path.join(sandbox.dir, 'src4');
+    await mkdir(source);
+    for (let i = 0; i < 4; i++) await writeFile(path.join(source, `blob-${i}`), randomBytes(4 << 20));
+    const tokens = await writeTokens(sandbox);
+    // The target mount sits under a regular file: staging fails after the download began.
+    await writeFile(path.join(sandbox.dir, 'a-file'), 'x');
+    await sandbox.writeConfig({
+      daemon: daemonSection(tokens),
+      environments: { site: filesEnv({ uploads: source }), broken: filesEnv({ uploads: path.join(sandbox.dir, 'a-file', 'mount') }) },
+    });
+    const { id } = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const daemon = await startDaemon(sandbox.configPath);
+    const children = async () => (await readFile(`/proc/${daemon.child.pid}/task/${daemon.child.pid}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean);
+    try {
+      const before = await children();
+      for (let i = 0; i < 3; i++) {
+        const restore = await cli([...args(), '--remote', daemon.url, '--token-file', tokens.adminFile, 'backup', 'restore', 'site', id, '--target', 'broken', '--yes', '--no-safety-backup']);
+        expect(restore.exitCode, restore.stderr).toBe(8);
+      }
+      // No zstd (or any other) child left behind by the failed restores.
+      expect(await children()).toEqual(before);
+    } finally {
+      daemon.child.kill('SIGTERM');
+    }
+    expect(await Promise.race([daemon.exited, sleep(10_000).then(() => 'still running')])).toMatchObject({ exitCode: 0 });
   });
 
   it('a backup killed mid-upload leaves no multipart upload after the next CLI command, and its job says so', async () => {
