@@ -90,7 +90,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
         manifest,
         element,
         signal,
-        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
+        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, facts: element.facts, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
         { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
       );
       staged.push({ name: element.name, restore });

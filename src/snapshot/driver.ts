@@ -61,6 +61,8 @@ export type StagedState = Record<string, unknown>;
 export interface StageOptions {
   /** Raw bytes the source holds (the manifest's): the free-space check before staging. */
   rawBytes?: number;
+  /** The element's facts from the backup (what the capture recorded: sizes, counts). */
+  facts?: Facts;
   /** A directory under the state dir owned by this restore, for staged files (an RDB). */
   stagingDir?: string;
   /** Journals `state`; awaited before the driver creates what it names. */

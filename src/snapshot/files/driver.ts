@@ -47,6 +47,7 @@ export class FilesDriver implements ServiceDriver {
         symlinks: s.symlinks,
         hardlinks: s.hardlinks,
         contentBytes: s.bytes,
+        allocatedBytes: s.allocatedBytes,
         snapshot: snapshot?.method ?? null,
       },
     }));
@@ -92,7 +93,7 @@ export class FilesDriver implements ServiceDriver {
     await options.journal?.(state);
     try {
       if (state.createdFrom) await mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
-      await requireFreeSpace(mountPoint ? target : path.dirname(target), options.rawBytes, `the restore of ${target}`);
+      await requireFreeSpace(mountPoint ? target : path.dirname(target), diskBytes(options), `the restore of ${target}`);
       await mkdir(state.staging, { mode: 0o700 });
       const stats = await extractTree(source, state.staging, { signal });
       if (mountPoint) {
@@ -130,6 +131,19 @@ export class FilesDriver implements ServiceDriver {
     }
     return parsed.data;
   }
+}
+
+/**
+ * What the restored tree takes on disk: the files' allocated size the backup recorded (sparse
+ * files come back sparse) plus a block per entry, or else the archive's raw size. A forged
+ * figure only weakens this check: the archive can never write more than its rawBytes.
+ */
+function diskBytes({ rawBytes, facts }: StageOptions): number | undefined {
+  const allocated = facts?.allocatedBytes;
+  if (typeof allocated !== 'number' || !Number.isSafeInteger(allocated) || allocated < 0) return rawBytes;
+  const entries = [facts?.files, facts?.directories, facts?.symlinks].reduce<number>((sum, n) => sum + (typeof n === 'number' && n > 0 ? n : 0), 0);
+  const estimate = allocated + entries * 4096;
+  return rawBytes === undefined ? estimate : Math.min(rawBytes, estimate);
 }
 
 const swapStateSchema = z.object({

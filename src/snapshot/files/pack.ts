@@ -19,6 +19,8 @@ export interface PackStats {
   hardlinks: number;
   /** File content bytes. */
   bytes: number;
+  /** What the files take on disk (st_blocks): less than `bytes` for sparse files. */
+  allocatedBytes: number;
   warnings: string[];
 }
 

@@ -55,7 +55,7 @@ export function writeTreeArchive(root: string, isExcluded: ExcludeMatcher, out: 
 class TreeWalker {
   readonly #isExcluded: ExcludeMatcher;
   readonly #out: ChunkOutput;
-  readonly #stats: PackStats = { files: 0, directories: 0, symlinks: 0, hardlinks: 0, bytes: 0, warnings: [] };
+  readonly #stats: PackStats = { files: 0, directories: 0, symlinks: 0, hardlinks: 0, bytes: 0, allocatedBytes: 0, warnings: [] };
   /** "dev:ino" → archive name of the first path of a multiply linked file. */
   readonly #firstLinks = new Map<string, string>();
   #suppressedWarnings = 0;
@@ -189,6 +189,8 @@ class TreeWalker {
     this.#out.zeros(padTo512(size) - size);
     this.#stats.files++;
     this.#stats.bytes += size;
+    // A restore keeps holes (staging-writer.ts): this, not `size`, is what it needs on disk.
+    this.#stats.allocatedBytes += Math.min(size, Number(stats.blocks) * 512);
   }
 
   #header(header: TarHeader): void {
