@@ -80,7 +80,8 @@ describe('a restore killed at any phase is finished or undone by the next comman
   async function leftovers(): Promise<string[]> {
     const found: string[] = [];
     for (const name of await readdir(sandbox.dir)) if (name.includes('.storage-agent-')) found.push(name);
-    for (const dir of ['restores', 'tmp', 'redis-restores', 'frozen']) {
+    for (const name of await readdir(path.join(sandbox.stateDir, 'jobs')).catch(() => [])) if (!name.endsWith('.json')) found.push(`jobs/${name}`);
+    for (const dir of ['restores', 'tmp', 'redis-restores', 'frozen', 'locks', 'uploads']) {
       const entries = await readdir(path.join(sandbox.stateDir, dir), { recursive: true }).catch(() => []);
       // An empty per-process temp directory of a live or ended command holds nothing.
       for (const entry of entries) if (!(dir === 'tmp' && /^\d+-\d+$/.test(entry))) found.push(`${dir}/${entry}`);

@@ -22,6 +22,11 @@ export async function fullTmpfs(dir: string, prepare?: () => Promise<void>): Pro
     await handle.close();
   }
   return async () => {
-    await execa('umount', [dir]);
+    // A write the code under test still has in flight holds the mount busy for a moment.
+    for (let attempt = 0; ; attempt++) {
+      const result = await execa('umount', [dir], { reject: attempt >= 40 });
+      if (result.exitCode === 0) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   };
 }

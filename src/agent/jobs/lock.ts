@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { stateDirWriteError } from '../../errors.ts';
 import { isAlive, type ProcessIdentity } from '../../liveness.ts';
@@ -62,6 +62,27 @@ export async function readHolder(file: string): Promise<LockHolder | null | unde
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Removes the lock files whose holders are gone (a crash left them): a start leaves no stale
+ * lock in the state directory, though the next taker would take one over anyway. A live
+ * holder's lock and an unreadable one stay.
+ */
+export async function removeStaleLocks(stateDir: string): Promise<number> {
+  const dir = path.join(stateDir, 'locks');
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const name of names.filter((n) => n.endsWith('.lock'))) {
+    const holder = await readHolder(path.join(dir, name));
+    if (holder && !isAlive(holder) && (await takeOverStale(path.join(dir, name)))) removed++;
+  }
+  return removed;
 }
 
 async function takeOverStale(file: string): Promise<boolean> {

@@ -12,6 +12,8 @@ import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
 import { isAlive } from '../../liveness.ts';
+import { removeDeadTempFiles } from '../../state-file.ts';
+import { removeStaleLocks } from './lock.ts';
 import { JobStore } from './store.ts';
 import { isFinished, type JobRecord } from './types.ts';
 
@@ -32,10 +34,10 @@ export interface RecoveryReport {
  *   4. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what recovery did,
  *      and removes the objects an interrupted backup had written (no manifest: it was never
  *      Restorable);
- *   5. removes dead processes' temp files (private-temp.ts);
+ *   5. removes dead processes' temp files (private-temp.ts, half-written state files) and
+ *      their lock files;
  *   6. aborts the multipart uploads journaled by dead processes; with `sweepStores` (the
  *      daemon) also those older than `orphanUploadAge` under each store's prefix.
- * Lock files of dead holders need nothing: the next job that wants one takes it over.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
   const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
@@ -44,6 +46,8 @@ export async function recoverAtStart(config: Config, logger: Logger, options: { 
   const aborted = await abortOrphanUploads(config, logger, options.sweepStores);
   const interrupted = await failInterruptedJobs(config, logger, restores, aborted);
   await removeDeadTempDirs(config.stateDir);
+  await removeDeadTempFiles(config.stateDir);
+  await removeStaleLocks(config.stateDir);
   const swept = aborted.swept;
   if (thawed > 0 || interrupted.length > 0 || swept > 0 || restores.length > 0) {
     logger.warn({ phase: 'recovery', thawed, interrupted, swept, restores: restores.length }, 'recovered from an earlier run that did not end cleanly');
