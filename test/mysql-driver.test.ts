@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -22,6 +23,7 @@ import {
   mysqlServiceConfig,
   rows,
   uniqueName,
+  type Definitions,
   type MariadbTestServer,
 } from './support/mysql.ts';
 
@@ -53,6 +55,14 @@ async function waitFor<T>(probe: () => T | undefined | Promise<T | undefined>, w
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/**
+ * The definitions a restore by the agent's account makes of `defs`: every DEFINER is the
+ * restoring account (the dump's are rewritten to CURRENT_USER, issue #10), nothing else changes.
+ */
+function restoredBy(user: string, defs: Definitions): Definitions {
+  return JSON.parse(JSON.stringify(defs).replaceAll(/DEFINER=`[^`]*`@`[^`]*`/g, `DEFINER=\`${user}\`@\`127.0.0.1\``)) as Definitions;
 }
 
 async function readAll(stream: Readable): Promise<Buffer> {
@@ -137,7 +147,7 @@ describe('mysql driver (real MariaDB)', () => {
 
     expect(await checksums(db, shop2)).toEqual(before.shop);
     expect(await checksums(db, crm2)).toEqual(before.crm);
-    expect(await definitions(db, shop2)).toEqual(before.shopDefs);
+    expect(await definitions(db, shop2)).toEqual(restoredBy(server.user, before.shopDefs));
     const [blob] = await rows<{ data: Buffer }>(db, `SELECT data FROM \`${shop2}\`.blobs WHERE id = 1`);
     expect([...new Set(blob!.data)].sort((a, b) => a - b)).toEqual(Array.from({ length: 256 }, (_, i) => i));
     const [emoji] = await rows<{ name: string }>(db, `SELECT name FROM \`${shop2}\`.parent WHERE id = 2`);
@@ -191,7 +201,7 @@ describe('mysql driver (real MariaDB)', () => {
     const staged = await driver([copy]).stage(Readable.from(chunks), never());
     await staged.commit();
     expect(await checksums(db, copy)).toEqual(before.sums);
-    expect(await definitions(db, copy)).toEqual(before.defs);
+    expect(await definitions(db, copy)).toEqual(restoredBy(server.user, before.defs));
   });
 
   it('CLI: backup, list, restore in place over changed data, into another environment, and one element only', async () => {
@@ -231,7 +241,7 @@ describe('mysql driver (real MariaDB)', () => {
       const restore = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--element', 'db', '--yes']);
       expect(restore.exitCode, restore.stderr).toBe(0);
       expect(await checksums(db, shop)).toEqual(original.shop);
-      expect(await definitions(db, shop)).toEqual(original.shopDefs);
+      expect(await definitions(db, shop)).toEqual(restoredBy(server.user, original.shopDefs));
       expect(await checksums(db, crm)).toEqual(original.crm);
       expect(await checksums(db, other)).toEqual(changedOther);
       expect(await leftoverDatabases(db)).toEqual([]);
@@ -239,7 +249,7 @@ describe('mysql driver (real MariaDB)', () => {
       const copy = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--target', 'staging', '--element', 'db', '--yes']);
       expect(copy.exitCode, copy.stderr).toBe(0);
       expect(await checksums(db, shop3)).toEqual(original.shop);
-      expect(await definitions(db, shop3)).toEqual(original.shopDefs);
+      expect(await definitions(db, shop3)).toEqual(restoredBy(server.user, original.shopDefs));
       expect(await checksums(db, crm3)).toEqual(original.crm);
 
       const all = await cli([...args, 'backup', 'restore', 'site', manifest.id, '--yes']);
@@ -361,6 +371,133 @@ describe('mysql driver (real MariaDB)', () => {
     expect(await checksums(db, target)).toEqual(before);
   });
 
+  it('refuses, with E_UNSAFE_ARCHIVE_ENTRY, every statement a dump may not run (issue #10): no database, account or grant changes', async () => {
+    const target = track(await createDatabase(db, 'sa_target'));
+    await db.query(`CREATE TABLE \`${target}\`.t (id INT PRIMARY KEY); INSERT INTO \`${target}\`.t VALUES (1), (2)`);
+    const victim = track(await createDatabase(db, 'sa_victim'));
+    await db.query(
+      `CREATE TABLE \`${victim}\`.t (id INT PRIMARY KEY, secret VARCHAR(20)); INSERT INTO \`${victim}\`.t VALUES (1, 'keep'), (2, 'me');
+       CREATE FUNCTION \`${victim}\`.f() RETURNS INT DETERMINISTIC RETURN 1`,
+    );
+    const snapshot = async () => ({
+      target: await checksums(db, target),
+      victim: await checksums(db, victim),
+      victimDefs: await definitions(db, victim),
+      accounts: await rows(db, 'SELECT CONCAT(User, "@", Host) AS who, Priv FROM mysql.global_priv ORDER BY who'),
+      grants: await rows(db, 'SELECT * FROM mysql.db ORDER BY Host, Db, User'),
+      databases: await rows(db, "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT LIKE 'sa\\_%' OR SCHEMA_NAME IN (?, ?) ORDER BY name", [target, victim]),
+      events: await rows(db, 'SELECT EVENT_SCHEMA, EVENT_NAME FROM information_schema.EVENTS ORDER BY 1, 2'),
+    });
+    const before = await snapshot();
+    const header = `-- storage-agent mysql dump ${JSON.stringify({ format: 1, databases: ['src'] })}\n`;
+    const trailer = '-- Dump completed on 2026-01-01  0:00:00\n';
+    const body = `CREATE DATABASE /*!32312 IF NOT EXISTS*/ \`src\`;\nUSE \`src\`;\nCREATE TABLE t (id INT PRIMARY KEY);\nINSERT INTO t VALUES (7);\n`;
+    const v = `\`${victim}\``;
+    const routine = (sql: string) => `DELIMITER ;;\n${sql};;\nDELIMITER ;\n`;
+    const cases: [string, string][] = [
+      ['GRANT', `GRANT ALL PRIVILEGES ON *.* TO 'agent'@'%';`],
+      ['CREATE USER', `CREATE USER 'evil'@'%' IDENTIFIED BY 'x';`],
+      ['a superuser planted in mysql.global_priv', `INSERT INTO mysql.global_priv VALUES ('%', 'evil', '{"access": 18446744073709551615}');`],
+      ['FLUSH PRIVILEGES', `FLUSH PRIVILEGES;`],
+      ['DROP TABLE of another database', `DROP TABLE IF EXISTS ${v}.\`t\`;`],
+      ['TRUNCATE', `TRUNCATE TABLE ${v}.t;`],
+      ['ALTER TABLE of another database', `ALTER TABLE ${v}.t ADD COLUMN x INT;`],
+      ['ALTER TABLE … RENAME into another database', `ALTER TABLE t RENAME TO ${v}.stolen;`],
+      ['DELETE', `DELETE FROM ${v}.t;`],
+      ['UPDATE', `UPDATE ${v}.t SET secret = 'gone';`],
+      ['RENAME TABLE', `RENAME TABLE ${v}.t TO t2;`],
+      ['CREATE TABLE … LIKE another database', `CREATE TABLE t3 LIKE ${v}.t;`],
+      ['CREATE TABLE … SELECT from another database', `CREATE TABLE t4 AS SELECT * FROM ${v}.t;`],
+      ['LOCK TABLES of another database', `LOCK TABLES ${v}.t WRITE;`],
+      ['INSERT into another database', `INSERT INTO ${v}.t VALUES (9, 'x');`],
+      ['INSERT … SELECT', `INSERT INTO t SELECT id FROM ${v}.t;`],
+      ['INSERT rows with a subquery', `INSERT INTO t VALUES (7), ((SELECT MAX(id) FROM ${v}.t));`],
+      ['INSERT rows calling a function', `INSERT INTO t VALUES (${v}.f());`],
+      ['INSERT rows with a comment', `INSERT INTO t VALUES (8) -- ';\n, (9);`],
+      ['a procedure whose body reaches another database', routine(`CREATE DEFINER=\`root\`@\`localhost\` PROCEDURE p() BEGIN DELETE FROM ${v}.t; END`)],
+      ['a procedure with dynamic SQL', routine(`CREATE PROCEDURE p() BEGIN SET @s = CONCAT('DROP TABLE ', 'x'); PREPARE s FROM @s; EXECUTE s; END`)],
+      ['a procedure calling one of another database', routine(`CREATE PROCEDURE p() BEGIN CALL ${v}.q(); END`)],
+      ['a function reading mysql.user', routine(`CREATE FUNCTION f() RETURNS INT READS SQL DATA RETURN (SELECT COUNT(*) FROM mysql.user)`)],
+      ['a trigger writing another database', routine(`/*!50003 CREATE*/ /*!50017 DEFINER=\`root\`@\`localhost\`*/ /*!50003 TRIGGER tr AFTER INSERT ON t FOR EACH ROW INSERT INTO ${v}.t VALUES (NEW.id, 'x') */`)],
+      ['a view of another database', `/*!50001 CREATE ALGORITHM=UNDEFINED */ /*!50013 DEFINER=\`root\`@\`localhost\` SQL SECURITY DEFINER */ /*!50001 VIEW vv AS select \`${victim}\`.\`t\`.\`secret\` AS s from ${v}.t */;`],
+      ['an event dropping another database\'s table', routine(`CREATE EVENT e ON SCHEDULE AT CURRENT_TIMESTAMP DO DROP TABLE ${v}.t`)],
+      ['a statement hidden in a conditional comment', `/*!50003 DROP TABLE ${v}.t */;`],
+      ['GRANT in a conditional comment', `/*!40101 GRANT ALL ON *.* TO 'agent'@'127.0.0.1' */;`],
+      ['SET GLOBAL', `SET GLOBAL event_scheduler = ON;`],
+      ['SET @@global', `/*!40101 SET @@GLOBAL.read_only = 1 */;`],
+      ['a multibyte character set', `/*!40101 SET NAMES gbk */;`],
+      ['a sql_mode set from an unknown value', `SET sql_mode = @never_saved;`],
+      ['ANSI_QUOTES names', `SET sql_mode = 'ANSI_QUOTES';\nDROP TABLE "${victim}"."t";`],
+      ['a client command', `\\! touch /tmp/sa-forged-dump-ran\n`],
+      ['SELECT … INTO OUTFILE', `SELECT * FROM ${v}.t INTO OUTFILE '/tmp/sa-forged-dump-ran';`],
+      ['a FEDERATED/CONNECT table', `CREATE TABLE remote (id INT) ENGINE=CONNECT TABLE_TYPE=MYSQL CONNECTION='mysql://root@localhost/${victim}/t';`],
+      ['a table in another directory', `CREATE TABLE elsewhere (id INT) DATA DIRECTORY = '/tmp';`],
+    ];
+    for (const [what, forged] of cases) {
+      const failure = await driver([target])
+        .stage(Readable.from([Buffer.from(`${header}${body}${forged}\n${trailer}`)]), never())
+        .catch((error: unknown) => error);
+      expect(failure, what).toMatchObject({ code: 'E_UNSAFE_ARCHIVE_ENTRY', message: expect.stringMatching(/refusing to load it/) });
+      expect(await snapshot(), what).toEqual(before);
+      expect(await leftoverDatabases(db), what).toEqual([]);
+    }
+    expect(existsSync('/tmp/sa-forged-dump-ran')).toBe(false);
+  });
+
+  it('restores with the documented minimal grants: privileges on its databases and their staging copies only', async () => {
+    const target = track(uniqueName('sa_minimal'));
+    const user = uniqueName('sa_restorer');
+    const password = randomBytes(12).toString('hex');
+    // README "MySQL privileges": the restore account's grants, on `db`.* and `db\_\_sa\_%`.* only.
+    const privileges =
+      'SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EXECUTE, TRIGGER, EVENT, LOCK TABLES';
+    await db.query(`CREATE USER '${user}'@'127.0.0.1' IDENTIFIED BY '${password}'`);
+    try {
+      for (const scope of [target, `${target.replaceAll('_', '\\_')}\\_\\_sa\\_%`]) await db.query(`GRANT ${privileges} ON \`${scope}\`.* TO '${user}'@'127.0.0.1'`);
+      const before = { sums: await checksums(db, shop), defs: await definitions(db, shop) };
+      const capture = await driver([shop]).capture({ signal: never(), consistent: false });
+      const dump = await readAll(capture.stream);
+      await capture.result;
+      await capture.release();
+      const restorer = driver([target], { user }, async () => password);
+      await (await restorer.stage(Readable.from([dump]), never())).commit();
+      expect(await leftoverDatabases(db)).toEqual([]);
+      expect(await checksums(db, target)).toEqual(before.sums);
+      expect(await definitions(db, target)).toEqual(restoredBy(user, before.defs));
+      // The objects run as the restoring account, which holds what they need on its database.
+      await db.query(`CALL \`${target}\`.add_parent(11, '  minimal  ')`);
+      expect(await rows(db, `SELECT shout FROM \`${target}\`.parent_names WHERE id = 11`)).toEqual([{ shout: 'MINIMAL' }]);
+      // Again, over the existing target: swapped in place.
+      await (await restorer.stage(Readable.from([dump]), never())).commit();
+      expect(await checksums(db, target)).toEqual(before.sums);
+    } finally {
+      await db.query(`DROP USER '${user}'@'127.0.0.1'`);
+    }
+  });
+
+  it('a routine, trigger or view naming its own database (as in the backup) works in the target; DEFINER becomes the restoring account', async () => {
+    const target = track(uniqueName('sa_selfref'));
+    const header = `-- storage-agent mysql dump ${JSON.stringify({ format: 1, databases: ['src'] })}\n`;
+    const dump = `${header}CREATE DATABASE /*!32312 IF NOT EXISTS*/ \`src\`;\nUSE \`src\`;
+CREATE TABLE t (id INT PRIMARY KEY);
+CREATE TABLE \`src.t\` (id INT);
+INSERT INTO \`src\`.t VALUES (1);
+DELIMITER ;;
+CREATE DEFINER=\`root\`@\`localhost\` PROCEDURE p() SQL SECURITY DEFINER BEGIN INSERT INTO \`src\`.t VALUES (2); INSERT INTO src.\`src.t\` VALUES (3); END;;
+/*!50003 CREATE*/ /*!50017 DEFINER=\`root\`@\`localhost\`*/ /*!50003 TRIGGER tr BEFORE INSERT ON \`src\`.t FOR EACH ROW SET NEW.id = NEW.id + 10 */;;
+DELIMITER ;
+CREATE VIEW v AS SELECT src.t.id FROM src.t;
+-- Dump completed on 2026-01-01  0:00:00\n`;
+    const staged = await driver([target]).stage(Readable.from([Buffer.from(dump)]), never());
+    await staged.commit();
+    expect(await leftoverDatabases(db)).toEqual([]);
+    await db.query(`CALL \`${target}\`.p()`);
+    expect(await rows(db, `SELECT id FROM \`${target}\`.v ORDER BY id`)).toEqual([{ id: 1 }, { id: 12 }]);
+    expect(await rows(db, `SELECT id FROM \`${target}\`.\`src.t\``)).toEqual([{ id: 3 }]);
+    const [procedure] = await rows<{ DEFINER: string; BODY: string }>(db, 'SELECT DEFINER, ROUTINE_DEFINITION AS BODY FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = ?', [target]);
+    expect(procedure).toEqual({ DEFINER: `${server.user}@127.0.0.1`, BODY: `BEGIN INSERT INTO \`${target}\`.t VALUES (2); INSERT INTO \`${target}\`.\`src.t\` VALUES (3); END` });
+  });
+
   it('a restore failing at the very end (sha256 mismatch) leaves the target as it was, with no staging left', async () => {
     const sandbox = await createSandbox();
     try {
@@ -392,15 +529,15 @@ describe('mysql driver (real MariaDB)', () => {
   });
 
   it('a swap that fails after the RENAME puts the target back as it was', async () => {
-    // The backup's objects are root's; the target's own are the agent's. Without SET USER the
-    // agent cannot recreate root's objects (after the tables were swapped) but can put its own back.
+    // The backup has views, the target none: without CREATE VIEW the swap fails once the tables
+    // are swapped, and putting the target's own tables, trigger and function back needs no view.
     const target = track(uniqueName('sa_swapfail'));
     const agent = await connect(server);
     const target2 = track(uniqueName('sa_swapfail_new'));
     try {
       await agent.query(
         `CREATE DATABASE \`${target}\`; USE \`${target}\`; CREATE TABLE parent (id INT PRIMARY KEY, name VARCHAR(100)); INSERT INTO parent VALUES (99, 'mine');
-         CREATE TABLE only_here (x INT); CREATE VIEW mine AS SELECT id FROM parent; CREATE TRIGGER mine_trg BEFORE INSERT ON parent FOR EACH ROW SET NEW.name = LOWER(NEW.name);
+         CREATE TABLE only_here (x INT); CREATE TRIGGER mine_trg BEFORE INSERT ON parent FOR EACH ROW SET NEW.name = LOWER(NEW.name);
          CREATE FUNCTION mine_fn() RETURNS INT DETERMINISTIC RETURN 1; USE information_schema`,
       );
       const before = { sums: await checksums(db, target), defs: await definitions(db, target) };
@@ -410,13 +547,13 @@ describe('mysql driver (real MariaDB)', () => {
       await capture.release();
       const staged = await driver([target]).stage(Readable.from([dump]), never());
       const stagedNew = await driver([target2]).stage(Readable.from([dump]), never());
-      await db.query("REVOKE SET USER ON *.* FROM 'agent'@'127.0.0.1'");
+      await db.query("REVOKE CREATE VIEW ON *.* FROM 'agent'@'127.0.0.1'");
       try {
-        await expect(staged.commit()).rejects.toMatchObject({ code: 'E_RESTORE_FAILED', message: expect.stringMatching(/failed: .*SET USER.*; sa_swapfail_\w+ was put back as it was/) });
+        await expect(staged.commit()).rejects.toMatchObject({ code: 'E_RESTORE_FAILED', message: expect.stringMatching(/failed: .*CREATE VIEW.*; sa_swapfail_\w+ was put back as it was/) });
         // A database that did not exist before is gone again.
         await expect(stagedNew.commit()).rejects.toMatchObject({ code: 'E_RESTORE_FAILED' });
       } finally {
-        await db.query("GRANT SET USER ON *.* TO 'agent'@'127.0.0.1'");
+        await db.query("GRANT CREATE VIEW ON *.* TO 'agent'@'127.0.0.1'");
       }
       expect(await checksums(db, target)).toEqual(before.sums);
       expect(await definitions(db, target)).toEqual(before.defs);

@@ -9,7 +9,7 @@ import { privateTempDir } from '../private-temp.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
 import { startDump, type RunningDump } from './dump.ts';
 import { loadDump } from './load.ts';
-import { StagingRewriter } from './rewrite.ts';
+import { retarget, StagingRewriter } from './rewrite.ts';
 import { binlogPosition, checkLongQueries, flushTablesWithReadLock, serverVersion, type BinlogPosition } from './server.ts';
 import { readSchema, swapDatabase, type Schema, type SwapPlan } from './swap.ts';
 
@@ -221,17 +221,20 @@ export class MysqlDriver implements ServiceDriver {
       connection = await openConnection(endpoint, 'E_RESTORE_FAILED', this.#what());
       await dropStaleStaging(connection, this.#config.databases);
       defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
+      // A dump may name no database on the server but its own (issue #10): those it could see.
+      const existing = await queryRows<{ name: string }>(connection, 'SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA');
       const rewriter = new StagingRewriter({
         resolve: (databases) => {
           plans = this.#plan(databases, tag);
           return new Map(plans.map((p) => [p.source, p.staging]));
         },
+        existing: existing.map((r) => r.name),
       });
       await loadDump(defaults, source, rewriter, signal);
       // What the swap recreates (triggers, views, routines, events), read now and journaled:
       // the swap drops the staged triggers before it moves the tables.
       const staged: Schema[] = [];
-      for (const plan of plans) staged.push(await readSchema(connection, plan.staging));
+      for (const plan of plans) staged.push(retarget(await readSchema(connection, plan.staging), plans));
       Object.assign(state, { plans, staged });
       await options.journal?.(state);
     } catch (error) {

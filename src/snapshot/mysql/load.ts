@@ -40,6 +40,9 @@ export async function loadDump(defaults: DefaultsFile, source: Readable, rewrite
   feeding.catch(() => subprocess.kill('SIGKILL'));
   const [fed, exited] = await Promise.allSettled([feeding, subprocess]);
   if (signal.aborted) throw cancelled(signal);
+  // Our own refusal (a statement the rewriter would not pass, a damaged source) is the story even
+  // when mysql, its stdin closed, exited before the kill: it only ever got the checked statements.
+  if (fed.status === 'rejected' && fed.reason instanceof AgentError) throw fed.reason;
   if (exited.status === 'rejected') {
     const e = exited.reason as { exitCode?: number; signal?: string; code?: string };
     if (e.code === 'ENOENT') throw new AgentError('E_RESTORE_FAILED', 'the mysql client is not installed (install mariadb-client or mysql-client)', { cause: e });

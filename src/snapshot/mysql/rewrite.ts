@@ -2,6 +2,8 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { AgentError } from '../../errors.ts';
 import { quoteIdent } from './connection.ts';
 import { DUMP_TRAILER, parseDumpHeader } from './dump-format.ts';
+import type { Schema } from './swap.ts';
+import { SANDBOX_LINE, StatementPolicy, ValueScanner, unsafe } from './statement-check.ts';
 
 /*
  * Lexer states. The lexer mirrors how the `mysql` client splits its input into statements:
@@ -32,13 +34,11 @@ const M = 0x4d;
 const HOLD = 32;
 /** A statement is classified once this much of it is seen (its first words). */
 const CLASSIFY_BYTES = 64;
-/** Statements we hold whole (DDL, SET, USE) never come near this in a mysqldump. */
+/** Statements we hold whole (all but INSERT's rows) never come near this in a mysqldump. */
 const MAX_STATEMENT_BYTES = 64 * 1024 * 1024;
 const MAX_HEADER_BYTES = 64 * 1024;
 const MAX_DELIMITER = 16;
 
-/** Statements whose first word may make them name a database: held whole and inspected. */
-const INSPECTED = new Set(['USE', 'CREATE', 'ALTER', 'DROP', 'RENAME', 'SET']);
 const NAME = '(`(?:[^`]|``)+`|[A-Za-z0-9_$]+)';
 const CREATE_DATABASE = new RegExp(`^CREATE\\s+(?:DATABASE|SCHEMA)\\s+(?:(?:/\\*!\\d*\\s*IF\\s+NOT\\s+EXISTS\\s*\\*/|IF\\s+NOT\\s+EXISTS)\\s*)?${NAME}([\\s\\S]*)$`, 'i');
 const ALTER_DATABASE = new RegExp(`^ALTER\\s+(?:DATABASE|SCHEMA)\\s+${NAME}([\\s\\S]*)$`, 'i');
@@ -50,6 +50,8 @@ const ALTER_OPTION_WORDS = new Set(['CHARACTER', 'CHARSET', 'COLLATE', 'DEFAULT'
 export interface RewriteOptions {
   /** Called once with the header's databases: source name → staging name (throw to refuse). */
   resolve(databases: readonly string[]): ReadonlyMap<string, string>;
+  /** Every database on the server: a statement naming one that is not the dump's is refused. */
+  existing: readonly string[];
 }
 
 /**
@@ -57,13 +59,19 @@ export interface RewriteOptions {
  * `ALTER DATABASE` and `USE` naming a dumped database are rewritten to its staging database
  * (CREATE loses IF NOT EXISTS, so an existing database is never loaded into); any other
  * statement that would create, drop or rename a database, or a database the header does not
- * list, fails the stream. Everything else passes unchanged, without being held: memory stays
- * bounded by the largest DDL statement. It also fails a dump that does not end with mysqldump's
- * "-- Dump completed" line (a truncated dump).
+ * list, fails the stream. Every other statement is held whole and checked (statement-check.ts:
+ * only what mysqldump writes, names mapped to staging, DEFINER=CURRENT_USER) before a byte of
+ * it is passed on; INSERT's head is checked likewise and its rows, which may be huge, are
+ * checked as they stream (values only). A refused statement fails the stream with
+ * E_UNSAFE_ARCHIVE_ENTRY before mysql receives it. Memory stays bounded by the largest DDL
+ * statement. It also fails a dump that does not end with mysqldump's "-- Dump completed" line
+ * (a truncated dump).
  */
 export class StagingRewriter extends Transform {
   readonly #resolve: RewriteOptions['resolve'];
+  readonly #existing: readonly string[];
   #map: ReadonlyMap<string, string> | undefined;
+  #policy: StatementPolicy | undefined;
   readonly #created = new Set<string>();
   #header: Buffer[] | undefined = [];
   #headerBytes = 0;
@@ -74,6 +82,7 @@ export class StagingRewriter extends Transform {
   #versioned = false;
   #escaped = false;
   #noBackslashEscapes = false;
+  #ansiQuotes = false;
   #delimiter = Buffer.from(';');
   #atStatementStart = true;
   /** Bytes that may change the lexer's state at TOP: the rest is skipped without a look. */
@@ -84,10 +93,14 @@ export class StagingRewriter extends Transform {
   #heldBytes = 0;
   /** The held statement was inspected and must be held to its end. */
   #inspect = false;
+  /** Holding an INSERT up to its VALUES; then streaming its rows through the scanner. */
+  #insertHead = false;
+  #values: ValueScanner | undefined;
 
   constructor(options: RewriteOptions) {
     super({ highWaterMark: 1 << 20 });
     this.#resolve = options.resolve;
+    this.#existing = options.existing;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -138,7 +151,11 @@ export class StagingRewriter extends Transform {
     if (!header) throw notADump('its first line is not a storage-agent header');
     if (header.format !== 1) throw notADump(`its format ${header.format} is newer than this agent understands`);
     this.#map = this.#resolve(header.databases);
+    this.#policy = new StatementPolicy({ staging: this.#map, existing: this.#existing });
     this.push(line);
+    // The session starts from a known sql_mode: the server's default could hold
+    // NO_BACKSLASH_ESCAPES or ANSI_QUOTES, which change where a string ends.
+    this.push(Buffer.from("SET SESSION sql_mode = '';\n"));
     return chunk.subarray(nl + 1);
   }
 
@@ -163,7 +180,8 @@ export class StagingRewriter extends Transform {
             i++;
           }
           const quote = this.#state === SQUOTE ? QUOTE : DOUBLE_QUOTE;
-          const escapes = !this.#noBackslashEscapes;
+          // Under ANSI_QUOTES "…" is a name: no escapes in it.
+          const escapes = !this.#noBackslashEscapes && !(quote === DOUBLE_QUOTE && this.#ansiQuotes);
           while (i < limit) {
             const b = data[i]!;
             if (b === quote) {
@@ -214,7 +232,7 @@ export class StagingRewriter extends Transform {
           continue;
       }
       // Inside a statement that passes through: skip what cannot open or close anything.
-      if (!this.#atStatementStart && (this.#held === undefined || this.#inspect)) {
+      if (!this.#atStatementStart && !this.#insertHead && this.#values === undefined && (this.#held === undefined || this.#inspect)) {
         const interesting = this.#interesting;
         while (i < limit && interesting[data[i]!] === 0) i++;
         if (i >= limit) break;
@@ -243,12 +261,30 @@ export class StagingRewriter extends Transform {
         // A statement begins: held until its first word tells whether to inspect it whole.
         this.#atStatementStart = false;
       }
-      if (this.#held && !this.#inspect && (this.#heldBytes + (i - from) >= CLASSIFY_BYTES || isOpener(c))) {
+      if (this.#held && !this.#inspect && (this.#heldBytes + (i - from) >= CLASSIFY_BYTES || isOpener(c) || !isWordChar(c))) {
         this.#hold(data, from, i);
         from = i;
-        const inspect = this.#classify();
-        if (inspect === false) this.#release();
-        else if (inspect) this.#inspect = true;
+        const kind = this.#classify();
+        if (kind !== undefined) this.#inspect = true;
+        if (kind === 'insert') this.#insertHead = true;
+      }
+      if (this.#insertHead && (c | 0x20) === 0x76 && isValuesAt(data, i, i > 0 ? data[i - 1] : this.#lastHeldByte())) {
+        i += VALUES.length;
+        this.#hold(data, from, i);
+        from = i;
+        this.#startRows();
+        continue;
+      }
+      const rows = this.#values;
+      if (rows && !(c === this.#delimiter[0] && this.#matchesDelimiter(data, i))) {
+        if (c === QUOTE) {
+          rows.end();
+          this.#state = SQUOTE;
+        } else if (c === DASH && data[i + 1] === DASH) {
+          throw unsafe('it has a comment inside INSERT rows', 'INSERT … VALUES … --');
+        } else rows.byte(c);
+        i++;
+        continue;
       }
       if (c === this.#delimiter[0] && this.#matchesDelimiter(data, i)) {
         i += this.#delimiter.length;
@@ -257,6 +293,8 @@ export class StagingRewriter extends Transform {
           from = i;
           this.#endStatement();
         }
+        this.#values?.end();
+        this.#values = undefined;
         this.#versioned = false;
         this.#atStatementStart = true;
         continue;
@@ -326,7 +364,7 @@ export class StagingRewriter extends Transform {
     this.#held!.push(Buffer.from(data.subarray(from, to)));
     this.#heldBytes += to - from;
     if (this.#heldBytes > MAX_STATEMENT_BYTES) {
-      throw new AgentError('E_ARCHIVE_CORRUPT', `the MySQL dump has a statement over ${MAX_STATEMENT_BYTES} bytes that names a database; refusing it`);
+      throw new AgentError('E_ARCHIVE_CORRUPT', `the MySQL dump has a statement over ${MAX_STATEMENT_BYTES} bytes that is not INSERT rows; refusing it`);
     }
   }
 
@@ -337,17 +375,33 @@ export class StagingRewriter extends Transform {
     this.#inspect = false;
   }
 
+  #lastHeldByte(): number | undefined {
+    const last = this.#held?.at(-1);
+    return last?.[last.length - 1];
+  }
+
+  /** INSERT's head is whole (it ends with VALUES): checked and passed on; its rows stream. */
+  #startRows(): void {
+    const head = Buffer.concat(this.#held!).toString('latin1');
+    this.#held = undefined;
+    this.#heldBytes = 0;
+    this.#inspect = false;
+    this.#insertHead = false;
+    this.push(Buffer.from(this.#policy!.checkInsertHead(head), 'latin1'));
+    this.#values = new ValueScanner();
+  }
+
   /**
-   * Decides from the held start of a statement whether it is held whole: true (inspect it),
-   * false (pass it through), undefined (its first word is not complete yet).
+   * Decides from the held start of a statement how it is held: 'insert' (its head, then its
+   * rows stream), 'whole' (every other statement), undefined (its first word is not complete yet).
    */
-  #classify(): boolean | undefined {
+  #classify(): 'insert' | 'whole' | undefined {
     const text = Buffer.concat(this.#held!).toString('latin1');
     const head = stripVersion(text);
     const word = /^([A-Za-z]+)(?=[^A-Za-z])/.exec(head)?.[1];
-    if (word !== undefined) return INSPECTED.has(word.toUpperCase());
+    if (word !== undefined) return word.toUpperCase() === 'INSERT' && head === text ? 'insert' : 'whole';
     if (text.length < CLASSIFY_BYTES && (/^[A-Za-z]*$/.test(head) || /^\/\*?M?!?\d*$/.test(text))) return undefined;
-    return false;
+    return 'whole';
   }
 
   #endStatement(): void {
@@ -375,32 +429,41 @@ export class StagingRewriter extends Transform {
   #rewrite(text: string): string {
     const delimiter = this.#delimiter.toString('latin1');
     const ends = text.endsWith(delimiter);
-    const statement = ends ? text.slice(0, -delimiter.length) : text;
+    const whole = ends ? text.slice(0, -delimiter.length) : text;
     const suffix = ends ? delimiter : '';
-    const head = stripVersion(statement);
+    // mysqldump's first line is the MariaDB client's sandbox command, with no delimiter of its own.
+    const prefix = whole.startsWith(SANDBOX_LINE) ? SANDBOX_LINE : '';
+    return `${prefix}${this.#rewriteStatement(whole.slice(prefix.length))}${suffix}`;
+  }
+
+  #rewriteStatement(statement: string): string {
+    const trimmed = statement.trimStart();
+    const head = stripVersion(trimmed);
     const word = /^([A-Za-z]+)/.exec(head)?.[1]?.toUpperCase();
-    if (word === 'SET') {
-      this.#trackSqlMode(head);
-      return text;
-    }
     if (word === 'USE') {
-      const match = USE.exec(statement);
+      const match = USE.exec(trimmed);
       if (!match) throw refuse(statement);
-      return `USE ${quoteIdent(this.#staging(match[1]!, statement))}${suffix}`;
+      return `USE ${quoteIdent(this.#staging(match[1]!, statement))}`;
     }
-    if (!DATABASE_STATEMENT.test(head)) return text;
-    if (head !== statement) throw refuse(statement); // a database statement inside /*! … */
-    const create = CREATE_DATABASE.exec(statement);
+    if (!DATABASE_STATEMENT.test(head)) {
+      const checked = this.#policy!.check(statement);
+      const mode = this.#policy!.mode;
+      this.#noBackslashEscapes = mode.noBackslashEscapes;
+      this.#ansiQuotes = mode.ansiQuotes;
+      return checked;
+    }
+    if (head !== trimmed) throw refuse(statement); // a database statement inside /*! … */
+    const create = CREATE_DATABASE.exec(trimmed);
     if (create) {
       const source = unquote(create[1]!);
       const staging = this.#staging(create[1]!, statement);
       this.#created.add(source);
-      return `CREATE DATABASE ${quoteIdent(staging)}${create[2]}${suffix}`;
+      return `CREATE DATABASE ${quoteIdent(staging)}${create[2]}`;
     }
-    const alter = ALTER_DATABASE.exec(statement);
+    const alter = ALTER_DATABASE.exec(trimmed);
     if (alter) {
-      if (!alter[1]!.startsWith('`') && ALTER_OPTION_WORDS.has(alter[1]!.toUpperCase())) return text;
-      return `ALTER DATABASE ${quoteIdent(this.#staging(alter[1]!, statement))}${alter[2]}${suffix}`;
+      if (!alter[1]!.startsWith('`') && ALTER_OPTION_WORDS.has(alter[1]!.toUpperCase())) return statement;
+      return `ALTER DATABASE ${quoteIdent(this.#staging(alter[1]!, statement))}${alter[2]}`;
     }
     throw refuse(statement);
   }
@@ -410,21 +473,24 @@ export class StagingRewriter extends Transform {
     const staging = this.#map!.get(source);
     if (staging === undefined) {
       throw new AgentError(
-        'E_ARCHIVE_CORRUPT',
+        'E_UNSAFE_ARCHIVE_ENTRY',
         `the MySQL dump names database ${source}, which its header does not list (statement: ${statement.trim().slice(0, 120)}); refusing to load it`,
       );
     }
     return staging;
   }
 
-  /** The mysql client stops treating backslash as an escape under NO_BACKSLASH_ESCAPES: so do we. */
-  #trackSqlMode(statement: string): void {
-    const pattern = /\bsql_mode\s*=\s*(?:'([^']*)'|@)/gi;
-    let match: RegExpExecArray | null;
-    while ((match = pattern.exec(statement)) !== null) {
-      this.#noBackslashEscapes = (match[1] ?? '').toUpperCase().split(',').includes('NO_BACKSLASH_ESCAPES');
-    }
-  }
+}
+
+/**
+ * The staged objects' definitions, to be recreated in the targets: where the dump qualified a
+ * name with one of its databases the rewriter wrote its staging name (so the load touched only
+ * staging); routine, trigger and event bodies keep that text, so it becomes the target's.
+ */
+export function retarget(schema: Schema, plans: readonly { staging: string; target: string }[]): Schema {
+  const fix = <T extends { create: string }>(objects: readonly T[]): T[] =>
+    objects.map((o) => ({ ...o, create: plans.reduce((text, p) => text.replaceAll(quoteIdent(p.staging), quoteIdent(p.target)), o.create) }));
+  return { ...schema, triggers: fix(schema.triggers), views: fix(schema.views), routines: fix(schema.routines), events: fix(schema.events) };
 }
 
 function stripVersion(text: string): string {
@@ -450,6 +516,20 @@ function isSpaceOrControl(c: number | undefined): boolean {
   return c === undefined || c <= 0x20;
 }
 
+const VALUES = 'values';
+
+/** `VALUES` as a word at `i` (the byte before it given: it may be in the previous chunk). */
+function isValuesAt(data: Buffer, i: number, before: number | undefined): boolean {
+  if (before !== undefined && isWordChar(before)) return false;
+  for (let k = 0; k < VALUES.length; k++) if ((data[i + k]! | 0x20) !== VALUES.charCodeAt(k)) return false;
+  const after = data[i + VALUES.length];
+  return after === undefined || !isWordChar(after);
+}
+
+function isWordChar(c: number): boolean {
+  return (c >= 0x30 && c <= 0x39) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x7a) || c === 0x5f || c === 0x24 || c >= 0x80;
+}
+
 function isDelimiterCommand(data: Buffer, i: number): boolean {
   const word = 'delimiter';
   for (let k = 0; k < word.length; k++) {
@@ -465,5 +545,5 @@ function notADump(why: string): AgentError {
 }
 
 function refuse(statement: string): AgentError {
-  return new AgentError('E_ARCHIVE_CORRUPT', `the MySQL dump has a statement that would change a database outside staging: ${statement.trim().slice(0, 120)}; refusing to load it`);
+  return new AgentError('E_UNSAFE_ARCHIVE_ENTRY', `the MySQL dump has a statement that would change a database outside staging: ${statement.trim().slice(0, 120)}; refusing to load it`);
 }
