@@ -158,7 +158,7 @@ describe('the CLI with --remote drives the daemon: same commands, same results a
     expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: 'E_FORBIDDEN' } });
 
     const wrong = path.join(sandbox.dir, 'wrong.token');
-    await writeFile(wrong, 'this-is-not-the-token-you-are-looking-for');
+    await writeFile(wrong, 'this-is-not-the-token-you-are-looking-for', { mode: 0o600 });
     const unauthorized = await cli(['--remote', daemon.url, '--token-file', wrong, 'backup', 'list', 'site']);
     expect(unauthorized.exitCode).toBe(13);
     expect(unauthorized.stderr).toContain('E_UNAUTHORIZED');

@@ -31,7 +31,6 @@ export async function openAgent(cmd: Command): Promise<AgentApi> {
     if (!opts.tokenFile) throw new AgentError('E_USAGE', '--remote needs --token-file FILE (a token never goes on the command line)');
     // The daemon's token file format; with several tokens (a daemon's file), the first is used.
     const [token] = await readTokenFile(opts.tokenFile, '--token-file');
-    if (token === undefined) throw new AgentError('E_SECRET_UNAVAILABLE', `--token-file: ${opts.tokenFile} holds no token (only blank lines or # comments)`);
     // An HTTP header carries visible ASCII only; anything else would fail inside ws as an internal error.
     if (!/^[\x21-\x7e]+$/.test(token)) throw new AgentError('E_SECRET_UNAVAILABLE', `--token-file: the token in ${opts.tokenFile} holds spaces or characters outside visible ASCII: a token is one word of visible ASCII`);
     const { RemoteAgent } = await import('../remote-client.ts'); // ws loads only with --remote

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { AgentError } from '../../errors.ts';
+import { readSecretFile } from '../../secret-file.ts';
 import type { Role } from './protocol.ts';
 
 interface Entry {
@@ -52,19 +52,18 @@ export class TokenRing {
 /**
  * The tokens of a token file: one per line, blank lines and `# comments` skipped. The daemon's
  * files and the CLI's --token-file are read by this one function, so a file the daemon accepts
- * works for the client too. `what` names the setting in the error.
+ * works for the client too. The file must be private (readSecretFile: mode 0600, owned by root
+ * or the agent's user) and hold at least one token: an empty file is a mistake, not "nobody".
+ * `what` names the setting in the error.
  */
-export async function readTokenFile(file: string, what: string): Promise<string[]> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: cannot read token file ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
-  }
-  return text
+export async function readTokenFile(file: string, what: string): Promise<[string, ...string[]]> {
+  const tokens = (await readSecretFile(file, what))
     .split('\n')
     .map((line) => line.trim())
     .filter((line) => line.length > 0 && !line.startsWith('#'));
+  const [first, ...rest] = tokens;
+  if (first === undefined) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: ${file} holds no token (only blank lines or # comments)`, { details: { file } });
+  return [first, ...rest];
 }
 
 function digest(token: string): Buffer {
