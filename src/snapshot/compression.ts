@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
+import { childEnv } from '../child-env.ts';
 import { claimRecyclable, freeNow, offerForRecycling, recycle } from './chunk-recycling.ts';
 import { sharedCompressionPool, type CompressionPool, type FrameFormat } from './compress-pool.ts';
 
@@ -116,7 +117,7 @@ export function createDecompressor(kind: Compression): Duplex {
       // stderr is kept (a few lines at most) so that a failure says what zstd found wrong.
       // Destroying the duplex closes the child's pipes, which ends it (EOF, or EPIPE on a full
       // stdout), and the duplex closes only once the child has exited.
-      return execa('zstd', ['-q', '-d', '-c'], { buffer: { stdout: false, stderr: true }, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe' }).duplex();
+      return execa('zstd', ['-q', '-d', '-c'], { buffer: { stdout: false, stderr: true }, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', env: childEnv(), extendEnv: false }).duplex();
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });
     case 'none':

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
+import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
 
 /** Everything the agent creates inside a mount starts with this, and is never backed up. */
@@ -59,7 +60,7 @@ async function removeSnapshot(holder: string, removeTarget: () => Promise<unknow
 
 async function run(command: string, args: string[], signal?: AbortSignal): Promise<void> {
   try {
-    await execa(command, args, { cancelSignal: signal, stdin: 'ignore' });
+    await execa(command, args, { cancelSignal: signal, stdin: 'ignore', env: childEnv(), extendEnv: false });
   } catch (error) {
     const stderr = (error as { stderr?: string }).stderr?.trim();
     throw new AgentError('E_CAPTURE_FAILED', `${command} ${args[0]} failed: ${stderr || (error as Error).message}`, { cause: error });

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
+import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
 
 const GUARD_MODULE = new URL('./guard.ts', import.meta.url).pathname;
@@ -22,14 +23,13 @@ export interface FreezeGuard {
 /**
  * Starts the freeze guard (guard.ts) for the lease journaled in `journalFile` and waits until
  * it listens. It runs detached, in a session of its own — a kill of the agent's process group
- * does not reach it — with only PATH and the compile cache in its environment (the agent's may
- * hold store credentials), and never keeps this process alive. `onThawed` runs if the guard
+ * does not reach it — with the minimal child environment (childEnv) plus the compile cache
+ * (the agent's may hold store credentials), and never keeps this process alive. `onThawed` runs if the guard
  * thaws while this process still runs (deadline, SIGTERM to the guard).
  */
 export async function startGuard(journalFile: string, onThawed: (reason: string) => void): Promise<FreezeGuard> {
   const begun = performance.now();
-  const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
-  if (process.env.NODE_COMPILE_CACHE) env.NODE_COMPILE_CACHE = process.env.NODE_COMPILE_CACHE;
+  const env = childEnv(process.env.NODE_COMPILE_CACHE ? { NODE_COMPILE_CACHE: process.env.NODE_COMPILE_CACHE } : {});
   const child = spawn(process.execPath, [GUARD_MODULE, journalFile], { detached: true, stdio: ['pipe', 'pipe', 'inherit'], env });
   const stdin = child.stdin as Socket;
   const stdout = child.stdout as Socket;

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { access, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
 import type { SavedTarget } from './journal.ts';
 
@@ -109,7 +110,7 @@ const execFileAsync = promisify(execFile);
 
 async function run(args: string[], signal?: AbortSignal): Promise<void> {
   try {
-    await execFileAsync('fsfreeze', args, { signal });
+    await execFileAsync('fsfreeze', args, { signal, env: childEnv() });
   } catch (error) {
     const stderr = (error as { stderr?: string }).stderr?.trim();
     throw new AgentError('E_CAPTURE_FAILED', `fsfreeze ${args.join(' ')} failed: ${stderr || (error as Error).message}`, { cause: error });

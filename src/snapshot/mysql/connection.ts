@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Connection, RowDataPacket } from 'mysql2/promise';
+import { childEnv } from '../../child-env.ts';
 import { AgentError, type ErrorCode } from '../../errors.ts';
 
 /** Where and as whom the agent talks to one MySQL/MariaDB server. */
@@ -155,7 +156,7 @@ export function clientProcessOptions(signal: AbortSignal) {
   return {
     buffer: false,
     stderr: 'pipe',
-    env: { PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin', LC_ALL: 'C' },
+    env: childEnv(),
     extendEnv: false,
     cancelSignal: signal,
     forceKillAfterDelay: 2_000,

@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import { execa } from 'execa';
+import { childEnv } from '../../child-env.ts';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
 
 /** An RDB file starts with "REDIS" and four ASCII digits: the format version. */
@@ -61,7 +62,7 @@ export async function checkRdb(file: string, targetVersion: string | undefined, 
     );
   }
   throwIfCancelled(signal);
-  const check = await execa('redis-check-rdb', [file], { reject: false, all: true, stdin: 'ignore', cancelSignal: signal });
+  const check = await execa('redis-check-rdb', [file], { reject: false, all: true, stdin: 'ignore', cancelSignal: signal, env: childEnv(), extendEnv: false });
   throwIfCancelled(signal);
   if (check.failed) {
     const code = (check as { code?: string }).code;
