@@ -4,9 +4,10 @@ import path from 'node:path';
 import { addAbortSignal, Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AgentError, isAgentError, toAgentError } from '../errors.ts';
-import { compressionExtension, createDecompressor } from '../snapshot/compression.ts';
+import { compressionExtension, createCompressor, createDecompressor } from '../snapshot/compression.ts';
 import { LengthCheck, VerifyStream } from '../snapshot/digest.ts';
 import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
+import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../snapshot/mysql/single-database.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { readSegmented } from '../transport/segments.ts';
@@ -231,22 +232,46 @@ export function artifactFileName(element: ElementRecord): string {
   return `${element.name}.${element.format}${compressionExtension[element.compression]}`;
 }
 
+/** Level of a MySQL dump `get` recompresses: the backup's default, the fastest. */
+const GET_LEVEL = 1;
+
 /**
- * Downloads one element as the standard archive it is stored as, verified; the file appears
- * only when complete (temp + rename). `to` may be an existing directory (the file is
- * artifactFileName inside it) or a file path in one.
+ * Downloads one element as a standard archive, verified; the file appears only when complete
+ * (temp + rename). `to` may be an existing directory (the file is artifactFileName inside it)
+ * or a file path in one. Files and Redis elements, and a MySQL element with --all-databases,
+ * are the stored bytes. Otherwise a MySQL element's dump is cut to one database (chooseDatabase)
+ * without CREATE DATABASE or USE, so that it loads into the database the user names, and
+ * recompressed in its stored format: the file name stays <element>.sql.zst.
  */
-export async function downloadElement(store: ObjectStore, manifest: Manifest, element: ElementRecord, to: string, signal: AbortSignal): Promise<{ path: string; bytes: number }> {
+export async function downloadElement(
+  store: ObjectStore,
+  manifest: Manifest,
+  element: ElementRecord,
+  to: string,
+  signal: AbortSignal,
+  choice: DatabaseChoice = {},
+): Promise<{ path: string; bytes: number; database?: string }> {
+  const database = chooseDatabase(element, choice);
   const file = await downloadTarget(to, element);
   const temp = path.join(path.dirname(file), `.${path.basename(file)}.partial-${process.pid}`);
+  let bytes = element.storedBytes;
   try {
-    await pipeline(readVerified(store, manifest, element, signal), createWriteStream(temp, { flags: 'wx', mode: 0o600 }), { signal });
+    const sink = () => createWriteStream(temp, { flags: 'wx', mode: 0o600 });
+    if (database === undefined) {
+      await pipeline(readVerified(store, manifest, element, signal), sink(), { signal });
+    } else {
+      const stages = singleDatabaseStages(database, elementLabel(manifest, element));
+      await consumeElement(store, manifest, element, signal, (source) =>
+        pipeline(source, ...stages, createCompressor(element.compression, { level: GET_LEVEL }), sink(), { signal }),
+      );
+      bytes = (await stat(temp)).size;
+    }
     await rename(temp, file);
   } catch (error) {
     await rm(temp, { force: true });
     throw toAgentError(error, 'E_STORE_IO');
   }
-  return { path: file, bytes: element.storedBytes };
+  return { path: file, bytes, ...(database === undefined ? {} : { database }) };
 }
 
 async function downloadTarget(to: string, element: ElementRecord): Promise<string> {
