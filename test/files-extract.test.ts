@@ -5,6 +5,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AgentError, isAgentError } from '../src/errors.ts';
+import { FilesDriver } from '../src/snapshot/files/driver.ts';
 import { extractTree, type ExtractOptions } from '../src/snapshot/files/extract.ts';
 import { packTree } from '../src/snapshot/files/pack.ts';
 import { encodeHeader } from '../src/snapshot/files/tar-header.ts';
@@ -57,7 +58,7 @@ async function fixture(): Promise<string> {
 describe('extractTree of archives from GNU tar', () => {
   it('restores a GNU-format archive (./ names, long-name records) exactly', async () => {
     const source = await fixture();
-    const stats = await extract(await gnuArchive(source));
+    const stats = await extract(await gnuArchive(source), { keepSetuid: true });
     expect(describeTree(dest)).toEqual(describeTree(source));
     expect(hardLinkGroups(dest)).toEqual(hardLinkGroups(source));
     expect(stats.hardlinks).toBe(1);
@@ -313,5 +314,46 @@ describe('extractTree cancellation', () => {
     await expect(extracting).rejects.toSatisfy((error) => isAgentError(error, 'E_CANCELLED'));
     expect((await readdir(dest)).length).toBeLessThan(2000);
     expect(openPaths().filter((open) => open.startsWith(dest))).toEqual([]);
+  });
+});
+
+describe('extractTree clears setuid and setgid bits of files unless told to keep them (issue #10)', () => {
+  const forged: ArchiveEntry[] = [
+    { header: { name: 'bin/', type: 'directory', mode: 0o2775, uid: 0, gid: 0 } },
+    { header: { name: 'bin/rootshell', mode: 0o4755, uid: 0, gid: 0 }, content: '#!/bin/sh\nexec /bin/sh -p\n' },
+    { header: { name: 'bin/groupshell', mode: 0o2755, uid: 0, gid: 0 }, content: '#!/bin/sh\n' },
+    { header: { name: 'bin/both', mode: 0o6711, uid: 0, gid: 0 }, content: 'x' },
+    { header: { name: 'shared/', type: 'directory', mode: 0o1777 } },
+    { header: { name: 'plain.txt', mode: 0o644 }, content: 'plain' },
+  ];
+  const mode = async (rel: string) => (await lstat(path.join(dest, rel))).mode & 0o7777;
+
+  it('clears them by default, counts them and names the first; directories keep setgid and sticky bits', async () => {
+    const stats = await extract(await buildArchive(forged));
+    expect([await mode('bin/rootshell'), await mode('bin/groupshell'), await mode('bin/both'), await mode('plain.txt')]).toEqual([0o755, 0o755, 0o711, 0o644]);
+    expect([await mode('bin'), await mode('shared')]).toEqual([0o2775, 0o1777]);
+    expect(stats.setuidCleared).toEqual({ files: 3, paths: ['bin/rootshell', 'bin/groupshell', 'bin/both'] });
+  });
+
+  it('keeps them with keepSetuid', async () => {
+    const stats = await extract(await buildArchive(forged), { keepSetuid: true });
+    expect([await mode('bin/rootshell'), await mode('bin/groupshell'), await mode('bin/both')]).toEqual([0o4755, 0o2755, 0o6711]);
+    expect(stats.setuidCleared).toBeUndefined();
+  });
+
+  it('the files driver says so in the restore facts, and keeps them when the service sets keepSetuid', async () => {
+    const target = path.join(work.path, 'mount');
+    const archive = await buildArchive(forged);
+    const cleared = await new FilesDriver({ path: target, exclude: [] }).stage(Readable.from([archive]), new AbortController().signal);
+    expect(cleared.facts).toMatchObject({
+      setuidCleared: 3,
+      warning: 'cleared the setuid/setgid bits of 3 files (bin/rootshell, bin/groupshell, bin/both); set keepSetuid: true on the service to restore them as archived',
+    });
+    await cleared.commit();
+    expect((await lstat(path.join(target, 'bin/rootshell'))).mode & 0o7777).toBe(0o755);
+    const kept = await new FilesDriver({ path: target, exclude: [], keepSetuid: true }).stage(Readable.from([archive]), new AbortController().signal);
+    expect(kept.facts).not.toHaveProperty('warning');
+    await kept.commit();
+    expect((await lstat(path.join(target, 'bin/rootshell'))).mode & 0o7777).toBe(0o4755);
   });
 });

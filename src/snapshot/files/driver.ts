@@ -14,6 +14,8 @@ import { AGENT_ENTRY_PREFIX, snapshotMount } from './snapshot.ts';
 export interface FilesServiceOptions {
   path: string;
   exclude: readonly string[];
+  /** Restore setuid/setgid bits as archived (default: cleared, with a warning in the facts). */
+  keepSetuid?: boolean;
 }
 
 /**
@@ -95,14 +97,26 @@ export class FilesDriver implements ServiceDriver {
       if (state.createdFrom) await mkdir(path.dirname(target), { recursive: true, mode: 0o755 });
       await requireFreeSpace(mountPoint ? target : path.dirname(target), diskBytes(options), `the restore of ${target}`);
       await mkdir(state.staging, { mode: 0o700 });
-      const stats = await extractTree(source, state.staging, { signal });
+      const stats = await extractTree(source, state.staging, { signal, keepSetuid: this.#options.keepSetuid ?? false });
       if (mountPoint) {
         // What the commit moves up: it tells a moved-up new entry from an old one of the same name.
         state.staged = (await readdir(state.staging)).filter((n) => n !== LOST_AND_FOUND);
         await options.journal?.(state);
       }
       return {
-        facts: { files: stats.files, directories: stats.directories, symlinks: stats.symlinks, hardlinks: stats.hardlinks, contentBytes: stats.bytes },
+        facts: {
+          files: stats.files,
+          directories: stats.directories,
+          symlinks: stats.symlinks,
+          hardlinks: stats.hardlinks,
+          contentBytes: stats.bytes,
+          ...(stats.setuidCleared && {
+            setuidCleared: stats.setuidCleared.files,
+            warning:
+              `cleared the setuid/setgid bits of ${stats.setuidCleared.files} files (${stats.setuidCleared.paths.join(', ')}${stats.setuidCleared.files > stats.setuidCleared.paths.length ? ', …' : ''}); ` +
+              'set keepSetuid: true on the service to restore them as archived',
+          }),
+        },
         commit: () => commitSwap(state),
         discard: () => discardSwap(state),
       };

@@ -11,7 +11,15 @@ export interface ExtractOptions {
   signal?: AbortSignal;
   /** Default: only when running as root, the only user who can give files away. */
   restoreOwners?: boolean;
+  /**
+   * Keep the setuid and setgid bits of files (the service's `keepSetuid`). Default: cleared,
+   * since a tar from a compromised node could plant a setuid-root program in a mount (issue #10).
+   */
+  keepSetuid?: boolean;
 }
+
+/** How many paths of entries whose setuid/setgid bits were cleared the stats keep. */
+const CLEARED_PATHS = 5;
 
 export interface ExtractStats {
   files: number;
@@ -20,6 +28,8 @@ export interface ExtractStats {
   hardlinks: number;
   /** File content bytes. */
   bytes: number;
+  /** Set when files were restored without the setuid/setgid bits their archive gave them: how many, the first paths. */
+  setuidCleared?: { files: number; paths: string[] };
 }
 
 /** What tar-stream sets beyond its published types: decoded pax records, where the data starts. */
@@ -44,6 +54,7 @@ export async function extractTree(source: Readable, dest: string, options: Extra
 
   const writer = new StagingWriter(dest, options.restoreOwners ?? process.getuid?.() === 0);
   const stats: ExtractStats = { files: 0, directories: 0, symlinks: 0, hardlinks: 0, bytes: 0 };
+  const keepSetuid = options.keepSetuid ?? false;
   const end = new TarEndCheck();
   const extractor = tar.extract();
   let applying: Promise<void> = Promise.resolve();
@@ -53,7 +64,7 @@ export async function extractTree(source: Readable, dest: string, options: Extra
     const content = stream as EntryContent;
     // NaN, should tar-stream stop reporting byteOffset, makes every archive fail the end check.
     end.entry(header.byteOffset ?? Number.NaN, header.type === 'directory' ? 0 : header.size);
-    applying = applyEntry(writer, header, content, stats).then(
+    applying = applyEntry(writer, header, content, stats, keepSetuid).then(
       () => next(),
       (error: unknown) => {
         content.resume();
@@ -103,11 +114,19 @@ export async function extractTree(source: Readable, dest: string, options: Extra
   }
 }
 
-async function applyEntry(writer: StagingWriter, header: ParsedHeader, content: EntryContent, stats: ExtractStats): Promise<void> {
+async function applyEntry(writer: StagingWriter, header: ParsedHeader, content: EntryContent, stats: ExtractStats, keepSetuid: boolean): Promise<void> {
   if (header.type !== 'file') content.resume();
   const path = entryPath(header.name);
   if (path === '' && header.type !== 'directory') throw unsafeEntry(header.name, 'it names the restore directory itself');
   const attributes = attributesOf(header);
+  // Only files run as their owner or group: a setgid directory just passes its group on to new
+  // entries, and the sticky bit only restricts deleting, so directories keep theirs.
+  if (!keepSetuid && attributes.mode & SETUID_SETGID && header.type === 'file') {
+    attributes.mode &= ~SETUID_SETGID;
+    const cleared = (stats.setuidCleared ??= { files: 0, paths: [] });
+    cleared.files++;
+    if (cleared.paths.length < CLEARED_PATHS) cleared.paths.push(path);
+  }
   // tar-stream leaves linkname null when the field is empty, whatever its types say.
   const linkname = header.linkname ?? '';
   switch (header.type) {
@@ -137,6 +156,8 @@ async function applyEntry(writer: StagingWriter, header: ParsedHeader, content: 
       );
   }
 }
+
+const SETUID_SETGID = 0o6000;
 
 /** pax records (GNU tar's posix format) carry ids and mtimes that the ustar fields cannot. */
 function attributesOf(header: ParsedHeader): EntryAttributes {
