@@ -67,10 +67,9 @@ function dumpedDatabases(element: ElementRecord): string[] {
  */
 export function singleDatabaseStages(database: string, about: string): [Transform, Transform] {
   const filter = new SingleDatabaseFilter(database, `sa_get_${randomBytes(12).toString('hex')}_`, about);
-  // Not an object literal: the rewriter's options grow (`existing`, for the restore's checks of
-  // names against the server's databases). There is no server here: no other names to refuse.
-  const options = { resolve: (databases: readonly string[]) => filter.resolve(databases), existing: [] as string[] };
-  return [new StagingRewriter(options), filter];
+  // `existing` is the restore's list of the target server's other databases, whose names a
+  // statement may not use; there is no server here (system schemas are refused all the same).
+  return [new StagingRewriter({ resolve: (databases) => filter.resolve(databases), existing: [] }), filter];
 }
 
 const NL = 0x0a;
