@@ -45,6 +45,8 @@ const catalogue = {
   E_BACKUP_NOT_FOUND: ExitCode.notFound,
   E_OBJECT_NOT_FOUND: ExitCode.notFound,
   E_MANIFEST_INVALID: ExitCode.integrity,
+  /** A manifest without a valid MAC under the node's keys (issue #10). */
+  E_MANIFEST_UNAUTHENTICATED: ExitCode.integrity,
   E_CHECKSUM_MISMATCH: ExitCode.integrity,
   E_SIZE_MISMATCH: ExitCode.integrity,
   E_ARCHIVE_CORRUPT: ExitCode.integrity,

@@ -10,9 +10,10 @@ import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { createCompressor } from '../src/snapshot/compression.ts';
 import { encodeHeader } from '../src/snapshot/files/tar-header.ts';
-import { manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { putSigned } from './support/manifest-keys.ts';
 import { createTestBucket } from './support/s3.ts';
 import { describeTree, MiB } from './support/tree.ts';
 
@@ -91,13 +92,13 @@ for (const storeKind of ['fs', 's3'] as const) {
       await store.put(key, Readable.from([change(Buffer.from(bytes))]));
     }
 
-    /** Stores `archive` as the backup's only element, under a manifest whose size and sha256 match it. */
+    /** Stores `archive` as the backup's only element, under a manifest whose size and sha256 match it, signed with the node's key. */
     async function forge(manifest: Manifest, archive: Buffer, rawBytes: number): Promise<void> {
       const element = manifest.elements[0]!;
       await store.put(element.objects[0]!.key, Readable.from([archive]));
       const sha256 = createHash('sha256').update(archive).digest('hex');
       const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes, sha256 }] };
-      await store.put(manifestKey('site', manifest.id), Readable.from([Buffer.from(JSON.stringify(forged))]));
+      await putSigned(store, sandbox.configPath, forged);
     }
 
     async function expectUnchangedAfter(action: () => Promise<void>): Promise<void> {
@@ -176,11 +177,10 @@ for (const storeKind of ['fs', 's3'] as const) {
       });
     });
 
-    it('a forged manifest naming another backup\'s object → E_MANIFEST_INVALID (exit 5), nothing read', async () => {
+    it('a forged manifest naming another backup\'s object, even signed with the key → E_MANIFEST_INVALID (exit 5), nothing read', async () => {
       const victim = await freshBackup();
       const forged = await freshBackup();
-      const text = JSON.stringify({ ...forged, elements: [{ ...forged.elements[0]!, objects: victim.elements[0]!.objects }] });
-      await store.put(manifestKey('site', forged.id), Readable.from([Buffer.from(text)]));
+      await putSigned(store, sandbox.configPath, { ...forged, elements: [{ ...forged.elements[0]!, objects: victim.elements[0]!.objects }] });
       const restore = await cli([...args(), 'backup', 'restore', 'site', forged.id, '--yes']);
       expect(restore.exitCode).toBe(5);
       expect(restore.stderr).toMatch(/E_MANIFEST_INVALID.*outside the backup/);

@@ -27,6 +27,7 @@ const ARTIFACTS = path.resolve(import.meta.dirname, '../src/agent/artifacts.ts')
 const CATALOG = path.resolve(import.meta.dirname, '../src/agent/catalog.ts');
 const CONFIG = path.resolve(import.meta.dirname, '../src/agent/config.ts');
 const STORES = path.resolve(import.meta.dirname, '../src/agent/stores.ts');
+const KEYS = path.resolve(import.meta.dirname, '../src/agent/keys.ts');
 
 /** The `zstd` processes whose parent is this process, zombies included (not yet reaped). */
 async function zstdChildren(): Promise<number[]> {
@@ -186,9 +187,11 @@ describe('readDecompressed owns what it starts', () => {
       import { readManifest } from ${JSON.stringify(CATALOG)};
       import { loadConfig } from ${JSON.stringify(CONFIG)};
       import { openEnvironmentStore } from ${JSON.stringify(STORES)};
+      import { loadKeyRing } from ${JSON.stringify(KEYS)};
       const [configPath, id, when] = process.argv.slice(1);
-      const store = await openEnvironmentStore(await loadConfig(configPath), 'site');
-      const manifest = await readManifest(store, 'site', id);
+      const config = await loadConfig(configPath);
+      const store = await openEnvironmentStore(config, 'site');
+      const manifest = await readManifest(store, 'site', id, { keys: await loadKeyRing(config) });
       const stream = readDecompressed(store, manifest, manifest.elements[0], new AbortController().signal);
       if (when === 'after a partial read') {
         await new Promise((resolve) => stream.once('data', resolve));

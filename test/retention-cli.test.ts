@@ -86,7 +86,7 @@ describe('retention from the CLI: manual limit, prune, expiry, safety backups (s
     expect(listed.find((b) => b.id === expiring.id)).toMatchObject({ restorable: false, status: 'expired' });
     expect(listed.find((b) => b.id === incomplete)).toMatchObject({ restorable: false, status: 'incomplete' });
     const table = await cli(args('backup', 'list', 'pruned'));
-    expect(table.stdout.split('\n')[0]).toMatch(/^Created\s+Backup ID\s+Restorable\s+Trigger\s+Expires\s+Size\s+Pause$/);
+    expect(table.stdout.split('\n')[0]).toMatch(/^Created\s+Backup ID\s+Restorable\s+Authenticated\s+Trigger\s+Expires\s+Size\s+Pause$/);
     expect(table.stdout.split('\n').find((l) => l.includes(expiring.id))).toContain('no (expired)');
     expect(table.stdout.split('\n').find((l) => l.includes(s1.id))).toContain('scheduled');
 

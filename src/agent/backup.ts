@@ -11,6 +11,7 @@ import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { freezeWriters } from '../snapshot/freeze/lease.ts';
 import { cgroupTarget, filesystemTarget } from '../snapshot/freeze/targets.ts';
 import { elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../snapshot/manifest.ts';
+import { signManifest } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { putSegmented } from '../transport/segments.ts';
@@ -18,6 +19,7 @@ import { backupObjectKeys, deleteBackup, listBackups } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
+import { loadKeyRing } from './keys.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { AGENT_VERSION, HOST } from './version.ts';
 
@@ -48,6 +50,8 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const id = options.id ?? newBackupId();
   const log = logger.child({ env, backupId: id });
   const createdAt = new Date();
+  // Before any work: a backup that could not be signed could never be restored.
+  const keys = await loadKeyRing(config, logger);
 
   const replaced = await checkManualLimit(config, store, env, options);
   await sweepOrphans(ctx, store, env);
@@ -61,7 +65,8 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     const { elements, pauseMs } = options.live
       ? await captureLive(ctx, store, env, id, plan, captures)
       : await captureConsistent(ctx, store, env, id, plan, captures);
-    const manifest: Manifest = {
+    // Signed like every backup, safety backups included (manifest-mac.ts: what the MAC covers).
+    const manifest: Manifest = signManifest({
       schema: 'storage-agent/manifest',
       version: MANIFEST_VERSION,
       id,
@@ -76,7 +81,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
       agent: { version: AGENT_VERSION, host: HOST },
       // In the environment's service order, whatever order they were stored in.
       elements: plan.map(({ name }) => elements.find((e) => e.name === name)!),
-    };
+    } satisfies Manifest, keys);
     throwIfCancelled(signal);
     ctx.onProgress?.({ phase: 'manifest' });
     await reachedPhase('backup:manifest');
@@ -195,7 +200,7 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
 async function checkManualLimit(config: Config, store: ObjectStore, env: string, options: CreateBackupOptions): Promise<string[]> {
   if ((options.trigger ?? 'manual') !== 'manual') return [];
   const limit = environmentOf(config, env).manualLimit;
-  const manual = (await listBackups(store, env)).filter((b) => b.restorable && b.manifest?.trigger === 'manual');
+  const manual = (await listBackups(store, env, await loadKeyRing(config))).filter((b) => b.restorable && b.manifest?.trigger === 'manual');
   if (manual.length < limit) return [];
   if (!options.replaceOldest) {
     throw new AgentError(

@@ -2,7 +2,8 @@ import { text } from 'node:stream/consumers';
 import pLimit from 'p-limit';
 import { AgentError, isAgentError } from '../errors.ts';
 import { backupIdTime } from '../snapshot/backup-id.ts';
-import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestKey, parseManifest, type Manifest } from '../snapshot/manifest.ts';
+import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestJson, manifestKey, parseManifest, type Manifest } from '../snapshot/manifest.ts';
+import { checkManifestMac, unauthenticated, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkBackupId } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 
@@ -16,11 +17,39 @@ export interface BackupSummary {
   restorable: boolean;
   /** Why a listed backup is not restorable. */
   status: 'ok' | 'expired' | 'incomplete' | 'invalid';
+  /** Its manifest carries a MAC that verifies under this node's keys (issue #10). */
+  authenticated: boolean;
   manifest?: Manifest;
   problem?: string;
 }
 
-export async function readManifest(store: ObjectStore, env: string, id: string): Promise<Manifest> {
+export interface ManifestAccess {
+  keys: KeyRing;
+  /**
+   * Accept a manifest that carries no MAC (a backup made before keys existed). A MAC that is
+   * present and does not verify is refused whatever this says: only its absence is excused.
+   */
+  allowUnauthenticated?: boolean;
+}
+
+/**
+ * A backup's manifest, authenticated: its MAC is checked under `access.keys` before anything
+ * else in it is looked at, then it is parsed and checked against the backup (parseManifest).
+ * Unsigned manifests are E_MANIFEST_UNAUTHENTICATED unless allowed.
+ */
+export async function readManifest(store: ObjectStore, env: string, id: string, access: ManifestAccess): Promise<Manifest> {
+  const raw = manifestJson(await readManifestText(store, env, id), env, id);
+  if (checkManifestMac(raw, access.keys, env, id) === 'unsigned' && !access.allowUnauthenticated) {
+    throw unauthenticated(
+      env,
+      id,
+      'it carries no MAC: it was made before manifest keys existed, or written by someone without the key; if you trust it, pass --allow-unauthenticated (protocol: allowUnauthenticated: true)',
+    );
+  }
+  return parseManifest(raw, env, id);
+}
+
+async function readManifestText(store: ObjectStore, env: string, id: string): Promise<string> {
   checkBackupId(id);
   const key = manifestKey(env, id);
   const info = await store.head(key);
@@ -32,11 +61,11 @@ export async function readManifest(store: ObjectStore, env: string, id: string):
   if (info.size > MAX_MANIFEST_BYTES) {
     throw new AgentError('E_MANIFEST_INVALID', `manifest of backup ${env}/${id} is ${info.size} bytes, over the ${MAX_MANIFEST_BYTES} limit; it is not ours`);
   }
-  return parseManifest(await text(await store.get(key)), env, id);
+  return text(await store.get(key));
 }
 
 /** Every backup of `env` in the store, newest first, with why any is not restorable. */
-export async function listBackups(store: ObjectStore, env: string, now: Date = new Date()): Promise<BackupSummary[]> {
+export async function listBackups(store: ObjectStore, env: string, keys: KeyRing, now: Date = new Date()): Promise<BackupSummary[]> {
   const ids = new Set<string>();
   const withManifest = new Set<string>();
   for await (const object of store.list(`${env}/`)) {
@@ -54,14 +83,16 @@ export async function listBackups(store: ObjectStore, env: string, now: Date = n
     [...ids].map((id) =>
       limit(async (): Promise<BackupSummary> => {
         const createdAt = backupIdTime(id).toISOString();
-        if (!withManifest.has(id)) return { id, env, createdAt, restorable: false, status: 'incomplete' };
+        if (!withManifest.has(id)) return { id, env, createdAt, restorable: false, status: 'incomplete', authenticated: false };
         try {
-          const manifest = await readManifest(store, env, id);
+          // Unsigned manifests are listed as they are (authenticated: false): prune and delete
+          // act on them, restores need the explicit flag. One whose MAC fails is 'invalid'.
+          const manifest = await readManifest(store, env, id, { keys, allowUnauthenticated: true });
           const restorable = isRestorable(manifest, now);
-          return { id, env, createdAt: manifest.createdAt, restorable, status: restorable ? 'ok' : 'expired', manifest };
+          return { id, env, createdAt: manifest.createdAt, restorable, status: restorable ? 'ok' : 'expired', authenticated: manifest.mac !== undefined, manifest };
         } catch (error) {
-          if (!isAgentError(error, 'E_MANIFEST_INVALID')) throw error;
-          return { id, env, createdAt, restorable: false, status: 'invalid', problem: error.message };
+          if (!isAgentError(error, 'E_MANIFEST_INVALID') && !isAgentError(error, 'E_MANIFEST_UNAUTHENTICATED')) throw error;
+          return { id, env, createdAt, restorable: false, status: 'invalid', authenticated: false, problem: error.message };
         }
       }),
     ),

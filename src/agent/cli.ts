@@ -10,6 +10,7 @@ import { confirmDestructive } from './confirm.ts';
 import type { OperationContext } from './context.ts';
 import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
+import { loadKeyRing } from './keys.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -19,6 +20,10 @@ import type { ElementCheck } from './artifacts.ts';
 import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
 import type { PruneResult } from './prune.ts';
 import type { RestoreSummary } from './restore.ts';
+
+/** restore, get, url and verify: the one way past E_MANIFEST_UNAUTHENTICATED, for backups made before keys existed. */
+const ALLOW_UNAUTHENTICATED = '--allow-unauthenticated';
+const ALLOW_UNAUTHENTICATED_HELP = 'accept a backup whose manifest carries no MAC (made before keys existed); an invalid MAC is refused all the same';
 
 interface CreateOptions {
   live?: boolean;
@@ -120,11 +125,12 @@ function buildProgram(): Command {
       const backups = await withAgent(cmd, (agent) => agent.backupList({ env }));
       output(cmd, backups, () =>
         renderTable(
-          ['Created', 'Backup ID', 'Restorable', 'Trigger', 'Expires', 'Size', 'Pause'],
+          ['Created', 'Backup ID', 'Restorable', 'Authenticated', 'Trigger', 'Expires', 'Size', 'Pause'],
           backups.map((b) => [
             shortTime(b.createdAt),
             b.id,
             b.restorable ? 'yes' : `no (${b.status})`,
+            b.authenticated ? 'yes' : b.manifest ? 'no (no MAC)' : 'no',
             b.manifest?.trigger ?? '-',
             b.manifest ? (b.manifest.keepUntil ? shortTime(b.manifest.keepUntil) : 'never') : '-',
             b.manifest ? formatBytes(b.manifest.elements.reduce((sum, e) => sum + e.storedBytes, 0)) : '-',
@@ -153,12 +159,22 @@ function buildProgram(): Command {
     .option('--target <env>', 'restore into this environment instead')
     .option('--element <names>', 'comma-separated elements to restore', splitList)
     .option('--no-safety-backup', 'do not back up the target first (the pre-restore safety backup)')
+    .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
-    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
       checkBackupId(id);
-      const request = { kind: 'backup.restore' as const, env, id, target, elements: opts.element, ...(opts.safetyBackup === false ? { safetyBackup: false } : {}) };
+      const request = {
+        kind: 'backup.restore' as const,
+        env,
+        id,
+        target,
+        elements: opts.element,
+        ...(opts.safetyBackup === false ? { safetyBackup: false } : {}),
+        ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
+      };
+
       const summary = await runJob<RestoreSummary>(cmd, request, {
         confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
       });
@@ -200,11 +216,12 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .requiredOption('--element <name>', 'element to download')
     .requiredOption('--to <path>', 'file or existing directory to write to')
+    .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
-    .action(async (env: string, id: string, opts: { element: string; to: string }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { element: string; to: string; allowUnauthenticated?: boolean }, cmd: Command) => {
       const result = await withOperation(cmd, async (ctx) => {
         const store = await openEnvironmentStore(ctx.config, env);
-        const manifest = await readManifest(store, env, id);
+        const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: opts.allowUnauthenticated === true });
         return downloadElement(store, manifest, findElement(manifest, opts.element), opts.to, ctx.signal);
       });
       output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, sha256 verified)\n`);
@@ -217,11 +234,14 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .requiredOption('--element <name>', 'element')
     .option('--expires <duration>', 'validity, at most 7d (S3 limit)', '1h')
+    .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
-    .action(async (env: string, id: string, opts: { element: string; expires: string }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { element: string; expires: string; allowUnauthenticated?: boolean }, cmd: Command) => {
       const ms = parseDuration(opts.expires);
       if (!ms || ms < 1000 || ms > 7 * 86_400_000) throw new AgentError('E_USAGE', `--expires ${JSON.stringify(opts.expires)}: use a duration from 1s to 7d`);
-      const { url, expiresAt } = await withAgent(cmd, (agent) => agent.backupUrl({ env, id, element: opts.element, expiresSeconds: Math.round(ms / 1000) }));
+      const { url, expiresAt } = await withAgent(cmd, (agent) =>
+        agent.backupUrl({ env, id, element: opts.element, expiresSeconds: Math.round(ms / 1000), ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}) }),
+      );
       output(cmd, { url, expiresAt }, () => `${url}\n`);
     });
 
@@ -230,9 +250,15 @@ function buildProgram(): Command {
     .description('read back every object of a backup and check its sha256')
     .argument('<env>', 'environment')
     .argument('<id>', 'backup id')
+    .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
-    .action(async (env: string, id: string, _opts: unknown, cmd: Command) => {
-      const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, { kind: 'backup.verify', env, id });
+    .action(async (env: string, id: string, opts: { allowUnauthenticated?: boolean }, cmd: Command) => {
+      const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, {
+        kind: 'backup.verify',
+        env,
+        id,
+        ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
+      });
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
         renderTable(['Element', 'Result', 'Bytes'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, String(c.bytes)])),
       );

@@ -209,6 +209,11 @@ const configSchema = z
       .default({ algorithm: 'zstd', level: 1 }),
     /** Multipart uploads older than this found under our prefix are orphans and get aborted. */
     orphanUploadAge: duration.default(24 * 3_600_000),
+    /**
+     * Manifest MAC keys (issue #10, README "Keys"): one signs, every one verifies. Absent: the
+     * node's own <stateDir>/keys/default.key, created at first start (src/agent/keys.ts).
+     */
+    keys: z.array(z.object({ id: name, file: absolutePath, sign: z.literal(true).optional() }).strict()).min(1).optional(),
     // ---- the daemon and the job engine (issue #4; docs/protocol.md) ----
     daemon: z
       .object({
@@ -249,6 +254,13 @@ const configSchema = z
   })
   .strict()
   .superRefine((config, ctx) => {
+    if (config.keys) {
+      const signing = config.keys.filter((key) => key.sign).length;
+      if (signing !== 1) ctx.addIssue({ code: 'custom', path: ['keys'], message: `exactly one key must have sign: true (the one new backups are signed with); ${signing} have it` });
+      const ids = config.keys.map((key) => key.id);
+      const twice = ids.find((id, i) => ids.indexOf(id) !== i);
+      if (twice !== undefined) ctx.addIssue({ code: 'custom', path: ['keys'], message: `key id ${twice} appears twice; each key needs its own id` });
+    }
     for (const [envName, env] of Object.entries(config.environments)) {
       const store = env.store ?? config.defaultStore;
       if (!Object.hasOwn(config.stores, store) && store !== 'default') {

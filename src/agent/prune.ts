@@ -2,6 +2,7 @@ import { checkName } from '../snapshot/names.ts';
 import { deleteBackup, listBackups, type BackupSummary } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
+import { loadKeyRing } from './keys.ts';
 import { selectRetained } from './retention.ts';
 import { openEnvironmentStore } from './stores.ts';
 
@@ -24,13 +25,15 @@ export interface PruneResult {
  * Applies retention: scheduled backups the rules do not keep, expired backups of any trigger,
  * and incomplete ones older than `orphanUploadAge` (younger ones may still be running) are
  * deleted, manifest first. Manual and safety backups live until they expire. Backups with an
- * invalid manifest are left for a human: they are reported, never deleted automatically.
+ * invalid manifest (a MAC that fails included) are left for a human: they are reported, never
+ * deleted automatically. Unsigned ones (made before keys) are pruned like any other: prune only
+ * deletes, which whoever can write a manifest into the bucket can do anyway.
  */
 export async function pruneBackups(ctx: OperationContext, envName: string, dryRun: boolean, now = new Date()): Promise<PruneResult> {
   const env = checkName('environment', envName);
   const settings = environmentOf(ctx.config, env);
   const store = await openEnvironmentStore(ctx.config, env);
-  const backups = await listBackups(store, env, now);
+  const backups = await listBackups(store, env, await loadKeyRing(ctx.config), now);
   const scheduled = backups.filter((b) => b.status === 'ok' && b.manifest?.trigger === 'scheduled');
   const decision = selectRetained(
     scheduled.map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),

@@ -9,6 +9,7 @@ import { readManifest } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
+import { loadKeyRing } from './keys.ts';
 import { RestoreJournal } from './restore-journal.ts';
 import { openEnvironmentStore } from './stores.ts';
 
@@ -20,6 +21,8 @@ export interface RestoreOptions {
   elements?: readonly string[];
   /** Back up the target's restored elements first (default true; `--no-safety-backup`). */
   safetyBackup?: boolean;
+  /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
+  allowUnauthenticated?: boolean;
 }
 
 export interface SafetyBackupSummary {
@@ -51,7 +54,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const target = checkName('environment', options.target ?? env);
   const targetServices = environmentOf(config, target).services;
   const store = await openEnvironmentStore(config, env);
-  const manifest = await readManifest(store, env, options.id);
+  const manifest = await readManifest(store, env, options.id, { keys: await loadKeyRing(config), allowUnauthenticated: options.allowUnauthenticated });
   const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
   const plan = selected.map((element) => {
     const service = targetServices[element.name];

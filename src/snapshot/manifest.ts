@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { AgentError } from '../errors.ts';
+import { MAC_ALGORITHM } from './manifest-mac.ts';
 import { backupIdPattern, namePattern } from './names.ts';
 
 /**
@@ -66,22 +67,31 @@ export const manifestSchema = z
     codeRef: z.string().max(200).nullable(),
     agent: z.object({ version: z.string(), host: z.string() }).strict(),
     elements: z.array(elementSchema).min(1),
+    /**
+     * The MAC over everything else (manifest-mac.ts), checked before this schema. Optional:
+     * manifests written before keys existed parse, and are refused unless explicitly allowed.
+     */
+    mac: z.object({ keyId: z.string(), alg: z.literal(MAC_ALGORITHM), value: z.string() }).strict().optional(),
   })
   .strict();
 export type Manifest = z.infer<typeof manifestSchema>;
 
-/**
- * Parses a manifest read back from storage. Nothing in it is trusted: beyond the schema, it
- * must be the manifest of the backup it was read for, and every object key it names must
- * belong to that backup — a forged manifest cannot send a restore to another backup's data.
- */
-export function parseManifest(text: string, env: string, id: string): Manifest {
-  let raw: unknown;
+/** The JSON of a manifest read back from storage, not yet checked (its MAC is checked first). */
+export function manifestJson(text: string, env: string, id: string): unknown {
   try {
-    raw = JSON.parse(text);
+    return JSON.parse(text) as unknown;
   } catch (error) {
     throw invalid(env, id, 'not JSON', error);
   }
+}
+
+/**
+ * Checks a manifest read back from storage (manifestJson). Nothing in it is trusted: beyond
+ * the schema, it must be the manifest of the backup it was read for, and every object key it
+ * names must belong to that backup — even a manifest signed by the agent (a bug, a key that
+ * leaked) cannot send a restore to another backup's data.
+ */
+export function parseManifest(raw: unknown, env: string, id: string): Manifest {
   const result = manifestSchema.safeParse(raw);
   if (!result.success) {
     const first = result.error.issues[0];

@@ -9,6 +9,7 @@ import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
 import type { ObjectStore } from '../../transport/object-store.ts';
 import { environmentOf } from '../config.ts';
+import { loadKeyRing } from '../keys.ts';
 import { openStore } from '../stores.ts';
 import { ManifestCache } from './read-cache.ts';
 import { scheduleStates, type ScheduleState } from '../scheduler.ts';
@@ -62,7 +63,7 @@ export interface AgentApi {
   envList(): Promise<EnvSummary[]>;
   backupList(params: { env: string }): Promise<BackupSummary[]>;
   backupShow(params: { env: string; id: string }): Promise<Manifest>;
-  backupUrl(params: { env: string; id: string; element: string; expiresSeconds: number }): Promise<UrlResult>;
+  backupUrl(params: { env: string; id: string; element: string; expiresSeconds: number; allowUnauthenticated?: boolean }): Promise<UrlResult>;
   submit(request: JobRequest, options?: { requestId?: string }): Promise<JobTicket>;
   jobGet(jobId: string): Promise<JobRecord>;
   jobList(filter?: JobFilter): Promise<JobRecord[]>;
@@ -157,16 +158,18 @@ export class LocalAgent implements AgentApi {
   }
 
   async backupList({ env }: { env: string }): Promise<BackupSummary[]> {
-    return listBackups(await this.#readStore(env), env);
+    return listBackups(await this.#readStore(env), env, await loadKeyRing(this.#config));
   }
 
   async backupShow({ env, id }: { env: string; id: string }): Promise<Manifest> {
-    return readManifest(await this.#readStore(env), env, id);
+    // Shown with or without a MAC (how an operator looks at a backup made before keys existed:
+    // its manifest has no mac field); a MAC that fails is refused, never shown as ours.
+    return readManifest(await this.#readStore(env), env, id, { keys: await loadKeyRing(this.#config), allowUnauthenticated: true });
   }
 
-  async backupUrl({ env, id, element: name, expiresSeconds }: { env: string; id: string; element: string; expiresSeconds: number }): Promise<UrlResult> {
+  async backupUrl({ env, id, element: name, expiresSeconds, allowUnauthenticated }: { env: string; id: string; element: string; expiresSeconds: number; allowUnauthenticated?: boolean }): Promise<UrlResult> {
     const store = await this.#readStore(env);
-    const manifest = await readManifest(store, env, id);
+    const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(this.#config), allowUnauthenticated: allowUnauthenticated === true });
     const element = findElement(manifest, name);
     if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
     const url = await store.presignGet(element.objects[0]!.key, expiresSeconds);

@@ -7,6 +7,7 @@ import { RedisRestoreJournal } from '../../snapshot/redis/restore-journal.ts';
 import { manifestKey } from '../../snapshot/manifest.ts';
 import { backupObjectKeys, readManifest } from '../catalog.ts';
 import { effectiveStores, type Config } from '../config.ts';
+import { loadKeyRing } from '../keys.ts';
 import { openEnvironmentStore, openStore } from '../stores.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
@@ -40,6 +41,7 @@ export interface RecoveryReport {
  *      daemon) also those older than `orphanUploadAge` under each store's prefix.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
+  await loadKeyRing(config, logger); // creates the default key at first start; a bad key file fails here
   const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
   await undoInterruptedRedisLoads(config, logger);
   const restores = await recoverRestores(config, logger, new AbortController().signal);
@@ -117,7 +119,8 @@ async function backupCommitted(config: Config, record: JobRecord, logger: Logger
   try {
     const store = await openEnvironmentStore(config, record.env);
     if (!(await store.head(manifestKey(record.env, record.backupId!)))) return undefined;
-    return await readManifest(store, record.env, record.backupId!);
+    // The manifest this very job wrote, signed: one that does not verify was not committed by it.
+    return await readManifest(store, record.env, record.backupId!, { keys: await loadKeyRing(config) });
   } catch (error) {
     logger.warn({ err: toAgentError(error).message }, 'could not check whether an interrupted backup was committed');
     return undefined;

@@ -4,6 +4,7 @@ import { verifyBackup } from '../artifacts.ts';
 import { createBackup } from '../backup.ts';
 import { deleteBackup, readManifest } from '../catalog.ts';
 import { environmentOf, type Config } from '../config.ts';
+import { loadKeyRing } from '../keys.ts';
 import type { OperationContext } from '../context.ts';
 import { restoreBackup } from '../restore.ts';
 import { pruneBackups } from '../prune.ts';
@@ -62,7 +63,14 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
         replaceOldest: spec.replaceOldest,
       });
     case 'backup.restore':
-      return restoreBackup(ctx, { env: spec.env, id: spec.id, target: spec.target ?? spec.env, elements: spec.elements, safetyBackup: spec.safetyBackup !== false });
+      return restoreBackup(ctx, {
+        env: spec.env,
+        id: spec.id,
+        target: spec.target ?? spec.env,
+        elements: spec.elements,
+        safetyBackup: spec.safetyBackup !== false,
+        allowUnauthenticated: spec.allowUnauthenticated === true,
+      });
     case 'backup.delete': {
       const store = await openEnvironmentStore(ctx.config, spec.env);
       throwIfCancelled(ctx.signal);
@@ -73,7 +81,7 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
     }
     case 'backup.verify': {
       const store = await openEnvironmentStore(ctx.config, spec.env);
-      const manifest = await readManifest(store, spec.env, spec.id);
+      const manifest = await readManifest(store, spec.env, spec.id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: spec.allowUnauthenticated === true });
       ctx.onProgress?.({ phase: 'verify' });
       const checks = await verifyBackup(store, manifest, ctx.signal);
       return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };

@@ -28,9 +28,19 @@ export type JobRequest =
       /** Over manualLimit: delete the oldest manual backup(s) once this one is committed. */
       replaceOldest?: boolean;
     }
-  | { kind: 'backup.restore'; env: string; id: string; target?: string; elements?: string[]; /** false: no safety backup of the target first. */ safetyBackup?: boolean }
+  | {
+      kind: 'backup.restore';
+      env: string;
+      id: string;
+      target?: string;
+      elements?: string[];
+      /** false: no safety backup of the target first. */
+      safetyBackup?: boolean;
+      /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
+      allowUnauthenticated?: boolean;
+    }
   | { kind: 'backup.delete'; env: string; id: string }
-  | { kind: 'backup.verify'; env: string; id: string }
+  | { kind: 'backup.verify'; env: string; id: string; allowUnauthenticated?: boolean }
   | { kind: 'backup.prune'; env: string; dryRun?: boolean };
 
 /** A request as the engine runs it: a backup gets its id when it is queued. */

@@ -22,6 +22,8 @@ const requestId = z.string().regex(/^[A-Za-z0-9._:-]{1,128}$/, 'must be 1-128 ch
 const keepFor = z.union([z.string().max(32), z.number().positive().max(100 * 365 * 86_400)]).refine((v) => (parseDuration(v) ?? 0) > 0, 'must be a duration such as "30d", or seconds');
 
 const noParams = z.object({}).strict();
+/** Accept a backup whose manifest has no MAC (made before keys existed); an invalid MAC is always refused. */
+const allowUnauthenticated = z.boolean().optional();
 
 export const methods = {
   'agent.status': { role: 'viewer', params: noParams },
@@ -30,7 +32,7 @@ export const methods = {
   'backup.show': { role: 'viewer', params: z.object({ env, id: backupId }).strict() },
   'backup.url': {
     role: 'admin',
-    params: z.object({ env, id: backupId, element, expiresSeconds: z.number().int().min(1).max(7 * 86_400).default(3_600) }).strict(),
+    params: z.object({ env, id: backupId, element, expiresSeconds: z.number().int().min(1).max(7 * 86_400).default(3_600), allowUnauthenticated }).strict(),
   },
   'backup.create': {
     role: 'admin',
@@ -50,12 +52,20 @@ export const methods = {
   'backup.restore': {
     role: 'admin',
     params: z
-      .object({ env, id: backupId, target: env.optional(), elements: z.array(element).min(1).max(64).optional(), safetyBackup: z.boolean().optional(), requestId: requestId.optional() })
+      .object({
+        env,
+        id: backupId,
+        target: env.optional(),
+        elements: z.array(element).min(1).max(64).optional(),
+        safetyBackup: z.boolean().optional(),
+        allowUnauthenticated,
+        requestId: requestId.optional(),
+      })
       .strict(),
   },
   'backup.prune': { role: 'admin', params: z.object({ env, dryRun: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'backup.delete': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
-  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
+  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, allowUnauthenticated, requestId: requestId.optional() }).strict() },
   'job.get': { role: 'viewer', params: z.object({ jobId }).strict() },
   'job.list': {
     role: 'viewer',
@@ -154,16 +164,20 @@ export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backu
         ...(p.target ? { target: p.target } : {}),
         ...(p.elements ? { elements: p.elements } : {}),
         ...(p.safetyBackup !== undefined ? { safetyBackup: p.safetyBackup } : {}),
+        ...(p.allowUnauthenticated !== undefined ? { allowUnauthenticated: p.allowUnauthenticated } : {}),
       };
     }
     case 'backup.prune': {
       const p = params as MethodParams<'backup.prune'>;
       return { kind: method, env: p.env, ...(p.dryRun !== undefined ? { dryRun: p.dryRun } : {}) };
     }
-    case 'backup.delete':
-    case 'backup.verify': {
+    case 'backup.delete': {
       const p = params as MethodParams<'backup.delete'>;
       return { kind: method, env: p.env, id: p.id };
+    }
+    case 'backup.verify': {
+      const p = params as MethodParams<'backup.verify'>;
+      return { kind: method, env: p.env, id: p.id, ...(p.allowUnauthenticated !== undefined ? { allowUnauthenticated: p.allowUnauthenticated } : {}) };
     }
   }
 }

@@ -1,0 +1,344 @@
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { text } from 'node:stream/consumers';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupSummary } from '../src/agent/catalog.ts';
+import { loadConfig } from '../src/agent/config.ts';
+import type { PruneResult } from '../src/agent/prune.ts';
+import { defaultKeyId } from '../src/agent/keys.ts';
+import { openEnvironmentStore } from '../src/agent/stores.ts';
+import { signManifest } from '../src/snapshot/manifest-mac.ts';
+import { elementKey, manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
+import type { ObjectStore } from '../src/transport/object-store.ts';
+import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, TestClient, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { createTestBucket } from './support/s3.ts';
+import { describeTree } from './support/tree.ts';
+
+const treeState = (root: string) => Object.fromEntries(describeTree(root));
+
+/** A sandbox with one files environment `site` on the fs store or the test RGW. */
+async function siteSandbox(storeKind: 'fs' | 's3', extra: Record<string, unknown> = {}): Promise<{ sandbox: Sandbox; mount: string; config: Record<string, unknown> }> {
+  const sandbox = await createSandbox();
+  const mount = path.join(sandbox.dir, 'mount');
+  await mkdir(path.join(mount, 'docs'), { recursive: true });
+  await writeFile(path.join(mount, 'docs', 'a.txt'), 'authentic contents '.repeat(500));
+  const stores = storeKind === 's3' ? { stores: { s3: s3StoreConfig(await createTestBucket()) }, defaultStore: 's3' } : {};
+  const config = { ...stores, environments: { site: filesEnv({ uploads: mount }) }, ...extra };
+  await sandbox.writeConfig(config);
+  return { sandbox, mount, config };
+}
+
+async function putManifest(store: ObjectStore, env: string, id: string, manifest: unknown): Promise<void> {
+  await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]));
+}
+
+/** A key file as an operator makes one (`openssl rand -hex 32`), 0600. */
+async function keyFile(dir: string, name: string): Promise<string> {
+  const file = path.join(dir, name);
+  await writeFile(file, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
+  return file;
+}
+
+for (const storeKind of ['fs', 's3'] as const) {
+  describe(`every backup is authenticated (${storeKind} store)`, () => {
+    let sandbox: Sandbox;
+    let mount: string;
+    let store: ObjectStore;
+    const args = () => ['--config', sandbox.configPath];
+    const backup = () => cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const stored = async (id: string) => JSON.parse(await text(await store.get(manifestKey('site', id)))) as Manifest;
+
+    beforeAll(async () => {
+      ({ sandbox, mount } = await siteSandbox(storeKind));
+      store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
+    });
+    afterAll(() => sandbox.cleanup());
+
+    /** Every command that trusts a manifest refuses this backup E_MANIFEST_UNAUTHENTICATED (exit 5), the flag or not; the target is unchanged. */
+    async function expectRefused(id: string, why: RegExp, flags: string[] = []): Promise<void> {
+      await writeFile(path.join(mount, 'changed-after-backup.txt'), 'keep me');
+      const before = treeState(mount);
+      const to = path.join(sandbox.dir, 'download.tar.zst');
+      const commands = [
+        ['backup', 'restore', 'site', id, '--yes'],
+        ['backup', 'get', 'site', id, '--element', 'uploads', '--to', to],
+        ['backup', 'url', 'site', id, '--element', 'uploads'],
+        ['backup', 'verify', 'site', id],
+      ];
+      for (const command of commands) {
+        const result = await cli([...args(), ...command, ...flags]);
+        expect(result.exitCode, `${command[1]}: ${result.stderr}`).toBe(5);
+        expect(result.stderr).toMatch(/error \[E_MANIFEST_UNAUTHENTICATED\]/);
+        expect(result.stderr).toMatch(why);
+      }
+      expect(treeState(mount)).toEqual(before);
+      await expect(stat(to)).rejects.toThrow();
+      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === id);
+      expect(listed).toMatchObject({ status: 'invalid', authenticated: false, restorable: false });
+    }
+
+    it('a backup is signed with the key created 0600 in the state dir at first start; list says authenticated; it restores', async () => {
+      const manifest = await backup();
+      const key = path.join(sandbox.stateDir, 'keys', 'default.key');
+      expect((await stat(key)).mode & 0o777).toBe(0o600);
+      expect((await stat(path.dirname(key))).mode & 0o777).toBe(0o700);
+      const secret = Buffer.from((await readFile(key, 'utf8')).trim(), 'hex');
+      expect(secret.length).toBe(32);
+      expect((await stored(manifest.id)).mac).toEqual({ keyId: defaultKeyId(secret), alg: 'HMAC-SHA256', value: expect.stringMatching(/^[0-9a-f]{64}$/) });
+      // The key never reaches the bucket: not in the manifest, not in any object of the backup.
+      expect(JSON.stringify(await stored(manifest.id))).not.toContain(secret.toString('hex'));
+      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === manifest.id);
+      expect(listed).toMatchObject({ status: 'ok', authenticated: true });
+      const table = await cli([...args(), 'backup', 'list', 'site']);
+      expect(table.stdout).toMatch(/Authenticated/);
+      expect(table.stdout).toMatch(new RegExp(`${manifest.id} +yes +yes`));
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(0);
+      const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id]);
+      expect(verify.exitCode, verify.stderr).toBe(0);
+    });
+
+    it('a valid MAC under a wrong key (same key id) → refused, also with --allow-unauthenticated', async () => {
+      const manifest = await stored((await backup()).id);
+      const wrong = { id: manifest.mac!.keyId, secret: randomBytes(32) };
+      await putManifest(store, 'site', manifest.id, signManifest(manifest, { signing: wrong, verifying: new Map([[wrong.id, wrong.secret]]) }));
+      await expectRefused(manifest.id, /MAC does not verify under key default-/, ['--allow-unauthenticated']);
+    });
+
+    it('a MAC signed with a key this node does not hold → refused, naming the key', async () => {
+      const manifest = await stored((await backup()).id);
+      const other = { id: 'other-node', secret: randomBytes(32) };
+      await putManifest(store, 'site', manifest.id, signManifest(manifest, { signing: other, verifying: new Map([[other.id, other.secret]]) }));
+      await expectRefused(manifest.id, /signed with key "other-node", which is not among this node's keys/);
+    });
+
+    it("another backup's MAC on a manifest → refused", async () => {
+      const first = await stored((await backup()).id);
+      const second = await stored((await backup()).id);
+      await putManifest(store, 'site', first.id, { ...first, mac: second.mac });
+      await expectRefused(first.id, /MAC does not verify/);
+    });
+
+    it('a changed manifest (an object size, keepUntil) under its original MAC → refused', async () => {
+      const manifest = await stored((await backup()).id);
+      await putManifest(store, 'site', manifest.id, { ...manifest, keepUntil: '2100-01-01T00:00:00.000Z' });
+      await expectRefused(manifest.id, /MAC does not verify/);
+    });
+
+    it('an old manifest replayed under a newer backup\'s id → refused: rewritten to the new id it fails the MAC, copied as it is it names the other backup', async () => {
+      const old = await stored((await backup()).id);
+      await writeFile(path.join(mount, 'docs', 'a.txt'), 'newer contents');
+      const newer = await stored((await backup()).id);
+      const key = elementKey('site', newer.id, 'uploads', '');
+      const replayed = {
+        ...old,
+        id: newer.id,
+        elements: old.elements.map((e) => ({ ...e, objects: e.objects.map((o) => ({ ...o, key: `${key}${o.key.slice(elementKey('site', old.id, 'uploads', '').length)}` })) })),
+      };
+      // The old archive under the new id too: everything but the MAC would match.
+      for (const [i, object] of old.elements[0]!.objects.entries()) await store.put(replayed.elements[0]!.objects[i]!.key, await store.get(object.key));
+      await putManifest(store, 'site', newer.id, replayed);
+      await expectRefused(newer.id, /MAC does not verify/);
+
+      await putManifest(store, 'site', newer.id, old);
+      const restore = await cli([...args(), 'backup', 'restore', 'site', newer.id, '--yes']);
+      expect(restore.exitCode).toBe(5);
+      expect(restore.stderr).toMatch(new RegExp(`E_MANIFEST_INVALID.*it names backup site/${old.id}`));
+    });
+
+    it('a backup made before keys (no MAC) is refused without --allow-unauthenticated, restores with it; list shows authenticated: false; delete and prune act on it', async () => {
+      const backedUp = await readFile(path.join(mount, 'docs', 'a.txt'), 'utf8');
+      const manifest = await stored((await backup()).id);
+      const { mac: _mac, ...unsigned } = manifest;
+      await putManifest(store, 'site', manifest.id, unsigned);
+      await writeFile(path.join(mount, 'docs', 'a.txt'), 'changed since');
+      const before = treeState(mount);
+      for (const command of [
+        ['backup', 'restore', 'site', manifest.id, '--yes'],
+        ['backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', path.join(sandbox.dir, 'x.tar.zst')],
+        ['backup', 'url', 'site', manifest.id, '--element', 'uploads'],
+        ['backup', 'verify', 'site', manifest.id],
+      ]) {
+        const refused = await cli([...args(), ...command]);
+        expect(refused.exitCode, refused.stderr).toBe(5);
+        expect(refused.stderr).toMatch(/E_MANIFEST_UNAUTHENTICATED.*carries no MAC.*--allow-unauthenticated/);
+      }
+      expect(treeState(mount)).toEqual(before);
+      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === manifest.id);
+      expect(listed).toMatchObject({ status: 'ok', restorable: true, authenticated: false });
+      expect((await cli([...args(), 'backup', 'list', 'site'])).stdout).toMatch(new RegExp(`${manifest.id} +yes +no \\(no MAC\\)`));
+      expect(await cliJson<Manifest>([...args(), 'backup', 'show', 'site', manifest.id])).not.toHaveProperty('mac');
+
+      const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id, '--allow-unauthenticated']);
+      expect(verify.exitCode, verify.stderr).toBe(0);
+      const to = path.join(sandbox.dir, 'unsigned.tar.zst');
+      const get = await cli([...args(), 'backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', to, '--allow-unauthenticated']);
+      expect(get.exitCode, get.stderr).toBe(0);
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes', '--allow-unauthenticated']);
+      expect(restore.exitCode, restore.stderr).toBe(0);
+      expect(await readFile(path.join(mount, 'docs', 'a.txt'), 'utf8')).toBe(backedUp);
+      // The safety backup the restore took of the target is signed like every backup.
+      const safety = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.manifest?.trigger === 'safety');
+      expect(safety?.authenticated).toBe(true);
+
+      const deleted = await cli([...args(), 'backup', 'delete', 'site', manifest.id, '--yes']);
+      expect(deleted.exitCode, deleted.stderr).toBe(0);
+      expect((await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).map((b) => b.id)).not.toContain(manifest.id);
+
+      // Prune deletes an expired unsigned backup; an expired one whose MAC fails it leaves for inspection.
+      const expiring = await stored((await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--keep-for', '1s'])).id);
+      const { mac: _expiringMac, ...unsignedExpiring } = expiring;
+      await putManifest(store, 'site', expiring.id, unsignedExpiring);
+      const tampered = await stored((await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--keep-for', '1s'])).id);
+      await putManifest(store, 'site', tampered.id, { ...tampered, codeRef: 'tampered' });
+      await sleep(new Date(tampered.keepUntil!).getTime() - Date.now() + 50);
+      const pruned = await cliJson<PruneResult>([...args(), 'backup', 'prune', 'site']);
+      expect(pruned.deleted.map((e) => e.id)).toContain(expiring.id);
+      expect(pruned.kept.find((e) => e.id === tampered.id)?.reason).toMatch(/invalid manifest, left for inspection: .*not authenticated/);
+    });
+  });
+
+  describe(`keys rotate without rewriting backups (${storeKind} store)`, () => {
+    let sandbox: Sandbox;
+    let mount: string;
+    let config: Record<string, unknown>;
+    const args = () => ['--config', sandbox.configPath];
+
+    beforeAll(async () => {
+      ({ sandbox, mount, config } = await siteSandbox(storeKind));
+    });
+    afterAll(() => sandbox.cleanup());
+
+    it('backups signed with the old key still restore once the new key signs; dropping the old key refuses them', async () => {
+      const oldKey = await keyFile(sandbox.dir, 'fleet-2026.key');
+      const newKey = await keyFile(sandbox.dir, 'fleet-2027.key');
+      await sandbox.writeConfig({ ...config, keys: [{ id: 'fleet-2026', file: oldKey, sign: true }] });
+      const old = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      expect(old.mac?.keyId).toBe('fleet-2026');
+
+      await sandbox.writeConfig({ ...config, keys: [{ id: 'fleet-2026', file: oldKey }, { id: 'fleet-2027', file: newKey, sign: true }] });
+      await writeFile(path.join(mount, 'docs', 'a.txt'), 'after rotation');
+      const current = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      expect(current.mac?.keyId).toBe('fleet-2027');
+      const listed = await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site']);
+      expect(listed.map((b) => [b.id, b.authenticated])).toEqual([
+        [current.id, true],
+        [old.id, true],
+      ]);
+      const restoreOld = await cli([...args(), 'backup', 'restore', 'site', old.id, '--yes', '--no-safety-backup']);
+      expect(restoreOld.exitCode, restoreOld.stderr).toBe(0);
+      expect(await readFile(path.join(mount, 'docs', 'a.txt'), 'utf8')).toBe('authentic contents '.repeat(500));
+
+      await sandbox.writeConfig({ ...config, keys: [{ id: 'fleet-2027', file: newKey, sign: true }] });
+      const refused = await cli([...args(), 'backup', 'restore', 'site', old.id, '--yes', '--allow-unauthenticated']);
+      expect(refused.exitCode).toBe(5);
+      expect(refused.stderr).toMatch(/E_MANIFEST_UNAUTHENTICATED.*signed with key "fleet-2026", which is not among this node's keys \(fleet-2027\)/);
+      const restoreCurrent = await cli([...args(), 'backup', 'restore', 'site', current.id, '--yes', '--no-safety-backup']);
+      expect(restoreCurrent.exitCode, restoreCurrent.stderr).toBe(0);
+      expect(await readFile(path.join(mount, 'docs', 'a.txt'), 'utf8')).toBe('after rotation');
+    });
+  });
+}
+
+describe('key files are checked like secrets', () => {
+  let sandbox: Sandbox;
+  let config: Record<string, unknown>;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    ({ sandbox, config } = await siteSandbox('fs'));
+  });
+  afterAll(() => sandbox.cleanup());
+
+  it.each([
+    ['group-readable', async (file: string) => chmod(file, 0o640), /accessible by group or others.*chmod 600/],
+    ['empty', async (file: string) => writeFile(file, '\n'), /is empty/],
+    ['shorter than 32 bytes', async (file: string) => writeFile(file, randomBytes(16).toString('hex')), /does not hold 32 or more bytes as hex or base64/],
+    ['not hex or base64', async (file: string) => writeFile(file, 'correct horse battery staple, correct horse battery staple'), /does not hold 32 or more bytes/],
+  ])('a key file that is %s → E_SECRET_UNAVAILABLE (exit 3) naming it, nothing backed up', async (_name, spoil, message) => {
+    const file = await keyFile(sandbox.dir, `spoiled-${Math.random().toString(36).slice(2)}.key`);
+    await spoil(file);
+    await sandbox.writeConfig({ ...config, keys: [{ id: 'k1', file, sign: true }] });
+    const result = await cli([...args(), 'backup', 'create', 'site']);
+    expect(result.exitCode, result.stderr).toBe(3);
+    expect(result.stderr).toContain('E_SECRET_UNAVAILABLE');
+    expect(result.stderr).toContain(file);
+    expect(result.stderr).toMatch(message);
+    await expect(readdir(path.join(sandbox.stateDir, 'backups', 'site'))).rejects.toThrow(/ENOENT/);
+  });
+
+  it('a base64 key works; no signing key, or two → E_CONFIG_INVALID (exit 3) saying so', async () => {
+    const file = path.join(sandbox.dir, 'b64.key');
+    await writeFile(file, randomBytes(48).toString('base64'), { mode: 0o600 });
+    await sandbox.writeConfig({ ...config, keys: [{ id: 'b64', file, sign: true }] });
+    expect((await cliJson<Manifest>([...args(), 'backup', 'create', 'site'])).mac?.keyId).toBe('b64');
+    for (const keys of [[{ id: 'a', file }], [{ id: 'a', file, sign: true }, { id: 'b', file, sign: true }]]) {
+      await sandbox.writeConfig({ ...config, keys });
+      const result = await cli([...args(), 'backup', 'list', 'site']);
+      expect(result.exitCode).toBe(3);
+      expect(result.stderr).toMatch(/E_CONFIG_INVALID[\s\S]*keys: exactly one key must have sign: true/);
+    }
+  });
+
+  it('the default key is never overwritten: a later start reads the one made first', async () => {
+    await sandbox.writeConfig(config);
+    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const key = await readFile(path.join(sandbox.stateDir, 'keys', 'default.key'), 'utf8');
+    const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    expect(await readFile(path.join(sandbox.stateDir, 'keys', 'default.key'), 'utf8')).toBe(key);
+    expect(second.mac?.keyId).toBe(first.mac?.keyId);
+  });
+});
+
+describe('the protocol says the same (daemon)', () => {
+  let sandbox: Sandbox;
+  let daemon: RunningDaemon;
+  let client: TestClient;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    let config: Record<string, unknown>;
+    ({ sandbox, config } = await siteSandbox('fs'));
+    await sandbox.writeConfig({ ...config, daemon: daemonSection(await writeTokens(sandbox)) });
+    daemon = await startDaemon(sandbox.configPath);
+    client = await TestClient.connect(daemon.url, (await readFile(path.join(sandbox.dir, 'admin.token'), 'utf8')).trim());
+  });
+  afterAll(async () => {
+    await client?.close();
+    await daemon?.stop();
+    await sandbox.cleanup();
+  });
+
+  /** Runs a job method to its end: the finished job. */
+  async function job(method: string, params: Record<string, unknown>): Promise<{ state: string; error?: { code: string; message: string } }> {
+    const { jobId } = await client.call<{ jobId: string }>(method, params);
+    await client.call('job.subscribe', { jobId });
+    return (await client.waitForNotification((n) => n.method === 'job.finished' && n.params.id === jobId)).params as { state: string; error?: { code: string; message: string } };
+  }
+
+  it('backup.list says authenticated; restore, verify and url refuse an unsigned backup (-32005 E_MANIFEST_UNAUTHENTICATED) unless allowUnauthenticated: true', async () => {
+    const signed = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const old = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
+    const { mac: _mac, ...unsigned } = old;
+    await putManifest(store, 'site', old.id, unsigned);
+
+    const listed = await client.call<BackupSummary[]>('backup.list', { env: 'site' });
+    expect(listed.map((b) => [b.id, b.authenticated])).toEqual([
+      [old.id, false],
+      [signed.id, true],
+    ]);
+    expect(await job('backup.restore', { env: 'site', id: old.id })).toMatchObject({ state: 'failed', error: { code: 'E_MANIFEST_UNAUTHENTICATED' } });
+    expect(await job('backup.verify', { env: 'site', id: old.id })).toMatchObject({ state: 'failed', error: { code: 'E_MANIFEST_UNAUTHENTICATED' } });
+    expect(await client.request('backup.url', { env: 'site', id: old.id, element: 'uploads' })).toMatchObject({ error: { code: -32005, data: { code: 'E_MANIFEST_UNAUTHENTICATED' } } });
+
+    expect(await job('backup.verify', { env: 'site', id: old.id, allowUnauthenticated: true })).toMatchObject({ state: 'succeeded' });
+    expect(await job('backup.restore', { env: 'site', id: old.id, safetyBackup: false, allowUnauthenticated: true })).toMatchObject({ state: 'succeeded' });
+    // Past the MAC check: the fs store's own answer.
+    expect(await client.request('backup.url', { env: 'site', id: old.id, element: 'uploads', allowUnauthenticated: true })).toMatchObject({ error: { data: { code: 'E_PRESIGN_UNSUPPORTED' } } });
+  });
+});
