@@ -282,7 +282,12 @@ export class StagingRewriter extends Transform {
           this.#state = SQUOTE;
         } else if (c === DASH && data[i + 1] === DASH) {
           throw unsafe('it has a comment inside INSERT rows', 'INSERT … VALUES … --');
-        } else rows.byte(c);
+        } else {
+          rows.byte(c);
+          // Hex literals (every BLOB, --hex-blob) are most of what is not a string: skip them in a tight loop.
+          i = rows.hexRun(data, i + 1, limit);
+          continue;
+        }
         i++;
         continue;
       }

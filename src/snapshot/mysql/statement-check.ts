@@ -424,6 +424,13 @@ export class ValueScanner {
     }
   }
 
+  /** Inside a hex literal: the index of the first byte from `i` on that is no hex digit. */
+  hexRun(data: Buffer, i: number, limit: number): number {
+    if (this.#run !== 3) return i;
+    while (i < limit && isHex(data[i]!)) i++;
+    return i;
+  }
+
   /** A run ends (a quote, the delimiter): a word must be NULL or _binary; `1e-5` continues after the sign. */
   end(): void {
     if (this.#run === 4 && !/^(?:NULL|_binary)$/i.test(this.#word)) throw unsafeRow();
