@@ -432,6 +432,7 @@ describe('mysql driver (real MariaDB)', () => {
       ['SELECT … INTO OUTFILE', `SELECT * FROM ${v}.t INTO OUTFILE '/tmp/sa-forged-dump-ran';`],
       ['a FEDERATED/CONNECT table', `CREATE TABLE remote (id INT) ENGINE=CONNECT TABLE_TYPE=MYSQL CONNECTION='mysql://root@localhost/${victim}/t';`],
       ['a table in another directory', `CREATE TABLE elsewhere (id INT) DATA DIRECTORY = '/tmp';`],
+      ['a UDF from a shared library', `CREATE FUNCTION sys_exec RETURNS INTEGER SONAME 'lib_mysqludf_sys.so';`],
     ];
     for (const [what, forged] of cases) {
       const failure = await driver([target])

@@ -56,6 +56,8 @@ const BANNED_WORDS = new Set([
   'DUMPFILE',
   'INFILE',
   'LOAD_FILE',
+  // CREATE FUNCTION … SONAME loads a shared library into the server.
+  'SONAME',
   'DIRECTORY',
   'CONNECTION',
   'FEDERATED',
