@@ -401,6 +401,7 @@ describe('mysql driver (real MariaDB)', () => {
       ['FLUSH PRIVILEGES', `FLUSH PRIVILEGES;`],
       ['DROP TABLE of another database', `DROP TABLE IF EXISTS ${v}.\`t\`;`],
       ['TRUNCATE', `TRUNCATE TABLE ${v}.t;`],
+      ['a table name starting with a digit after the qualifier', `DROP TABLE ${victim} . 1t;`],
       ['ALTER TABLE of another database', `ALTER TABLE ${v}.t ADD COLUMN x INT;`],
       ['ALTER TABLE … RENAME into another database', `ALTER TABLE t RENAME TO ${v}.stolen;`],
       ['DELETE', `DELETE FROM ${v}.t;`],

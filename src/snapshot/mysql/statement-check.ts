@@ -126,13 +126,13 @@ function tokenize(text: string, mode: LexMode): Token[] {
       else while (end < n && /[A-Za-z0-9_$.]/.test(text[end]!)) end++;
       tokens.push({ type: 'var', value: text.slice(i, end), start: i, end });
       i = end;
-    } else if (/[0-9]/.test(c) || (c === '.' && /[0-9]/.test(text[i + 1] ?? ''))) {
-      let end = i + 1;
-      while (end < n && /[0-9A-Za-z_$.]/.test(text[end]!)) end++;
-      const word = text.slice(i, end);
-      // A name may start with a digit (`9x`): one made of more than a number is a word.
-      const type = /^(?:0x[0-9a-f]+|\d*\.?\d+(?:e\d*)?|\d+\.)$/i.test(word) ? 'number' : 'word';
-      tokens.push({ type, value: type === 'word' ? word.toUpperCase() : word, start: i, end });
+    } else if (/[0-9]/.test(c) || (c === '.' && /[0-9]/.test(text[i + 1] ?? '') && !isName(tokens.at(-1)))) {
+      // A name may start with a digit (`9db`): what is more than a number is a word, and a dot
+      // after a name is always a qualifier's (`db.1t` is db, then 1t).
+      const number = NUMBER.exec(text.slice(i, i + 400))?.[0];
+      let end = i + (number?.length ?? 0);
+      if (number === undefined) while (end < n && /[0-9A-Za-z_$\x80-\xff]/.test(text[end]!)) end++;
+      tokens.push({ type: number === undefined ? 'word' : 'number', value: text.slice(i, end).toUpperCase(), start: i, end });
       i = end;
     } else if (/[A-Za-z_$\x80-\xff]/.test(c)) {
       let end = i + 1;
@@ -148,6 +148,9 @@ function tokenize(text: string, mode: LexMode): Token[] {
   }
   return tokens;
 }
+
+/** A numeric literal not followed by a name character (then it is a name, `1e5x`). */
+const NUMBER = /^(?:0x[0-9a-f]+|\d+\.\d*(?:e[+-]?\d+)?|\.\d+(?:e[+-]?\d+)?|\d+e[+-]?\d+|\d+)(?![0-9a-z_$\x80-\xff])/i;
 
 function stringEnd(text: string, i: number, quote: string, escapes: boolean): number {
   let k = i + 1;
@@ -281,7 +284,8 @@ export class StatementPolicy {
       }
       if (t.type === 'var' && /^@@global\./i.test(t.value)) throw unsafe('it changes a global variable', statement);
       // The first part of a qualified name (`db`.`t`, db.t.c, db.*): a database or a table/alias.
-      if (isName(t) && tokens[k + 1]?.value === '.' && tokens[k - 1]?.value !== '.' && (isName(tokens[k + 2]) || tokens[k + 2]?.value === '*')) {
+      const part = tokens[k + 2];
+      if (isName(t) && tokens[k + 1]?.value === '.' && tokens[k - 1]?.value !== '.' && part && (part.type !== 'punct' || part.value === '*')) {
         const key = t.value.toLowerCase();
         const name = t.type === 'ident' ? key : statement.slice(t.start, t.end).toLowerCase();
         const staging = this.#staging.get(name);
