@@ -433,6 +433,10 @@ describe('mysql driver (real MariaDB)', () => {
       ['SELECT … INTO OUTFILE', `SELECT * FROM ${v}.t INTO OUTFILE '/tmp/sa-forged-dump-ran';`],
       ['a FEDERATED/CONNECT table', `CREATE TABLE remote (id INT) ENGINE=CONNECT TABLE_TYPE=MYSQL CONNECTION='mysql://root@localhost/${victim}/t';`],
       ['a table in another directory', `CREATE TABLE elsewhere (id INT) DATA DIRECTORY = '/tmp';`],
+      ['a second statement under another delimiter', `DELIMITER ;;\nCREATE TABLE t5 (a INT); SET sql_mode = 'NO_BACKSLASH_ESCAPES';;\nDELIMITER ;\n`],
+      ['a database switch after CREATE DATABASE', `DELIMITER ;;\nCREATE DATABASE src; USE ${v}; DROP TABLE t;;\nDELIMITER ;\n`],
+      ['USE in a routine body', routine(`CREATE PROCEDURE p2() BEGIN USE ${v}; DELETE FROM t; END`)],
+      ['a body changing sql_mode', routine(`CREATE PROCEDURE p3() BEGIN SET @@sql_mode = 'ANSI_QUOTES'; END`)],
       ['a UDF from a shared library', `CREATE FUNCTION sys_exec RETURNS INTEGER SONAME 'lib_mysqludf_sys.so';`],
     ];
     for (const [what, forged] of cases) {

@@ -458,6 +458,7 @@ export class StagingRewriter extends Transform {
       return checked;
     }
     if (head !== trimmed) throw refuse(statement); // a database statement inside /*! … */
+    this.#policy!.noSecondStatement(statement);
     const create = CREATE_DATABASE.exec(trimmed);
     if (create) {
       const source = unquote(create[1]!);

@@ -40,6 +40,8 @@ const SESSION_VARIABLES = new Set([
   'sql_notes',
 ]);
 const OBJECT_KINDS = new Set(['TABLE', 'VIEW', 'TRIGGER', 'PROCEDURE', 'FUNCTION', 'EVENT']);
+/** What holds statements of its own (BEGIN … END and the like). */
+const BODY_KINDS = new Set(['TRIGGER', 'PROCEDURE', 'FUNCTION', 'EVENT']);
 /** Words that never occur in what mysqldump writes, in bodies neither: administration, files, dynamic SQL. */
 const BANNED_WORDS = new Set([
   'GRANT',
@@ -62,6 +64,9 @@ const BANNED_WORDS = new Set([
   'CONNECTION',
   'FEDERATED',
   'SPIDER',
+  // A body may hold statements: none may change how the rest is read (nor USE, below).
+  'SQL_MODE',
+  'CHARACTER_SET_CLIENT',
 ]);
 /** A banned second word after these first ones (CREATE USER, SET PASSWORD, EXECUTE IMMEDIATE …). */
 const BANNED_PAIRS: Record<string, Set<string>> = {
@@ -69,7 +74,7 @@ const BANNED_PAIRS: Record<string, Set<string>> = {
   DROP: new Set(['USER', 'ROLE', 'SERVER', 'DATABASE', 'SCHEMA', 'TABLESPACE']),
   ALTER: new Set(['USER', 'SERVER', 'DATABASE', 'SCHEMA', 'TABLESPACE']),
   RENAME: new Set(['USER', 'TABLE']),
-  SET: new Set(['PASSWORD', 'GLOBAL', 'ROLE', 'STATEMENT']),
+  SET: new Set(['PASSWORD', 'GLOBAL', 'ROLE', 'STATEMENT', 'NAMES', 'CHARSET', 'CHARACTER']),
   EXECUTE: new Set(['IMMEDIATE']),
   LOAD: new Set(['DATA', 'XML', 'INDEX']),
   CHANGE: new Set(['MASTER', 'REPLICATION']),
@@ -241,7 +246,15 @@ export class StatementPolicy {
       default:
         throw unsafe(`${first.value} is not a statement mysqldump writes`, statement);
     }
+    // Under another DELIMITER a `;` ends a statement for the server (the client sends several
+    // at once): only a routine, trigger or event body holds statements.
+    if (!BODY_KINDS.has(createdKind(tokens) ?? '')) this.noSecondStatement(statement);
     return this.#names(tokens, statement);
+  }
+
+  /** Refuses a `;` outside strings and comments: a second statement the kind check never saw. */
+  noSecondStatement(text: string): void {
+    if (tokenize(text, this.mode).some((t) => t.value === ';' && t.type === 'punct')) throw unsafe('it holds a second statement after a ";"', text);
   }
 
   /** INSERT's head, up to and with VALUES: `INSERT [IGNORE] INTO name [(columns)] VALUES`, the table mapped. */
@@ -272,6 +285,8 @@ export class StatementPolicy {
         if (BANNED_WORDS.has(t.value) || BANNED_PAIRS[t.value]?.has(tokens[k + 1]?.type === 'word' ? tokens[k + 1]!.value : '')) {
           throw unsafe(`it uses ${t.value}${BANNED_PAIRS[t.value] ? ` ${tokens[k + 1]!.value}` : ''}, which no dump of a database needs`, statement);
         }
+        // USE in a body would switch the database unqualified names resolve to (USE INDEX is a hint).
+        if (t.value === 'USE' && !['INDEX', 'KEY'].includes(tokens[k + 1]?.value ?? '')) throw unsafe('it switches databases with USE', statement);
         const engine = tokens[k + 1]?.value === '=' ? tokens[k + 2] : tokens[k + 1];
         if (t.value === 'ENGINE' && engine?.type === 'word' && REMOTE_ENGINES.has(engine.value)) throw unsafe(`it uses ENGINE=${engine.value}, which reaches beyond the table`, statement);
         if (t.value === 'DEFINER' && tokens[k + 1]?.value === '=') {
@@ -282,7 +297,9 @@ export class StatementPolicy {
           continue;
         }
       }
-      if (t.type === 'var' && /^@@global\./i.test(t.value)) throw unsafe('it changes a global variable', statement);
+      if (t.type === 'var' && /^@@(?:global\.|(?:session\.|local\.)?(?:sql_mode|character_set_client)$)/i.test(t.value)) {
+        throw unsafe('it touches a global variable, or the sql_mode or character set outside a SET of its own', statement);
+      }
       // The first part of a qualified name (`db`.`t`, db.t.c, db.*): a database or a table/alias.
       const part = tokens[k + 2];
       if (isName(t) && tokens[k + 1]?.value === '.' && tokens[k - 1]?.value !== '.' && part && (part.type !== 'punct' || part.value === '*')) {
