@@ -146,6 +146,9 @@ function tokenize(text: string, mode: LexMode): Token[] {
       i = end;
     } else if (c === '\\') {
       throw unsafe('it has a client command (a backslash outside a string)', text);
+    } else if (c.charCodeAt(0) < 0x20) {
+      // Control bytes mean nothing in SQL; a NUL may end the query early for the server.
+      throw unsafe(`it has the control byte 0x${c.charCodeAt(0).toString(16)} outside a string`, text);
     } else {
       tokens.push({ type: 'punct', value: c, start: i, end: i + 1 });
       i++;
@@ -442,7 +445,7 @@ export class ValueScanner {
     } else if (isWordByte(c)) {
       this.#run = 4;
       this.#word = String.fromCharCode(c);
-    } else if (!(c === 0x2c || c === 0x28 || c === 0x29 || c === 0x2b || c === 0x2d || c <= 0x20)) {
+    } else if (!(c === 0x2c || c === 0x28 || c === 0x29 || c === 0x2b || c === 0x2d || c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09)) {
       throw unsafeRow();
     }
   }
