@@ -21,9 +21,9 @@ const PASSWORD = 'source-secret';
 
 const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'redis-driver-state-'));
 
-function driverFor(server: TestRedis, saveTimeout = 30_000): RedisDriver {
-  const config: RedisServiceConfig = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout };
-  return new RedisDriver({ name: 'cache', env: 'test', stateDir: STATE_DIR, config, password: async () => server.password });
+function driverFor(server: TestRedis, saveTimeout = 30_000, functions: 'refuse' | 'keep' = 'refuse'): RedisDriver {
+  const config = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout } as RedisServiceConfig;
+  return new RedisDriver({ name: 'cache', env: 'test', stateDir: STATE_DIR, config, functions, password: async () => server.password });
 }
 
 async function drain(capture: Capture): Promise<Buffer> {
@@ -128,6 +128,87 @@ describe('redis driver: capture and restore through the driver', () => {
       }
     });
   }
+});
+
+/** An RDB string: 6-bit or 32-bit length, then the bytes. */
+function rdbString(value: string | Buffer): Buffer {
+  const bytes = Buffer.from(value);
+  if (bytes.length < 64) return Buffer.concat([Buffer.from([bytes.length]), bytes]);
+  const length = Buffer.alloc(5);
+  length[0] = 0x80;
+  length.writeUInt32BE(bytes.length, 1);
+  return Buffer.concat([length, bytes]);
+}
+
+describe('redis restores refuse function libraries unless the service keeps them (issue #10)', () => {
+  const LIBRARY = "#!lua name=planted\nredis.register_function('get', function(keys, args) return redis.call('FLUSHALL') end)";
+  let withFunctions: TestRedis;
+  let target: TestRedis;
+
+  beforeAll(async () => {
+    [withFunctions, target] = await Promise.all([startRedis(), startRedis()]);
+    await fillAllTypes(withFunctions, [0]);
+    // A stream with a consumer and pending entries: the walk skips every part of it.
+    const client = withFunctions.client();
+    await client.call('XADD', 'pending', '*', 'a', '1');
+    await client.call('XGROUP', 'CREATE', 'pending', 'g', '0');
+    await client.call('XREADGROUP', 'GROUP', 'g', 'alice', 'COUNT', '1', 'STREAMS', 'pending', '>');
+    await client.call('FUNCTION', 'LOAD', LIBRARY);
+    // Long and repetitive: stored LZF-compressed.
+    await client.call('FUNCTION', 'LOAD', `#!lua name=packed\n-- ${'a'.repeat(500)}\nredis.register_function('packed', function() return 1 end)`);
+  });
+  afterAll(async () => {
+    await Promise.all([withFunctions.stop(), target.stop()]);
+  });
+
+  const rdbOf = async (server: TestRedis) => {
+    const capture = await driverFor(server).capture({ signal: new AbortController().signal, consistent: false });
+    const rdb = await drain(capture);
+    await capture.result;
+    await capture.release();
+    return rdb;
+  };
+  /** FUNCTION LIST, in a stable order (Redis lists libraries in hash order). */
+  const libraries = async (server: TestRedis) => ((await server.client().call('FUNCTION', 'LIST')) as unknown[]).map((library) => JSON.stringify(library)).sort();
+  const staged = async () => (await readdir(path.join(STATE_DIR, 'tmp'), { recursive: true }).catch(() => [])).filter((n) => n.endsWith('.rdb'));
+
+  it('refuses RDBs with a library (from a real BGSAVE, or after a key with a zero checksum, which Redis does not check) with E_UNSAFE_ARCHIVE_ENTRY: no key or function of the target changes', async () => {
+    const real = await rdbOf(withFunctions);
+    // Redis writes libraries before the first database, but loads one anywhere at the top level.
+    const forged = Buffer.concat([
+      Buffer.from('REDIS0010'),
+      Buffer.from([0xfe, 0x00]),
+      Buffer.from([0x00]),
+      rdbString('k'),
+      rdbString('v'),
+      Buffer.from([0xf5]),
+      rdbString(LIBRARY),
+      Buffer.from([0xff]),
+      Buffer.alloc(8),
+    ]);
+    await fillAllTypes(target, [2], 'mine');
+    await target.client().call('FUNCTION', 'LOAD', "#!lua name=mine\nredis.register_function('mine', function() return 1 end)");
+    const before = { data: await readAll(target), functions: await libraries(target) };
+    const stagedBefore = await staged();
+    const cases = [
+      ['real', real, /holds 2 function libraries \((planted, packed|packed, planted)\).*functions: keep/],
+      ['forged', forged, /holds 1 function library \(planted\).*functions: keep/],
+    ] as const;
+    for (const [what, bytes, message] of cases) {
+      const error = await rejection(driverFor(target).stage(Readable.from([bytes]), new AbortController().signal));
+      expect(error, what).toMatchObject({ code: 'E_UNSAFE_ARCHIVE_ENTRY', message: expect.stringMatching(message) });
+      expect(diffData(before.data, await readAll(target)), what).toEqual([]);
+      expect(await libraries(target), what).toEqual(before.functions);
+      expect(await staged(), what).toEqual(stagedBefore);
+    }
+  });
+
+  it('functions: keep restores them with the data', async () => {
+    const restore = await driverFor(target, 30_000, 'keep').stage(Readable.from([await rdbOf(withFunctions)]), new AbortController().signal);
+    await restore.commit();
+    expect(diffData(await readAll(withFunctions), await readAll(target))).toEqual([]);
+    expect(await libraries(target)).toEqual(await libraries(withFunctions));
+  });
 });
 
 describe('redis through the real CLI (fs store)', () => {

@@ -13,6 +13,7 @@ import { privateTempDir } from '../private-temp.ts';
 import { forkSave, waitForSave } from './bgsave.ts';
 import { configGet, connect, describeAddress, info, infoNumber, type RedisAddress } from './connection.ts';
 import { checkRdb, readRdbVersion } from './rdb-file.ts';
+import { rdbFunctionLibraries } from './rdb-functions.ts';
 import { checkTarget, loadThroughReplication, undoInterruptedLoad } from './replica-load.ts';
 import { RedisRestoreJournal, tokenDigest, type InterruptedLoad } from './restore-journal.ts';
 
@@ -23,6 +24,8 @@ export interface RedisDriverOptions {
   env: string;
   stateDir: string;
   config: RedisServiceConfig;
+  /** The service's `functions`: an RDB with function libraries is refused unless 'keep' (default 'refuse'). */
+  functions?: 'refuse' | 'keep';
   /** Reads the configured password when a connection needs it; never kept. */
   password: () => Promise<string | undefined>;
 }
@@ -170,6 +173,7 @@ export class RedisDriver implements ServiceDriver {
       await requireFreeSpace(dir, options.rawBytes, `the staged RDB of ${this.#options.name}`);
       await pipeline(source, createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }), { signal });
       checked = await checkRdb(file, target.version, signal);
+      if (this.#options.functions !== 'keep') await refuseFunctions(file, signal);
     } catch (error) {
       source.destroy();
       await discard();
@@ -277,4 +281,15 @@ function captureError(error: unknown, name: string): AgentError {
   const failure = toAgentError(error, 'E_CAPTURE_FAILED');
   if (failure.code !== 'E_CAPTURE_FAILED' || failure.message.startsWith('redis service')) return failure;
   return new AgentError('E_CAPTURE_FAILED', `redis service ${name}: ${failure.message}`, { cause: failure.cause ?? error, details: failure.details });
+}
+
+/** Loading an RDB replaces the target's function libraries: code, which a restore does not plant unasked (issue #10). */
+async function refuseFunctions(file: string, signal: AbortSignal): Promise<void> {
+  const libraries = await rdbFunctionLibraries(file, signal);
+  if (libraries.length === 0) return;
+  throw new AgentError(
+    'E_UNSAFE_ARCHIVE_ENTRY',
+    `the backup's RDB holds ${libraries.length} function ${libraries.length === 1 ? 'library' : 'libraries'} (${libraries.slice(0, 5).join(', ')}), code the target would run; ` +
+      'nothing was loaded. If they are yours, set functions: keep on the redis service and restore again',
+  );
 }
