@@ -11,7 +11,7 @@ import { AgentError } from './errors.ts';
  * possible. Every refusal is E_SECRET_UNAVAILABLE (exit 3) naming the file, what is wrong and
  * the fix. `what` names the setting (`stores.ceph.secretAccessKey`, `--token-file`).
  *
- * Returns the content as it is: callers decide what an empty secret means (nothing, always).
+ * Returns the content as it is; its callers refuse an empty secret (readSecret, readTokenFile).
  */
 export async function readSecretFile(file: string, what: string): Promise<string> {
   let handle;

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
 import { AgentError } from '../errors.ts';
+import { readSecretFile } from '../secret-file.ts';
 import { compileExcludes } from '../snapshot/files/excludes.ts';
 import { namePattern } from '../snapshot/names.ts';
 import { parseRules } from './retention.ts';
@@ -315,11 +316,11 @@ export async function readSecret(ref: SecretRef, what: string): Promise<string> 
     if (!value) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: environment variable ${ref.env} is not set`);
     return value;
   }
-  try {
-    return (await readFile(ref.file, 'utf8')).trim();
-  } catch (error) {
-    throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: cannot read secret file ${ref.file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
-  }
+  const value = (await readSecretFile(ref.file, what)).trim();
+  // An empty file is a mistake (a truncated copy, a forgotten echo), never "no password":
+  // a service without a password has no `password:` at all.
+  if (!value) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: secret file ${ref.file} is empty: write the secret into it, or remove the setting`, { details: { file: ref.file } });
+  return value;
 }
 
 export function environmentOf(config: Config, env: string): EnvironmentConfig {
