@@ -67,7 +67,7 @@ describe('the daemon under many clients: 20 clients × 5 environments at once', 
       expect(jobs).toHaveLength(CLIENTS);
       for (let i = 1; i < jobs.length; i++) expect(Date.parse(jobs[i]!.startedAt)).toBeGreaterThanOrEqual(Date.parse(jobs[i - 1]!.finishedAt));
     }
-    const metrics = await (await fetch(`${daemon.http}/metrics`)).text();
+    const metrics = await (await fetch(`${daemon.http}/metrics`, { headers: { Authorization: `Bearer ${tokens.viewer}` } })).text();
     expect(metrics).toContain('storage_agent_jobs_finished_total{kind="backup.create",status="succeeded"} 100');
     await Promise.all([...clients, viewer].map((c) => c.close()));
   });

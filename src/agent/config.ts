@@ -227,6 +227,11 @@ const configSchema = z
         tls: z.object({ cert: absolutePath, key: absolutePath }).strict().optional(),
         /** Each file holds one token per line; its role applies to all of them. */
         tokens: z.array(z.object({ file: absolutePath, role: z.enum(['viewer', 'admin']) }).strict()).default([]),
+        /**
+         * /metrics names environments, byte counts and process details: it asks for a token
+         * (any role) unless `requireToken: false` opens it to scrapers without one.
+         */
+        metrics: z.object({ requireToken: z.boolean().default(true) }).strict().prefault({}),
         /** A larger WebSocket message closes the connection (1009). */
         maxFrameBytes: size(1024).default(1024 * 1024),
         /** SIGTERM: running jobs get this long to end before they are cancelled. */

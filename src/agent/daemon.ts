@@ -5,13 +5,13 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
+import { childEnv } from '../child-env.ts';
 import { AgentError, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { watchFreezes } from '../snapshot/freeze/watch.ts';
 import { TokenRing } from '../transport/ws/auth.ts';
 import { PROTOCOL_PATH } from '../transport/ws/protocol.ts';
-import { ProtocolServer } from '../transport/ws/server.ts';
+import { ProtocolServer, serveHttp } from '../transport/ws/server.ts';
 import { loadConfig, type Config } from './config.ts';
 import { LocalAgent } from './jobs/api.ts';
 import { JobEngine } from './jobs/engine.ts';
@@ -105,7 +105,9 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   const server = tls
     ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readPem(tls.key, 'daemon.tls.key') })
     : http.createServer();
-  server.on('request', (request, response) => void serveHttp(request, response, { metrics, agent, draining: () => draining }));
+  server.on('request', (request, response) =>
+    void serveHttp(request, response, { metrics, agent, tokens: () => tokens, metricsNeedToken: () => config.daemon.metrics.requireToken, draining: () => draining }),
+  );
   server.on('upgrade', (request, socket, head) => protocol.handleUpgrade(request, socket, head));
   server.on('clientError', (_error, socket) => socket.destroy());
 
@@ -183,37 +185,12 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   };
 }
 
-async function serveHttp(
-  request: http.IncomingMessage,
-  response: http.ServerResponse,
-  context: { metrics: Registry; agent: LocalAgent; draining: () => boolean },
-): Promise<void> {
-  const path = (request.url ?? '/').split('?')[0];
-  try {
-    if (request.method !== 'GET' && request.method !== 'HEAD') {
-      response.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('method not allowed\n');
-    } else if (path === '/healthz') {
-      const draining = context.draining();
-      const jobs = context.agent.engine.summary();
-      response
-        .writeHead(draining ? 503 : 200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' })
-        .end(`${JSON.stringify({ status: draining ? 'stopping' : 'ok', version: AGENT_VERSION, jobs: { running: jobs.running, queued: jobs.queued } })}\n`);
-    } else if (path === '/metrics') {
-      const text = await context.metrics.metrics();
-      response.writeHead(200, { 'Content-Type': context.metrics.contentType, 'Cache-Control': 'no-store' }).end(text);
-    } else {
-      response.writeHead(404, { 'Content-Type': 'text/plain' }).end(`not found: /healthz, /metrics and the WebSocket protocol at ${PROTOCOL_PATH}\n`);
-    }
-  } catch (error) {
-    response.writeHead(500, { 'Content-Type': 'text/plain' }).end(`${toAgentError(error).message}\n`);
-  }
-}
-
 /** sd_notify through systemd-notify (Type=notify, NotifyAccess=all), when systemd asked for it. */
 async function notifySystemd(args: string[], logger: Logger): Promise<void> {
-  if (!process.env.NOTIFY_SOCKET) return;
+  const socket = process.env.NOTIFY_SOCKET;
+  if (!socket) return;
   try {
-    await execa('systemd-notify', args, { stdin: 'ignore', timeout: 10_000 });
+    await execa('systemd-notify', args, { stdin: 'ignore', timeout: 10_000, env: childEnv({ NOTIFY_SOCKET: socket }), extendEnv: false });
   } catch (error) {
     logger.warn({ err: (error as Error).message.split('\n')[0] }, 'systemd-notify failed');
   }

@@ -5,7 +5,8 @@ import type { JobEngine } from './engine.ts';
 import { JOB_KINDS, type JobRecord } from './types.ts';
 
 /**
- * The daemon's Prometheus metrics (served at /metrics): jobs by kind and status, bytes
+ * The daemon's Prometheus metrics (served at /metrics, to token holders unless
+ * daemon.metrics.requireToken is false: they name environments): jobs by kind and status, bytes
  * uploaded and restored, the write pause of consistent backups, the last success per
  * environment, the queue; plus prom-client's process metrics (RSS, CPU, event loop lag).
  */

@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { AgentError, toAgentError } from '../../errors.ts';
 import type { LocalAgent } from '../../agent/jobs/api.ts';
 import type { JobEvent } from '../../agent/jobs/engine.ts';
 import { isFinished, type JobRecord } from '../../agent/jobs/types.ts';
+import { AGENT_VERSION } from '../../agent/version.ts';
 import type { TokenRing } from './auth.ts';
 import {
   describeIssues,
@@ -31,6 +33,53 @@ export interface ProtocolOptions {
   logger: Logger;
   maxFrameBytes: number;
   heartbeatMs: number;
+}
+
+export interface HttpContext {
+  metrics: Registry;
+  agent: LocalAgent;
+  /** The current tokens (replaced on SIGHUP). */
+  tokens: () => TokenRing;
+  /** daemon.metrics.requireToken of the current config. */
+  metricsNeedToken: () => boolean;
+  draining: () => boolean;
+}
+
+/**
+ * The plain HTTP side of the listener. What a client without a token sees is decided here:
+ * /healthz answers everyone with its status only (a load balancer's probe needs no secret);
+ * with a valid token (any role) it adds the version and the job counts. /metrics names
+ * environments, their byte counts and the process's details, so it wants a token (any role,
+ * `Authorization: Bearer`, checked by the TokenRing in constant time) unless
+ * daemon.metrics.requireToken is false.
+ */
+export async function serveHttp(request: IncomingMessage, response: ServerResponse, context: HttpContext): Promise<void> {
+  const path = (request.url ?? '/').split('?')[0];
+  try {
+    if (request.method !== 'GET' && request.method !== 'HEAD') {
+      response.writeHead(405, { Allow: 'GET, HEAD', 'Content-Type': 'text/plain' }).end('method not allowed\n');
+    } else if (path === '/healthz') {
+      const draining = context.draining();
+      const status = { status: draining ? 'stopping' : 'ok' };
+      const known = context.tokens().authenticate(request.headers.authorization) !== undefined;
+      const jobs = context.agent.engine.summary();
+      const body = known ? { ...status, version: AGENT_VERSION, jobs: { running: jobs.running, queued: jobs.queued } } : status;
+      response.writeHead(draining ? 503 : 200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' }).end(`${JSON.stringify(body)}\n`);
+    } else if (path === '/metrics') {
+      if (context.metricsNeedToken() && context.tokens().authenticate(request.headers.authorization) === undefined) {
+        response
+          .writeHead(401, { 'WWW-Authenticate': 'Bearer realm="storage-agent"', 'Content-Type': 'text/plain', 'Cache-Control': 'no-store' })
+          .end('/metrics needs a bearer token (any role; daemon.metrics.requireToken: false opens it)\n');
+        return;
+      }
+      const text = await context.metrics.metrics();
+      response.writeHead(200, { 'Content-Type': context.metrics.contentType, 'Cache-Control': 'no-store' }).end(text);
+    } else {
+      response.writeHead(404, { 'Content-Type': 'text/plain' }).end(`not found: /healthz, /metrics and the WebSocket protocol at ${PROTOCOL_PATH}\n`);
+    }
+  } catch (error) {
+    response.writeHead(500, { 'Content-Type': 'text/plain' }).end(`${toAgentError(error).message}\n`);
+  }
 }
 
 /** Requests one connection may have in flight; more are answered E_BUSY. */
