@@ -21,9 +21,9 @@ const PASSWORD = 'source-secret';
 
 const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'redis-driver-state-'));
 
-function driverFor(server: TestRedis, saveTimeout = 30_000, functions: 'refuse' | 'keep' = 'refuse'): RedisDriver {
-  const config = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout } as RedisServiceConfig;
-  return new RedisDriver({ name: 'cache', env: 'test', stateDir: STATE_DIR, config, functions, password: async () => server.password });
+function driverFor(server: TestRedis, saveTimeout = 30_000, functions: RedisServiceConfig['functions'] = 'refuse'): RedisDriver {
+  const config: RedisServiceConfig = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout, functions };
+  return new RedisDriver({ name: 'cache', env: 'test', stateDir: STATE_DIR, config, password: async () => server.password });
 }
 
 async function drain(capture: Capture): Promise<Buffer> {

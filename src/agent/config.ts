@@ -90,6 +90,8 @@ const filesService = z
     path: absolutePath,
     // Checked here, not first at backup time: a daemon's SIGHUP must refuse a pattern it could not pack.
     exclude: z.array(z.string().superRefine(thrownAsIssue((pattern) => compileExcludes([pattern])))).default([]),
+    // A restore clears setuid/setgid bits unless the mount needs them (issue #10).
+    keepSetuid: z.boolean().default(false),
   })
   .strict();
 
@@ -124,6 +126,8 @@ const redisService = z
     password: secret.optional(),
     /** How long a BGSAVE may take before the capture fails. */
     saveTimeout: duration.default(600_000),
+    /** An RDB with function libraries (code) is refused at restore unless `keep` (issue #10). */
+    functions: z.enum(['refuse', 'keep']).default('refuse'),
   })
   .strict();
 export type RedisServiceConfig = z.infer<typeof redisService>;

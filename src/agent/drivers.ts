@@ -14,7 +14,7 @@ export interface DriverContext {
 export function createDriver(name: string, service: ServiceConfig, context: DriverContext): ServiceDriver {
   switch (service.kind) {
     case 'files':
-      return new FilesDriver({ path: service.path, exclude: service.exclude });
+      return new FilesDriver({ path: service.path, exclude: service.exclude, keepSetuid: service.keepSetuid });
     case 'mysql':
       return new MysqlDriver({ name, config: service, stateDir: context.stateDir, password: secretReader(service.password, `services.${name}.password`) });
     case 'redis':

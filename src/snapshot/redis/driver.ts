@@ -24,8 +24,6 @@ export interface RedisDriverOptions {
   env: string;
   stateDir: string;
   config: RedisServiceConfig;
-  /** The service's `functions`: an RDB with function libraries is refused unless 'keep' (default 'refuse'). */
-  functions?: 'refuse' | 'keep';
   /** Reads the configured password when a connection needs it; never kept. */
   password: () => Promise<string | undefined>;
 }
@@ -173,7 +171,7 @@ export class RedisDriver implements ServiceDriver {
       await requireFreeSpace(dir, options.rawBytes, `the staged RDB of ${this.#options.name}`);
       await pipeline(source, createWriteStream(file, { flags: 'wx', mode: 0o600, highWaterMark: 1 << 20 }), { signal });
       checked = await checkRdb(file, target.version, signal);
-      if (this.#options.functions !== 'keep') await refuseFunctions(file, signal);
+      if (this.#options.config.functions !== 'keep') await refuseFunctions(file, signal);
     } catch (error) {
       source.destroy();
       await discard();
