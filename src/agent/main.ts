@@ -1,4 +1,9 @@
-#!/usr/bin/env -S node --experimental-strip-types --disable-warning=ExperimentalWarning
+#!/usr/bin/env -S node --experimental-strip-types --disable-warning=ExperimentalWarning --max-semi-space-size=8
+// --max-semi-space-size=8: V8 grows the main isolate's young generation (up to 64 MiB a
+// semi-space here) while the SDK loads; capped at 8 MiB, a 477 MiB tree to S3 peaked at 244–258
+// MiB against 251–264 (18 of 19 runs ≤ 256, issue #9) for ~3 % more CPU (docs/benchmarks.md).
+// It has to be a command-line flag: v8.setFlagsFromString here would come after the main
+// heap is configured and change only the workers'.
 import { enableCompileCache } from 'node:module';
 
 // Stripping the types of and compiling ~100 modules costs ~0.3 s of every command; V8's code
