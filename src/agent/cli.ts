@@ -174,7 +174,6 @@ function buildProgram(): Command {
         ...(opts.safetyBackup === false ? { safetyBackup: false } : {}),
         ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
       };
-
       const summary = await runJob<RestoreSummary>(cmd, request, {
         confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
       });
@@ -216,15 +215,18 @@ function buildProgram(): Command {
     .argument('<id>', 'backup id')
     .requiredOption('--element <name>', 'element to download')
     .requiredOption('--to <path>', 'file or existing directory to write to')
+    .option('--database <name>', 'mysql element of several databases: the one to write (it loads into any database)')
+    .option('--all-databases', 'mysql element: the dump as taken (recreates its databases under their names)')
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
-    .action(async (env: string, id: string, opts: { element: string; to: string; allowUnauthenticated?: boolean }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { element: string; to: string; database?: string; allDatabases?: boolean; allowUnauthenticated?: boolean }, cmd: Command) => {
       const result = await withOperation(cmd, async (ctx) => {
         const store = await openEnvironmentStore(ctx.config, env);
         const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: opts.allowUnauthenticated === true });
-        return downloadElement(store, manifest, findElement(manifest, opts.element), opts.to, ctx.signal);
+        return downloadElement(store, manifest, findElement(manifest, opts.element), opts.to, ctx.signal, { database: opts.database, allDatabases: opts.allDatabases });
       });
-      output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, sha256 verified)\n`);
+      const loads = result.database ? `; database ${result.database} without CREATE DATABASE/USE: it loads into the database you name` : '';
+      output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, sha256 verified${loads})\n`);
     });
 
   backup
