@@ -31,7 +31,7 @@ describe('a full state directory', () => {
     for (const attempt of [1, 2]) {
       const result = await cli(['--config', sandbox.configPath, 'backup', 'create', 'site']);
       expect(result.exitCode, `attempt ${attempt}: ${result.stderr}`).toBe(16);
-      expect(result.stderr).toMatch(/^error \[E_NO_SPACE\]: the state directory \S+ is out of space \(ENOSPC\): could not write \S+\.json; free space/);
+      expect(result.stderr).toMatch(/^error \[E_NO_SPACE\]: the state directory \S+ is out of space \(ENOSPC\): could not write \S+; free space/);
       expect(result.stderr).toContain(`the state directory ${sandbox.stateDir} is out of space`);
       expect(result.stderr).not.toMatch(/\n\s+at /); // no stack trace
     }

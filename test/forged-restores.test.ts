@@ -1,0 +1,132 @@
+import { createHash } from 'node:crypto';
+import { mkdir, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import type { Connection } from 'mysql2/promise';
+import { pack as tarPack } from 'tar-stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/agent/config.ts';
+import { openEnvironmentStore } from '../src/agent/stores.ts';
+import { createCompressor, createDecompressor } from '../src/snapshot/compression.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import type { ObjectStore } from '../src/transport/object-store.ts';
+import { cli, cliJson, createSandbox, s3StoreConfig, type Sandbox } from './support/cli.ts';
+import { putSigned } from './support/manifest-keys.ts';
+import { checksums, connect, mariadbServer, mysqlServiceConfig, rows, uniqueName } from './support/mysql.ts';
+import { startRedis, type TestRedis } from './support/redis.ts';
+import { createTestBucket } from './support/s3.ts';
+
+const zst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createCompressor('zstd', { level: 1 })));
+const unzst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createDecompressor('zstd')));
+
+/**
+ * What a hostile writer of the bucket, holding even the signing key, can make a restore do:
+ * nothing beyond the staging of its own element. Each forged element goes into the store
+ * (fs and RGW) under a signed manifest and is restored through the real CLI.
+ */
+for (const storeKind of ['fs', 's3'] as const) {
+  describe(`forged elements restored through the ${storeKind} store change nothing outside their target`, () => {
+    let sandbox: Sandbox;
+    let store: ObjectStore;
+    let mysql: Connection;
+    let redis: TestRedis;
+    let copy: TestRedis;
+    const db = uniqueName('forge');
+    const victim = uniqueName('victim');
+    const mount = () => path.join(sandbox.dir, 'uploads');
+    const args = () => ['--config', sandbox.configPath];
+
+    beforeAll(async () => {
+      sandbox = await createSandbox();
+      const server = mariadbServer();
+      mysql = await connect(server, { root: true });
+      await mysql.query(`CREATE DATABASE \`${db}\`; CREATE TABLE \`${db}\`.t (n INT); INSERT INTO \`${db}\`.t VALUES (1)`);
+      await mysql.query(`CREATE DATABASE \`${victim}\`; CREATE TABLE \`${victim}\`.secrets (s TEXT); INSERT INTO \`${victim}\`.secrets VALUES ('keep me')`);
+      process.env.TEST_FORGE_MYSQL_PASSWORD = server.password;
+      redis = await startRedis();
+      copy = await startRedis();
+      await mkdir(mount());
+      await writeFile(path.join(mount(), 'a.txt'), 'a');
+      const stores = storeKind === 's3' ? { stores: { s3: s3StoreConfig(await createTestBucket()) }, defaultStore: 's3' } : {};
+      await sandbox.writeConfig({
+        ...stores,
+        environments: {
+          site: { services: { uploads: { kind: 'files', path: mount() }, db: mysqlServiceConfig(server, [db], 'TEST_FORGE_MYSQL_PASSWORD'), cache: redis.serviceConfig() } },
+          copy: { services: { cache: copy.serviceConfig() } },
+        },
+      });
+      store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
+    });
+    afterAll(async () => {
+      await redis?.stop();
+      await copy?.stop();
+      await mysql?.query(`DROP DATABASE IF EXISTS \`${db}\`; DROP DATABASE IF EXISTS \`${victim}\``).catch(() => {});
+      await mysql?.end();
+      await sandbox?.cleanup();
+    });
+
+    /** Replaces element `name` of a fresh backup with `raw`, under a manifest signed with the node's key. */
+    async function forgeElement(name: string, change: (raw: Buffer) => Buffer): Promise<Manifest> {
+      const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--live', '--element', name]);
+      const element = manifest.elements[0]!;
+      const raw = change(await unzst(await buffer(await store.get(element.objects[0]!.key))));
+      const archive = await zst(raw);
+      await store.put(element.objects[0]!.key, Readable.from([archive]));
+      const sha256 = createHash('sha256').update(archive).digest('hex');
+      const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes: raw.length, sha256 }] };
+      await putSigned(store, sandbox.configPath, forged);
+      return manifest;
+    }
+
+    it.each([
+      ['a grant', "GRANT ALL PRIVILEGES ON *.* TO 'evil'@'%' IDENTIFIED BY 'x' WITH GRANT OPTION;"],
+      ['a new account', "CREATE USER 'evil'@'%' IDENTIFIED BY 'x';"],
+      ['a write into mysql.*', "INSERT INTO mysql.global_priv VALUES ('%', 'evil', '{}');"],
+      ['a drop in another database', () => `DROP TABLE \`${victim}\`.secrets;`],
+      ['a definer trigger writing another database', () => `CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW DELETE FROM \`${victim}\`.secrets;`],
+    ] as [string, string | (() => string)][])('mysql: %s → E_UNSAFE_ARCHIVE_ENTRY (exit 10), nothing changed', async (_what, statement) => {
+      const sql = typeof statement === 'function' ? statement() : statement;
+      const manifest = await forgeElement('db', (raw) => {
+        const text = raw.toString('utf8');
+        const at = text.indexOf('\nLOCK TABLES');
+        expect(at).toBeGreaterThan(0);
+        return Buffer.from(`${text.slice(0, at)}\n${sql}${text.slice(at)}`);
+      });
+      const before = { db: await checksums(mysql, db), victim: await checksums(mysql, victim) };
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--element', 'db', '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(10);
+      expect(restore.stderr).toContain('E_UNSAFE_ARCHIVE_ENTRY');
+      expect({ db: await checksums(mysql, db), victim: await checksums(mysql, victim) }).toEqual(before);
+      expect(await rows(mysql, "SELECT User FROM mysql.user WHERE User = 'evil'")).toEqual([]);
+    });
+
+    it('redis: a backup holding a function library is refused by default, the target keeps its keys and has no function', async () => {
+      const source = redis.client();
+      await source.call('FUNCTION', 'LOAD', 'REPLACE', "#!lua name=planted\nredis.register_function('planted', function() return 1 end)");
+      await source.set('k', 'v');
+      const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--live', '--element', 'cache']);
+      await source.call('FUNCTION', 'FLUSH');
+      await copy.client().set('mine', '1');
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--element', 'cache', '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(10);
+      expect(restore.stderr).toMatch(/E_UNSAFE_ARCHIVE_ENTRY.*planted/s);
+      expect(await copy.client().keys('*')).toEqual(['mine']);
+      expect(await copy.client().call('FUNCTION', 'LIST')).toEqual([]);
+    });
+
+    it('files: a setuid-root program in a forged tar is restored without its setuid bit, and the result says so', async () => {
+      const pack = tarPack();
+      pack.entry({ name: 'a.txt', mode: 0o644 }, 'a');
+      pack.entry({ name: 'suid-shell', mode: 0o4755, uid: 0, gid: 0 }, '#!/bin/sh\n');
+      pack.entry({ name: 'sgid-tool', mode: 0o2755, uid: 0, gid: 0 }, '#!/bin/sh\n');
+      pack.finalize();
+      const tar = await buffer(pack);
+      const manifest = await forgeElement('uploads', () => tar);
+      const restored = await cliJson<{ elements: { name: string; facts: Record<string, unknown> }[] }>([...args(), 'backup', 'restore', 'site', manifest.id, '--element', 'uploads', '--yes', '--no-safety-backup']);
+      expect((await stat(path.join(mount(), 'suid-shell'))).mode & 0o7777).toBe(0o755);
+      expect((await stat(path.join(mount(), 'sgid-tool'))).mode & 0o7777).toBe(0o755);
+      expect(restored.elements[0]!.facts).toMatchObject({ setuidCleared: 2 });
+    });
+  });
+}
