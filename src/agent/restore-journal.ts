@@ -81,7 +81,7 @@ export class RestoreJournal {
   /** The restore ended (done, or nothing left staged): its record and staging directory go. */
   async finish(): Promise<void> {
     await rm(this.stagingDir, { recursive: true, force: true });
-    await this.#journal.remove(path.join(path.dirname(this.stagingDir), `${this.#name}.json`));
+    await this.#journal.remove(this.#journal.fileOf(this.#name));
   }
 
   /** The journal of a dead process's restore, taken over to finish it. */

@@ -32,13 +32,13 @@ export interface RecoveryReport {
  *   1. thaws every cgroup and filesystem a dead agent froze (its freeze journal);
  *   2. promotes a Redis a dead restore left a replica of the agent;
  *   3. finishes or undoes the restores dead processes left (restore-journal.ts);
- *   4. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what recovery did,
+ *   4. aborts the multipart uploads journaled by dead processes; with `sweepStores` (the
+ *      daemon) also those older than `orphanUploadAge` under each store's prefix;
+ *   5. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what 3 and 4 did,
  *      and removes the objects an interrupted backup had written (no manifest: it was never
  *      Restorable);
- *   5. removes dead processes' temp files (private-temp.ts, half-written state files) and
- *      their lock files;
- *   6. aborts the multipart uploads journaled by dead processes; with `sweepStores` (the
- *      daemon) also those older than `orphanUploadAge` under each store's prefix.
+ *   6. removes dead processes' temp files (private-temp.ts, half-written state files) and
+ *      their lock files.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
   await loadKeyRing(config, logger); // creates the default key at first start; a bad key file fails here
