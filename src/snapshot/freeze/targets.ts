@@ -16,6 +16,14 @@ export interface FreezeTarget {
 }
 
 const POLL_MS = 2;
+/**
+ * cgroup v1 can stay in FREEZING for good: a parent in vfork() waiting on a child the
+ * freezer already stopped is never counted frozen (seen here with a shell writer on 6.18, 9 in
+ * 1,000 freezes). Like CRIU, ask again: after this long in FREEZING, thaw and freeze anew
+ * (the child execs, the parent is released, the next try nearly always lands). v2 has no
+ * such state.
+ */
+const V1_RETRY_MS = 40;
 
 /**
  * cgroup v1: write FROZEN to freezer.state, then wait until the kernel reports FROZEN (it
@@ -42,7 +50,14 @@ function cgroupOf(kind: keyof typeof FREEZERS, dir: string): FreezeTarget {
     path: dir,
     freeze: async (signal) => {
       await write(control, freezer.freeze);
-      await waitUntil(signal, dir, async () => freezer.isFrozen(await readFile(path.join(dir, freezer.state), 'utf8')));
+      const retry =
+        kind === 'cgroup-v1'
+          ? async () => {
+              await write(control, freezer.thaw);
+              await write(control, freezer.freeze);
+            }
+          : undefined;
+      await waitUntil(signal, dir, async () => freezer.isFrozen(await readFile(path.join(dir, freezer.state), 'utf8')), retry);
     },
     // A cgroup removed since it was frozen (its service stopped) has nothing left to thaw.
     thaw: async () => {
@@ -125,9 +140,15 @@ async function write(file: string, value: string): Promise<void> {
   }
 }
 
-async function waitUntil(signal: AbortSignal, what: string, done: () => Promise<boolean>): Promise<void> {
+/** Polls `done` until it holds; `retry`, when given, runs every V1_RETRY_MS it does not. */
+async function waitUntil(signal: AbortSignal, what: string, done: () => Promise<boolean>, retry?: () => Promise<void>): Promise<void> {
+  let since = performance.now();
   while (!(await done())) {
     if (signal.aborted) throw new AgentError('E_CANCELLED', `stopped waiting for ${what} to freeze`, { cause: signal.reason });
+    if (retry && performance.now() - since >= V1_RETRY_MS) {
+      await retry();
+      since = performance.now();
+    }
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
 }
