@@ -5,7 +5,8 @@ import { backupIdTime } from '../snapshot/backup-id.ts';
 import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestJson, manifestKey, parseManifest, type Manifest } from '../snapshot/manifest.ts';
 import { checkManifestMac, unauthenticated, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkBackupId } from '../snapshot/names.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
+import type { ObjectInfo, ObjectStore } from '../transport/object-store.ts';
+import { catalogEntry, catalogKey, dropCatalogEntry, entryMatches, readCatalog, updateCatalog, type CatalogEntry } from './env-catalog.ts';
 
 /** Manifests above this size are not ours: refuse before reading them into memory. */
 const MAX_MANIFEST_BYTES = 4 << 20;
@@ -38,7 +39,12 @@ export interface ManifestAccess {
  * Unsigned manifests are E_MANIFEST_UNAUTHENTICATED unless allowed.
  */
 export async function readManifest(store: ObjectStore, env: string, id: string, access: ManifestAccess): Promise<Manifest> {
-  const raw = manifestJson(await readManifestText(store, env, id), env, id);
+  return authenticateManifest(await readManifestText(store, env, id), env, id, access);
+}
+
+/** readManifest's checks on the text of a manifest.json, wherever it was read (its object, the catalog). */
+function authenticateManifest(text: string, env: string, id: string, access: ManifestAccess): Manifest {
+  const raw = manifestJson(text, env, id);
   if (checkManifestMac(raw, access.keys, env, id) === 'unsigned' && !access.allowUnauthenticated) {
     throw unauthenticated(
       env,
@@ -64,11 +70,28 @@ async function readManifestText(store: ObjectStore, env: string, id: string): Pr
   return text(await store.get(key));
 }
 
-/** Every backup of `env` in the store, newest first, with why any is not restorable. */
-export async function listBackups(store: ObjectStore, env: string, keys: KeyRing, now: Date = new Date()): Promise<BackupSummary[]> {
+export interface ListOptions {
+  /**
+   * Write the environment catalog back when it differs from what the listing found (one PUT).
+   * Write paths only (prune, backup create): readers (list, show, restore) never write.
+   */
+  updateCatalog?: boolean;
+}
+
+/**
+ * Every backup of `env` in the store, newest first, with why any is not restorable. One LIST
+ * and one GET of the environment catalog (env-catalog.ts); only backups the catalog does not
+ * vouch for (new, changed, unsigned, invalid) cost a HEAD and a GET of their manifest.
+ */
+export async function listBackups(store: ObjectStore, env: string, keys: KeyRing, now: Date = new Date(), options: ListOptions = {}): Promise<BackupSummary[]> {
   const ids = new Set<string>();
-  const withManifest = new Set<string>();
+  const manifests = new Map<string, ObjectInfo>();
+  let listedCatalog: ObjectInfo | undefined;
   for await (const object of store.list(`${env}/`)) {
+    if (object.key === catalogKey(env)) {
+      listedCatalog = object;
+      continue;
+    }
     const id = object.key.slice(env.length + 1).split('/')[0] ?? '';
     try {
       checkBackupId(id);
@@ -76,18 +99,21 @@ export async function listBackups(store: ObjectStore, env: string, keys: KeyRing
       continue; // not a backup of ours
     }
     ids.add(id);
-    if (backupIdOfManifestKey(env, object.key) === id) withManifest.add(id);
+    if (backupIdOfManifestKey(env, object.key) === id) manifests.set(id, object);
   }
+  // Fetched only when listed: an environment without one pays nothing for it.
+  const catalog = listedCatalog ? await readCatalog(store, env, listedCatalog.size) : new Map<string, CatalogEntry>();
+  const entries = new Map<string, CatalogEntry>();
   const limit = pLimit(8);
   const summaries = await Promise.all(
     [...ids].map((id) =>
       limit(async (): Promise<BackupSummary> => {
         const createdAt = backupIdTime(id).toISOString();
-        if (!withManifest.has(id)) return { id, env, createdAt, restorable: false, status: 'incomplete', authenticated: false };
+        const listed = manifests.get(id);
+        if (!listed) return { id, env, createdAt, restorable: false, status: 'incomplete', authenticated: false };
         try {
-          // Unsigned manifests are listed as they are (authenticated: false): prune and delete
-          // act on them, restores need the explicit flag. One whose MAC fails is 'invalid'.
-          const manifest = await readManifest(store, env, id, { keys, allowUnauthenticated: true });
+          const { text, manifest } = fromCatalog(catalog?.get(id), listed, env, id, keys) ?? (await fromObject(store, env, id, keys));
+          if (manifest.mac !== undefined) entries.set(id, catalogEntry(listed, text));
           const restorable = isRestorable(manifest, now);
           return { id, env, createdAt: manifest.createdAt, restorable, status: restorable ? 'ok' : 'expired', authenticated: manifest.mac !== undefined, manifest };
         } catch (error) {
@@ -97,7 +123,36 @@ export async function listBackups(store: ObjectStore, env: string, keys: KeyRing
       }),
     ),
   );
+  if (options.updateCatalog) await updateCatalog(store, env, catalog, entries);
   return summaries.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+}
+
+interface ManifestRead {
+  text: string;
+  manifest: Manifest;
+}
+
+/**
+ * The manifest a catalog entry holds, when the entry was made from the manifest object the
+ * listing shows and its text passes readManifest's checks with a MAC (an unsigned manifest is
+ * never taken from the catalog). Undefined sends the caller to the object, whose verdict is the
+ * one listed: a forged or damaged entry changes nothing.
+ */
+function fromCatalog(entry: CatalogEntry | undefined, listed: ObjectInfo, env: string, id: string, keys: KeyRing): ManifestRead | undefined {
+  if (!entry || !entryMatches(entry, listed)) return undefined;
+  try {
+    return { text: entry.manifest, manifest: authenticateManifest(entry.manifest, env, id, { keys }) };
+  } catch (error) {
+    if (isAgentError(error, 'E_MANIFEST_INVALID') || isAgentError(error, 'E_MANIFEST_UNAUTHENTICATED')) return undefined;
+    throw error;
+  }
+}
+
+async function fromObject(store: ObjectStore, env: string, id: string, keys: KeyRing): Promise<ManifestRead> {
+  const text = await readManifestText(store, env, id);
+  // Unsigned manifests are listed as they are (authenticated: false): prune and delete act on
+  // them, restores need the explicit flag. One whose MAC fails is 'invalid'.
+  return { text, manifest: authenticateManifest(text, env, id, { keys, allowUnauthenticated: true }) };
 }
 
 /** Every object key of a backup, whatever its state (for delete and cleanup). */
@@ -108,8 +163,8 @@ export async function backupObjectKeys(store: ObjectStore, env: string, id: stri
 }
 
 /**
- * Deletes a backup: the manifest first, so that a delete interrupted half way never leaves a
- * backup listed as Restorable with objects missing; then every other object.
+ * Deletes a backup: its catalog entry and the manifest first, so that a delete interrupted half
+ * way never leaves a backup listed as Restorable with objects missing; then every other object.
  */
 export async function deleteBackup(store: ObjectStore, env: string, id: string): Promise<{ deletedObjects: number }> {
   checkBackupId(id);
@@ -117,6 +172,10 @@ export async function deleteBackup(store: ObjectStore, env: string, id: string):
   if (keys.length === 0) {
     throw new AgentError('E_BACKUP_NOT_FOUND', `backup ${id} of environment ${env} does not exist; see 'backup list ${env}'`, { details: { env, id } });
   }
+  // The catalog entry first: a delete that fails after it leaves a backup the next listing
+  // reads from its manifest, never an entry for a backup that is gone (and even that would be
+  // ignored: the listing no longer shows its manifest).
+  await dropCatalogEntry(store, env, id);
   const manifest = manifestKey(env, id);
   if (keys.includes(manifest)) await store.delete([manifest]);
   await store.delete(keys.filter((key) => key !== manifest));
