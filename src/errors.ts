@@ -28,6 +28,8 @@ export const ExitCode = {
   limit: 15,
   /** The file system holding the state directory is full (or its quota is used up). */
   noSpace: 16,
+  /** Another node owns the environment, or made the backup (issue #11, docs/ownership.md). */
+  otherNode: 17,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -63,6 +65,12 @@ const catalogue = {
   E_NO_SPACE: ExitCode.noSpace,
   // Jobs, the daemon and its protocol (docs/protocol.md).
   E_JOB_NOT_FOUND: ExitCode.notFound,
+  // Many nodes, one bucket (issue #11, docs/ownership.md).
+  E_ENV_OWNED: ExitCode.otherNode,
+  E_FOREIGN_BACKUP: ExitCode.otherNode,
+  E_ENV_CLAIM_CONTENDED: ExitCode.busy,
+  /** At the commit point an object the manifest would name is missing or has another size. */
+  E_BACKUP_INCOMPLETE: ExitCode.storage,
   E_HOST_RESOURCES: ExitCode.busy,
   E_SHUTTING_DOWN: ExitCode.busy,
   E_INTERRUPTED: ExitCode.interrupted,

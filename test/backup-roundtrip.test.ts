@@ -118,7 +118,7 @@ for (const storeKind of ['fs', 's3'] as const) {
         const left = await s3Client().send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `agent/site/${latest!.id}/` }));
         expect(left.KeyCount ?? 0).toBe(0);
       } else {
-        expect(await readdir(path.join(sandbox.stateDir, 'backups', 'site')).catch(() => [])).toEqual([]);
+        expect(await readdir(path.join(sandbox.stateDir, 'backups', 'site')).catch(() => [])).not.toContain(latest!.id);
       }
     });
   });

@@ -41,7 +41,8 @@ describe('the daemon process: crash recovery, SIGTERM, SIGHUP, readiness, logs (
     daemons.push(daemon);
     return daemon;
   };
-  const objects = async () => ((await s3Client().send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((o) => o.Key);
+  // Backup objects only: the environment's owner record (issue #11) is not one.
+  const objects = async () => ((await s3Client().send(new ListObjectsV2Command({ Bucket: bucket }))).Contents ?? []).map((o) => o.Key).filter((key) => !key?.includes('/owners/'));
   const jobRecord = async (id: string) => JSON.parse(await readFile(path.join(sandbox.stateDir, 'jobs', `${id}.json`), 'utf8')) as Job;
 
   beforeAll(async () => {

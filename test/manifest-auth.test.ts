@@ -95,7 +95,7 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect(listed).toMatchObject({ status: 'ok', authenticated: true });
       const table = await cli([...args(), 'backup', 'list', 'site']);
       expect(table.stdout).toMatch(/Authenticated/);
-      expect(table.stdout).toMatch(new RegExp(`${manifest.id} +yes +yes`));
+      expect(table.stdout).toMatch(new RegExp(`${manifest.id} +\\S+ +yes +yes`));
       const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes', '--no-safety-backup']);
       expect(restore.exitCode, restore.stderr).toBe(0);
       const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id]);
@@ -170,7 +170,7 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect(treeState(mount)).toEqual(before);
       const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === manifest.id);
       expect(listed).toMatchObject({ status: 'ok', restorable: true, authenticated: false });
-      expect((await cli([...args(), 'backup', 'list', 'site'])).stdout).toMatch(new RegExp(`${manifest.id} +yes +no \\(no MAC\\)`));
+      expect((await cli([...args(), 'backup', 'list', 'site'])).stdout).toMatch(new RegExp(`${manifest.id} +\\S+ +yes +no \\(no MAC\\)`));
       expect(await cliJson<Manifest>([...args(), 'backup', 'show', 'site', manifest.id])).not.toHaveProperty('mac');
 
       const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id, '--allow-unauthenticated']);

@@ -10,8 +10,8 @@ import type { Capture, CaptureOptions, ServiceDriver } from '../snapshot/driver.
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { freezeWriters } from '../snapshot/freeze/lease.ts';
 import { cgroupTarget, filesystemTarget } from '../snapshot/freeze/targets.ts';
-import { elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../snapshot/manifest.ts';
-import { signManifest } from '../snapshot/manifest-mac.ts';
+import { backupPrefix, elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../snapshot/manifest.ts';
+import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { putSegmented } from '../transport/segments.ts';
@@ -20,6 +20,8 @@ import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
+import { nodeIdOf } from './node-id.ts';
+import { ensureOwner } from './ownership.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { AGENT_VERSION, HOST } from './version.ts';
 
@@ -52,6 +54,9 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const createdAt = new Date();
   // Before any work: a backup that could not be signed could never be restored.
   const keys = await loadKeyRing(config, logger);
+  // Only the environment's owner writes its backups (ownership.ts): another node's prune and
+  // limits must never act on ours, nor ours on theirs.
+  await ensureOwner(config, store, env, logger);
 
   const replaced = await checkManualLimit(config, store, env, options);
   await sweepOrphans(ctx, store, env);
@@ -78,15 +83,18 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
       trigger: options.trigger ?? 'manual',
       keepUntil: options.keepForMs === undefined ? null : new Date(createdAt.getTime() + options.keepForMs).toISOString(),
       codeRef: options.codeRef ?? null,
-      agent: { version: AGENT_VERSION, host: HOST },
+      agent: { version: AGENT_VERSION, host: HOST, nodeId: nodeIdOf(config) },
       // In the environment's service order, whatever order they were stored in.
       elements: plan.map(({ name }) => elements.find((e) => e.name === name)!),
     } satisfies Manifest, keys);
     throwIfCancelled(signal);
     ctx.onProgress?.({ phase: 'manifest' });
+    await reachedPhase('backup:stored');
+    await checkObjectsStored(store, manifest);
     await reachedPhase('backup:manifest');
     await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
     log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
+    await refreshCatalog(store, env, keys, log);
     for (const old of replaced) {
       try {
         await deleteBackup(store, env, old);
@@ -200,7 +208,8 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
 async function checkManualLimit(config: Config, store: ObjectStore, env: string, options: CreateBackupOptions): Promise<string[]> {
   if ((options.trigger ?? 'manual') !== 'manual') return [];
   const limit = environmentOf(config, env).manualLimit;
-  const manual = (await listBackups(store, env, await loadKeyRing(config))).filter((b) => b.restorable && b.manifest?.trigger === 'manual');
+  const listed = await listBackups(store, env, await loadKeyRing(config), new Date(), { updateCatalog: true });
+  const manual = listed.filter((b) => b.restorable && b.manifest?.trigger === 'manual');
   if (manual.length < limit) return [];
   if (!options.replaceOldest) {
     throw new AgentError(
@@ -302,6 +311,41 @@ async function producerFailure(result: Promise<unknown>, uploadError: unknown): 
   } catch (producerError) {
     const upload = toAgentError(uploadError);
     return upload.code === 'E_CANCELLED' || upload.code.startsWith('E_STORE') ? upload : producerError;
+  }
+}
+
+/**
+ * The commit point checks what it commits: every object the manifest names is in the store
+ * with its size (one listing of the backup's prefix). Something else may have deleted one
+ * since it was stored — a prune elsewhere, an operator, a lifecycle rule — and a manifest
+ * naming it would list a backup as Restorable that no restore can read.
+ */
+async function checkObjectsStored(store: ObjectStore, manifest: Manifest): Promise<void> {
+  const stored = new Map<string, number>();
+  for await (const object of store.list(backupPrefix(manifest.env, manifest.id))) stored.set(object.key, object.size);
+  for (const element of manifest.elements) {
+    for (const object of element.objects) {
+      const size = stored.get(object.key);
+      if (size === object.bytes) continue;
+      throw new AgentError(
+        'E_BACKUP_INCOMPLETE',
+        `object ${object.key} of element ${element.name} ${size === undefined ? 'is no longer in the store' : `has ${size} bytes in the store, not the ${object.bytes} written`}: something deleted or replaced it before the backup was committed (a prune by another node, an operator, a lifecycle rule); the backup is abandoned — run it again`,
+        { details: { env: manifest.env, id: manifest.id, element: element.name, key: object.key, storedSize: size ?? null, expected: object.bytes } },
+      );
+    }
+  }
+}
+
+/**
+ * After the commit: the environment catalog learns the new backup, so the next listing is one
+ * LIST and one GET. Never fails the backup, which is committed: a catalog left behind only
+ * costs the next listing a read of the manifests it lacks.
+ */
+async function refreshCatalog(store: ObjectStore, env: string, keys: KeyRing, log: OperationContext['logger']): Promise<void> {
+  try {
+    await listBackups(store, env, keys, new Date(), { updateCatalog: true });
+  } catch (error) {
+    log.warn({ phase: 'catalog', err: toAgentError(error).message }, 'could not refresh the environment catalog after the commit; the next listing reads the manifests');
   }
 }
 

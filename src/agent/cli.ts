@@ -2,6 +2,7 @@ import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
+import { logStoreRetries } from '../transport/store-telemetry.ts';
 import { downloadElement, findElement } from './artifacts.ts';
 import { readManifest } from './catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';
@@ -11,6 +12,7 @@ import type { OperationContext } from './context.ts';
 import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
 import { loadKeyRing } from './keys.ts';
+import { adoptEnvironment, describeOwner, type OwnerView } from './ownership.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
 import { AGENT_VERSION } from './version.ts';
@@ -125,10 +127,11 @@ function buildProgram(): Command {
       const backups = await withAgent(cmd, (agent) => agent.backupList({ env }));
       output(cmd, backups, () =>
         renderTable(
-          ['Created', 'Backup ID', 'Restorable', 'Authenticated', 'Trigger', 'Expires', 'Size', 'Pause'],
+          ['Created', 'Backup ID', 'Node', 'Restorable', 'Authenticated', 'Trigger', 'Expires', 'Size', 'Pause'],
           backups.map((b) => [
             shortTime(b.createdAt),
             b.id,
+            b.manifest?.agent.nodeId ?? '-',
             b.restorable ? 'yes' : `no (${b.status})`,
             b.authenticated ? 'yes' : b.manifest ? 'no (no MAC)' : 'no',
             b.manifest?.trigger ?? '-',
@@ -159,10 +162,11 @@ function buildProgram(): Command {
     .option('--target <env>', 'restore into this environment instead')
     .option('--element <names>', 'comma-separated elements to restore', splitList)
     .option('--no-safety-backup', 'do not back up the target first (the pre-restore safety backup)')
+    .option('--from-node <id>', "the backup was made by this other node (see 'backup list'): bring its data here all the same")
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
-    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean; fromNode?: string }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
       checkBackupId(id);
       const request = {
@@ -173,6 +177,7 @@ function buildProgram(): Command {
         elements: opts.element,
         ...(opts.safetyBackup === false ? { safetyBackup: false } : {}),
         ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
+        ...(opts.fromNode !== undefined ? { fromNode: checkName('node', opts.fromNode) } : {}),
       };
       const summary = await runJob<RestoreSummary>(cmd, request, {
         confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
@@ -283,11 +288,41 @@ function buildProgram(): Command {
       output(cmd, result, () => `deleted backup ${id} (${result.deletedObjects} objects)\n`);
     });
 
+  // Ownership of environments in a shared bucket (issue #11, docs/ownership.md).
+  const envCommand = program.command('env').description("which node owns an environment's backups").exitOverride();
+  envCommand
+    .command('owner')
+    .description("the node that owns the environment's backups, and every claim on record")
+    .argument('<env>', 'environment')
+    .exitOverride()
+    .action(async (env: string, _opts: unknown, cmd: Command) => {
+      const view = await withOperation(cmd, async (ctx) => describeOwner(ctx.config, await openEnvironmentStore(ctx.config, env), env));
+      output(cmd, view, () => ownerText(view));
+    });
+  envCommand
+    .command('adopt')
+    .description('make this node the owner (the old owner stale, or --force); its backups stay and become this node\'s to prune')
+    .argument('<env>', 'environment')
+    .option('--force', 'adopt even though the owner is live (stop its backups first: it may be writing)')
+    .exitOverride()
+    .action(async (env: string, opts: { force?: boolean }, cmd: Command) => {
+      const view = await withOperation(cmd, async (ctx) => adoptEnvironment(ctx.config, await openEnvironmentStore(ctx.config, env), env, ctx.logger, opts.force === true));
+      output(cmd, view, () => ownerText(view));
+    });
+
   // Jobs, the daemon and status (issue #4): src/agent/jobs/cli-glue.ts.
   // The daemon's modules (ws, prom-client) load only for `storage-agent daemon`: a CLI run stays small.
   addControlPlaneCommands(program, async (options) => (await import('./daemon.ts')).runDaemon(options));
 
   return program;
+}
+
+function ownerText(view: OwnerView): string {
+  const owner = view.owner;
+  const head = owner
+    ? `environment ${view.env} is owned by node ${owner.nodeId}${owner.nodeId === view.nodeId ? ' (this node)' : ''}, host ${owner.host}, since ${shortTime(owner.since)}; renewed ${shortTime(owner.renewedAt)}${owner.stale ? ' (stale)' : ''}\n`
+    : `environment ${view.env} has no owner yet: the first node to write a backup of it becomes its owner (this node: ${view.nodeId})\n`;
+  return head + (view.records.length > 1 ? renderTable(['Node', 'Host', 'State', 'Epoch', 'Renewed'], view.records.map((r) => [r.nodeId, r.host, r.state, String(r.epoch), `${shortTime(r.renewedAt)}${r.stale ? ' (stale)' : ''}`])) : '');
 }
 
 function shortTime(iso: string): string {
@@ -308,6 +343,7 @@ async function withOperation<T>(cmd: Command, run: (ctx: OperationContext) => Pr
   if (opts.remote !== undefined) throw new AgentError('E_USAGE', `'${cmd.name()}' runs on the node itself: the protocol never names paths; drop --remote`);
   const config = await loadConfig(opts.config);
   const logger = createLogger(opts.logLevel, 2);
+  logStoreRetries(logger);
   await recoverAtStart(config, logger, { sweepStores: false });
   const controller = new AbortController();
   const onSignal = (name: string) => controller.abort(new AgentError('E_CANCELLED', `cancelled by ${name}`));

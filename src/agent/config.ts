@@ -183,8 +183,8 @@ const environment = z
         every: z.union([z.string(), z.number()]).optional(),
         /** …or a 5-field cron expression in the environment's timeZone. */
         cron: z.string().optional(),
-        /** Each run starts up to this much later, at random (spreads a fleet's load). */
-        jitter: duration.default(0),
+        /** Each run starts up to this much later, at an offset fixed per node (spreads a fleet's load). Absent: a tenth of the period, ≤ 15 min. */
+        jitter: duration.optional(),
         /** The backups are live (no write pause) rather than consistent. */
         live: z.boolean().default(false),
       })
@@ -212,8 +212,16 @@ const configSchema = z
       })
       .strict()
       .default({ algorithm: 'zstd', level: 1 }),
-    /** Multipart uploads older than this found under our prefix are orphans and get aborted. */
-    orphanUploadAge: duration.default(24 * 3_600_000),
+    /**
+     * Multipart uploads older than this under an environment this node owns are orphans and get
+     * aborted. At least 1 h: a shorter age would abort a running upload (issue #11).
+     */
+    orphanUploadAge: duration.default(24 * 3_600_000).refine((ms) => ms >= 3_600_000, 'must be at least 1h: a younger upload may still be running'),
+    // ---- node identity and ownership (issue #11; docs/ownership.md) ----
+    /** This node's name in manifests and owner records. Absent: derived from /etc/machine-id (node-id.ts). */
+    nodeId: name.optional(),
+    /** An owner record not renewed for this long is stale: another node may adopt the environment. */
+    ownerStaleAfter: duration.default(3_600_000).refine((ms) => ms >= 60_000, 'must be at least 1m'),
     /**
      * Manifest MAC keys (issue #10, README "Keys"): one signs, every one verifies. Absent: the
      * node's own <stateDir>/keys/default.key, created at first start (src/agent/keys.ts).

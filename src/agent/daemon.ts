@@ -9,6 +9,7 @@ import { childEnv } from '../child-env.ts';
 import { AgentError, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { watchFreezes } from '../snapshot/freeze/watch.ts';
+import { logStoreRetries } from '../transport/store-telemetry.ts';
 import { TokenRing } from '../transport/ws/auth.ts';
 import { PROTOCOL_PATH } from '../transport/ws/protocol.ts';
 import { ProtocolServer, serveHttp } from '../transport/ws/server.ts';
@@ -18,6 +19,8 @@ import { JobEngine } from './jobs/engine.ts';
 import { createMetrics } from './jobs/metrics.ts';
 import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger } from './logger.ts';
+import { renewOwnedEnvironments } from './ownership.ts';
+import { openEnvironmentStore } from './stores.ts';
 import { Scheduler } from './scheduler.ts';
 import { AGENT_VERSION } from './version.ts';
 import { writeStateFile } from '../state-file.ts';
@@ -40,6 +43,7 @@ export interface Daemon {
  */
 export async function runDaemon(options: { configPath: string; logLevel: string }): Promise<number> {
   const logger = createLogger(options.logLevel, 1);
+  logStoreRetries(logger);
   // Signals are ours from the first moment: a SIGTERM during start-up stops cleanly once started.
   let daemon: Daemon | undefined;
   let requested: string | undefined;
@@ -123,6 +127,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   await writeStateFile(config.stateDir, path.join(config.stateDir, 'daemon.json'), JSON.stringify({ pid: process.pid, url, startedAt: new Date().toISOString() }));
   logger.info({ host: address.address, port: address.port, tls: Boolean(tls), url, recovered: recovery }, 'daemon listening');
   await scheduler.start(config);
+  const stopRenewing = renewOwnership(() => config, logger);
   await notifySystemd(['--ready', `--status=listening on ${url}`], logger);
 
   let stopping: Promise<void> | undefined;
@@ -177,12 +182,28 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
         });
         await engine.close();
         stopWatchingFreezes();
+        stopRenewing();
         await rm(path.join(config.stateDir, 'daemon.json'), { force: true });
         logger.info({}, 'daemon stopped');
       })();
       return stopping;
     },
   };
+}
+
+/**
+ * Renews the owner records of the environments this node owns, at start and every quarter of
+ * ownerStaleAfter (a round that is still running is not doubled), so they never look stale
+ * while the daemon runs, whatever the schedules (ownership.ts).
+ */
+function renewOwnership(config: () => Config, logger: Logger): () => void {
+  let round: Promise<unknown> | undefined;
+  const renew = () => {
+    round ??= renewOwnedEnvironments(config(), (env) => openEnvironmentStore(config(), env), logger).finally(() => (round = undefined));
+  };
+  renew();
+  const timer = setInterval(renew, config().ownerStaleAfter / 4).unref();
+  return () => clearInterval(timer);
 }
 
 /** sd_notify through systemd-notify (Type=notify, NotifyAccess=all), when systemd asked for it. */

@@ -3,6 +3,7 @@ import { deleteBackup, listBackups, type BackupSummary } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { loadKeyRing } from './keys.ts';
+import { ensureOwner } from './ownership.ts';
 import { selectRetained } from './retention.ts';
 import { openEnvironmentStore } from './stores.ts';
 
@@ -33,7 +34,10 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
   const env = checkName('environment', envName);
   const settings = environmentOf(ctx.config, env);
   const store = await openEnvironmentStore(ctx.config, env);
-  const backups = await listBackups(store, env, await loadKeyRing(ctx.config), now);
+  // A dry run only reads; a prune deletes, which only the environment's owner may (ownership.ts).
+  if (!dryRun) await ensureOwner(ctx.config, store, env, ctx.logger);
+  // A prune refreshes the environment catalog (a dry run only reads).
+  const backups = await listBackups(store, env, await loadKeyRing(ctx.config), now, { updateCatalog: !dryRun });
   const scheduled = backups.filter((b) => b.status === 'ok' && b.manifest?.trigger === 'scheduled');
   const decision = selectRetained(
     scheduled.map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),

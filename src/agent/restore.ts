@@ -2,14 +2,16 @@ import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
 import { reachedPhase } from '../phase-hook.ts';
 import type { StagedRestore } from '../snapshot/driver.ts';
 import { newBackupId } from '../snapshot/backup-id.ts';
+import type { Manifest } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
 import { consumeElement, findElement } from './artifacts.ts';
 import { createBackup } from './backup.ts';
 import { readManifest } from './catalog.ts';
-import { environmentOf } from './config.ts';
+import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
+import { nodeIdOf } from './node-id.ts';
 import { RestoreJournal } from './restore-journal.ts';
 import { openEnvironmentStore } from './stores.ts';
 
@@ -23,6 +25,8 @@ export interface RestoreOptions {
   safetyBackup?: boolean;
   /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
   allowUnauthenticated?: boolean;
+  /** The node that made the backup, when not this one: the explicit choice to bring its data here. */
+  fromNode?: string;
 }
 
 export interface SafetyBackupSummary {
@@ -44,6 +48,21 @@ export interface RestoreSummary {
 }
 
 /**
+ * Another node's backup (same env name on two hosts, or an environment moved here) is restored
+ * only when the caller names that node: a listing merged from two nodes must never bring the
+ * other's data in by mistake. Manifests from before node ids carry none, and pass.
+ */
+function checkMadeHere(config: Config, manifest: Manifest, target: string, fromNode: string | undefined): void {
+  const madeBy = manifest.agent.nodeId;
+  if (madeBy === undefined || madeBy === nodeIdOf(config) || madeBy === fromNode) return;
+  throw new AgentError(
+    'E_FOREIGN_BACKUP',
+    `backup ${manifest.env}/${manifest.id} was made by node ${madeBy} (host ${manifest.agent.host}), not this node (${nodeIdOf(config)}); restoring it brings that node's data into ${target}: if that is what you want, pass --from-node ${madeBy}`,
+    { details: { env: manifest.env, id: manifest.id, madeBy, nodeId: nodeIdOf(config) } },
+  );
+}
+
+/**
  * Restores in two phases: every element is downloaded, verified and staged beside its target
  * first; only when all are staged are they swapped in. A failure or cancel before the swap
  * leaves every target exactly as it was.
@@ -55,6 +74,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const targetServices = environmentOf(config, target).services;
   const store = await openEnvironmentStore(config, env);
   const manifest = await readManifest(store, env, options.id, { keys: await loadKeyRing(config), allowUnauthenticated: options.allowUnauthenticated });
+  checkMadeHere(config, manifest, target, options.fromNode);
   const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
   const plan = selected.map((element) => {
     const service = targetServices[element.name];

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -5,6 +6,7 @@ import { toAgentError } from '../errors.ts';
 import { writeStateFile } from '../state-file.ts';
 import type { Config } from './config.ts';
 import type { LocalAgent } from './jobs/api.ts';
+import { nodeIdOf } from './node-id.ts';
 import { nextRun, parseSchedule, type Schedule } from './schedule.ts';
 
 /**
@@ -15,7 +17,10 @@ import { nextRun, parseSchedule, type Schedule } from './schedule.ts';
  * every other operation (so the per-environment lock and the node's slots apply), followed,
  * when it succeeded, by a `backup.prune` job. A run that comes due while the previous run of
  * the same environment is still queued or running is skipped, never stacked. Each run starts
- * at its due time plus a random delay up to `jitter`.
+ * at its due time plus this node's offset within `jitter` (spreadOffset: fixed per node and
+ * environment, so a fleet whose schedules share one cron minute spreads evenly over the window
+ * instead of stampeding the store; issue #11). Without `jitter`, the window is a tenth of the
+ * schedule's period, at most 15 minutes.
  *
  * `<stateDir>/schedule.json` holds each environment's last run (the time it was started) and
  * next run. At start, a run whose due time passed while the daemon was down is taken once, at
@@ -46,6 +51,7 @@ interface Entry {
   env: string;
   schedule: Schedule;
   timeZone: string;
+  /** This node's fixed delay after each due time (spreadOffset). */
   jitterMs: number;
   live: boolean;
   lastRunAt?: Date;
@@ -110,10 +116,11 @@ export class Scheduler {
         env,
         schedule: parseSchedule(settings.schedule),
         timeZone: settings.timeZone,
-        jitterMs: settings.schedule.jitter,
+        jitterMs: 0,
         live: settings.schedule.live,
         ...(last && Number.isFinite(last.getTime()) ? { lastRunAt: last } : {}),
       };
+      entry.jitterMs = spreadOffset(nodeIdOf(config), env, settings.schedule.jitter ?? defaultJitter(entry.schedule, now, entry.timeZone));
       this.#entries.set(env, entry);
       const due = nextRun(entry.schedule, entry.lastRunAt, now, entry.timeZone);
       if (entry.lastRunAt && due.getTime() < now.getTime()) {
@@ -126,7 +133,7 @@ export class Scheduler {
   #arm(entry: Entry, due: Date): void {
     clearTimeout(entry.timer);
     if (this.#stopped) return;
-    const at = due.getTime() + Math.floor(Math.random() * (entry.jitterMs + 1));
+    const at = due.getTime() + entry.jitterMs;
     entry.nextRunAt = new Date(at);
     const wait = () => {
       const left = at - Date.now();
@@ -257,4 +264,23 @@ export async function scheduleStates(config: Config): Promise<ScheduleState[]> {
       lastRunAt: saved.get(env)?.lastRunAt ?? null,
       nextRunAt: saved.get(env)?.nextRunAt ?? null,
     }));
+}
+
+const MAX_DEFAULT_JITTER_MS = 15 * 60_000;
+
+/** A tenth of the schedule's period (the gap between its next two runs), at most 15 minutes. */
+function defaultJitter(schedule: Schedule, now: Date, timeZone: string): number {
+  const first = nextRun(schedule, undefined, now, timeZone);
+  const second = nextRun(schedule, first, first, timeZone);
+  return Math.min(MAX_DEFAULT_JITTER_MS, Math.floor((second.getTime() - first.getTime()) / 10));
+}
+
+/**
+ * Where in [0, windowMs] this node's runs of `env` fall: a hash of the node id and the
+ * environment, so every node of a fleet keeps a steady time of its own and the fleet covers
+ * the window evenly (random delays would also spread, but bunch by chance and move each run).
+ */
+export function spreadOffset(nodeId: string, env: string, windowMs: number): number {
+  const hash = createHash('sha256').update(`${nodeId}\0${env}`).digest().readUInt32BE(0);
+  return Math.floor((hash / 2 ** 32) * (windowMs + 1));
 }

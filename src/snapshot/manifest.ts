@@ -65,7 +65,8 @@ export const manifestSchema = z
     trigger: z.enum(['manual', 'scheduled', 'safety']),
     keepUntil: isoTime.nullable(),
     codeRef: z.string().max(200).nullable(),
-    agent: z.object({ version: z.string(), host: z.string() }).strict(),
+    /** nodeId: the node that made it (issue #11); absent in manifests made before node ids. */
+    agent: z.object({ version: z.string(), host: z.string(), nodeId: z.string().regex(namePattern).optional() }).strict(),
     elements: z.array(elementSchema).min(1),
     /**
      * The MAC over everything else (manifest-mac.ts), checked before this schema. Optional:

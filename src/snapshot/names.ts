@@ -8,7 +8,7 @@ const NAME = /^[a-z0-9](?:[a-z0-9_-]{0,62})$/;
 /** Backup ids: see backup-id.ts (time-sortable, URL-safe). */
 const BACKUP_ID = /^[0-9]{8}T[0-9]{6}(?:[0-9]{3})?Z-[a-z0-9]{6,12}$/;
 
-export type NameKind = 'environment' | 'element' | 'backup id';
+export type NameKind = 'environment' | 'element' | 'node' | 'backup id';
 
 export function checkName(kind: Exclude<NameKind, 'backup id'>, value: unknown): string {
   if (typeof value === 'string' && NAME.test(value)) return value;

@@ -13,13 +13,14 @@ import { loadKeyRing } from '../keys.ts';
 import { openStore } from '../stores.ts';
 import { ManifestCache } from './read-cache.ts';
 import { scheduleStates, type ScheduleState } from '../scheduler.ts';
+import { nodeIdOf } from '../node-id.ts';
 import { AGENT_VERSION, HOST } from '../version.ts';
 import type { JobEngine, JobEvent, JobFilter } from './engine.ts';
 import { hostFacts, type HostFacts } from './host.ts';
 import { isFinished, type JobRecord, type JobRequest, type JobState } from './types.ts';
 
 export interface AgentStatus {
-  agent: { version: string; host: string; program: 'daemon' | 'cli'; pid: number; startedAt: string; uptimeSeconds: number; accepting: boolean };
+  agent: { version: string; host: string; nodeId: string; program: 'daemon' | 'cli'; pid: number; startedAt: string; uptimeSeconds: number; accepting: boolean };
   /** The daemon of this node, as its state file says. */
   daemon: { running: boolean; pid?: number; url?: string };
   host: HostFacts;
@@ -130,6 +131,7 @@ export class LocalAgent implements AgentApi {
       agent: {
         version: AGENT_VERSION,
         host: HOST,
+        nodeId: nodeIdOf(this.#config),
         program: this.program,
         pid: process.pid,
         startedAt: this.#startedAt.toISOString(),

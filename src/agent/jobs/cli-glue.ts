@@ -1,5 +1,6 @@
 import { Option, type Command } from 'commander';
 import { AgentError } from '../../errors.ts';
+import { logStoreRetries } from '../../transport/store-telemetry.ts';
 import { readTokenFile } from '../../transport/ws/auth.ts';
 import { createProgressLine, printJson, renderTable } from '../cli-output.ts';
 import { loadConfig } from '../config.ts';
@@ -39,6 +40,7 @@ export async function openAgent(cmd: Command): Promise<AgentApi> {
   if (opts.tokenFile !== undefined) throw new AgentError('E_USAGE', '--token-file goes with --remote URL');
   const config = await loadConfig(opts.config);
   const logger = createLogger(opts.logLevel, 2);
+  logStoreRetries(logger);
   // Every agent start, the CLI's too: thaw what a crash left frozen, settle dead jobs.
   await recoverAtStart(config, logger, { sweepStores: false });
   return new LocalAgent(config, new JobEngine({ config, logger, program: 'cli' }), 'cli');
@@ -142,7 +144,7 @@ function jobsTable(jobs: JobRecord[]): string {
 function statusText(status: AgentStatus): string {
   const { agent, host, jobs } = status;
   const lines = [
-    `agent   storage-agent ${agent.version} on ${agent.host} (${agent.program}, pid ${agent.pid}${agent.accepting ? '' : ', stopping'})`,
+    `agent   storage-agent ${agent.version} on ${agent.host}, node ${agent.nodeId} (${agent.program}, pid ${agent.pid}${agent.accepting ? '' : ', stopping'})`,
     status.daemon
       ? `daemon  ${status.daemon.running ? `running, pid ${status.daemon.pid}${status.daemon.url ? `, ${status.daemon.url}` : ''}` : 'not running'}`
       : undefined,

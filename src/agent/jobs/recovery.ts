@@ -6,8 +6,9 @@ import type { RedisDriver } from '../../snapshot/redis/driver.ts';
 import { RedisRestoreJournal } from '../../snapshot/redis/restore-journal.ts';
 import { manifestKey } from '../../snapshot/manifest.ts';
 import { backupObjectKeys, readManifest } from '../catalog.ts';
-import { effectiveStores, type Config } from '../config.ts';
+import { effectiveStores, type Config, type EnvironmentConfig } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
+import { ownsEnvironment } from '../ownership.ts';
 import { openEnvironmentStore, openStore } from '../stores.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
@@ -156,13 +157,15 @@ function whatRecoveryDid(record: JobRecord, restores: readonly RecoveredRestore[
 }
 
 /**
- * Multipart uploads journaled by dead processes are aborted by every start (a request only when
- * there are some); the daemon also sweeps those older than `orphanUploadAge` (a crash before
- * the journal entry, another node's leftovers).
+ * Multipart uploads journaled by dead processes of this node are aborted by every start (a
+ * request only when there are some); the daemon also sweeps those older than
+ * `orphanUploadAge` (a crash before the journal entry) under each environment this node owns —
+ * never under the whole prefix: other nodes' uploads there are theirs (issue #11).
  */
 async function abortOrphanUploads(config: Config, logger: Logger, byAge: boolean): Promise<{ swept: number; failed: boolean }> {
   const journal = new UploadJournal(config.stateDir);
-  const used = new Set([config.defaultStore, ...Object.values(config.environments).map((e) => e.store ?? config.defaultStore)]);
+  const storeOf = (env: EnvironmentConfig) => env.store ?? config.defaultStore;
+  const used = new Set([config.defaultStore, ...Object.values(config.environments).map(storeOf)]);
   let swept = 0;
   let failed = false;
   for (const name of used) {
@@ -170,7 +173,12 @@ async function abortOrphanUploads(config: Config, logger: Logger, byAge: boolean
     if (!byAge && (await journal.orphans(name, new Set())).length === 0) continue;
     try {
       const store = await openStore(config, name);
-      swept += await store.sweepIncomplete('', byAge ? new Date(Date.now() - config.orphanUploadAge) : new Date(0));
+      swept += await store.sweepIncomplete('', new Date(0)); // the journal's entries only
+      if (!byAge) continue;
+      const olderThan = new Date(Date.now() - config.orphanUploadAge);
+      for (const [env, settings] of Object.entries(config.environments)) {
+        if (storeOf(settings) === name && (await ownsEnvironment(config, store, env))) swept += await store.sweepIncomplete(`${env}/`, olderThan);
+      }
     } catch (error) {
       failed = true;
       logger.warn({ store: name, err: toAgentError(error).message }, 'could not abort incomplete uploads at start; the next start retries');

@@ -3,6 +3,7 @@ import { checkBackupId, checkName } from '../../snapshot/names.ts';
 import { verifyBackup } from '../artifacts.ts';
 import { createBackup } from '../backup.ts';
 import { deleteBackup, readManifest } from '../catalog.ts';
+import { ensureOwner } from '../ownership.ts';
 import { environmentOf, type Config } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
 import type { OperationContext } from '../context.ts';
@@ -70,9 +71,11 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
         elements: spec.elements,
         safetyBackup: spec.safetyBackup !== false,
         allowUnauthenticated: spec.allowUnauthenticated === true,
+        ...(spec.fromNode ? { fromNode: spec.fromNode } : {}),
       });
     case 'backup.delete': {
       const store = await openEnvironmentStore(ctx.config, spec.env);
+      await ensureOwner(ctx.config, store, spec.env, ctx.logger);
       throwIfCancelled(ctx.signal);
       ctx.onProgress?.({ phase: 'delete' });
       const result = await deleteBackup(store, spec.env, spec.id);

@@ -38,6 +38,8 @@ export type JobRequest =
       safetyBackup?: boolean;
       /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
       allowUnauthenticated?: boolean;
+      /** The node that made the backup, when not this one: the explicit choice to restore its data (issue #11). */
+      fromNode?: string;
     }
   | { kind: 'backup.delete'; env: string; id: string }
   | { kind: 'backup.verify'; env: string; id: string; allowUnauthenticated?: boolean }

@@ -59,6 +59,7 @@ export const methods = {
         elements: z.array(element).min(1).max(64).optional(),
         safetyBackup: z.boolean().optional(),
         allowUnauthenticated,
+        fromNode: z.string().regex(namePattern, 'must be a node id (a-z, 0-9, - and _, 1-63 characters)').optional(),
         requestId: requestId.optional(),
       })
       .strict(),
@@ -165,6 +166,7 @@ export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backu
         ...(p.elements ? { elements: p.elements } : {}),
         ...(p.safetyBackup !== undefined ? { safetyBackup: p.safetyBackup } : {}),
         ...(p.allowUnauthenticated !== undefined ? { allowUnauthenticated: p.allowUnauthenticated } : {}),
+        ...(p.fromNode ? { fromNode: p.fromNode } : {}),
       };
     }
     case 'backup.prune': {

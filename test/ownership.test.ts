@@ -1,0 +1,194 @@
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupSummary } from '../src/agent/catalog.ts';
+import { loadConfig } from '../src/agent/config.ts';
+import { ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
+import { openEnvironmentStore } from '../src/agent/stores.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { createTestBucket, s3Client } from './support/s3.ts';
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Two nodes (own config, state dir and node id; one key, as a fleet has) configure the same
+ * environment name in one bucket under one prefix: an environment being migrated (issue #11).
+ */
+describe('many nodes, one bucket: only the owner writes an environment, nobody restores another node\'s data by mistake', () => {
+  let bucket: string;
+  let a: Sandbox;
+  let b: Sandbox;
+  let keyFile: string;
+  const argsOf = (s: Sandbox) => (...rest: string[]) => ['--config', s.configPath, ...rest];
+
+  async function writeNodeConfig(sandbox: Sandbox, nodeId: string, mount: string, extra: Record<string, unknown> = {}): Promise<void> {
+    await sandbox.writeConfig({
+      nodeId,
+      keys: [{ id: 'fleet', file: keyFile, sign: true }],
+      defaultStore: 's3',
+      stores: { s3: s3StoreConfig(bucket) },
+      environments: { shared: { ...filesEnv({ uploads: mount }), manualLimit: 2 }, other: filesEnv({ uploads: mount }) },
+      ...extra,
+    });
+  }
+
+  beforeAll(async () => {
+    bucket = await createTestBucket();
+    [a, b] = await Promise.all([createSandbox(), createSandbox()]);
+    keyFile = path.join(a.dir, 'fleet.key');
+    await writeFile(keyFile, randomBytes(32).toString('hex'), { mode: 0o600 });
+    for (const [sandbox, node] of [[a, 'node-a'], [b, 'node-b']] as const) {
+      const mount = path.join(sandbox.dir, 'mount');
+      await mkdir(mount);
+      await writeFile(path.join(mount, 'who.txt'), `data of ${node}\n`);
+      await writeNodeConfig(sandbox, node, mount);
+    }
+  });
+  afterAll(async () => {
+    await a.cleanup();
+    await b.cleanup();
+  });
+
+  it('the first node to write owns the environment; the other may not create, prune or delete (E_ENV_OWNED, exit 17, naming the owner), only read', async () => {
+    const backup = await cliJson<Manifest>(argsOf(a)('backup', 'create', 'shared'));
+    expect(backup.agent.nodeId).toBe('node-a');
+    for (const attempt of [
+      ['backup', 'create', 'shared'],
+      ['backup', 'create', 'shared', '--scheduled'],
+      ['backup', 'create', 'shared', '--replace-oldest'],
+      ['backup', 'prune', 'shared'],
+      ['backup', 'delete', 'shared', backup.id, '--yes'],
+    ]) {
+      const refused = await cli(argsOf(b)(...attempt));
+      expect(refused.exitCode, `${attempt.join(' ')}: ${refused.stderr}`).toBe(17);
+      expect(refused.stderr).toContain('E_ENV_OWNED');
+      expect(refused.stderr).toContain('owned by node node-a');
+      expect(refused.stderr).toContain('env adopt shared --force');
+    }
+    // Reads work from any node: the listing names who made each backup.
+    const listed = await cliJson<BackupSummary[]>(argsOf(b)('backup', 'list', 'shared'));
+    expect(listed.map((l) => [l.id, l.manifest?.agent.nodeId, l.restorable])).toEqual([[backup.id, 'node-a', true]]);
+    const table = await cli(argsOf(b)('backup', 'list', 'shared'));
+    expect(table.stdout.split('\n').find((l) => l.includes(backup.id))).toContain('node-a');
+    expect((await cliJson<{ deleted: unknown[] }>(argsOf(b)('backup', 'prune', 'shared', '--dry-run'))).deleted).toEqual([]);
+    const owner = await cliJson<OwnerView>(argsOf(b)('env', 'owner', 'shared'));
+    expect(owner).toMatchObject({ env: 'shared', nodeId: 'node-b', owner: { nodeId: 'node-a', state: 'owner', epoch: 1, stale: false } });
+    // The owner's own manual limit counts only what it made: node b added nothing.
+    expect((await cli(argsOf(a)('backup', 'create', 'shared'))).exitCode).toBe(0);
+    const over = await cli(argsOf(a)('backup', 'create', 'shared'));
+    expect(over.stderr).toContain('E_MANUAL_LIMIT');
+  });
+
+  it("a restore of another node's backup needs --from-node naming it (E_FOREIGN_BACKUP, exit 17); with it, that node's bytes arrive", async () => {
+    const [backup] = await cliJson<BackupSummary[]>(argsOf(b)('backup', 'list', 'shared'));
+    const refused = await cli(argsOf(b)('backup', 'restore', 'shared', backup!.id, '--yes'));
+    expect(refused.exitCode, refused.stderr).toBe(17);
+    expect(refused.stderr).toContain('E_FOREIGN_BACKUP');
+    expect(refused.stderr).toContain('made by node node-a');
+    expect(refused.stderr).toContain('--from-node node-a');
+    expect(await readFile(path.join(b.dir, 'mount', 'who.txt'), 'utf8')).toBe('data of node-b\n');
+    // Naming the wrong node is no choice at all.
+    expect((await cli(argsOf(b)('backup', 'restore', 'shared', backup!.id, '--yes', '--from-node', 'node-c'))).stderr).toContain('E_FOREIGN_BACKUP');
+    // Into an environment this node owns (its safety backup is written there)…
+    await cliJson(argsOf(b)('backup', 'create', 'other'));
+    await cliJson(argsOf(b)('backup', 'restore', 'shared', backup!.id, '--target', 'other', '--from-node', 'node-a', '--yes'));
+    expect(await readFile(path.join(b.dir, 'mount', 'who.txt'), 'utf8')).toBe('data of node-a\n');
+    // …and into one it does not own: its safety backup would be a write there.
+    await writeFile(path.join(b.dir, 'mount', 'who.txt'), 'data of node-b\n');
+    const unowned = await cli(argsOf(b)('backup', 'restore', 'shared', backup!.id, '--from-node', 'node-a', '--yes'));
+    expect(unowned.stderr).toContain('E_ENV_OWNED');
+    expect(await readFile(path.join(b.dir, 'mount', 'who.txt'), 'utf8')).toBe('data of node-b\n');
+    await cliJson(argsOf(b)('backup', 'restore', 'shared', backup!.id, '--from-node', 'node-a', '--no-safety-backup', '--yes'));
+    expect(await readFile(path.join(b.dir, 'mount', 'who.txt'), 'utf8')).toBe('data of node-a\n');
+  });
+
+  it('env adopt: refused while the owner is live (exit 17, --force named), forced takes over; the old owner is then refused; a stale owner is adopted without --force', async () => {
+    const live = await cli(argsOf(b)('env', 'adopt', 'shared'));
+    expect(live.exitCode, live.stderr).toBe(17);
+    expect(live.stderr).toContain('--force');
+    const forced = await cli(argsOf(b)('--json', '--log-level', 'warn', 'env', 'adopt', 'shared', '--force'));
+    expect(forced.exitCode, forced.stderr).toBe(0);
+    expect(JSON.parse(forced.stdout)).toMatchObject({ owner: { nodeId: 'node-b', epoch: 2, adoptedFrom: 'node-a' } });
+    expect(forced.stderr).toContain('environment adopted from node node-a');
+    // node b inherits the backups (prune and limits now act for it); node a may only read.
+    expect((await cli(argsOf(b)('backup', 'create', 'shared', '--scheduled'))).exitCode).toBe(0);
+    const old = await cli(argsOf(a)('backup', 'create', 'shared', '--scheduled'));
+    expect(old.exitCode).toBe(17);
+    expect(old.stderr).toContain('owned by node node-b');
+
+    // Node b's record left stale (its host gone for a day): node a adopts it back without --force.
+    const key = 'agent/shared/owners/node-b.json';
+    const record = JSON.parse(await (await s3Client().send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToString());
+    record.renewedAt = new Date(Date.now() - 86_400_000).toISOString();
+    await s3Client().send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify(record) }));
+    expect((await cliJson<OwnerView>(argsOf(a)('env', 'owner', 'shared'))).owner).toMatchObject({ nodeId: 'node-b', stale: true });
+    const back = await cliJson<OwnerView>(argsOf(a)('env', 'adopt', 'shared'));
+    expect(back.owner).toMatchObject({ nodeId: 'node-a', epoch: 3, adoptedFrom: 'node-b', stale: false });
+    expect(back.records.map((r) => r.nodeId)).toEqual(['node-a']); // the superseded record is gone
+  });
+
+  it('two nodes claiming a new environment at the same moment: never two owners (20 rounds against the RGW)', async () => {
+    const [configA, configB] = await Promise.all([loadConfig(a.configPath), loadConfig(b.configPath)]);
+    const logger = pino({ level: 'silent' });
+    const owners: string[] = [];
+    for (let round = 0; round < 20; round++) {
+      const env = `race-${round}`;
+      const withEnv = (config: typeof configA) => ({ ...config, environments: { ...config.environments, [env]: config.environments.other! } });
+      const [ca, cb] = [withEnv(configA), withEnv(configB)];
+      const [storeA, storeB] = await Promise.all([openEnvironmentStore(ca, env), openEnvironmentStore(cb, env)]);
+      const results = await Promise.allSettled([ensureOwner(ca, storeA, env, logger), ensureOwner(cb, storeB, env, logger)]);
+      const won = results.flatMap((r, i) => (r.status === 'fulfilled' ? [i === 0 ? 'node-a' : 'node-b'] : []));
+      expect(won.length).toBeLessThanOrEqual(1);
+      for (const r of results) if (r.status === 'rejected') expect((r.reason as { code: string }).code).toMatch(/^E_ENV_(OWNED|CLAIM_CONTENDED)$/);
+      // Whoever won (or, when both withdrew, whoever retries first) is the one owner both see.
+      if (won.length === 0) await ensureOwner(ca, storeA, env, logger);
+      const winner = won[0] ?? 'node-a';
+      await expect(ensureOwner(winner === 'node-a' ? cb : ca, winner === 'node-a' ? storeB : storeA, env, logger)).rejects.toMatchObject({ code: 'E_ENV_OWNED' });
+      await ensureOwner(winner === 'node-a' ? ca : cb, winner === 'node-a' ? storeA : storeB, env, logger);
+      owners.push(winner);
+    }
+    expect(owners).toHaveLength(20);
+  });
+
+  it('the commit point checks what it commits: an object deleted before the manifest (another prune, an operator) fails the backup E_BACKUP_INCOMPLETE (exit 6), nothing committed or left', async () => {
+    const before = (await cliJson<BackupSummary[]>(argsOf(b)('backup', 'list', 'other'))).map((l) => l.id);
+    const pauseFile = path.join(b.dir, 'paused-stored');
+    const run = startCli(argsOf(b)('--json', 'backup', 'create', 'other'), { env: { STORAGE_AGENT_PAUSE_AT: 'backup:stored', STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+    while (!existsSync(pauseFile)) {
+      if (run.exitCode !== null) throw new Error(`the backup ended before its commit: ${String((await run).stderr)}`);
+      await sleep(20);
+    }
+    const store = await openEnvironmentStore(await loadConfig(b.configPath), 'other');
+    const stored: string[] = [];
+    for await (const object of store.list('other/')) {
+      const id = /^other\/(\d{8}T[^/]+)\//.exec(object.key)?.[1]; // a backup's object, not the owner record or catalog
+      if (id && !before.includes(id)) stored.push(object.key);
+    }
+    expect(stored, stored.join(", ")).toHaveLength(1);
+    await store.delete(stored);
+    await rm(pauseFile);
+    const result = await run;
+    expect(result.exitCode, String(result.stderr)).toBe(6);
+    expect(String(result.stderr)).toContain('E_BACKUP_INCOMPLETE');
+    expect(String(result.stderr)).toContain('is no longer in the store');
+    expect((await cliJson<BackupSummary[]>(argsOf(b)('backup', 'list', 'other'))).map((l) => l.id)).toEqual(before);
+  });
+
+  it('config: orphanUploadAge below 1h is refused (a sweep must never abort a running upload); nodeId must be a name', async () => {
+    const mount = path.join(b.dir, 'mount');
+    await writeNodeConfig(b, 'node-b', mount, { orphanUploadAge: '1s' });
+    const short = await cli(argsOf(b)('backup', 'list', 'shared'));
+    expect(short.exitCode).toBe(3);
+    expect(short.stderr).toContain('orphanUploadAge: must be at least 1h');
+    await writeNodeConfig(b, 'Node B/1', mount);
+    const bad = await cli(argsOf(b)('backup', 'list', 'shared'));
+    expect(bad.exitCode).toBe(3);
+    expect(bad.stderr).toContain('nodeId');
+    await writeNodeConfig(b, 'node-b', mount);
+  });
+});
