@@ -15,7 +15,7 @@ import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { putSegmented } from '../transport/segments.ts';
-import { backupObjectKeys, deleteBackup, listBackups } from './catalog.ts';
+import { backupObjectKeys, deleteBackup, listBackups, type WrittenManifest } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
@@ -92,9 +92,10 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     await reachedPhase('backup:stored');
     await checkObjectsStored(store, manifest);
     await reachedPhase('backup:manifest');
-    await store.put(manifestKey(env, id), Readable.from([Buffer.from(JSON.stringify(manifest, null, 2))]), { signal });
+    const manifestText = JSON.stringify(manifest, null, 2);
+    await store.put(manifestKey(env, id), Readable.from([Buffer.from(manifestText)]), { signal });
     log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
-    await refreshCatalog(store, env, keys, log);
+    await refreshCatalog(store, env, keys, { id, text: manifestText }, log);
     for (const old of replaced) {
       try {
         await deleteBackup(store, env, old);
@@ -341,9 +342,9 @@ async function checkObjectsStored(store: ObjectStore, manifest: Manifest): Promi
  * LIST and one GET. Never fails the backup, which is committed: a catalog left behind only
  * costs the next listing a read of the manifests it lacks.
  */
-async function refreshCatalog(store: ObjectStore, env: string, keys: KeyRing, log: OperationContext['logger']): Promise<void> {
+async function refreshCatalog(store: ObjectStore, env: string, keys: KeyRing, written: WrittenManifest, log: OperationContext['logger']): Promise<void> {
   try {
-    await listBackups(store, env, keys, new Date(), { updateCatalog: true });
+    await listBackups(store, env, keys, new Date(), { updateCatalog: true, written });
   } catch (error) {
     log.warn({ phase: 'catalog', err: toAgentError(error).message }, 'could not refresh the environment catalog after the commit; the next listing reads the manifests');
   }

@@ -76,6 +76,13 @@ export interface ListOptions {
    * Write paths only (prune, backup create): readers (list, show, restore) never write.
    */
   updateCatalog?: boolean;
+  /** A manifest this process just wrote: its text is taken as read (authenticated all the same), saving a HEAD and a GET. */
+  written?: WrittenManifest;
+}
+
+export interface WrittenManifest {
+  id: string;
+  text: string;
 }
 
 /**
@@ -112,7 +119,9 @@ export async function listBackups(store: ObjectStore, env: string, keys: KeyRing
         const listed = manifests.get(id);
         if (!listed) return { id, env, createdAt, restorable: false, status: 'incomplete', authenticated: false };
         try {
-          const { text, manifest } = fromCatalog(catalog?.get(id), listed, env, id, keys) ?? (await fromObject(store, env, id, keys));
+          const { text, manifest } =
+            (isWritten(options.written, id, listed) ? fromText(options.written!.text, env, id, keys) : fromCatalog(catalog?.get(id), listed, env, id, keys)) ??
+            (await fromObject(store, env, id, keys));
           if (manifest.mac !== undefined) entries.set(id, catalogEntry(listed, text));
           const restorable = isRestorable(manifest, now);
           return { id, env, createdAt: manifest.createdAt, restorable, status: restorable ? 'ok' : 'expired', authenticated: manifest.mac !== undefined, manifest };
@@ -139,9 +148,18 @@ interface ManifestRead {
  * one listed: a forged or damaged entry changes nothing.
  */
 function fromCatalog(entry: CatalogEntry | undefined, listed: ObjectInfo, env: string, id: string, keys: KeyRing): ManifestRead | undefined {
-  if (!entry || !entryMatches(entry, listed)) return undefined;
+  return entry && entryMatches(entry, listed) ? fromText(entry.manifest, env, id, keys) : undefined;
+}
+
+/** The manifest this process wrote is the object the listing shows (same size: nothing replaced it since). */
+function isWritten(written: WrittenManifest | undefined, id: string, listed: ObjectInfo): boolean {
+  return written?.id === id && Buffer.byteLength(written.text) === listed.size;
+}
+
+/** A manifest's text if it passes readManifest's checks with a MAC; undefined otherwise (read the object). */
+function fromText(text: string, env: string, id: string, keys: KeyRing): ManifestRead | undefined {
   try {
-    return { text: entry.manifest, manifest: authenticateManifest(entry.manifest, env, id, { keys }) };
+    return { text, manifest: authenticateManifest(text, env, id, { keys }) };
   } catch (error) {
     if (isAgentError(error, 'E_MANIFEST_INVALID') || isAgentError(error, 'E_MANIFEST_UNAUTHENTICATED')) return undefined;
     throw error;
