@@ -11,6 +11,7 @@ import { ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, s3Client } from './support/s3.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -130,6 +131,26 @@ describe('many nodes, one bucket: only the owner writes an environment, nobody r
     const back = await cliJson<OwnerView>(argsOf(a)('env', 'adopt', 'shared'));
     expect(back.owner).toMatchObject({ nodeId: 'node-a', epoch: 3, adoptedFrom: 'node-b', stale: false });
     expect(back.records.map((r) => r.nodeId)).toEqual(['node-a']); // the superseded record is gone
+  });
+
+  it("the daemon renews the records of the environments its node owns: its own stale record is fresh again, same epoch and since", async () => {
+    const key = 'agent/shared/owners/node-a.json';
+    const record = JSON.parse(await (await s3Client().send(new GetObjectCommand({ Bucket: bucket, Key: key }))).Body!.transformToString());
+    const staleAt = new Date(Date.now() - 86_400_000).toISOString();
+    await s3Client().send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: JSON.stringify({ ...record, renewedAt: staleAt }) }));
+    expect((await cliJson<OwnerView>(argsOf(b)('env', 'owner', 'shared'))).owner).toMatchObject({ nodeId: 'node-a', stale: true });
+    const tokens = await writeTokens(a);
+    await writeNodeConfig(a, 'node-a', path.join(a.dir, 'mount'), { daemon: daemonSection(tokens) });
+    const daemon = await startDaemon(a.configPath);
+    try {
+      await waitFor('the renewal', async () => (await cliJson<OwnerView>(argsOf(b)('env', 'owner', 'shared'))).owner?.stale === false);
+    } finally {
+      daemon.child.kill('SIGTERM');
+      await daemon.exited;
+    }
+    const renewed = (await cliJson<OwnerView>(argsOf(b)('env', 'owner', 'shared'))).owner!;
+    expect(renewed).toMatchObject({ nodeId: 'node-a', epoch: 3, since: record.since });
+    expect(Date.parse(renewed.renewedAt)).toBeGreaterThan(Date.now() - 60_000);
   });
 
   it('two nodes claiming a new environment at the same moment: never two owners (20 rounds against the RGW)', async () => {
