@@ -54,6 +54,8 @@ const catalogue = {
   E_ARCHIVE_CORRUPT: ExitCode.integrity,
   E_STORE_UNAVAILABLE: ExitCode.storage,
   E_STORE_IO: ExitCode.storage,
+  /** A multipart upload aborted by another party mid-upload (issue #11): the backup can be retried. */
+  E_UPLOAD_ABORTED: ExitCode.storage,
   E_PRESIGN_UNSUPPORTED: ExitCode.storage,
   E_CAPTURE_FAILED: ExitCode.capture,
   E_FREEZE_TIMEOUT: ExitCode.capture,
@@ -63,14 +65,14 @@ const catalogue = {
   E_BUSY: ExitCode.busy,
   E_MANUAL_LIMIT: ExitCode.limit,
   E_NO_SPACE: ExitCode.noSpace,
-  // Jobs, the daemon and its protocol (docs/protocol.md).
-  E_JOB_NOT_FOUND: ExitCode.notFound,
   // Many nodes, one bucket (issue #11, docs/ownership.md).
   E_ENV_OWNED: ExitCode.otherNode,
   E_FOREIGN_BACKUP: ExitCode.otherNode,
   E_ENV_CLAIM_CONTENDED: ExitCode.busy,
   /** At the commit point an object the manifest would name is missing or has another size. */
   E_BACKUP_INCOMPLETE: ExitCode.storage,
+  // Jobs, the daemon and its protocol (docs/protocol.md).
+  E_JOB_NOT_FOUND: ExitCode.notFound,
   E_HOST_RESOURCES: ExitCode.busy,
   E_SHUTTING_DOWN: ExitCode.busy,
   E_INTERRUPTED: ExitCode.interrupted,

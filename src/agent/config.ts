@@ -81,6 +81,10 @@ const s3Store = z
     partsInFlight: z.number().int().min(1).max(64).default(4),
     maxParts: z.number().int().min(2).max(10_000).default(10_000),
     maxAttempts: z.number().int().min(1).max(20).default(6),
+    // Every S3 call: a hung gateway or OSD (connection accepted, then silence) fails the attempt
+    // after requestTimeout of silence and is retried, instead of hanging the backup.
+    connectTimeout: duration.default(5_000),
+    requestTimeout: duration.default(30_000),
   })
   .strict();
 

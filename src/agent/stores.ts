@@ -29,6 +29,8 @@ export async function openStore(config: Config, name: string): Promise<ObjectSto
     partsInFlight: settings.partsInFlight,
     maxParts: settings.maxParts,
     maxAttempts: settings.maxAttempts,
+    connectTimeout: settings.connectTimeout,
+    requestTimeout: settings.requestTimeout,
     journal: new UploadJournal(config.stateDir),
   });
 }

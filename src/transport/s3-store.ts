@@ -7,13 +7,19 @@ import {
   ListObjectsV2Command,
   S3Client,
   S3ServiceException,
+  type ServiceInputTypes,
+  type ServiceOutputTypes,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { FinalizeRequestMiddleware } from '@smithy/types';
 import { ConfiguredRetryStrategy } from '@smithy/util-retry';
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentError, cancelled } from '../errors.ts';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
+import { reportStoreRequestFailure } from './store-telemetry.ts';
 import { UploadMemory } from './upload-memory.ts';
 import type { UploadJournal } from './upload-journal.ts';
 
@@ -32,15 +38,31 @@ export interface S3StoreOptions {
   /** S3 allows 10,000 parts; lower only to test segmenting without writing 50 GB. */
   maxParts: number;
   maxAttempts: number;
+  /** How long to wait for a TCP connection, in ms. */
+  connectTimeout: number;
+  /** How long a request may go without a byte either way, in ms: a hung gateway or OSD. */
+  requestTimeout: number;
   journal: UploadJournal;
 }
 
 /** How long a cancelled upload may take to finish its parts in flight and abort itself. */
 const CANCEL_GRACE_MS = 10_000;
 
+/** The requests that end a multipart upload: after them its id is gone, for good reason. */
+const MULTIPART_ENDINGS = new Set(['CompleteMultipartUploadCommand', 'AbortMultipartUploadCommand']);
+
+/**
+ * The wait before retry `attempt` (1 for the first retry): 1, 2, 4, 8… s, at most 20 s. The
+ * default's full jitter can spend all its attempts within a second, shorter than a gateway
+ * restart; this rides it out.
+ */
+const backoffMs = (attempt: number) => Math.min(500 * 2 ** attempt, 20_000);
+
 /**
  * S3-compatible object storage through @aws-sdk/lib-storage's `Upload`: memory is bounded by
- * partSize × partsInFlight; the SDK's own retry strategy retries parts (no retry loop here).
+ * partSize × partsInFlight; the SDK's own retry strategy retries every request (no retry loop
+ * here), and a read whose body breaks off resumes where it stopped (the SDK cannot: it is done
+ * once the headers are in).
  */
 export class S3ObjectStore implements ObjectStore {
   readonly kind = 's3';
@@ -52,6 +74,8 @@ export class S3ObjectStore implements ObjectStore {
   readonly #uploadIds = new Map<string, (id: string | undefined) => void>();
   /** The memory of each upload in progress, by full key. */
   readonly #uploadMemory = new Map<string, UploadMemory>();
+  /** Full keys of uploads in progress whose multipart upload S3 no longer knows (NoSuchUpload). */
+  readonly #uploadsGone = new Set<string>();
 
   constructor(options: S3StoreOptions) {
     this.#options = options;
@@ -62,9 +86,14 @@ export class S3ObjectStore implements ObjectStore {
       region: options.region,
       forcePathStyle: options.forcePathStyle,
       credentials: { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey },
-      // The SDK's own retry, with a backoff floor: the default's full jitter can spend all its
-      // attempts within a second, shorter than a gateway restart; 1, 2, 4, 8… s rides it out.
-      retryStrategy: new ConfiguredRetryStrategy(options.maxAttempts, (attempt) => Math.min(500 * 2 ** attempt, 20_000)),
+      // Without timeouts a gateway that accepts a connection and then sends nothing hangs the
+      // request forever. The handler's own `requestTimeout` is a deadline for the whole request
+      // that only warns (unless throwOnRequestTimeout) and would fail a large part on a slow
+      // link; `socketTimeout` is the idle timeout we mean: it fails the attempt with a
+      // TimeoutError the retry strategy retries, response bodies included.
+      requestHandler: new NodeHttpHandler({ connectionTimeout: options.connectTimeout, socketTimeout: options.requestTimeout }),
+      // The SDK's own retry, with a backoff floor (backoffMs).
+      retryStrategy: new ConfiguredRetryStrategy(options.maxAttempts, backoffMs),
       // Streamed PutObject fails on RGW 16 with the SDK's default flexible checksums (411),
       // and WHEN_REQUIRED is ~40 % faster: our own sha256 covers integrity end to end.
       requestChecksumCalculation: 'WHEN_REQUIRED',
@@ -95,6 +124,69 @@ export class S3ObjectStore implements ObjectStore {
       },
       { step: 'initialize', name: 'storageAgentUploadMemory' },
     );
+    // An upload someone else aborted (another node's sweep, an operator, a lifecycle rule)
+    // answers NoSuchUpload, and lib-storage then fails with whatever its own abort said: noted
+    // here so put() can say what happened. Only an answer to a first attempt counts for Complete
+    // and Abort: after a retry it may be the answer to our own attempt whose reply was lost.
+    this.#client.middlewareStack.add(
+      (next, context) => async (args) => {
+        try {
+          return await next(args);
+        } catch (error) {
+          const key = (args.input as { Key?: string }).Key ?? '';
+          const firstAttempt = ((error as { $metadata?: { attempts?: number } }).$metadata?.attempts ?? 1) === 1;
+          const multipart = context.commandName === 'UploadPartCommand' || (firstAttempt && MULTIPART_ENDINGS.has(context.commandName ?? ''));
+          if (multipart && this.#uploadIds.has(key) && (error as Error)?.name === 'NoSuchUpload') this.#uploadsGone.add(key);
+          throw error;
+        }
+      },
+      { step: 'initialize', name: 'storageAgentUploadGone' },
+    );
+    this.#observeAttempts();
+  }
+
+  /**
+   * Reports every failed attempt (store-telemetry.ts) with the SDK's own verdict on it. A
+   * middleware inside the retry loop sees each attempt; whether a failure is retried is known
+   * only when the retry middleware calls the next attempt (after the backoff) or gives up, which
+   * the middleware outside the loop sees. So the failure is held until one of them runs, rather
+   * than guessing the retry strategy's decision (error class, attempts, retry capacity).
+   */
+  #observeAttempts(): void {
+    const requests = new WeakMap<object, { attempt: number; failure?: { error: unknown } }>();
+    const operation = (commandName: string | undefined) => (commandName ?? 'Unknown').replace(/Command$/, '');
+    const eachAttempt: FinalizeRequestMiddleware<ServiceInputTypes, ServiceOutputTypes> = (next, context) => async (args) => {
+      const request = requests.get(context) ?? { attempt: 0 };
+      requests.set(context, request);
+      if (request.failure) this.#reportFailure(operation(context.commandName), request.attempt, request.failure.error, true);
+      request.attempt++;
+      request.failure = undefined;
+      try {
+        return await next(args);
+      } catch (error) {
+        request.failure = { error };
+        throw error;
+      }
+    };
+    const lastAttempt: FinalizeRequestMiddleware<ServiceInputTypes, ServiceOutputTypes> = (next, context) => async (args) => {
+      try {
+        return await next(args);
+      } catch (error) {
+        const request = requests.get(context);
+        if (request?.failure) this.#reportFailure(operation(context.commandName), request.attempt, request.failure.error, false);
+        throw error;
+      }
+    };
+    this.#client.middlewareStack.addRelativeTo(eachAttempt, { relation: 'after', toMiddleware: 'retryMiddleware', name: 'storageAgentEachAttempt' });
+    this.#client.middlewareStack.addRelativeTo(lastAttempt, { relation: 'before', toMiddleware: 'retryMiddleware', name: 'storageAgentLastAttempt' });
+  }
+
+  #reportFailure(operation: string, attempt: number, error: unknown, willRetry: boolean): void {
+    // "No such object" answers whether an object exists (head, the manifest of a backup still
+    // uploading): an answer, not a failure of the store.
+    const name = (error as Error)?.name;
+    if (error instanceof S3ServiceException && (name === 'NoSuchKey' || name === 'NotFound')) return;
+    reportStoreRequestFailure({ store: this.#options.name, operation, attempt, ...describeFailure(error), willRetry });
   }
 
   async put(key: string, body: Readable, options: PutOptions = {}): Promise<void> {
@@ -138,10 +230,20 @@ export class S3ObjectStore implements ObjectStore {
         () => {}, // still unreachable: the journal entry stays for the next run's sweep
       );
       if (signal?.aborted) throw cancelled(signal);
-      throw storeError(error, `cannot upload ${key} to ${this.description}`);
+      if (this.#uploadsGone.has(fullKey)) {
+        throw new AgentError(
+          'E_UPLOAD_ABORTED',
+          `cannot upload ${key} to ${this.description}: its multipart upload was aborted by another party while it ran ` +
+            "(another node's orphan sweep with an orphanUploadAge shorter than a backup takes, an operator, or a bucket lifecycle rule); " +
+            'nothing was stored: the backup can be retried',
+          { cause: error, details: { key } },
+        );
+      }
+      throw this.#storeError(error, `cannot upload ${key} to ${this.description}`);
     } finally {
       clearTimeout(graceTimer);
       signal?.removeEventListener('abort', onAbort);
+      this.#uploadsGone.delete(fullKey);
       this.#uploadIds.delete(fullKey);
       this.#uploadMemory.delete(fullKey);
       memory.forget();
@@ -149,14 +251,74 @@ export class S3ObjectStore implements ObjectStore {
   }
 
   async get(key: string, options: GetOptions = {}): Promise<Readable> {
+    const first = await this.#getObject(key, undefined, undefined, options.signal);
+    return Readable.from(this.#resumingBody(key, first, options.signal), { objectMode: false, highWaterMark: 1 << 20 });
+  }
+
+  /** One GetObject (from `offset` of the version `etag`, when given), its body a stream. */
+  async #getObject(key: string, offset: number | undefined, etag: string | undefined, signal: AbortSignal | undefined) {
     try {
-      const answer = await this.#client.send(new GetObjectCommand({ Bucket: this.#options.bucket, Key: this.#fullKey(key) }), {
-        abortSignal: options.signal,
-      });
+      const answer = await this.#client.send(
+        new GetObjectCommand({
+          Bucket: this.#options.bucket,
+          Key: this.#fullKey(key),
+          ...(offset === undefined ? {} : { Range: `bytes=${offset}-`, IfMatch: etag }),
+        }),
+        { abortSignal: signal },
+      );
       if (!(answer.Body instanceof Readable)) throw new AgentError('E_STORE_IO', `unexpected body type for ${key}`);
-      return answer.Body;
+      return { body: answer.Body, length: answer.ContentLength, etag: answer.ETag, range: answer.ContentRange };
     } catch (error) {
-      throw storeError(error, `cannot read ${key} from ${this.description}`, key);
+      throw this.#storeError(error, `cannot read ${key} from ${this.description}`, key);
+    }
+  }
+
+  /**
+   * The object's bytes, read again from where they stopped when the body breaks off (a reset,
+   * a truncated answer, requestTimeout of silence), up to maxAttempts reads with the SDK's
+   * backoff between them. Each resumption asks for the same version (If-Match its ETag).
+   */
+  async *#resumingBody(key: string, first: { body: Readable; length: number | undefined; etag: string | undefined }, signal: AbortSignal | undefined) {
+    let body = first.body;
+    let received = 0;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const chunks = body[Symbol.asyncIterator]();
+        let failure: unknown;
+        // Only reads are caught: an error thrown into the generator at `yield` is the consumer's.
+        for (;;) {
+          let step: IteratorResult<Buffer>;
+          try {
+            step = (await chunks.next()) as IteratorResult<Buffer>;
+          } catch (error) {
+            failure = error;
+            break;
+          }
+          if (step.done) break;
+          received += step.value.length;
+          yield step.value;
+        }
+        // Every byte in: a failure after the last one cost nothing.
+        if (first.length === undefined ? failure === undefined : received >= first.length) return;
+        failure ??= Object.assign(new Error(`the answer ended after ${received} of ${first.length} bytes`), { code: 'Truncated' });
+        if (signal?.aborted) throw cancelled(signal);
+        const willRetry = attempt < this.#options.maxAttempts;
+        this.#reportFailure('GetObject', attempt, failure, willRetry);
+        if (!willRetry) {
+          throw this.#storeError(failure, `cannot read ${key} from ${this.description} (the answer broke off after ${received} of ${first.length ?? '?'} bytes, ${attempt} attempts)`);
+        }
+        body.destroy();
+        await sleep(backoffMs(attempt), undefined, { signal }).catch(() => {
+          throw cancelled(signal!);
+        });
+        const rest = await this.#getObject(key, received, first.etag, signal);
+        body = rest.body;
+        if (!rest.range?.startsWith(`bytes ${received}-`)) {
+          throw new AgentError('E_STORE_IO', `cannot read ${key} from ${this.description}: asked to resume at byte ${received}, the store answered ${rest.range ?? 'the whole object'}`);
+        }
+      }
+    } finally {
+      body.destroy();
     }
   }
 
@@ -166,7 +328,7 @@ export class S3ObjectStore implements ObjectStore {
       return { key, size: answer.ContentLength ?? 0, lastModified: answer.LastModified ?? new Date(0) };
     } catch (error) {
       if (isNotFound(error)) return undefined;
-      throw storeError(error, `cannot stat ${key} in ${this.description}`);
+      throw this.#storeError(error, `cannot stat ${key} in ${this.description}`);
     }
   }
 
@@ -180,7 +342,7 @@ export class S3ObjectStore implements ObjectStore {
           new ListObjectsV2Command({ Bucket: this.#options.bucket, Prefix: this.#fullKey(prefix, true), ContinuationToken: token }),
         );
       } catch (error) {
-        throw storeError(error, `cannot list ${prefix} in ${this.description}`);
+        throw this.#storeError(error, `cannot list ${prefix} in ${this.description}`);
       }
       for (const object of page.Contents ?? []) {
         if (object.Key === undefined) continue;
@@ -203,7 +365,7 @@ export class S3ObjectStore implements ObjectStore {
           throw new AgentError('E_STORE_IO', `cannot delete ${failed.length} object(s), first ${failed[0]?.Key}: ${failed[0]?.Message}`);
         }
       } catch (error) {
-        throw storeError(error, `cannot delete objects from ${this.description}`);
+        throw this.#storeError(error, `cannot delete objects from ${this.description}`);
       }
     }
   }
@@ -243,7 +405,7 @@ export class S3ObjectStore implements ObjectStore {
     try {
       await this.#client.send(new AbortMultipartUploadCommand({ Bucket: this.#options.bucket, Key: fullKey, UploadId: uploadId }));
     } catch (error) {
-      if (!isNotFound(error)) throw storeError(error, `cannot abort upload ${uploadId} of ${fullKey}`);
+      if (!isNotFound(error)) throw this.#storeError(error, `cannot abort upload ${uploadId} of ${fullKey}`);
     }
   }
 
@@ -258,7 +420,7 @@ export class S3ObjectStore implements ObjectStore {
           new ListMultipartUploadsCommand({ Bucket: this.#options.bucket, Prefix: prefix, KeyMarker: keyMarker, UploadIdMarker: uploadIdMarker }),
         );
       } catch (error) {
-        throw storeError(error, `cannot list multipart uploads under ${prefix} in ${this.description}`);
+        throw this.#storeError(error, `cannot list multipart uploads under ${prefix} in ${this.description}`);
       }
       for (const upload of page.Uploads ?? []) {
         if (upload.Key && upload.UploadId) found.push({ key: upload.Key, uploadId: upload.UploadId, initiated: upload.Initiated ?? new Date(0) });
@@ -267,6 +429,39 @@ export class S3ObjectStore implements ObjectStore {
       uploadIdMarker = page.IsTruncated ? page.NextUploadIdMarker : undefined;
     } while (keyMarker);
     return found;
+  }
+
+  #storeError(error: unknown, message: string, key?: string): AgentError {
+    if (error instanceof AgentError) return error;
+    if ((error as Error)?.name === 'AbortError') return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: error });
+    if (key !== undefined && isNotFound(error)) {
+      return new AgentError('E_OBJECT_NOT_FOUND', `object ${key} does not exist`, { cause: error, details: { key } });
+    }
+    const detail = (error as Error)?.message || (error as Error)?.name || String(error);
+    if (error instanceof S3ServiceException) {
+      const status = error.$metadata.httpStatusCode ?? 0;
+      if (status === 403) return new AgentError('E_STORE_IO', `${message}: access denied (${error.name}); check the store's credentials`, { cause: error });
+      if (error.name === 'NoSuchBucket') return new AgentError('E_STORE_IO', `${message}: the bucket does not exist; create it first`, { cause: error });
+      if (status >= 500) return new AgentError('E_STORE_UNAVAILABLE', `${message}: the S3 service failed (${status} ${error.name}); retry later`, { cause: error });
+      return new AgentError('E_STORE_IO', `${message}: ${detail}`, { cause: error });
+    }
+    if (describeFailure(error).timeout) return new AgentError('E_STORE_UNAVAILABLE', `${message}: ${this.#timeoutAdvice(error, detail)}`, { cause: error });
+    return new AgentError('E_STORE_UNAVAILABLE', `${message}: ${detail}; check the endpoint is reachable and retry`, { cause: error });
+  }
+
+  /** What a timed-out request means and what to check, with the setting that ran out. */
+  #timeoutAdvice(error: unknown, detail: string): string {
+    const attempts = (error as { $metadata?: { attempts?: number } }).$metadata?.attempts;
+    const tries = attempts ? `, ${attempts} attempt${attempts === 1 ? '' : 's'}` : '';
+    const seconds = (ms: number) => `${ms / 1000} s`;
+    // The handler says which of its timers fired only in its message.
+    if (/establish a connection/.test(detail)) {
+      return `timed out connecting (no connection within connectTimeout ${seconds(this.#options.connectTimeout)}${tries}); check that the endpoint is reachable (address, firewall, the gateway running)`;
+    }
+    return (
+      `timed out (the S3 endpoint sent nothing for requestTimeout ${seconds(this.#options.requestTimeout)}${tries}): ` +
+      'a hung or overloaded gateway or OSD; check the gateway (RGW) and the health of the cluster behind it (slow or blocked OSD requests), or raise requestTimeout for a slow link'
+    );
   }
 
   #fullKey(key: string, isPrefix = false): string {
@@ -282,19 +477,11 @@ function isNotFound(error: unknown): boolean {
   return error.$metadata.httpStatusCode === 404 || error.name === 'NoSuchKey' || error.name === 'NotFound' || error.name === 'NoSuchUpload';
 }
 
-function storeError(error: unknown, message: string, key?: string): AgentError {
-  if (error instanceof AgentError) return error;
-  if ((error as Error)?.name === 'AbortError') return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: error });
-  if (key !== undefined && isNotFound(error)) {
-    return new AgentError('E_OBJECT_NOT_FOUND', `object ${key} does not exist`, { cause: error, details: { key } });
-  }
-  const detail = (error as Error)?.message || (error as Error)?.name || String(error);
-  if (error instanceof S3ServiceException) {
-    const status = error.$metadata.httpStatusCode ?? 0;
-    if (status === 403) return new AgentError('E_STORE_IO', `${message}: access denied (${error.name}); check the store's credentials`, { cause: error });
-    if (error.name === 'NoSuchBucket') return new AgentError('E_STORE_IO', `${message}: the bucket does not exist; create it first`, { cause: error });
-    if (status >= 500) return new AgentError('E_STORE_UNAVAILABLE', `${message}: the S3 service failed (${status} ${error.name}); retry later`, { cause: error });
-    return new AgentError('E_STORE_IO', `${message}: ${detail}`, { cause: error });
-  }
-  return new AgentError('E_STORE_UNAVAILABLE', `${message}: ${detail}; check the endpoint is reachable and retry`, { cause: error });
+/** How a failed attempt is reported: its code, the HTTP status of the answer, whether it timed out. */
+function describeFailure(error: unknown): { code: string; status: number | undefined; timeout: boolean } {
+  if (error instanceof S3ServiceException) return { code: error.name, status: error.$metadata.httpStatusCode, timeout: false };
+  const { name, code } = (error ?? {}) as { name?: unknown; code?: unknown };
+  // The http handler names ECONNRESET and EPIPE "TimeoutError" too: the system code tells them apart.
+  if (typeof code === 'string') return { code, status: undefined, timeout: code === 'ETIMEDOUT' };
+  return { code: typeof name === 'string' && name ? name : 'Error', status: undefined, timeout: name === 'TimeoutError' };
 }

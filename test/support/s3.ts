@@ -37,6 +37,8 @@ export function createS3Store(bucket: string, stateDir: string, overrides: Parti
     partsInFlight: 4,
     maxParts: 10_000,
     maxAttempts: 3,
+    connectTimeout: 5_000,
+    requestTimeout: 30_000,
     journal: new UploadJournal(stateDir),
     ...overrides,
   });

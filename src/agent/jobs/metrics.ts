@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Manifest } from '../../snapshot/manifest.ts';
+import { onStoreRequestFailure } from '../../transport/store-telemetry.ts';
 import type { RestoreSummary } from '../restore.ts';
 import type { JobEngine } from './engine.ts';
 import { JOB_KINDS, type JobRecord } from './types.ts';
@@ -63,6 +64,32 @@ export function createMetrics(engine: JobEngine): Registry {
     help: 'When a job of this kind last succeeded for the environment (Unix time)',
     labelNames: ['env', 'kind'],
     registers: [registry],
+  });
+
+  // Store requests, per attempt (src/transport/store-telemetry.ts): a store that needs retries
+  // shows here long before a backup fails.
+  const storeFailures = new Counter({
+    name: 'storage_agent_store_request_failures_total',
+    help: 'Failed store request attempts (S3 calls), retried or not, by store, operation and error code (SlowDown, ECONNRESET, TimeoutError)',
+    labelNames: ['store', 'operation', 'code'],
+    registers: [registry],
+  });
+  const storeRetries = new Counter({
+    name: 'storage_agent_store_retries_total',
+    help: 'Store requests tried again after a failed attempt, by store and operation',
+    labelNames: ['store', 'operation'],
+    registers: [registry],
+  });
+  const storeTimeouts = new Counter({
+    name: 'storage_agent_store_timeouts_total',
+    help: 'Store request attempts that timed out (connectTimeout, requestTimeout), by store and operation',
+    labelNames: ['store', 'operation'],
+    registers: [registry],
+  });
+  onStoreRequestFailure(({ store, operation, code, timeout, willRetry }) => {
+    storeFailures.inc({ store, operation, code });
+    if (willRetry) storeRetries.inc({ store, operation });
+    if (timeout) storeTimeouts.inc({ store, operation });
   });
 
   engine.onEvent(({ type, job }) => {
