@@ -64,7 +64,7 @@ for (const storeKind of ['fs', 's3'] as const) {
       const list = await cliJson<{ id: string; restorable: boolean }[]>([...args(), 'backup', 'list', 'site']);
       expect(list).toMatchObject([{ id: manifest.id, restorable: true }]);
       const table = await cli([...args(), 'backup', 'list', 'site']);
-      expect(table.stdout).toMatch(new RegExp(`^Created\\s+Backup ID\\s+Restorable[^\\n]*\\n\\S+ \\S+\\s+${manifest.id}\\s+yes`));
+      expect(table.stdout).toMatch(new RegExp(`^Created\\s+Backup ID\\s+Node\\s+Restorable[^\\n]*\\n\\S+ \\S+\\s+${manifest.id}\\s+node-[0-9a-f]{12}\\s+yes`));
 
       const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--yes']);
       expect(restore.exitCode, restore.stderr).toBe(0);

@@ -136,10 +136,11 @@ describe('a fleet of 8 nodes sharing one bucket and prefix', () => {
       expect((await node(0)('backup', 'prune', 'kept')).exitCode).toBe(0);
       const list = await measure('backup', 'list', 'kept');
       const prune = await measure('backup', 'prune', 'kept');
-      table[`B=${kept}`] = { list, prune, create: await measure('backup', 'create', 'kept') };
+      const create = await measure('backup', 'create', 'kept');
+      table[`B=${kept}`] = { list, prune, create, scheduled: await measure('backup', 'create', 'kept', '--scheduled') };
     }
     const total = (counts: Record<string, number>) => Object.values(counts).reduce((sum, n) => sum + n, 0);
-    for (const op of ['list', 'prune', 'create']) expect(total(table[`B=${KEPT}`]![op]!), `${op}: ${JSON.stringify(table)}`).toBe(total(table['B=1']![op]!));
+    for (const op of ['list', 'prune', 'create', 'scheduled']) expect(total(table[`B=${KEPT}`]![op]!), `${op}: ${JSON.stringify(table)}`).toBe(total(table['B=1']![op]!));
     if (process.env.FLEET_REPORT) await writeFile(process.env.FLEET_REPORT, JSON.stringify(table, null, 2));
   });
 });

@@ -8,7 +8,7 @@ import type { AgentStatus, LocalAgent } from '../src/agent/jobs/api.ts';
 import type { JobRecord } from '../src/agent/jobs/types.ts';
 import { parseConfig, type Config } from '../src/agent/config.ts';
 import { nextRun, parseSchedule } from '../src/agent/schedule.ts';
-import { Scheduler, scheduleStates } from '../src/agent/scheduler.ts';
+import { Scheduler, scheduleStates, spreadOffset } from '../src/agent/scheduler.ts';
 import { fullTmpfs } from './support/full-disk.ts';
 import { cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
@@ -35,6 +35,19 @@ describe('schedule expressions', () => {
     expect(() => parseSchedule({ every: '6h', cron: '* * * * *' })).toThrow(/exactly one/);
     expect(() => parseSchedule({ cron: '61 * * * *' })).toThrow(/minute/);
     expect(() => parseSchedule({ cron: '* * *' })).toThrow(/5 fields/);
+  });
+});
+
+describe('schedules spread across a fleet (issue #11)', () => {
+  it('each node and environment has its own fixed offset within the window, and 1,000 nodes cover it evenly', () => {
+    const window = 15 * 60_000;
+    const offsets = Array.from({ length: 1000 }, (_, i) => spreadOffset(`node-${i}`, 'shop', window));
+    expect(offsets.every((o) => Number.isInteger(o) && o >= 0 && o <= window)).toBe(true);
+    expect(spreadOffset('node-7', 'shop', window)).toBe(offsets[7]); // steady: the same every run
+    expect(spreadOffset('node-7', 'blog', window)).not.toBe(offsets[7]);
+    const tenths = Array.from({ length: 10 }, (_, d) => offsets.filter((o) => Math.min(9, Math.floor((o / window) * 10)) === d).length);
+    for (const count of tenths) expect(count, tenths.join(',')).toBeGreaterThan(60);
+    expect(spreadOffset('node-7', 'shop', 0)).toBe(0); // jitter: 0s keeps the exact times
   });
 });
 
@@ -74,7 +87,7 @@ describe('schedule.json: own keys only, and a full state directory', () => {
     return parseConfig(
       `stateDir: ${stateDir}
 environments:
-${envs.map((env) => `  ${env}: { schedule: { every: 1d }, services: { db: { kind: files, path: ${dir}/${env} } } }`).join('\n')}
+${envs.map((env) => `  ${env}: { schedule: { every: 1d, jitter: 0s }, services: { db: { kind: files, path: ${dir}/${env} } } }`).join('\n')}
 `,
       'test',
     );
@@ -127,6 +140,17 @@ ${envs.map((env) => `  ${env}: { schedule: { every: 1d }, services: { db: { kind
       { env: 'constructor', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
       { env: 'shop', schedule: 'every 1d', lastRunAt: ranAt, nextRunAt },
     ]);
+  });
+
+  it('without jitter, each run comes a tenth of the period late at most (15 min at most): every 1d → within 15 min of its due time', async () => {
+    stateDir = path.join(dir, 'state-spread');
+    await mkdir(stateDir, { recursive: true });
+    await writeFile(path.join(stateDir, 'schedule.json'), JSON.stringify({ shop: { lastRunAt: ranAt } }));
+    const config = parseConfig(`stateDir: ${stateDir}\nnodeId: node-7\nenvironments:\n  shop: { schedule: { every: 1d }, services: { db: { kind: files, path: ${dir}/shop } } }\n`, 'test');
+    const running = scheduler();
+    await running.start(config);
+    const late = Date.parse(running.status()[0]!.nextRunAt!) - (Date.parse(ranAt) + DAY);
+    expect(late).toBe(spreadOffset('node-7', 'shop', 15 * 60_000));
   });
 
   it('a hand-edited schedule.json with other shapes gives no runs instead of bad dates', async () => {
@@ -235,7 +259,7 @@ describe('the daemon runs scheduled backups as jobs, prunes after each, and take
     await sandbox.writeConfig({
       daemon: daemonSection(tokens),
       environments: {
-        hourly: { ...filesEnv({ uploads: path.join(sandbox.dir, 'mount') }), schedule: { every: '1h' } },
+        hourly: { ...filesEnv({ uploads: path.join(sandbox.dir, 'mount') }), schedule: { every: '1h', jitter: '0s' } },
       },
     });
     // The last run was 5 hours ago: 4 runs were missed.
