@@ -1,5 +1,6 @@
 import { Worker } from 'node:worker_threads';
 import { AgentError } from '../errors.ts';
+import { siblingModule } from '../sibling-module.ts';
 import { transferableMemory } from './chunk-recycling.ts';
 
 export interface FrameFormat {
@@ -25,7 +26,7 @@ export interface CompressedBlock {
   memory: ArrayBuffer;
 }
 
-const WORKER_URL = new URL('./compress-worker.ts', import.meta.url);
+const WORKER_URL = siblingModule(import.meta.url, 'compress-worker');
 
 /**
  * Worker threads that compress blocks into independent frames, one block per worker at a time;

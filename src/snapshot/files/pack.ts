@@ -2,6 +2,7 @@ import { resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
+import { siblingModule } from '../../sibling-module.ts';
 import { offerForRecycling } from '../chunk-recycling.ts';
 import { BLOCK_BYTES } from '../compression.ts';
 import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
@@ -32,7 +33,7 @@ const CHUNK_SIZE = BLOCK_BYTES;
  * come back to be refilled.
  */
 const CHUNK_CREDIT = 1;
-const WORKER_URL = new URL('./pack-worker.ts', import.meta.url);
+const WORKER_URL = siblingModule(import.meta.url, 'pack-worker');
 
 /**
  * A tar stream of the tree under `root` (entry names relative to root, no leading './'; the

@@ -3,8 +3,9 @@ import type { Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
+import { siblingModule } from '../../sibling-module.ts';
 
-const GUARD_MODULE = new URL('./guard.ts', import.meta.url).pathname;
+const GUARD_MODULE = siblingModule(import.meta.url, 'guard').pathname;
 /** Far above its start-up (~0.1 s): a guard that takes longer is not coming. */
 const START_TIMEOUT_MS = 10_000;
 
