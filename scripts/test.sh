@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/bootstrap.sh
 
-apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs systemd
+# prometheus: its promtool checks docs/alerts.yaml (test/alerts.test.ts); the server is never started.
+apt_install zstd curl tar ca-certificates util-linux e2fsprogs xfsprogs btrfs-progs systemd prometheus
 bash scripts/rgw.sh install
 bash scripts/mariadb.sh install
 apt_install redis-server redis-tools

@@ -253,7 +253,7 @@ describe('the daemon: WebSocket JSON-RPC protocol (real daemon process, real ws 
 
     const metrics = await (await fetch(`${daemon.http}/metrics`, { headers: { Authorization: `Bearer ${tokens.viewer}` } })).text();
     expect(metrics).toMatch(/storage_agent_jobs_finished_total\{kind="backup.create",status="succeeded"\} [1-9]/);
-    expect(metrics).toMatch(/storage_agent_uploaded_bytes_total\{env="slow"\} [1-9]/);
+    expect(metrics).toMatch(/storage_agent_backup_stored_bytes_total\{env="slow"\} [1-9]/);
     expect(metrics).toMatch(/storage_agent_last_success_timestamp_seconds\{env="slow",kind="backup.create"\} 1\d{9}/);
     expect(metrics).toMatch(/storage_agent_queue_length 0/);
     expect(metrics).toMatch(/storage_agent_process_resident_memory_bytes \d+/);

@@ -44,7 +44,7 @@ describe('what /metrics and /healthz show without a token', () => {
       const answer = await fetch(`${daemon.http}/metrics`, bearer(token));
       expect(answer.status).toBe(200);
       const text = await answer.text();
-      expect(text).toMatch(/storage_agent_uploaded_bytes_total\{env="secret-shop"\} [1-9]/);
+      expect(text).toMatch(/storage_agent_backup_stored_bytes_total\{env="secret-shop"\} [1-9]/);
       expect(text).toMatch(/storage_agent_process_resident_memory_bytes \d+/);
     }
   });
@@ -71,7 +71,7 @@ describe('what /metrics and /healthz show without a token', () => {
       await daemon.waitForLog('the reload', () => daemon.logs().filter((l) => l.msg === 'SIGHUP: config reloaded').length > reloads);
       const open = await fetch(`${daemon.http}/metrics`);
       expect(open.status).toBe(200);
-      expect(await open.text()).toMatch(/storage_agent_uploaded_bytes_total\{env="secret-shop"\} [1-9]/);
+      expect(await open.text()).toMatch(/storage_agent_backup_stored_bytes_total\{env="secret-shop"\} [1-9]/);
       expect(await (await fetch(`${daemon.http}/healthz`)).json()).toEqual({ status: 'ok' });
     } finally {
       await writeFile(sandbox.configPath, config);

@@ -11,9 +11,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { JobEngine } from '../src/agent/jobs/engine.ts';
 import { createMetrics } from '../src/agent/jobs/metrics.ts';
+import { JobStore } from '../src/agent/jobs/store.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { onStoreRequestFailure, type StoreRequestFailure } from '../src/transport/store-telemetry.ts';
 import { cli, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
@@ -167,8 +169,8 @@ describe('store telemetry and metrics', () => {
 
   it('reports every failed attempt with the SDK’s verdict, and /metrics counts failures, retries and timeouts', async () => {
     // Only what /metrics reads of the engine: no jobs.
-    const engine = { onEvent: () => () => {}, active: () => [], summary: () => ({ queued: 0 }) } as unknown as JobEngine;
-    const registry = createMetrics(engine);
+    const engine = { config: { stateDir: state, environments: {}, stores: {} }, store: new JobStore(state), active: () => [], onEvent: () => () => {} } as unknown as JobEngine;
+    const registry = createMetrics(engine, pino({ enabled: false }));
     const seen: StoreRequestFailure[] = [];
     const unsubscribe = onStoreRequestFailure((failure) => seen.push(failure));
     const store = createS3Store(bucket, state, { name: 'metered', endpoint: proxy.url, maxAttempts: 3, requestTimeout: 1000, partsInFlight: 1 });

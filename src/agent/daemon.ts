@@ -1,4 +1,4 @@
-import { readFile, rm, mkdir } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -80,9 +80,11 @@ export async function runDaemon(options: { configPath: string; logLevel: string 
 export async function startDaemon(options: { configPath: string; logger: Logger; config?: Config }): Promise<Daemon> {
   const { configPath, logger } = options;
   let config = options.config ?? (await loadConfig(configPath));
-  logger.info({ version: AGENT_VERSION, pid: process.pid, stateDir: config.stateDir }, 'daemon starting');
+  logger.info({ version: AGENT_VERSION, stateDir: config.stateDir }, 'daemon starting'); // pid: in every line already
 
-  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const engine = new JobEngine({ config, logger, program: 'daemon' });
+  // Before recovery, so that the orphan uploads its sweep aborts are counted.
+  const metrics = createMetrics(engine, logger);
   const recovery = await recoverAtStart(config, logger, { sweepStores: true });
   // From now on, a freeze whose owner dies (a CLI run, or this daemon's own job) is thawed
   // within a fraction of a second, even when its guard died too.
@@ -90,12 +92,10 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   let tokens = await TokenRing.load(config.daemon.tokens);
   if (tokens.size === 0) logger.warn({}, 'no tokens configured (daemon.tokens): every protocol client will be refused');
 
-  const engine = new JobEngine({ config, logger, program: 'daemon' });
   await engine.init();
   const agent = new LocalAgent(config, engine, 'daemon');
   const scheduler = new Scheduler({ agent, logger, stateDir: config.stateDir });
   agent.schedules = () => scheduler.status();
-  const metrics = createMetrics(engine);
   const protocol = new ProtocolServer({
     agent,
     tokens: () => tokens,

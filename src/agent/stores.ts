@@ -7,7 +7,12 @@ import { UploadJournal } from '../transport/upload-journal.ts';
 
 /** The store of a configured environment (E_UNKNOWN_ENV otherwise). Secrets are read now. */
 export async function openEnvironmentStore(config: Config, env: string): Promise<ObjectStore> {
-  return openStore(config, environmentOf(config, checkName('environment', env)).store ?? config.defaultStore);
+  return openStore(config, environmentStoreName(config, env));
+}
+
+/** The name of a configured environment's store (E_UNKNOWN_ENV otherwise). */
+export function environmentStoreName(config: Config, env: string): string {
+  return environmentOf(config, checkName('environment', env)).store ?? config.defaultStore;
 }
 
 export async function openStore(config: Config, name: string): Promise<ObjectStore> {

@@ -29,26 +29,52 @@ export interface StoreRequestFailure {
 
 export type StoreRequestFailureListener = (failure: StoreRequestFailure) => void;
 
-// Entries, not the listeners themselves: the same function subscribed twice is two subscriptions.
-const listeners = new Set<{ listener: StoreRequestFailureListener }>();
+/**
+ * Incomplete uploads (S3 multipart uploads, fs temp files) that a sweep aborted: left by a
+ * crashed or cut-off run, found by the next start or backup. Reported by whoever swept.
+ */
+export interface OrphanUploadsAborted {
+  /** The configured store's name. */
+  store: string;
+  count: number;
+}
+
+/** One kind of report: subscribe, and report to every subscriber. */
+function topic<T>(): { on(listener: (event: T) => void): () => void; report(event: T): void } {
+  // Entries, not the listeners themselves: the same function subscribed twice is two subscriptions.
+  const listeners = new Set<{ listener: (event: T) => void }>();
+  return {
+    on(listener) {
+      const entry = { listener };
+      listeners.add(entry);
+      return () => listeners.delete(entry);
+    },
+    report(event) {
+      for (const { listener } of listeners) {
+        try {
+          listener(event);
+        } catch {
+          // An observer's bug must not turn into a store failure.
+        }
+      }
+    },
+  };
+}
+
+const requestFailures = topic<StoreRequestFailure>();
+const orphanUploads = topic<OrphanUploadsAborted>();
 
 /** Calls `listener` for every failed store request attempt from now on; returns the unsubscribe. */
-export function onStoreRequestFailure(listener: StoreRequestFailureListener): () => void {
-  const entry = { listener };
-  listeners.add(entry);
-  return () => listeners.delete(entry);
-}
+export const onStoreRequestFailure: (listener: StoreRequestFailureListener) => () => void = requestFailures.on;
 
 /** Called by the stores for each failed attempt. A listener that throws never fails the request. */
-export function reportStoreRequestFailure(failure: StoreRequestFailure): void {
-  for (const { listener } of listeners) {
-    try {
-      listener(failure);
-    } catch {
-      // An observer's bug must not turn into a store failure.
-    }
-  }
-}
+export const reportStoreRequestFailure: (failure: StoreRequestFailure) => void = requestFailures.report;
+
+/** Calls `listener` for every sweep that aborted incomplete uploads from now on; returns the unsubscribe. */
+export const onOrphanUploadsAborted: (listener: (event: OrphanUploadsAborted) => void) => () => void = orphanUploads.on;
+
+/** Called after a sweep that aborted some (count > 0). */
+export const reportOrphanUploadsAborted: (event: OrphanUploadsAborted) => void = orphanUploads.report;
 
 /**
  * Logs every attempt that will be retried at warn, so a struggling store is visible before it

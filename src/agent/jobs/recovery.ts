@@ -1,5 +1,6 @@
+import { mkdir, stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
-import { AgentError, toAgentError } from '../../errors.ts';
+import { AgentError, stateDirWriteError, toAgentError } from '../../errors.ts';
 import { FreezeJournal } from '../../snapshot/freeze/journal.ts';
 import { thawLeftovers } from '../../snapshot/freeze/recovery.ts';
 import type { RedisDriver } from '../../snapshot/redis/driver.ts';
@@ -10,6 +11,7 @@ import { effectiveStores, type Config, type EnvironmentConfig } from '../config.
 import { loadKeyRing } from '../keys.ts';
 import { ownsEnvironment } from '../ownership.ts';
 import { openEnvironmentStore, openStore } from '../stores.ts';
+import { reportOrphanUploadsAborted } from '../../transport/store-telemetry.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
@@ -42,6 +44,7 @@ export interface RecoveryReport {
  *      their lock files.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
+  await ensurePrivateStateDir(config.stateDir, logger);
   await loadKeyRing(config, logger); // creates the default key at first start; a bad key file fails here
   const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), logger);
   await undoInterruptedRedisLoads(config, logger);
@@ -56,6 +59,25 @@ export async function recoverAtStart(config: Config, logger: Logger, options: { 
     logger.warn({ phase: 'recovery', thawed, interrupted, swept, restores: restores.length }, 'recovered from an earlier run that did not end cleanly');
   }
   return { thawed, interrupted, swept, restores };
+}
+
+/**
+ * The state directory is private (0700, as the unit's StateDirectoryMode makes it): it holds the
+ * job records, the journals, the manifest key and the embedded store's backups. Every agent
+ * start creates it so, a CLI run's as much as the daemon's. One that exists keeps its mode (an
+ * operator may have reasons), with a warning when group or others may enter it.
+ */
+async function ensurePrivateStateDir(stateDir: string, logger: Logger): Promise<void> {
+  try {
+    await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw stateDirWriteError(error, stateDir, stateDir);
+  }
+  const mode = (await stat(stateDir)).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    const octal = `0${mode.toString(8)}`;
+    logger.warn({ stateDir, mode: octal }, `the state directory ${stateDir} is accessible by group or others (mode ${octal}); it holds job records, journals and the embedded store's backups: chmod 700 ${stateDir}`);
+  }
 }
 
 /**
@@ -171,18 +193,22 @@ async function abortOrphanUploads(config: Config, logger: Logger, byAge: boolean
   for (const name of used) {
     if (!Object.hasOwn(effectiveStores(config), name)) continue;
     if (!byAge && (await journal.orphans(name, new Set())).length === 0) continue;
+    let aborted = 0;
     try {
       const store = await openStore(config, name);
-      swept += await store.sweepIncomplete('', new Date(0)); // the journal's entries only
-      if (!byAge) continue;
-      const olderThan = new Date(Date.now() - config.orphanUploadAge);
-      for (const [env, settings] of Object.entries(config.environments)) {
-        if (storeOf(settings) === name && (await ownsEnvironment(config, store, env))) swept += await store.sweepIncomplete(`${env}/`, olderThan);
+      aborted += await store.sweepIncomplete('', new Date(0)); // the journal's entries only
+      if (byAge) {
+        const olderThan = new Date(Date.now() - config.orphanUploadAge);
+        for (const [env, settings] of Object.entries(config.environments)) {
+          if (storeOf(settings) === name && (await ownsEnvironment(config, store, env))) aborted += await store.sweepIncomplete(`${env}/`, olderThan);
+        }
       }
     } catch (error) {
       failed = true;
       logger.warn({ store: name, err: toAgentError(error).message }, 'could not abort incomplete uploads at start; the next start retries');
     }
+    swept += aborted;
+    if (aborted > 0) reportOrphanUploadsAborted({ store: name, count: aborted });
   }
   return { swept, failed };
 }

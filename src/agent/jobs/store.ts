@@ -44,15 +44,19 @@ export class JobStore {
 
   /** Every readable record, oldest first. */
   async all(): Promise<JobRecord[]> {
+    const records = await Promise.all((await this.ids()).map((id) => this.load(id)));
+    return records.filter((r): r is JobRecord => r !== undefined);
+  }
+
+  /** The ids of the records on disk, oldest first (without reading them). */
+  async ids(): Promise<string[]> {
     let names: string[];
     try {
       names = await readdir(this.dir);
     } catch {
       return [];
     }
-    const ids = names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((id) => JOB_ID_PATTERN.test(id)).sort();
-    const records = await Promise.all(ids.map((id) => this.load(id)));
-    return records.filter((r): r is JobRecord => r !== undefined);
+    return names.filter((n) => n.endsWith('.json')).map((n) => n.slice(0, -5)).filter((id) => JOB_ID_PATTERN.test(id)).sort();
   }
 
   async remove(id: string): Promise<void> {

@@ -33,13 +33,13 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
   const isBtrfs = fs.type === BTRFS_MAGIC;
   if (!isBtrfs && fs.type !== XFS_MAGIC) return undefined;
   const holder = path.join(mount, SNAPSHOT_DIR);
-  await mkdir(holder, { recursive: true, mode: 0o700 });
+  await makeSnapshotDir(mount, holder, { mayExist: true });
   const target = path.join(holder, randomBytes(6).toString('hex'));
   if (isBtrfs && root.ino === BTRFS_SUBVOLUME_INODE) {
     await run('btrfs', ['subvolume', 'snapshot', '-r', mount, target], signal);
     return { path: target, method: 'btrfs-subvolume', remove: () => removeSnapshot(holder, () => run('btrfs', ['subvolume', 'delete', target])) };
   }
-  await mkdir(target, { mode: 0o700 });
+  await makeSnapshotDir(mount, target, { mayExist: false });
   const entries = (await readdir(mount)).filter((name) => !name.startsWith(AGENT_ENTRY_PREFIX)).map((name) => path.join(mount, name));
   const remove = () => removeSnapshot(holder, () => rm(target, { recursive: true, force: true }));
   try {
@@ -51,6 +51,28 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
     throw error;
   }
   return { path: target, method: 'reflink', remove };
+}
+
+/**
+ * A mount the agent may not write to cannot hold its snapshot. Under systemd that is
+ * ProtectSystem=strict without the mount in ReadWritePaths=: fail saying so, rather than fall
+ * back to reading the whole mount with the writers frozen (a pause that grows with its size).
+ */
+async function makeSnapshotDir(mount: string, dir: string, options: { mayExist: boolean }): Promise<void> {
+  try {
+    // Not { recursive: true }: Node's recursive mkdir reports ENOENT where the mount is read-only.
+    await mkdir(dir, { mode: 0o700 });
+  } catch (error) {
+    const errno = (error as NodeJS.ErrnoException).code;
+    if (errno === 'EEXIST' && options.mayExist) return;
+    if (errno !== 'EROFS' && errno !== 'EACCES' && errno !== 'EPERM') throw error;
+    throw new AgentError(
+      'E_CAPTURE_FAILED',
+      `cannot create ${dir} for the snapshot of ${mount} (${errno}): snapshots of XFS and btrfs mounts are written inside the mount, so the agent needs write access to it; ` +
+        `under systemd (ProtectSystem=strict) add the mount to the unit with a drop-in (systemctl edit storage-agent: [Service] ReadWritePaths=-${mount}), or back it up with --live`,
+      { cause: error, details: { mount, errno } },
+    );
+  }
 }
 
 async function removeSnapshot(holder: string, removeTarget: () => Promise<unknown>): Promise<void> {
