@@ -30,6 +30,8 @@ export const ExitCode = {
   noSpace: 16,
   /** Another node owns the environment, or made the backup (issue #11, docs/ownership.md). */
   otherNode: 17,
+  /** The CLI was cancelled by Ctrl-C: 128 + SIGINT, as shells count. */
+  sigint: 130,
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 

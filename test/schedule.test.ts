@@ -30,6 +30,21 @@ describe('schedule expressions', () => {
     expect(nextRun(parseSchedule({ cron: '0 0 * * 1' }), undefined, new Date('2026-11-22T10:00:00Z'), 'UTC').toISOString()).toBe('2026-11-23T00:00:00.000Z');
   });
 
+  it('cron names, nicknames and DST (croner): MON-FRI, JAN, @daily; a local time skipped or repeated by DST runs once', () => {
+    const from = new Date('2026-11-22T10:00:00Z'); // a Sunday
+    expect(nextRun(parseSchedule({ cron: '0 3 * * MON-FRI' }), undefined, from, 'UTC').toISOString()).toBe('2026-11-23T03:00:00.000Z');
+    expect(nextRun(parseSchedule({ cron: '0 0 1 JAN *' }), undefined, from, 'UTC').toISOString()).toBe('2027-01-01T00:00:00.000Z');
+    expect(nextRun(parseSchedule({ cron: '@daily' }), undefined, from, 'Europe/Berlin').toISOString()).toBe('2026-11-22T23:00:00.000Z');
+    // Berlin, 2027-03-28: 02:00–03:00 does not exist. 02:30 comes once, that day, not never and not twice.
+    const spring = nextRun(parseSchedule({ cron: '30 2 * * *' }), undefined, new Date('2027-03-27T12:00:00Z'), 'Europe/Berlin');
+    expect(spring.getTime()).toBeGreaterThan(Date.parse('2027-03-27T12:00:00Z'));
+    expect(spring.getTime()).toBeLessThan(Date.parse('2027-03-28T12:00:00Z'));
+    // 2026-10-25: 02:30 happens twice (CEST, then CET); the next run after the first is a day later, not an hour.
+    const first = nextRun(parseSchedule({ cron: '30 2 * * *' }), undefined, new Date('2026-10-24T12:00:00Z'), 'Europe/Berlin');
+    const second = nextRun(parseSchedule({ cron: '30 2 * * *' }), first, new Date(first.getTime() + 1000), 'Europe/Berlin');
+    expect(second.getTime() - first.getTime()).toBeGreaterThan(20 * 3_600_000);
+  });
+
   it('rejects bad schedules', () => {
     expect(() => parseSchedule({})).toThrow(/exactly one of every/);
     expect(() => parseSchedule({ every: '6h', cron: '* * * * *' })).toThrow(/exactly one/);
@@ -61,7 +76,9 @@ describe('retention and schedule config', () => {
   });
   it('names the bad field', () => {
     expect(() => parseConfig(env('    timeZone: Mars/Olympus\n'), 'c.yaml')).toThrow(/environments\.shop\.timeZone: must be an IANA time zone/);
-    expect(() => parseConfig(env('    retention: platinum\n'), 'c.yaml')).toThrow(/environments\.shop\.retention: .*unknown schedule tier/);
+    expect(() => parseConfig(env('    retention: platinum\n'), 'c.yaml')).toThrow(/environments\.shop\.retention: unknown schedule tier "platinum"/);
+    expect(() => parseConfig(env('    safetyKeepFor: 60000\n'), 'c.yaml')).toThrow(/environments\.shop\.safetyKeepFor: must be a duration with its unit, such as "60000s" or "60000ms": a bare number is ambiguous/);
+    expect(() => parseConfig(env('    schedule: { every: 21600 }\n'), 'c.yaml')).toThrow(/environments\.shop\.schedule\.every/);
     expect(() => parseConfig(env('    schedule: { cron: "99 * * * *" }\n'), 'c.yaml')).toThrow(/environments\.shop\.schedule: .*minute/);
     expect(() => parseConfig(env('    manualLimit: 0\n'), 'c.yaml')).toThrow(/environments\.shop\.manualLimit/);
   });

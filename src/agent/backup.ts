@@ -14,15 +14,17 @@ import { backupPrefix, elementKey, manifestKey, MANIFEST_VERSION, type ElementRe
 import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
+import { reportOrphanUploadsAborted } from '../transport/store-telemetry.ts';
 import { putSegmented } from '../transport/segments.ts';
 import { backupObjectKeys, deleteBackup, listBackups, type WrittenManifest } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
+import { JobStore } from './jobs/store.ts';
 import { loadKeyRing } from './keys.ts';
 import { nodeIdOf } from './node-id.ts';
 import { ensureOwner } from './ownership.ts';
-import { openEnvironmentStore } from './stores.ts';
+import { environmentStoreName, openEnvironmentStore } from './stores.ts';
 import { AGENT_VERSION, HOST } from './version.ts';
 
 export interface CreateBackupOptions {
@@ -64,7 +66,13 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
   // A safety backup keeps whatever part of the target exists (some of a service's databases).
   const partial = options.trigger === 'safety';
-  const plan = services.map(([name, service]) => ({ name, partial, driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }) }));
+  const previous = await previousElementSizes(ctx.config.stateDir, env);
+  const plan = services.map(([name, service]) => ({
+    name,
+    partial,
+    driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }),
+    previousBytes: previous.get(name),
+  }));
   const captures: Started[] = [];
   try {
     const { elements, pauseMs } = options.live
@@ -121,11 +129,14 @@ interface Planned {
   name: string;
   driver: ServiceDriver;
   partial: boolean;
+  /** The element's raw size in this node's last backup of the environment: the progress total where the driver has no estimate. */
+  previousBytes: number | undefined;
 }
 interface Started {
   name: string;
   driver: ServiceDriver;
   capture: Capture;
+  previousBytes: number | undefined;
 }
 interface Captured {
   elements: ElementRecord[];
@@ -135,9 +146,9 @@ interface Captured {
 /** Live: each service is read on its own, one after the other, nothing frozen. */
 async function captureLive(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
   const elements: ElementRecord[] = [];
-  for (const { name, driver, partial } of plan) {
+  for (const planned of plan) {
     throwIfCancelled(ctx.signal);
-    const started = await startCapture(name, driver, { signal: ctx.signal, consistent: false, partial });
+    const started = await startCapture(planned, { signal: ctx.signal, consistent: false, partial: planned.partial });
     captures.push(started);
     elements.push(await storeElement(ctx, store, env, id, started, ctx.signal));
   }
@@ -161,9 +172,9 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
   const elements: ElementRecord[] = [];
   let pauseMs: number | null = null;
   try {
-    for (const { name, driver, partial } of plan) {
+    for (const planned of plan) {
       throwIfCancelled(frozenSignal);
-      captures.push(await startCapture(name, driver, { signal: frozenSignal, consistent: true, partial }));
+      captures.push(await startCapture(planned, { signal: frozenSignal, consistent: true, partial: planned.partial }));
     }
     if (lease) await reachedPhase('freeze:capturing');
     for (const started of captures.filter((c) => !c.capture.pointInTime)) {
@@ -236,7 +247,7 @@ function selectServices(config: Config, env: string, elements: readonly string[]
   });
 }
 
-async function startCapture(name: string, driver: ServiceDriver, options: CaptureOptions): Promise<Started> {
+async function startCapture({ name, driver, previousBytes }: Planned, options: CaptureOptions): Promise<Started> {
   const capture = await driver.capture(options);
   // Awaited when the element is stored, which may come after the producer already failed; the
   // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
@@ -244,7 +255,18 @@ async function startCapture(name: string, driver: ServiceDriver, options: Captur
   // the pipeline that consumes the stream, and `result`.
   capture.result.catch(() => {});
   capture.stream.on('error', () => {});
-  return { name, driver, capture };
+  return { name, driver, capture, previousBytes };
+}
+
+/**
+ * Each element's raw size in this node's newest successful backup of `env`, from the local job
+ * records (no store request): files have no cheap estimate, and last time's size is a good one.
+ */
+async function previousElementSizes(stateDir: string, env: string): Promise<Map<string, number>> {
+  const records = await new JobStore(stateDir).all();
+  const last = records.reverse().find((r) => r.kind === 'backup.create' && r.env === env && r.state === 'succeeded');
+  const elements = (last?.result as Partial<Manifest> | undefined)?.elements;
+  return new Map(Array.isArray(elements) ? elements.filter((e) => typeof e?.name === 'string' && Number.isFinite(e.rawBytes)).map((e) => [e.name, e.rawBytes]) : []);
 }
 
 /** Streams one started capture through compress → hash → store. */
@@ -252,7 +274,7 @@ async function storeElement(ctx: OperationContext, store: ObjectStore, env: stri
   const { config } = ctx;
   const { name, driver, capture } = started;
   const begun = Date.now();
-  const totalBytes = await driver.estimateBytes(signal);
+  const totalBytes = (await driver.estimateBytes(signal)) ?? started.previousBytes;
   const { algorithm, level } = config.compression;
   const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
   // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
@@ -353,7 +375,10 @@ async function refreshCatalog(store: ObjectStore, env: string, keys: KeyRing, wr
 async function sweepOrphans(ctx: OperationContext, store: ObjectStore, env: string): Promise<void> {
   try {
     const swept = await store.sweepIncomplete(`${env}/`, new Date(Date.now() - ctx.config.orphanUploadAge));
-    if (swept > 0) ctx.logger.warn({ env, swept }, 'aborted incomplete uploads left by an earlier run');
+    if (swept > 0) {
+      ctx.logger.warn({ env, swept }, 'aborted incomplete uploads left by an earlier run');
+      reportOrphanUploadsAborted({ store: environmentStoreName(ctx.config, env), count: swept });
+    }
   } catch (error) {
     ctx.logger.warn({ env, err: toAgentError(error).message }, 'could not sweep incomplete uploads; will retry next run');
   }

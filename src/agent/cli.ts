@@ -4,7 +4,7 @@ import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
 import { logStoreRetries } from '../transport/store-telemetry.ts';
 import { downloadElement, findElement } from './artifacts.ts';
-import { readManifest } from './catalog.ts';
+import { readManifest, type BackupSummary } from './catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';
 import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { confirmDestructive } from './confirm.ts';
@@ -46,6 +46,11 @@ interface GlobalOptions {
 /** Runs the CLI and returns the exit code (documented in README "Exit codes"). */
 export async function runCli(argv: readonly string[]): Promise<number> {
   const program = buildProgram();
+  // Ctrl-C cancels whatever runs (the commands' own handlers abort cleanly); the exit code is
+  // then 130, as a shell expects of an interrupted command. A SIGTERM cancel stays E_CANCELLED (9).
+  let interrupted = false;
+  const onInt = () => (interrupted = true);
+  process.on('SIGINT', onInt);
   try {
     await program.parseAsync(argv, { from: 'user' });
     // A command that reported its own failure in its output (verify) sets process.exitCode.
@@ -57,9 +62,15 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     }
     const failure = toAgentError(error);
     if (program.opts<GlobalOptions>().json) printJson(process.stdout, errorJson(failure));
+    if (failure.code === 'E_CANCELLED' && interrupted) {
+      process.stderr.write('cancelled (Ctrl-C)\n');
+      return ExitCode.sigint;
+    }
     process.stderr.write(`error [${failure.code}]: ${failure.message}\n`);
     if (['debug', 'trace'].includes(program.opts<GlobalOptions>().logLevel)) process.stderr.write(`${inspect(failure, { depth: 6 })}\n`);
     return failure.exitCode;
+  } finally {
+    process.off('SIGINT', onInt);
   }
 }
 
@@ -75,6 +86,11 @@ function buildProgram(): Command {
     .exitOverride()
     .showHelpAfterError()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+  // On a terminal a person reads the human output; the JSON log lines (for journald and
+  // scripts) would only clutter it and the progress line. --log-level brings them back.
+  program.hook('preAction', (command) => {
+    if (command.getOptionValueSource('logLevel') === 'default' && process.stderr.isTTY) command.setOptionValueWithSource('logLevel', 'silent', 'default');
+  });
 
   const backup = program.command('backup').description('create, list, restore and manage backups').exitOverride();
 
@@ -112,9 +128,13 @@ function buildProgram(): Command {
       const manifest = await runJob<Manifest>(cmd, request);
       output(cmd, manifest, () => {
         const warnings = manifest.elements.flatMap((e) => e.warnings.map((w) => `  warning: ${e.name}: ${w}`));
-        return `backup ${manifest.id} of ${manifest.env} created: ${manifest.elements
-          .map((e) => `${e.name} ${formatBytes(e.rawBytes)} → ${formatBytes(e.storedBytes)}`)
-          .join(', ')}\n${warnings.length ? warnings.join('\n') + '\n' : ''}`;
+        const seconds = (Date.parse(manifest.completedAt) - Date.parse(manifest.createdAt)) / 1000;
+        const raw = manifest.elements.reduce((sum, e) => sum + e.rawBytes, 0);
+        const pause = manifest.pauseMs === null ? 'no write pause' : `writes paused ${manifest.pauseMs} ms`;
+        return (
+          `backup ${manifest.id} of ${manifest.env} created (${manifest.mode}, ${pause}) in ${seconds.toFixed(1)} s, ${formatBytes(raw / Math.max(seconds, 0.001))}/s: ` +
+          `${manifest.elements.map((e) => `${e.name} ${formatBytes(e.rawBytes)} → ${formatBytes(e.storedBytes)}`).join(', ')}\n${warnings.length ? warnings.join('\n') + '\n' : ''}`
+        );
       });
     });
 
@@ -125,22 +145,7 @@ function buildProgram(): Command {
     .exitOverride()
     .action(async (env: string, _opts: unknown, cmd: Command) => {
       const backups = await withAgent(cmd, (agent) => agent.backupList({ env }));
-      output(cmd, backups, () =>
-        renderTable(
-          ['Created', 'Backup ID', 'Node', 'Restorable', 'Authenticated', 'Trigger', 'Expires', 'Size', 'Pause'],
-          backups.map((b) => [
-            shortTime(b.createdAt),
-            b.id,
-            b.manifest?.agent.nodeId ?? '-',
-            b.restorable ? 'yes' : `no (${b.status})`,
-            b.authenticated ? 'yes' : b.manifest ? 'no (no MAC)' : 'no',
-            b.manifest?.trigger ?? '-',
-            b.manifest ? (b.manifest.keepUntil ? shortTime(b.manifest.keepUntil) : 'never') : '-',
-            b.manifest ? formatBytes(b.manifest.elements.reduce((sum, e) => sum + e.storedBytes, 0)) : '-',
-            b.manifest ? (b.manifest.pauseMs === null ? '-' : `${b.manifest.pauseMs} ms`) : '-',
-          ]),
-        ),
-      );
+      output(cmd, backups, () => (backups.length === 0 ? `no backups of ${env} yet: 'backup create ${env}' makes one\n` : backupsTable(backups)));
     });
 
   backup
@@ -187,7 +192,7 @@ function buildProgram(): Command {
         const safety = !s
           ? ''
           : s.id
-            ? `safety backup ${s.id} of ${summary.target} taken first (${s.elements.join(', ')}; expires ${s.keepUntil ?? 'never'})${s.skipped.length ? `; skipped, nothing there yet: ${s.skipped.join(', ')}` : ''}\n`
+            ? `safety backup ${s.id} of ${summary.target} taken first (${s.elements.join(', ')}; expires ${s.keepUntil ? shortTime(s.keepUntil) : 'never'})${s.skipped.length ? `; skipped, nothing there yet: ${s.skipped.join(', ')}` : ''}\n`
             : `no safety backup: nothing there yet (${s.skipped.join(', ')})\n`;
         return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n`;
       });
@@ -267,7 +272,7 @@ function buildProgram(): Command {
         ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
       });
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
-        renderTable(['Element', 'Result', 'Bytes'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, String(c.bytes)])),
+        renderTable(['Element', 'Result', 'Size'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, formatBytes(c.bytes)])),
       );
       const failed = checks.find((c) => !c.ok);
       if (failed) process.exitCode = new AgentError(failed.code as 'E_CHECKSUM_MISMATCH', '').exitCode;
@@ -315,6 +320,23 @@ function buildProgram(): Command {
   addControlPlaneCommands(program, async (options) => (await import('./daemon.ts')).runDaemon(options));
 
   return program;
+}
+
+function backupsTable(backups: readonly BackupSummary[]): string {
+  return renderTable(
+    ['Created', 'Backup ID', 'Node', 'Restorable', 'Authenticated', 'Trigger', 'Expires', 'Size', 'Pause'],
+    backups.map((b) => [
+      shortTime(b.createdAt),
+      b.id,
+      b.manifest?.agent.nodeId ?? '-',
+      b.restorable ? 'yes' : `no (${b.status})`,
+      b.authenticated ? 'yes' : b.manifest ? 'no (no MAC)' : 'no',
+      b.manifest?.trigger ?? '-',
+      b.manifest ? (b.manifest.keepUntil ? shortTime(b.manifest.keepUntil) : 'never') : '-',
+      b.manifest ? formatBytes(b.manifest.elements.reduce((sum, e) => sum + e.storedBytes, 0)) : '-',
+      b.manifest ? (b.manifest.pauseMs === null ? '-' : `${b.manifest.pauseMs} ms`) : '-',
+    ]),
+  );
 }
 
 function ownerText(view: OwnerView): string {

@@ -43,10 +43,18 @@ const size = (min: number) =>
     return bytes;
   });
 
+/**
+ * A duration always carries its unit: a bare number would be seconds to some readers and
+ * milliseconds to others (`shutdownGrace: 60000` read as seconds is 16.7 h).
+ */
 const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = parseDuration(value);
+  const ms = typeof value === 'string' ? parseDuration(value) : undefined;
   if (ms === undefined) {
-    ctx.addIssue({ code: 'custom', message: 'must be a duration such as "30s", "5m" or "1h"' });
+    const message =
+      typeof value === 'number'
+        ? `must be a duration with its unit, such as "${value}s" or "${value}ms": a bare number is ambiguous`
+        : 'must be a duration such as "30s", "5m" or "1h"';
+    ctx.addIssue({ code: 'custom', message });
     return z.NEVER;
   }
   return ms;
@@ -162,8 +170,9 @@ const environment = z
     retention: z
       .unknown()
       .default('essential')
-      .superRefine(thrownAsIssue(parseRules))
-      .transform((value) => parseRules(value)),
+      // '': the issue's path names the field already ("environments.shop.retention: …").
+      .superRefine(thrownAsIssue((value) => parseRules(value, '')))
+      .transform((value) => parseRules(value, '')),
     /** Periods of the retention rules (and cron schedules) are calendar periods in this IANA time zone. */
     timeZone: z
       .string()
@@ -184,7 +193,7 @@ const environment = z
     schedule: z
       .object({
         /** A fixed interval ("6h", "1d"; "2s" in tests)… */
-        every: z.union([z.string(), z.number()]).optional(),
+        every: z.string().optional(),
         /** …or a 5-field cron expression in the environment's timeZone. */
         cron: z.string().optional(),
         /** Each run starts up to this much later, at an offset fixed per node (spreads a fleet's load). Absent: a tenth of the period, ≤ 15 min. */

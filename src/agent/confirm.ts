@@ -8,7 +8,7 @@ import { AgentError } from '../errors.ts';
 export async function confirmDestructive(what: string, env: string, yes: boolean | undefined): Promise<void> {
   if (yes) return;
   if (!process.stdin.isTTY || !process.stderr.isTTY) {
-    throw new AgentError('E_CONFIRMATION_REQUIRED', `${what} needs confirmation and there is no terminal to ask on: pass --yes`);
+    throw new AgentError('E_CONFIRMATION_REQUIRED', `confirmation needed (${what}), and there is no terminal to ask on: pass --yes`);
   }
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {

@@ -129,11 +129,11 @@ export function parseRules(value: unknown, where = 'retention'): RetentionRule[]
   const rules: RetentionRule[] = [];
   const seen = new Map<string, number>();
   value.forEach((raw: unknown, index) => {
-    const parsed = parseRule(raw, `${where}: rule ${index + 1} ${show(raw)}`, index);
+    const parsed = parseRule(raw, ruleAt(where, index, raw), index);
     const key = `${parsed.interval.count}${parsed.interval.unit}`;
     const earlier = seen.get(key);
     if (earlier !== undefined) {
-      throw configError(`${where}: rule ${index + 1} ${show(raw)}`, `repeats interval ${key} of rule ${earlier + 1}: give each interval once`, { rule: index + 1, value: raw });
+      throw configError(ruleAt(where, index, raw), `repeats interval ${key} of rule ${earlier + 1}: give each interval once`, { rule: index + 1, value: raw });
     }
     seen.set(key, index);
     rules.push(parsed);
@@ -174,9 +174,12 @@ function parseInterval(value: unknown, fail: (why: string) => never): RetentionI
   return { count, unit: unit as RetentionUnit };
 }
 
+/** `what` is where the problem sits; empty when the caller names the field itself (the config's errors do). */
 function configError(what: string, why: string, details: Record<string, unknown>): AgentError {
-  return new AgentError('E_CONFIG_INVALID', `${what}: ${why}`, { details });
+  return new AgentError('E_CONFIG_INVALID', what ? `${what}: ${why}` : why, { details });
 }
+
+const ruleAt = (where: string, index: number, raw: unknown) => `${where ? `${where}: ` : ''}rule ${index + 1} ${show(raw)}`;
 
 function show(value: unknown): string {
   try {

@@ -23,7 +23,7 @@ export function checkBackupId(value: unknown): string {
   if (typeof value === 'string' && BACKUP_ID.test(value)) return value;
   throw new AgentError(
     'E_INVALID_NAME',
-    `invalid backup id ${JSON.stringify(value)}: ids look like 20261122T034600123Z-k3j9x2 (see 'backup list')`,
+    `invalid backup id ${JSON.stringify(value)}: ids look like 20261122T034600123Z-k3j9x2ab (see 'backup list')`,
     { details: { kind: 'backup id', value } },
   );
 }

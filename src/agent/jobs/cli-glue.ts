@@ -143,10 +143,12 @@ function jobsTable(jobs: JobRecord[]): string {
 
 function statusText(status: AgentStatus): string {
   const { agent, host, jobs } = status;
+  // The node and its daemon first: the process answering (this CLI, or the daemon for --remote) says little.
+  const stopping = agent.program === 'daemon' && !agent.accepting ? ', stopping' : '';
   const lines = [
-    `agent   storage-agent ${agent.version} on ${agent.host}, node ${agent.nodeId} (${agent.program}, pid ${agent.pid}${agent.accepting ? '' : ', stopping'})`,
+    `node    ${agent.nodeId} on ${agent.host}, storage-agent ${agent.version}`,
     status.daemon
-      ? `daemon  ${status.daemon.running ? `running, pid ${status.daemon.pid}${status.daemon.url ? `, ${status.daemon.url}` : ''}` : 'not running'}`
+      ? `daemon  ${status.daemon.running ? `running, pid ${status.daemon.pid}${status.daemon.url ? `, ${status.daemon.url}` : ''}${stopping}` : 'not running'}`
       : undefined,
     `host    ${host.os}, kernel ${host.kernel}, ${host.cpu.cores} cores, load ${host.load.join(' ')}`,
     `memory  ${formatBytes(host.memory.available)} available of ${formatBytes(host.memory.total)}`,

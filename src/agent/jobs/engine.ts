@@ -531,7 +531,12 @@ export class JobEngine {
     }
     const durationMs = Date.parse(record.finishedAt) - Date.parse(record.startedAt ?? record.createdAt);
     const log = this.#log(job);
-    if (state === 'succeeded') log.info({ phase: 'finished', state, durationMs }, 'job succeeded');
+    if (state === 'succeeded') {
+      // What an operator reads off the success line: how much, how long, how fast.
+      const bytes = record.progress?.bytes;
+      const rate = bytes !== undefined && durationMs > 0 ? Math.round((bytes / durationMs) * 1000) : undefined;
+      log.info({ phase: 'finished', state, durationMs, ...(bytes !== undefined ? { bytes, bytesPerSecond: rate } : {}) }, 'job succeeded');
+    }
     else if (state === 'cancelled') log.warn({ phase: 'finished', state, durationMs, code: failure?.code, err: failure?.message }, 'job cancelled');
     else log.error({ phase: 'finished', state, durationMs, code: failure?.code, err: failure?.message }, 'job failed');
     await this.#store.save(record).catch((error: unknown) => log.error({ err: toAgentError(error).message }, 'could not write the job record'));

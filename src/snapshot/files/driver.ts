@@ -36,6 +36,7 @@ export class FilesDriver implements ServiceDriver {
   }
 
   async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+    await this.#checkMountPath();
     // Consistent: snapshot inside the freeze where the filesystem can, read it after the thaw.
     const snapshot = consistent ? await snapshotMount(this.#options.path, signal) : undefined;
     const root = snapshot?.path ?? this.#options.path;
@@ -54,6 +55,17 @@ export class FilesDriver implements ServiceDriver {
       },
     }));
     return { stream, result, pointInTime: snapshot !== undefined, release: async () => snapshot?.remove() };
+  }
+
+  /** The path to back up is a directory: otherwise the error says which and what to do, not a raw errno of statfs or a walk. */
+  async #checkMountPath(): Promise<void> {
+    const where = this.#options.path;
+    const info = await stat(where).catch((error: NodeJS.ErrnoException) => error);
+    if (info instanceof Error) {
+      const why = info.code === 'ENOENT' ? 'does not exist' : info.code === 'EACCES' ? 'cannot be read (permission denied)' : `cannot be read (${info.code ?? info.message})`;
+      throw new AgentError('E_CAPTURE_FAILED', `files path ${where} ${why}: mount it, or fix the service's path in the config`, { details: { path: where, errno: info.code } });
+    }
+    if (!info.isDirectory()) throw new AgentError('E_CAPTURE_FAILED', `files path ${where} is not a directory: a files service backs up a directory tree`, { details: { path: where } });
   }
 
   /** A mount path that does not exist holds nothing to keep. */
