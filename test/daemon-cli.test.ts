@@ -108,7 +108,8 @@ describe('the CLI with --remote drives the daemon: same commands, same results a
       expect(status.jobs).toMatchObject({ concurrency: 2 });
     }
     const human = await cli(remote('status'));
-    expect(human.stdout).toMatch(/^agent {3}storage-agent .* \(daemon, pid \d+\)\n/);
+    // The node and its daemon first (issue #12): the answering process says little.
+    expect(human.stdout).toMatch(/^node {4}node-[0-9a-f]{12} on \S+, storage-agent \S+\ndaemon {2}running, pid \d+, ws:\/\//);
     expect(human.stdout).toMatch(/\nmemory {2}.* available of /);
   });
 
