@@ -5,34 +5,24 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig, type Config } from '../src/agent/config.ts';
 import { recoverAtStart } from '../src/agent/jobs/recovery.ts';
 import { ensureOwner } from '../src/agent/ownership.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
 import { createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
+import { openedStores } from './support/counting-store.ts';
 import { createTestBucket } from './support/s3.ts';
 
-/** Every sweepIncomplete(prefix, olderThan) the agent asks of its stores. */
-const sweeps: { prefix: string; olderThan: number }[] = [];
-
+// Every store the agent opens is counted (test/support/counting-store.ts): its sweeps are read off it.
 vi.mock('../src/agent/stores.ts', async (importOriginal) => {
   const original = await importOriginal<typeof import('../src/agent/stores.ts')>();
-  const recording = (store: ObjectStore): ObjectStore =>
-    new Proxy(store, {
-      get(target, property) {
-        if (property !== 'sweepIncomplete') {
-          const value: unknown = Reflect.get(target, property, target);
-          return typeof value === 'function' ? value.bind(target) : value; // private fields need the real this
-        }
-        return async (prefix: string, olderThan: Date) => {
-          sweeps.push({ prefix, olderThan: olderThan.getTime() });
-          return target.sweepIncomplete(prefix, olderThan);
-        };
-      },
-    });
+  const { countOpened } = await import('./support/counting-store.ts');
   return {
     ...original,
-    openStore: async (config: Config, name: string) => recording(await original.openStore(config, name)),
-    openEnvironmentStore: async (config: Config, env: string) => recording(await original.openEnvironmentStore(config, env)),
+    openStore: async (config: Config, name: string) => countOpened(await original.openStore(config, name)),
+    openEnvironmentStore: async (config: Config, env: string) => countOpened(await original.openEnvironmentStore(config, env)),
   };
 });
+
+/** Every sweepIncomplete(prefix, olderThan) asked of the stores opened since `openedStores` was emptied. */
+const sweeps = () =>
+  openedStores.flatMap((store) => store.calls.filter((c) => c.method === 'sweepIncomplete').map((c) => ({ prefix: c.key, olderThan: c.olderThan!.getTime() })));
 
 describe("one node's sweep never aborts another's upload (issue #11)", () => {
   let mine: Sandbox;
@@ -64,20 +54,21 @@ describe("one node's sweep never aborts another's upload (issue #11)", () => {
 
   it('a daemon start sweeps by age only under the environments its node owns; journaled uploads of its own dead processes are aborted whatever their age', async () => {
     const config = await loadConfig(mine.configPath);
-    sweeps.length = 0;
+    openedStores.length = 0;
     const before = Date.now();
     await recoverAtStart(config, logger, { sweepStores: true });
+    const swept = sweeps();
     // The journal's entries (olderThan the epoch: nothing by age), then by age under `ours/` only:
     // never the whole prefix, never `theirs/` (another node's) nor `unowned/` (nobody's yet).
-    expect(sweeps.map((s) => s.prefix)).toEqual(['', 'ours/']);
-    expect(sweeps[0]!.olderThan).toBe(0);
-    expect(sweeps[1]!.olderThan).toBeLessThanOrEqual(before - config.orphanUploadAge + 1000);
-    expect(sweeps[1]!.olderThan).toBeGreaterThan(before - config.orphanUploadAge - 60_000);
+    expect(swept.map((s) => s.prefix)).toEqual(['', 'ours/']);
+    expect(swept[0]!.olderThan).toBe(0);
+    expect(swept[1]!.olderThan).toBeLessThanOrEqual(before - config.orphanUploadAge + 1000);
+    expect(swept[1]!.olderThan).toBeGreaterThan(before - config.orphanUploadAge - 60_000);
   });
 
   it('a CLI start (no sweep by age) asks only for the journal, and only when the journal has entries', async () => {
-    sweeps.length = 0;
+    openedStores.length = 0;
     await recoverAtStart(await loadConfig(mine.configPath), logger, { sweepStores: false });
-    expect(sweeps).toEqual([]);
+    expect(sweeps()).toEqual([]);
   });
 });

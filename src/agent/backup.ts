@@ -21,6 +21,7 @@ import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { JobStore } from './jobs/store.ts';
+import type { JobRecord } from './jobs/types.ts';
 import { loadKeyRing } from './keys.ts';
 import { nodeIdOf } from './node-id.ts';
 import { ensureOwner } from './ownership.ts';
@@ -263,8 +264,17 @@ async function startCapture({ name, driver, previousBytes }: Planned, options: C
  * records (no store request): files have no cheap estimate, and last time's size is a good one.
  */
 async function previousElementSizes(stateDir: string, env: string): Promise<Map<string, number>> {
-  const records = await new JobStore(stateDir).all();
-  const last = records.reverse().find((r) => r.kind === 'backup.create' && r.env === env && r.state === 'succeeded');
+  // Newest first, read one by one: the last backup is near the end, and a backup start must not
+  // parse the whole job history (up to jobs.history records) to find it.
+  const jobs = new JobStore(stateDir);
+  let last: JobRecord | undefined;
+  for (const id of (await jobs.ids()).reverse()) {
+    const record = await jobs.load(id);
+    if (record?.kind === 'backup.create' && record.env === env && record.state === 'succeeded') {
+      last = record;
+      break;
+    }
+  }
   const elements = (last?.result as Partial<Manifest> | undefined)?.elements;
   return new Map(Array.isArray(elements) ? elements.filter((e) => typeof e?.name === 'string' && Number.isFinite(e.rawBytes)).map((e) => [e.name, e.rawBytes]) : []);
 }

@@ -10,7 +10,8 @@ export type StoreMethod = 'put' | 'get' | 'head' | 'list' | 'delete' | 'sweepInc
  */
 export class CountingStore implements ObjectStore {
   readonly inner: ObjectStore;
-  calls: { method: StoreMethod; key: string }[] = [];
+  /** `olderThan`: what a sweepIncomplete was asked for. */
+  calls: { method: StoreMethod; key: string; olderThan?: Date }[] = [];
 
   constructor(inner: ObjectStore) {
     this.inner = inner;
@@ -68,7 +69,7 @@ export class CountingStore implements ObjectStore {
   }
 
   sweepIncomplete(prefix: string, olderThan: Date): Promise<number> {
-    this.calls.push({ method: 'sweepIncomplete', key: prefix });
+    this.calls.push({ method: 'sweepIncomplete', key: prefix, olderThan });
     return this.inner.sweepIncomplete(prefix, olderThan);
   }
 
