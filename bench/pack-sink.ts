@@ -12,7 +12,7 @@
  */
 import { Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { recycle } from '../src/snapshot/chunk-recycling.ts';
+import { recycle } from '../src/chunk-recycling.ts';
 import { createCompressor } from '../src/snapshot/compression.ts';
 import { ByteCounter } from '../src/snapshot/counter.ts';
 import { DigestStream } from '../src/snapshot/digest.ts';

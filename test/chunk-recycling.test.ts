@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { claimRecyclable, freeNow, offerForRecycling, recycle, transferableMemory } from '../src/snapshot/chunk-recycling.ts';
+import { claimRecyclable, freeNow, offerForRecycling, recycle, transferableMemory } from '../src/chunk-recycling.ts';
 
 describe('chunk recycling', () => {
   it('hands the memory back once, and only for the very view that was offered', () => {

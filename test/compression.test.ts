@@ -4,7 +4,7 @@ import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { offerForRecycling, recycle } from '../src/snapshot/chunk-recycling.ts';
+import { offerForRecycling, recycle } from '../src/chunk-recycling.ts';
 import { createCompressor, createDecompressor, type Compression } from '../src/snapshot/compression.ts';
 
 const MiB = 1024 * 1024;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { freeNow, offerForRecycling } from '../src/snapshot/chunk-recycling.ts';
+import { freeNow, offerForRecycling } from '../src/chunk-recycling.ts';
 import { FileSink } from '../src/transport/file-sink.ts';
 import { tempDir, type TempDir } from './support/tree.ts';
 

@@ -8,7 +8,7 @@ import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isAgentError } from '../src/errors.ts';
-import { recycle } from '../src/snapshot/chunk-recycling.ts';
+import { recycle } from '../src/chunk-recycling.ts';
 import { extractTree } from '../src/snapshot/files/extract.ts';
 import { packTree, type PackStats } from '../src/snapshot/files/pack.ts';
 import {

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
-import { freeNow, offerForRecycling } from '../src/snapshot/chunk-recycling.ts';
+import { freeNow, offerForRecycling } from '../src/chunk-recycling.ts';
 import { objectStoreContract } from './object-store.contract.ts';
 import { createS3Store, createTestBucket, multipartUploads } from './support/s3.ts';
 

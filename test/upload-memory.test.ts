@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { freeNow, offerForRecycling } from '../src/snapshot/chunk-recycling.ts';
+import { freeNow, offerForRecycling } from '../src/chunk-recycling.ts';
 import { UploadMemory } from '../src/transport/upload-memory.ts';
 
 const PART = 100;

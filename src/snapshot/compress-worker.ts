@@ -6,7 +6,8 @@
  */
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
-import type { CompressJob, CompressReply, FrameFormat } from './compress-pool.ts';
+import type { WorkerReply } from '../worker-pool.ts';
+import type { CompressJob, CompressResult, FrameFormat } from './compress-pool.ts';
 
 if (parentPort === null) throw new Error('compress-worker.ts runs as a worker thread started by CompressionPool');
 const port = parentPort;
@@ -23,8 +24,8 @@ function compress(input: Buffer, { kind, level }: FrameFormat): Buffer {
   });
 }
 
-port.on('message', ({ seq, memory, length, ...format }: CompressJob) => {
-  let reply: CompressReply;
+port.on('message', ({ seq, memory, length, ...format }: CompressJob & { seq: number }) => {
+  let reply: WorkerReply<CompressResult>;
   try {
     const output = compress(Buffer.from(memory, 0, length), format);
     // The output's own buffer, cut to size (its bound was allocated; the rest is freed now):
@@ -33,11 +34,11 @@ port.on('message', ({ seq, memory, length, ...format }: CompressJob) => {
     // pool of small buffers.
     const { byteOffset: frameOffset, length: frameBytes } = output; // before the transfer empties it
     const frame = (output.buffer as ArrayBuffer).transfer(frameOffset + frameBytes);
-    reply = { seq, frame, frameOffset, frameBytes, memory };
+    reply = { seq, result: { frame, frameOffset, frameBytes, memory } };
   } catch (error) {
-    reply = { seq, error: (error as Error).message, memory };
+    reply = { seq, error: (error as Error).message };
   }
-  port.postMessage(reply, reply.frame ? [reply.frame, memory] : [memory]);
+  port.postMessage(reply, reply.result ? [reply.result.frame, memory] : []);
 });
 
 /** ZSTD_COMPRESSBOUND: the largest frame `bytes` of input can compress to. */

@@ -3,7 +3,7 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
 import { childEnv } from '../child-env.ts';
-import { claimRecyclable, freeNow, offerForRecycling, recycle } from './chunk-recycling.ts';
+import { claimRecyclable, freeNow, offerForRecycling, recycle } from '../chunk-recycling.ts';
 import { sharedCompressionPool, type CompressionPool, type FrameFormat } from './compress-pool.ts';
 
 export type Compression = 'zstd' | 'gzip' | 'none';

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
 import { siblingModule } from '../../sibling-module.ts';
-import { offerForRecycling } from '../chunk-recycling.ts';
+import { offerForRecycling } from '../../chunk-recycling.ts';
 import { BLOCK_BYTES } from '../compression.ts';
 import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
 
