@@ -53,7 +53,13 @@ const catalogue = {
   E_MANIFEST_UNAUTHENTICATED: ExitCode.integrity,
   E_CHECKSUM_MISMATCH: ExitCode.integrity,
   E_SIZE_MISMATCH: ExitCode.integrity,
+  /** A byte range past an object's end: the object is shorter than what was recorded of it. */
+  E_OBJECT_RANGE: ExitCode.integrity,
   E_ARCHIVE_CORRUPT: ExitCode.integrity,
+  /** An environment's repository (issue #13) cannot be opened: no key object under this node's keys, or one that does not open. */
+  E_REPOSITORY_KEY: ExitCode.integrity,
+  /** A blob of the repository is missing, changed, truncated or not indexed. */
+  E_REPOSITORY_CORRUPT: ExitCode.integrity,
   E_STORE_UNAVAILABLE: ExitCode.storage,
   E_STORE_IO: ExitCode.storage,
   /** A multipart upload aborted by another party mid-upload (issue #11): the backup can be retried. */

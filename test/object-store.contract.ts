@@ -94,6 +94,66 @@ export function objectStoreContract(name: string, subject: () => Promise<Contrac
       expect(await store.head('missing/key')).toBeUndefined();
     });
 
+    it('reads byte ranges: in the middle, at the start, ending exactly at the end, and empty ones', async () => {
+      const { store } = await subject();
+      const body = randomBytes(1000);
+      await store.put('r/object', Readable.from([body]));
+      await store.put('r/empty', Readable.from([Buffer.alloc(0)]));
+      const range = async (key: string, offset: number, length: number) => buffer(await store.getRange(key, offset, length));
+      expect((await range('r/object', 100, 250)).equals(body.subarray(100, 350))).toBe(true);
+      expect((await range('r/object', 0, 10)).equals(body.subarray(0, 10))).toBe(true);
+      expect((await range('r/object', 990, 10)).equals(body.subarray(990))).toBe(true);
+      expect((await range('r/object', 0, 1000)).equals(body)).toBe(true);
+      expect((await range('r/object', 999, 1)).equals(body.subarray(999))).toBe(true);
+      for (const [key, offset] of [['r/object', 0], ['r/object', 500], ['r/object', 1000], ['r/empty', 0]] as const) {
+        expect((await range(key, offset, 0)).length, `${key} at ${offset}`).toBe(0);
+      }
+    });
+
+    it('rejects a range past the object\'s end with E_OBJECT_RANGE, and one of a missing key with E_OBJECT_NOT_FOUND', async () => {
+      const { store } = await subject();
+      await store.put('r/short', Readable.from([randomBytes(1000)]));
+      await store.put('r/empty', Readable.from([Buffer.alloc(0)]));
+      // Running past the end, starting at it, starting beyond it; and an empty range beyond it.
+      for (const [key, offset, length] of [['r/short', 990, 11], ['r/short', 1000, 1], ['r/short', 5000, 10], ['r/short', 1001, 0], ['r/empty', 0, 1]] as const) {
+        await expect(store.getRange(key, offset, length), `${key} ${offset}+${length}`).rejects.toMatchObject({
+          code: 'E_OBJECT_RANGE',
+          exitCode: 5,
+          details: { key, offset, length },
+        });
+      }
+      await expect(store.getRange('r/short', 990, 11)).rejects.toMatchObject({ details: { size: 1000 }, message: /has only 1000 bytes.*backup verify/ });
+      await expect(store.getRange('missing/key', 0, 10)).rejects.toMatchObject({ code: 'E_OBJECT_NOT_FOUND' });
+      await expect(store.getRange('missing/key', 0, 0)).rejects.toMatchObject({ code: 'E_OBJECT_NOT_FOUND' });
+    });
+
+    it('reads a multi-MiB object in ranges that concatenate to its bytes', async () => {
+      const { store } = await subject();
+      const body = randomBytes(12 * MiB + 17);
+      await store.put('r/large', Readable.from([body]));
+      const step = 5 * MiB - 3; // ranges that straddle the 5 MiB parts of a multipart object
+      const pieces: Buffer[] = [];
+      for (let offset = 0; offset < body.length; offset += step) {
+        pieces.push(await buffer(await store.getRange('r/large', offset, Math.min(step, body.length - offset))));
+      }
+      expect(pieces.length).toBe(3);
+      expect(Buffer.concat(pieces).equals(body)).toBe(true); // toEqual walks 12 MiB byte by byte: slow
+    });
+
+    it('stops a range read on cancel with E_CANCELLED: before it starts and while it streams', async () => {
+      const { store } = await subject();
+      await store.put('r/cancel', Readable.from([randomBytes(16 * MiB)]));
+      const before = new AbortController();
+      before.abort(new AgentError('E_CANCELLED', 'test cancel'));
+      await expect(store.getRange('r/cancel', 0, 10, { signal: before.signal })).rejects.toMatchObject({ code: 'E_CANCELLED' });
+      const during = new AbortController();
+      const stream = await store.getRange('r/cancel', MiB, 15 * MiB, { signal: during.signal });
+      const read = (async () => {
+        for await (const _chunk of stream) during.abort(new AgentError('E_CANCELLED', 'test cancel'));
+      })();
+      await expect(read).rejects.toMatchObject({ code: 'E_CANCELLED' });
+    });
+
     it('lists every object under a prefix once, in key order, and nothing outside it', async () => {
       const { store } = await subject();
       const keys = ['l/b/2', 'l/a/1', 'l/a/10', 'l/c', 'lx/outside', 'l/a/3'];

@@ -2,7 +2,8 @@
  * The S3 store against the real RGW behind a fault proxy (test/support/s3-fault-proxy.ts):
  * bounded faults are retried, visibly (warn logs, metrics), and the bytes come back identical;
  * faults past the retry budget fail the backup with a clear code, in bounded time, with
- * nothing left behind. And an upload someone else aborts fails as E_UPLOAD_ABORTED.
+ * nothing left behind. A range read resumes where its body broke off. And an upload someone
+ * else aborts fails as E_UPLOAD_ABORTED.
  */
 import { AbortMultipartUploadCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
@@ -203,6 +204,40 @@ describe('store telemetry and metrics', () => {
     expect(value('storage_agent_store_retries_total{store="metered",operation="UploadPart"}')).toBe(2);
     expect(value('storage_agent_store_retries_total{store="metered",operation="GetObject"}')).toBe(2);
     expect(value('storage_agent_store_timeouts_total{store="metered",operation="UploadPart"}')).toBe(1);
+  });
+});
+
+describe('a range read whose connection drops', () => {
+  it('resumes from where the body broke off, asking for the rest of the range of the same version; past its attempts it fails saying so', async () => {
+    const proxy = await startFaultProxy(inject('s3').endpoint);
+    const bucket = await createTestBucket();
+    const state = await mkdtemp(path.join(tmpdir(), 's3-range-'));
+    try {
+      const store = createS3Store(bucket, state, { endpoint: proxy.url, maxAttempts: 2 });
+      const bytes = randomBytes(8 * MiB);
+      await store.put('r/object', Readable.from([bytes]));
+      const [offset, length, cutAfter] = [MiB + 3, 5 * MiB, 2 * MiB + 5];
+      const last = offset + length - 1;
+      const cutOff = proxy.inject({ operation: 'GetObject', fault: { type: 'truncate', afterBytes: cutAfter }, times: 1 });
+      proxy.resetCounts();
+      const read = await buffer(await store.getRange('r/object', offset, length));
+      expect(cutOff.hits).toBe(1);
+      expect(read.equals(bytes.subarray(offset, offset + length))).toBe(true); // toEqual walks 5 MiB byte by byte: slow
+      const gets = proxy.requests().filter((request) => request.operation === 'GetObject');
+      expect(gets.map((request) => request.headers.range)).toEqual([`bytes=${offset}-${last}`, `bytes=${offset + cutAfter}-${last}`]);
+      expect(gets[0]!.headers['if-match']).toBeUndefined();
+      expect(gets[1]!.headers['if-match']).toMatch(/^"?[0-9a-f-]+"?$/);
+
+      // Every answer cut short: after maxAttempts reads the stream fails with the store's error.
+      proxy.inject({ operation: 'GetObject', fault: { type: 'truncate', afterBytes: MiB } });
+      await expect(buffer(await store.getRange('r/object', offset, length))).rejects.toMatchObject({
+        code: 'E_STORE_UNAVAILABLE',
+        message: /cannot read r\/object .*broke off after 2097152 of 5242880 bytes, 2 attempts/,
+      });
+    } finally {
+      await proxy.close();
+      await rm(state, { recursive: true, force: true });
+    }
   });
 });
 

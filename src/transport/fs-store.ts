@@ -2,10 +2,10 @@ import { mkdir, open, readdir, rename, rm, rmdir, stat, unlink } from 'node:fs/p
 import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import type { Readable } from 'node:stream';
-import { AgentError } from '../errors.ts';
+import { Readable } from 'node:stream';
+import { AgentError, cancelled, throwIfCancelled } from '../errors.ts';
 import { FileSink } from './file-sink.ts';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
+import { checkRange, objectNotFound, objectRangeError, type GetOptions, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.ts';
 
 /** Temp files live in one directory under the root so a sweep finds every one of them. */
 const INCOMPLETE_DIR = '.incomplete';
@@ -50,6 +50,39 @@ export class FsObjectStore implements ObjectStore {
     } catch (error) {
       throw wrapIo(error, `cannot read ${key} from ${this.description}`, key);
     }
+  }
+
+  async getRange(key: string, offset: number, length: number, options: GetOptions = {}): Promise<Readable> {
+    checkRange(key, offset, length);
+    const { signal } = options;
+    throwIfCancelled(signal);
+    const file = this.#pathOf(key);
+    let handle;
+    try {
+      handle = await open(file, 'r');
+      // The size of the file this handle reads, not of whatever the path names by then: a short
+      // object fails here, before any byte, rather than as a stream that ends early.
+      const info = await handle.stat();
+      if (!info.isFile()) throw objectNotFound(key);
+      if (offset + length > info.size) throw objectRangeError(key, offset, length, info.size, this.description);
+    } catch (error) {
+      await handle?.close();
+      throw wrapIo(error, `cannot read ${key} from ${this.description}`, key);
+    }
+    if (length === 0) {
+      await handle.close();
+      return Readable.from([]);
+    }
+    const stream = handle.createReadStream({ start: offset, end: offset + length - 1, highWaterMark: 1 << 20 });
+    if (signal) {
+      // Fails the stream with the signal's own E_CANCELLED (the stream's `signal` option would
+      // fail it with a bare AbortError).
+      const onAbort = () => stream.destroy(cancelled(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      stream.once('close', () => signal.removeEventListener('abort', onAbort));
+      if (signal.aborted) onAbort(); // while the file was opened
+    }
+    return stream;
   }
 
   async head(key: string): Promise<ObjectInfo | undefined> {
@@ -169,6 +202,6 @@ function isNotFound(error: unknown): boolean {
 function wrapIo(error: unknown, message: string, key?: string): AgentError {
   if (error instanceof AgentError) return error;
   if ((error as Error)?.name === 'AbortError') return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: error });
-  if (key !== undefined && isNotFound(error)) return new AgentError('E_OBJECT_NOT_FOUND', `object ${key} does not exist`, { cause: error, details: { key } });
+  if (key !== undefined && isNotFound(error)) return objectNotFound(key, error);
   return new AgentError('E_STORE_IO', `${message}: ${(error as Error)?.message ?? String(error)}`, { cause: error });
 }

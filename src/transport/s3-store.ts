@@ -17,8 +17,8 @@ import type { FinalizeRequestMiddleware } from '@smithy/types';
 import { ConfiguredRetryStrategy } from '@smithy/util-retry';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AgentError, cancelled } from '../errors.ts';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from './object-store.ts';
+import { AgentError, cancelled, throwIfCancelled } from '../errors.ts';
+import { checkRange, objectNotFound, objectRangeError, type GetOptions, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.ts';
 import { reportStoreRequestFailure } from './store-telemetry.ts';
 import { UploadMemory } from './upload-memory.ts';
 import type { UploadJournal } from './upload-journal.ts';
@@ -57,6 +57,20 @@ const MULTIPART_ENDINGS = new Set(['CompleteMultipartUploadCommand', 'AbortMulti
  * restart; this rides it out.
  */
 const backoffMs = (attempt: number) => Math.min(500 * 2 ** attempt, 20_000);
+
+/** Bytes `start` to `end` (inclusive), or to the object's end without `end`. */
+interface ByteRange {
+  start: number;
+  end?: number | undefined;
+}
+
+/** One GetObject's answer: its body, Content-Length, ETag and Content-Range. */
+interface GetAnswer {
+  body: Readable;
+  length: number | undefined;
+  etag: string | undefined;
+  range: string | undefined;
+}
 
 /**
  * S3-compatible object storage through @aws-sdk/lib-storage's `Upload`: memory is bounded by
@@ -183,9 +197,10 @@ export class S3ObjectStore implements ObjectStore {
 
   #reportFailure(operation: string, attempt: number, error: unknown, willRetry: boolean): void {
     // "No such object" answers whether an object exists (head, the manifest of a backup still
-    // uploading): an answer, not a failure of the store.
+    // uploading), and 416 that a range starts past the object's end (E_OBJECT_RANGE): answers,
+    // not failures of the store.
     const name = (error as Error)?.name;
-    if (error instanceof S3ServiceException && (name === 'NoSuchKey' || name === 'NotFound')) return;
+    if (error instanceof S3ServiceException && (name === 'NoSuchKey' || name === 'NotFound' || error.$metadata.httpStatusCode === 416)) return;
     reportStoreRequestFailure({ store: this.#options.name, operation, attempt, ...describeFailure(error), willRetry });
   }
 
@@ -252,33 +267,81 @@ export class S3ObjectStore implements ObjectStore {
 
   async get(key: string, options: GetOptions = {}): Promise<Readable> {
     const first = await this.#getObject(key, undefined, undefined, options.signal);
-    return Readable.from(this.#resumingBody(key, first, options.signal), { objectMode: false, highWaterMark: 1 << 20 });
+    return this.#resumingStream(key, first, { start: 0 }, options.signal);
   }
 
-  /** One GetObject (from `offset` of the version `etag`, when given), its body a stream. */
-  async #getObject(key: string, offset: number | undefined, etag: string | undefined, signal: AbortSignal | undefined) {
+  async getRange(key: string, offset: number, length: number, options: GetOptions = {}): Promise<Readable> {
+    checkRange(key, offset, length);
+    const { signal } = options;
+    throwIfCancelled(signal);
+    if (length === 0) {
+      // No GetObject range is empty: whether the key exists and offset is within it is HEAD's answer.
+      const info = await this.head(key);
+      if (!info) throw objectNotFound(key);
+      if (offset > info.size) throw objectRangeError(key, offset, length, info.size, this.description);
+      return Readable.from([]);
+    }
+    const range = { start: offset, end: offset + length - 1 };
+    const first = await this.#getObject(key, range, undefined, signal);
+    try {
+      // S3 answers a range that runs past the end with the part that exists (or 416 when none
+      // does, see #getObject): a short object is told before any byte is read, not by a short stream.
+      const size = first.range === undefined ? first.length : sizeOf(first.range);
+      if (size !== undefined && size < offset + length) throw objectRangeError(key, offset, length, size, this.description);
+      this.#expectRange(key, first.range, range);
+    } catch (error) {
+      first.body.destroy();
+      throw error;
+    }
+    return this.#resumingStream(key, first, range, signal);
+  }
+
+  /**
+   * One GetObject (of bytes `range.start` to `range.end`, or to the end without it, of the
+   * version `etag`, when given), its body a stream.
+   */
+  async #getObject(key: string, range: ByteRange | undefined, etag: string | undefined, signal: AbortSignal | undefined) {
     try {
       const answer = await this.#client.send(
         new GetObjectCommand({
           Bucket: this.#options.bucket,
           Key: this.#fullKey(key),
-          ...(offset === undefined ? {} : { Range: `bytes=${offset}-`, IfMatch: etag }),
+          ...(range === undefined ? {} : { Range: `bytes=${range.start}-${range.end ?? ''}`, IfMatch: etag }),
         }),
         { abortSignal: signal },
       );
       if (!(answer.Body instanceof Readable)) throw new AgentError('E_STORE_IO', `unexpected body type for ${key}`);
       return { body: answer.Body, length: answer.ContentLength, etag: answer.ETag, range: answer.ContentRange };
     } catch (error) {
+      // 416: the range starts at or past the object's end (S3 says no size with it).
+      if (range && error instanceof S3ServiceException && error.$metadata.httpStatusCode === 416) {
+        throw objectRangeError(key, range.start, (range.end ?? range.start) - range.start + 1, undefined, this.description);
+      }
       throw this.#storeError(error, `cannot read ${key} from ${this.description}`, key);
     }
   }
 
+  /** That a ranged answer is the range asked for: a store that ignores Range sends the whole object. */
+  #expectRange(key: string, answered: string | undefined, asked: ByteRange): void {
+    if (answered?.startsWith(`bytes ${asked.start}-${asked.end === undefined ? '' : `${asked.end}/`}`)) return;
+    const what = asked.end === undefined ? `the bytes from ${asked.start}` : `bytes ${asked.start}-${asked.end}`;
+    throw new AgentError(
+      'E_STORE_IO',
+      `cannot read ${key} from ${this.description}: asked for ${what}, the store answered ${answered ?? 'the whole object'}; check that it serves byte ranges (HTTP Range)`,
+    );
+  }
+
+  #resumingStream(key: string, first: GetAnswer, range: ByteRange, signal: AbortSignal | undefined): Readable {
+    return Readable.from(this.#resumingBody(key, first, range, signal), { objectMode: false, highWaterMark: 1 << 20 });
+  }
+
   /**
-   * The object's bytes, read again from where they stopped when the body breaks off (a reset,
-   * a truncated answer, requestTimeout of silence), up to maxAttempts reads with the SDK's
-   * backoff between them. Each resumption asks for the same version (If-Match its ETag).
+   * The bytes of `range` (the whole object from `start` 0 without an end), read again from where
+   * they stopped when the body breaks off (a reset, a truncated answer, requestTimeout of
+   * silence), up to maxAttempts reads with the SDK's backoff between them. Each resumption asks
+   * for the rest of the range of the same version (If-Match its ETag).
    */
-  async *#resumingBody(key: string, first: { body: Readable; length: number | undefined; etag: string | undefined }, signal: AbortSignal | undefined) {
+  async *#resumingBody(key: string, first: GetAnswer, range: ByteRange, signal: AbortSignal | undefined) {
     let body = first.body;
     let received = 0;
     try {
@@ -311,11 +374,10 @@ export class S3ObjectStore implements ObjectStore {
         await sleep(backoffMs(attempt), undefined, { signal }).catch(() => {
           throw cancelled(signal!);
         });
-        const rest = await this.#getObject(key, received, first.etag, signal);
-        body = rest.body;
-        if (!rest.range?.startsWith(`bytes ${received}-`)) {
-          throw new AgentError('E_STORE_IO', `cannot read ${key} from ${this.description}: asked to resume at byte ${received}, the store answered ${rest.range ?? 'the whole object'}`);
-        }
+        const rest: ByteRange = { start: range.start + received, end: range.end };
+        const answer = await this.#getObject(key, rest, first.etag, signal);
+        body = answer.body;
+        this.#expectRange(key, answer.range, rest);
       }
     } finally {
       body.destroy();
@@ -434,9 +496,7 @@ export class S3ObjectStore implements ObjectStore {
   #storeError(error: unknown, message: string, key?: string): AgentError {
     if (error instanceof AgentError) return error;
     if ((error as Error)?.name === 'AbortError') return new AgentError('E_CANCELLED', 'the operation was cancelled', { cause: error });
-    if (key !== undefined && isNotFound(error)) {
-      return new AgentError('E_OBJECT_NOT_FOUND', `object ${key} does not exist`, { cause: error, details: { key } });
-    }
+    if (key !== undefined && isNotFound(error)) return objectNotFound(key, error);
     const detail = (error as Error)?.message || (error as Error)?.name || String(error);
     if (error instanceof S3ServiceException) {
       const status = error.$metadata.httpStatusCode ?? 0;
@@ -470,6 +530,12 @@ export class S3ObjectStore implements ObjectStore {
     }
     return this.#options.prefix + key;
   }
+}
+
+/** The object's size from a Content-Range ("bytes 0-99/1234"), when the store said it. */
+function sizeOf(contentRange: string): number | undefined {
+  const size = /\/(\d+)$/.exec(contentRange)?.[1];
+  return size === undefined ? undefined : Number(size);
 }
 
 function isNotFound(error: unknown): boolean {

@@ -1,7 +1,7 @@
 import type { Readable } from 'node:stream';
 import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../src/transport/object-store.ts';
 
-export type StoreMethod = 'put' | 'get' | 'head' | 'list' | 'delete' | 'sweepIncomplete' | 'presignGet';
+export type StoreMethod = 'put' | 'get' | 'getRange' | 'head' | 'list' | 'delete' | 'sweepIncomplete' | 'presignGet';
 
 /**
  * A real store that counts the calls made to it, per method, with their keys: what an
@@ -51,6 +51,12 @@ export class CountingStore implements ObjectStore {
   get(key: string, options?: GetOptions): Promise<Readable> {
     this.calls.push({ method: 'get', key });
     return this.inner.get(key, options);
+  }
+
+  /** Counted apart from `get` (one GetObject each all the same), so a whole read and a ranged one are told apart. */
+  getRange(key: string, offset: number, length: number, options?: GetOptions): Promise<Readable> {
+    this.calls.push({ method: 'getRange', key });
+    return this.inner.getRange(key, offset, length, options);
   }
 
   head(key: string): Promise<ObjectInfo | undefined> {

@@ -77,6 +77,9 @@ export interface FaultProxy {
   url: string;
   /** Requests that reached the proxy by operation, faulted or not (each attempt counts). */
   counts(): Record<string, number>;
+  /** The requests counted, in the order they arrived, headers and all (what a retry asked for). */
+  requests(): ProxiedRequest[];
+  /** Empties counts() and requests(). */
   resetCounts(): void;
   /** Adds a rule; the first rule that fires for a request decides its fault. */
   inject(rule: FaultRule): InjectedFault;
@@ -135,6 +138,7 @@ export async function startFaultProxy(target: URL | string): Promise<FaultProxy>
   const agent = new http.Agent({ keepAlive: true });
   const rules = new Set<{ rule: FaultRule; seen: number; hits: number }>();
   let counts: Record<string, number> = {};
+  let requests: ProxiedRequest[] = [];
   const stalls = new Set<NodeJS.Timeout>();
 
   const pick = (request: ProxiedRequest): Fault | undefined => {
@@ -184,6 +188,7 @@ export async function startFaultProxy(target: URL | string): Promise<FaultProxy>
   const server = http.createServer((req, res) => {
     const request = describeS3Request(req.method ?? 'GET', req.url ?? '/', req.headers);
     counts[request.operation] = (counts[request.operation] ?? 0) + 1;
+    requests.push(request);
     const fault = pick(request);
     switch (fault?.type) {
       case undefined:
@@ -229,8 +234,10 @@ export async function startFaultProxy(target: URL | string): Promise<FaultProxy>
   return {
     url: `http://127.0.0.1:${port}`,
     counts: () => ({ ...counts }),
+    requests: () => [...requests],
     resetCounts: () => {
       counts = {};
+      requests = [];
     },
     inject: (rule) => {
       const entry = { rule, seen: 0, hits: 0 };

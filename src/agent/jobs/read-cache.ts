@@ -91,6 +91,11 @@ class CachingStore implements ObjectStore {
     return Readable.from([body]);
   }
 
+  /** Not cached: only whole manifests are. */
+  getRange(key: string, offset: number, length: number, options?: GetOptions): Promise<Readable> {
+    return this.#inner.getRange(key, offset, length, options);
+  }
+
   put(key: string, body: Readable, options?: PutOptions): Promise<void> {
     this.#cache.forget(this.#prefix + key);
     return this.#inner.put(key, body, options);
