@@ -1,0 +1,88 @@
+import { availableParallelism } from 'node:os';
+import { transferableMemory as ownMemory } from '../../chunk-recycling.ts';
+import { siblingModule } from '../../sibling-module.ts';
+import { WorkerPool } from '../../worker-pool.ts';
+import type { RepositoryKeys } from './blob-crypto.ts';
+
+/** data: a chunk of an element's content; tree: a list of chunks (or of lists). */
+export type BlobKind = 'data' | 'tree';
+const KIND_BYTE: Record<BlobKind, number> = { data: 1, tree: 2 };
+
+/** What a sealed blob is bound to: its kind and id, so it opens nowhere else. */
+export function blobAssociatedData(kind: BlobKind, id: string): Buffer {
+  return Buffer.concat([Buffer.from('storage-agent/blob/v1\n'), Uint8Array.of(KIND_BYTE[kind]), Buffer.from(id, 'hex')]);
+}
+
+type WireKeys = Record<keyof RepositoryKeys, Uint8Array>;
+export type BlobRequest =
+  | { op: 'identify'; keys: WireKeys; memory: ArrayBuffer; length: number }
+  | { op: 'seal'; keys: WireKeys; kind: BlobKind; id: string; level: number; memory: ArrayBuffer; length: number }
+  | { op: 'open'; keys: WireKeys; kind: BlobKind; id: string; rawLength: number; memory: ArrayBuffer; length: number };
+export type BlobResult =
+  | { op: 'identify'; id: string; memory: ArrayBuffer }
+  | { op: 'seal'; sealed: ArrayBuffer; memory: ArrayBuffer }
+  | { op: 'open'; plain: ArrayBuffer; failure?: undefined }
+  | { op: 'open'; failure: string; plain?: undefined };
+
+const WORKER_URL = siblingModule(import.meta.url, 'blob-worker');
+
+/** Workers per process on a big host: a node's other cores belong to the services it hosts. */
+const MAX_WORKERS = 4;
+
+/**
+ * The repository's CPU work in worker threads. Each call takes its buffer over (transferred,
+ * or copied first when it is a view of shared memory) and hands memory back in its result.
+ */
+export class BlobPool {
+  readonly #pool: WorkerPool<BlobRequest, BlobResult>;
+
+  constructor(size: number) {
+    this.#pool = new WorkerPool(WORKER_URL, size, 'repository');
+  }
+
+  get size(): number {
+    return this.#pool.size;
+  }
+
+  get usable(): boolean {
+    return this.#pool.usable;
+  }
+
+  async identify(keys: RepositoryKeys, chunk: Buffer): Promise<{ id: string; chunk: Buffer }> {
+    const { length } = chunk; // before the transfer empties it
+    const memory = ownMemory(chunk);
+    const result = await this.#pool.run({ op: 'identify', keys: wire(keys), memory, length }, [memory]);
+    if (result.op !== 'identify') throw new Error('unexpected reply');
+    return { id: result.id, chunk: Buffer.from(result.memory, 0, length) };
+  }
+
+  /** The sealed blob of `chunk` (whose id `identify` gave). */
+  async seal(keys: RepositoryKeys, kind: BlobKind, id: string, chunk: Buffer, level: number): Promise<Buffer> {
+    const { length } = chunk;
+    const memory = ownMemory(chunk);
+    const result = await this.#pool.run({ op: 'seal', keys: wire(keys), kind, id, level, memory, length }, [memory]);
+    if (result.op !== 'seal') throw new Error('unexpected reply');
+    return Buffer.from(result.sealed);
+  }
+
+  /** The blob's content, or `{ failure }` saying why the sealed bytes are not that blob. */
+  async open(keys: RepositoryKeys, kind: BlobKind, id: string, rawLength: number, sealed: Buffer): Promise<{ plain: Buffer } | { failure: string }> {
+    const { length } = sealed;
+    const memory = ownMemory(sealed);
+    const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, id, rawLength, memory, length }, [memory]);
+    if (result.op !== 'open') throw new Error('unexpected reply');
+    return result.failure === undefined ? { plain: Buffer.from(result.plain) } : { failure: result.failure };
+  }
+}
+
+function wire(keys: RepositoryKeys): WireKeys {
+  return { encryption: keys.encryption, blobId: keys.blobId, chunker: keys.chunker };
+}
+
+let shared: BlobPool | undefined;
+
+/** The process's pool, made on first use and again after a worker failed. */
+export function sharedBlobPool(): BlobPool {
+  if (!shared?.usable) shared = new BlobPool(Math.min(availableParallelism(), MAX_WORKERS));
+  return shared;
+}

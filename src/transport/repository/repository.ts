@@ -1,0 +1,312 @@
+import { Readable } from 'node:stream';
+import { buffer as collect } from 'node:stream/consumers';
+import { pipeline } from 'node:stream/promises';
+import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
+import type { ObjectStore } from '../object-store.ts';
+import type { RepositoryKeys } from './blob-crypto.ts';
+import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
+import { sharedBlobPool, type BlobKind, type BlobPool } from './blob-pool.ts';
+import { createChunker, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
+import { indexKey, indexPrefix, packKey } from './layout.ts';
+import { PackWriter } from './pack-writer.ts';
+import { openRepositoryKeys, type PlatformKeys } from './repository-keys.ts';
+import { decodeTree, encodeTree, TREE_FANOUT, type TreeEntry } from './stream-tree.ts';
+
+/** What storing one stream added to the repository, and the blob that now names it. */
+export interface StoredStream {
+  /** The root blob: the stream is its chunks, in order. */
+  root: string;
+  rawBytes: number;
+  chunks: number;
+  /** Chunks the repository did not hold yet, and their sealed size. */
+  newChunks: number;
+  newBytes: number;
+}
+
+export interface StreamOptions {
+  signal?: AbortSignal | undefined;
+}
+
+/**
+ * An environment's deduplicating, encrypted store of streams (issue #13): each stream is cut
+ * into content-defined chunks, each chunk stored once (sealed, in packs) however many backups
+ * hold it. Between the pipeline and the ObjectStore, which stays keys and bytes.
+ *
+ * - `writeStream` stores a stream's new chunks and its chunk list (tree blobs); the returned
+ *   root is usable once `commit` resolved.
+ * - `commit` uploads the last pack and an index object naming every blob this writer stored.
+ *   The caller's manifest, which names the roots, comes after it: the manifest stays the
+ *   commit point of a backup.
+ * - `readStream` yields a stored stream's bytes, every chunk authenticated before it is given
+ *   out; a blob missing, changed or not indexed is E_REPOSITORY_CORRUPT naming it.
+ * - `chunksOf` lists a stream's chunks (verify, garbage collection).
+ *
+ * One writer at a time per environment: the environment's lock serialises backups, restores
+ * and prunes on a node, and one node owns an environment (docs/ownership.md).
+ */
+export interface Repository {
+  readonly env: string;
+  writeStream(source: AsyncIterable<Buffer> | Readable, options?: StreamOptions): Promise<StoredStream>;
+  commit(options?: StreamOptions): Promise<void>;
+  readStream(root: string, options?: StreamOptions): Readable;
+  chunksOf(root: string, options?: StreamOptions): Promise<TreeEntry[]>;
+  /** Checks every chunk of a stream is indexed and its pack present; with readData, reads and authenticates each. */
+  check(root: string, options?: StreamOptions & { readData?: boolean }): Promise<{ chunks: number; bytes: number }>;
+  /** Index objects that did not open (forged or damaged), kept out of the index: verify reports them. */
+  readonly rejectedIndexes: readonly { key: string; why: string }[];
+}
+
+export interface RepositoryOptions {
+  /** Create the repository's key object when it has none (writers); readers never do. */
+  create: boolean;
+  chunker?: ChunkerParams;
+  /** zstd level of each chunk (1: the pipeline's default). */
+  level?: number;
+  packBytes?: number;
+  uploadsInFlight?: number;
+  /** Ranged reads in flight during a restore. */
+  readsInFlight?: number;
+}
+
+interface Added {
+  chunks: number;
+  bytes: number;
+}
+
+/** A ranged GET takes adjacent blobs of one pack up to this size: one request, not one per chunk. */
+const COALESCE_BYTES = 8 << 20;
+
+export async function openRepository(store: ObjectStore, env: string, platform: PlatformKeys, options: RepositoryOptions): Promise<Repository> {
+  const keys = await openRepositoryKeys(store, env, platform, { create: options.create });
+  const repository = new PackedRepository(store, env, keys, sharedBlobPool(), options);
+  await repository.loadIndex();
+  return repository;
+}
+
+class PackedRepository implements Repository {
+  readonly env: string;
+  readonly rejectedIndexes: { key: string; why: string }[] = [];
+  readonly #store: ObjectStore;
+  readonly #keys: RepositoryKeys;
+  readonly #pool: BlobPool;
+  readonly #options: Required<Omit<RepositoryOptions, 'create'>>;
+  readonly #gear: Uint32Array;
+  readonly #index = new BlobIndex();
+  /** Blobs this writer is sealing or has sealed, until they are in the index. */
+  readonly #written = new Map<string, Promise<void>>();
+  #packs: PackWriter | undefined;
+
+  constructor(store: ObjectStore, env: string, keys: RepositoryKeys, pool: BlobPool, options: RepositoryOptions) {
+    this.#store = store;
+    this.env = env;
+    this.#keys = keys;
+    this.#pool = pool;
+    this.#options = {
+      chunker: options.chunker ?? DEFAULT_CHUNKER,
+      level: options.level ?? 1,
+      packBytes: options.packBytes ?? 16 << 20,
+      uploadsInFlight: options.uploadsInFlight ?? 2,
+      readsInFlight: options.readsInFlight ?? 4,
+    };
+    this.#gear = gearTable(keys.chunker);
+  }
+
+  async loadIndex(): Promise<void> {
+    for await (const info of this.#store.list(indexPrefix(this.env))) {
+      const body = await collect(await this.#store.get(info.key));
+      const entries = openIndex(this.#keys.encryption, this.env, body);
+      if (typeof entries === 'string') {
+        this.rejectedIndexes.push({ key: info.key, why: entries });
+        continue;
+      }
+      for (const [id, entry] of entries) this.#index.add(id, entry);
+    }
+  }
+
+  async writeStream(source: AsyncIterable<Buffer> | Readable, options: StreamOptions = {}): Promise<StoredStream> {
+    const chunker = createChunker(this.#gear, this.#options.chunker);
+    const feeding = pipeline(source, chunker, { signal: options.signal });
+    feeding.catch(() => {}); // joined below
+    const added = { chunks: 0, bytes: 0 };
+    const entries: TreeEntry[] = [];
+    // Chunks in flight, in stream order: their ids come back out of order from the workers.
+    const inFlight: Promise<TreeEntry>[] = [];
+    const maxInFlight = this.#pool.size + 2;
+    try {
+      for await (const chunk of chunker as AsyncIterable<Buffer>) {
+        const stored = this.#storeBlob('data', chunk, options.signal, added);
+        stored.catch(() => {}); // surfaced in order below
+        inFlight.push(stored);
+        if (inFlight.length >= maxInFlight) entries.push(await inFlight.shift()!);
+      }
+      while (inFlight.length > 0) entries.push(await inFlight.shift()!);
+      await feeding;
+      const root = await this.#storeTree(entries, options.signal, added);
+      return { root, rawBytes: entries.reduce((sum, e) => sum + e.bytes, 0), chunks: entries.length, newChunks: added.chunks, newBytes: added.bytes };
+    } catch (error) {
+      chunker.destroy();
+      await Promise.allSettled(inFlight);
+      await feeding.catch(() => {});
+      throw error;
+    }
+  }
+
+  /** Lists of TREE_FANOUT entries, then lists of those lists, up to one root. */
+  async #storeTree(entries: TreeEntry[], signal: AbortSignal | undefined, added: Added): Promise<string> {
+    let level = 0;
+    let current = entries;
+    do {
+      const next: TreeEntry[] = [];
+      for (let i = 0; i < current.length || (i === 0 && current.length === 0); i += TREE_FANOUT) {
+        const part = current.slice(i, i + TREE_FANOUT);
+        const stored = await this.#storeBlob('tree', encodeTree(level, part), signal, added);
+        next.push({ id: stored.id, bytes: part.reduce((sum, e) => sum + e.bytes, 0) });
+      }
+      current = next;
+      level++;
+    } while (current.length > 1);
+    return current[0]!.id;
+  }
+
+  /** Stores a blob unless the repository holds it; what it adds is counted in `added` (data chunks, and sealed bytes of every kind). */
+  async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added): Promise<TreeEntry> {
+    throwIfCancelled(signal);
+    const bytes = content.length;
+    const { id, chunk } = await this.#pool.identify(this.#keys, content);
+    if (!this.#index.has(id)) {
+      let writing = this.#written.get(id);
+      if (!writing) {
+        writing = (async () => {
+          const sealed = await this.#pool.seal(this.#keys, kind, id, chunk, this.#options.level);
+          if (kind === 'data') added.chunks++;
+          added.bytes += sealed.length;
+          await this.#packWriter(signal).add(id, kind, sealed, bytes);
+        })();
+        this.#written.set(id, writing);
+      }
+      await writing;
+    }
+    return { id, bytes };
+  }
+
+  #packWriter(signal: AbortSignal | undefined): PackWriter {
+    this.#packs ??= new PackWriter(this.#store, this.env, { packBytes: this.#options.packBytes, uploadsInFlight: this.#options.uploadsInFlight, signal });
+    return this.#packs;
+  }
+
+  async commit(options: StreamOptions = {}): Promise<void> {
+    if (!this.#packs) return;
+    const stored = await this.#packs.finish();
+    this.#packs = undefined;
+    if (stored.size === 0) return;
+    throwIfCancelled(options.signal);
+    const { id, body } = sealIndex(this.#keys.encryption, this.env, stored);
+    await this.#store.put(indexKey(this.env, id), Readable.from([body]), { signal: options.signal });
+    for (const [blob, entry] of stored) this.#index.add(blob, entry);
+    this.#written.clear();
+  }
+
+  async chunksOf(root: string, options: StreamOptions = {}): Promise<TreeEntry[]> {
+    const chunks: TreeEntry[] = [];
+    const walk = async (id: string): Promise<void> => {
+      throwIfCancelled(options.signal);
+      const tree = decodeTree(await this.#readBlob('tree', id, options.signal));
+      if (typeof tree === 'string') throw this.#corrupt(`tree blob ${id} ${tree}`, id);
+      if (tree.level === 0) chunks.push(...tree.entries);
+      else for (const entry of tree.entries) await walk(entry.id);
+    };
+    await walk(root);
+    return chunks;
+  }
+
+  readStream(root: string, options: StreamOptions = {}): Readable {
+    return Readable.from(this.#streamChunks(root, options.signal), { objectMode: false, highWaterMark: 1 << 20 });
+  }
+
+  async *#streamChunks(root: string, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
+    const reads = this.#planReads(await this.chunksOf(root, { signal }));
+    // Several ranged reads ahead, each opened in the workers as it arrives; given out in order.
+    const ahead: Promise<Buffer[]>[] = [];
+    let next = 0;
+    const fill = () => {
+      while (ahead.length < this.#options.readsInFlight && next < reads.length) {
+        const read = this.#readRun(reads[next++]!, signal);
+        read.catch(() => {}); // surfaced in order below
+        ahead.push(read);
+      }
+    };
+    fill();
+    while (ahead.length > 0) {
+      const chunks = await ahead.shift()!;
+      fill();
+      yield* chunks;
+    }
+  }
+
+  /** Runs of chunks that sit side by side in one pack, each fetched with one ranged GET. */
+  #planReads(chunks: TreeEntry[]): { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }[] {
+    const runs: { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }[] = [];
+    for (const chunk of chunks) {
+      const entry = this.#index.get(chunk.id);
+      if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) throw this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id);
+      const last = runs.at(-1);
+      if (last && last.pack === entry.pack && last.offset + last.length === entry.offset && last.length + entry.length <= COALESCE_BYTES) {
+        last.length += entry.length;
+        last.blobs.push({ ...chunk, ...entry });
+      } else runs.push({ pack: entry.pack, offset: entry.offset, length: entry.length, blobs: [{ ...chunk, ...entry }] });
+    }
+    return runs;
+  }
+
+  async #readRun(run: { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }, signal: AbortSignal | undefined): Promise<Buffer[]> {
+    const bytes = await this.#readRange(run.pack, run.offset, run.length, signal);
+    return Promise.all(run.blobs.map((blob) => this.#openBlob('data', blob.id, blob.rawLength, bytes.subarray(blob.offset - run.offset, blob.offset - run.offset + blob.length))));
+  }
+
+  async #readBlob(kind: BlobKind, id: string, signal: AbortSignal | undefined): Promise<Buffer> {
+    const entry = this.#index.get(id);
+    if (!entry || entry.kind !== kind) throw this.#corrupt(`${kind} blob ${id} is not in its index`, id);
+    return this.#openBlob(kind, id, entry.rawLength, await this.#readRange(entry.pack, entry.offset, entry.length, signal));
+  }
+
+  async #readRange(pack: string, offset: number, length: number, signal: AbortSignal | undefined): Promise<Buffer> {
+    try {
+      const bytes = await collect(await this.#store.getRange(packKey(this.env, pack), offset, length, { signal }));
+      if (bytes.length !== length) throw this.#corrupt(`pack ${pack} gave ${bytes.length} bytes at ${offset}, not ${length}`, pack);
+      return bytes;
+    } catch (error) {
+      if (isAgentError(error, 'E_OBJECT_NOT_FOUND') || isAgentError(error, 'E_OBJECT_RANGE')) {
+        throw this.#corrupt(`pack ${pack} ${isAgentError(error, 'E_OBJECT_NOT_FOUND') ? 'is missing' : `is shorter than its index says (${offset}+${length})`}`, pack, error);
+      }
+      throw error;
+    }
+  }
+
+  async #openBlob(kind: BlobKind, id: string, rawLength: number, sealed: Buffer): Promise<Buffer> {
+    const opened = await this.#pool.open(this.#keys, kind, id, rawLength, sealed);
+    if ('failure' in opened) throw this.#corrupt(`${kind} blob ${id} ${opened.failure}`, id);
+    return opened.plain;
+  }
+
+  async check(root: string, options: StreamOptions & { readData?: boolean } = {}): Promise<{ chunks: number; bytes: number }> {
+    const chunks = await this.chunksOf(root, options);
+    const runs = this.#planReads(chunks);
+    const packs = new Set(runs.map((r) => r.pack));
+    for (const pack of packs) {
+      throwIfCancelled(options.signal);
+      const info = await this.#store.head(packKey(this.env, pack));
+      const end = Math.max(...runs.filter((r) => r.pack === pack).map((r) => r.offset + r.length));
+      if (!info) throw this.#corrupt(`pack ${pack} is missing`, pack);
+      if (info.size < end) throw this.#corrupt(`pack ${pack} is shorter than its index says (${info.size} < ${end} bytes)`, pack);
+    }
+    if (options.readData) for await (const _ of this.readStream(root, options)); // every chunk opened and authenticated
+    return { chunks: chunks.length, bytes: chunks.reduce((sum, c) => sum + c.bytes, 0) };
+  }
+
+  #corrupt(why: string, blob: string, cause?: unknown): AgentError {
+    return new AgentError('E_REPOSITORY_CORRUPT', `the repository of environment ${this.env} is damaged: ${why}; restore another backup, and run 'backup verify --read-data' to find every backup it affects`, {
+      cause,
+      details: { env: this.env, blob },
+    });
+  }
+}

@@ -1,0 +1,179 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { describe, expect, it } from 'vitest';
+import type { ObjectStore } from '../src/transport/object-store.ts';
+import { indexPrefix, packsPrefix, repositoryKeysPrefix } from '../src/transport/repository/layout.ts';
+import { openRepository, type Repository, type RepositoryOptions } from '../src/transport/repository/repository.ts';
+import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';
+
+/** Small chunks and packs, so a few MiB exercise many chunks, several packs and coalesced reads. */
+const SMALL: Omit<RepositoryOptions, 'create'> = { chunker: { minBytes: 16 << 10, avgBytes: 64 << 10, maxBytes: 256 << 10 }, packBytes: 1 << 20 };
+
+function platformKey(id: string): PlatformKeys {
+  const secret = randomBytes(32);
+  return { signing: { id, secret }, verifying: new Map([[id, secret]]) };
+}
+
+/** Half random, half text: compressible and not, like real dumps and trees. */
+function content(bytes: number): Buffer {
+  const text = Buffer.from('INSERT INTO orders VALUES (1,"widget",42.00),(2,"gadget",7.50);\n'.repeat(Math.ceil(bytes / 2 / 64)));
+  return Buffer.concat([randomBytes(bytes / 2), text]).subarray(0, bytes);
+}
+
+async function keysUnder(store: ObjectStore, prefix: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const info of store.list(prefix)) keys.push(info.key);
+  return keys;
+}
+
+async function rewrite(store: ObjectStore, key: string, change: (bytes: Buffer) => Buffer): Promise<void> {
+  const bytes = change(await buffer(await store.get(key)));
+  await store.put(key, Readable.from([bytes]));
+}
+
+const sha = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+
+async function stored(repository: Repository, data: Buffer) {
+  const result = await repository.writeStream(Readable.from([data]));
+  await repository.commit();
+  return result;
+}
+
+/**
+ * One suite, every store: the Repository contract (src/transport/repository/repository.ts)
+ * against a real ObjectStore — the fs store and the Ceph RGW.
+ */
+export function repositoryContract(name: string, makeStore: () => Promise<ObjectStore>): void {
+  describe(`repository contract: ${name}`, () => {
+    it('gives back a stored stream byte for byte, through a repository opened again', async () => {
+      const store = await makeStore();
+      const keys = platformKey('platform-1');
+      const data = content(6 << 20);
+      const first = await stored(await openRepository(store, 'shop', keys, { create: true, ...SMALL }), data);
+      expect(first.rawBytes).toBe(data.length);
+      expect(first.chunks).toBeGreaterThan(20);
+      // The repeated text dedups within the stream itself.
+      expect(first.newChunks).toBeLessThan(first.chunks);
+      expect(first.newBytes).toBeLessThan(data.length);
+      const reader = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      expect(sha(await buffer(reader.readStream(first.root)))).toBe(sha(data));
+      expect((await keysUnder(store, packsPrefix('shop'))).length).toBeGreaterThan(1);
+      await expect(reader.check(first.root, { readData: true })).resolves.toEqual({ chunks: first.chunks, bytes: data.length });
+    });
+
+    it('stores an unchanged stream again for nothing, and an edited one for the chunks around the edit', async () => {
+      const store = await makeStore();
+      const keys = platformKey('platform-1');
+      const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+      const data = content(4 << 20);
+      const first = await stored(repository, data);
+      const again = await stored(repository, data);
+      expect(again).toMatchObject({ root: first.root, newChunks: 0, newBytes: 0 });
+      const edited = Buffer.concat([data.subarray(0, 2 << 20), Buffer.from('one changed row'), data.subarray(2 << 20)]);
+      const next = await stored(await openRepository(store, 'shop', keys, { create: true, ...SMALL }), edited);
+      // The chunk holding the edit, its neighbour at most, and the tree listing them.
+      expect(next.newChunks).toBeLessThanOrEqual(4);
+      expect(sha(await buffer((await openRepository(store, 'shop', keys, { create: false, ...SMALL })).readStream(next.root)))).toBe(sha(edited));
+    });
+
+    it('stores an empty stream and a stream of one byte', async () => {
+      const store = await makeStore();
+      const repository = await openRepository(store, 'shop', platformKey('k'), { create: true, ...SMALL });
+      const empty = await stored(repository, Buffer.alloc(0));
+      const one = await stored(repository, Buffer.from('x'));
+      expect((await buffer(repository.readStream(empty.root))).length).toBe(0);
+      expect((await buffer(repository.readStream(one.root))).toString()).toBe('x');
+    });
+
+    it('keeps content out of the bucket: no plaintext, ids keyed per repository', async () => {
+      const store = await makeStore();
+      const marker = Buffer.from('CUSTOMER-CARD-4111111111111111 '.repeat(4096));
+      const a = await stored(await openRepository(store, 'a', platformKey('k'), { create: true, ...SMALL }), marker);
+      const b = await stored(await openRepository(store, 'b', platformKey('k'), { create: true, ...SMALL }), marker);
+      expect(a.root).not.toBe(b.root); // the same content has other ids in another environment
+      for (const key of await keysUnder(store, '')) {
+        const bytes = await buffer(await store.get(key));
+        expect(bytes.includes('CUSTOMER-CARD')).toBe(false);
+      }
+    });
+
+    it('opens under a rotated platform key, and refuses a node without the key', async () => {
+      const store = await makeStore();
+      const old = platformKey('platform-2025');
+      const data = content(1 << 20);
+      const written = await stored(await openRepository(store, 'shop', old, { create: true, ...SMALL }), data);
+      const fresh = platformKey('platform-2026');
+      const both: PlatformKeys = { signing: fresh.signing, verifying: new Map([...old.verifying, ...fresh.verifying]) };
+      await openRepository(store, 'shop', both, { create: true, ...SMALL }); // re-wraps under the new key
+      expect(await keysUnder(store, repositoryKeysPrefix('shop'))).toEqual([`${repositoryKeysPrefix('shop')}platform-2025.json`, `${repositoryKeysPrefix('shop')}platform-2026.json`]);
+      const newOnly = await openRepository(store, 'shop', fresh, { create: false, ...SMALL });
+      expect(sha(await buffer(newOnly.readStream(written.root)))).toBe(sha(data));
+      await expect(openRepository(store, 'shop', platformKey('stranger'), { create: true })).rejects.toMatchObject({ code: 'E_REPOSITORY_KEY', message: /platform-2025, platform-2026/ });
+      // Same id, other secret: the key object does not open.
+      await expect(openRepository(store, 'shop', platformKey('platform-2026'), { create: false })).rejects.toMatchObject({ code: 'E_REPOSITORY_KEY', message: /does not open/ });
+      await expect(openRepository(store, 'nothing-here', fresh, { create: false })).rejects.toMatchObject({ code: 'E_REPOSITORY_KEY', message: /no key object/ });
+    });
+
+    it('refuses a key object copied from another environment', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      await stored(await openRepository(store, 'a', keys, { create: true, ...SMALL }), content(1 << 16));
+      const [source] = await keysUnder(store, repositoryKeysPrefix('a'));
+      await store.put(`${repositoryKeysPrefix('b')}k.json`, await store.get(source!));
+      await expect(openRepository(store, 'b', keys, { create: false })).rejects.toMatchObject({ code: 'E_REPOSITORY_KEY' });
+    });
+
+    it('names a changed, truncated or missing pack, and verify reads data only when asked', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const written = await stored(await openRepository(store, 'shop', keys, { create: true, ...SMALL }), content(3 << 20));
+      const packs = await keysUnder(store, packsPrefix('shop'));
+      const reader = async () => openRepository(store, 'shop', keys, { create: false, ...SMALL });
+
+      await rewrite(store, packs[0]!, (bytes) => {
+        bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
+        return bytes;
+      });
+      await expect(buffer((await reader()).readStream(written.root))).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /does not authenticate/ });
+      await expect((await reader()).check(written.root)).resolves.toMatchObject({ chunks: written.chunks });
+      await expect((await reader()).check(written.root, { readData: true })).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT' });
+
+      await rewrite(store, packs[1]!, (bytes) => bytes.subarray(0, bytes.length - 100));
+      await expect((await reader()).check(written.root)).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /shorter than its index/ });
+
+      await store.delete([packs[1]!]);
+      await expect((await reader()).check(written.root)).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /missing/ });
+    });
+
+    it('leaves a forged index out, and a stream without its index is not readable', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+      const data = content(1 << 20);
+      const written = await stored(repository, data);
+      await store.put(`${indexPrefix('shop')}${'ab'.repeat(32)}`, Readable.from([randomBytes(500)]));
+      const reader = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      expect(reader.rejectedIndexes).toEqual([{ key: `${indexPrefix('shop')}${'ab'.repeat(32)}`, why: 'it does not authenticate under the repository key' }]);
+      expect(sha(await buffer(reader.readStream(written.root)))).toBe(sha(data));
+
+      // Written but never committed (a backup killed before its index): not in any index.
+      const uncommitted = await repository.writeStream(Readable.from([content(1 << 18)]));
+      const later = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      await expect(buffer(later.readStream(uncommitted.root))).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /not in its index/ });
+    });
+
+    it('stops a write on its signal', async () => {
+      const store = await makeStore();
+      const repository = await openRepository(store, 'shop', platformKey('k'), { create: true, ...SMALL });
+      const controller = new AbortController();
+      const endless = new Readable({
+        read() {
+          this.push(randomBytes(1 << 16));
+        },
+      });
+      setTimeout(() => controller.abort(), 100);
+      await expect(repository.writeStream(endless, { signal: controller.signal })).rejects.toMatchObject({ name: 'AbortError' });
+    });
+  });
+}
