@@ -32,6 +32,33 @@ async function rewrite(store: ObjectStore, key: string, change: (bytes: Buffer) 
   await store.put(key, Readable.from([bytes]));
 }
 
+async function bytesUnder(store: ObjectStore, prefix: string): Promise<number> {
+  let total = 0;
+  for await (const info of store.list(prefix)) total += info.size;
+  return total;
+}
+
+/** The store, whose puts and deletes fail after `allowed` of them: a process killed between two writes. */
+function stopAfterWrites(store: ObjectStore, allowed: number): ObjectStore {
+  let writes = 0;
+  const gate = () => {
+    if (writes++ >= allowed) throw new Error('stopped');
+  };
+  return new Proxy(store, {
+    get(target, property, receiver) {
+      const value = Reflect.get(target, property, receiver) as unknown;
+      if (typeof value !== 'function') return value;
+      if (property === 'put' || property === 'delete') {
+        return async (...args: unknown[]) => {
+          gate();
+          return (value as (...a: unknown[]) => unknown).apply(target, args);
+        };
+      }
+      return (value as (...a: unknown[]) => unknown).bind(target);
+    },
+  });
+}
+
 const sha = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 async function stored(repository: Repository, data: Buffer) {
@@ -161,6 +188,59 @@ export function repositoryContract(name: string, makeStore: () => Promise<Object
       const uncommitted = await repository.writeStream(Readable.from([content(1 << 18)]));
       const later = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
       await expect(buffer(later.readStream(uncommitted.root))).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /not in its index/ });
+    });
+
+    it('collects what no live stream needs, and every live stream still reads back', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+      const shared = content(2 << 20);
+      const a = await stored(repository, Buffer.concat([shared, randomBytes(2 << 20)]));
+      const b = await stored(repository, Buffer.concat([shared, randomBytes(1 << 20)]));
+      const before = await bytesUnder(store, packsPrefix('shop'));
+      const dry = await (await openRepository(store, 'shop', keys, { create: true, ...SMALL })).collectGarbage([b.root], { repackUnused: 0.05, orphanAgeMs: 0, dryRun: true });
+      expect(dry.deletedPacks).toBeGreaterThan(0);
+      expect(await bytesUnder(store, packsPrefix('shop'))).toBe(before);
+
+      const result = await (await openRepository(store, 'shop', keys, { create: true, ...SMALL })).collectGarbage([b.root], { repackUnused: 0.05, orphanAgeMs: 0 });
+      expect(result).toMatchObject({ deletedPacks: dry.deletedPacks, repackedPacks: dry.repackedPacks });
+      const after = await bytesUnder(store, packsPrefix('shop'));
+      expect(after).toBeLessThan(before - (1 << 20)); // a's own 2 MiB (random: incompressible) is gone
+      expect(await keysUnder(store, indexPrefix('shop'))).toHaveLength(1);
+      const reader = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      await expect(reader.check(b.root, { readData: true })).resolves.toMatchObject({ chunks: b.chunks });
+      await expect(reader.check(a.root)).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT' });
+      // Nothing left to do the second time.
+      expect(await reader.collectGarbage([b.root], { repackUnused: 0.05, orphanAgeMs: 0 })).toMatchObject({ deletedPacks: 0, repackedPacks: 0 });
+    });
+
+    it('a collection that stops at any store write leaves every live stream readable, and the next one finishes', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const live: { root: string; data: Buffer }[] = [];
+      const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+      // The middle stream is dropped: its chunks share packs with the others' (repacks), and fill some alone (deletes).
+      for (let i = 0; i < 3; i++) {
+        const data = Buffer.concat([content(1 << 20), randomBytes(1 << 19)]);
+        const written = await stored(repository, data);
+        if (i !== 1) live.push({ root: written.root, data });
+      }
+      const checkLive = async () => {
+        const reader = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+        for (const { root, data } of live) expect(sha(await buffer(reader.readStream(root)))).toBe(sha(data));
+      };
+      for (let allowed = 0; ; allowed++) {
+        const failing = stopAfterWrites(store, allowed);
+        const attempt = await openRepository(failing, 'shop', keys, { create: false, ...SMALL });
+        const outcome = await attempt.collectGarbage(live.map((l) => l.root), { repackUnused: 0.05, orphanAgeMs: 0 }).then(
+          () => 'done',
+          (error: Error) => error.message,
+        );
+        await checkLive();
+        if (outcome === 'done') break;
+        expect(outcome).toBe('stopped');
+        expect(allowed).toBeLessThan(50);
+      }
     });
 
     it('stops a write on its signal', async () => {

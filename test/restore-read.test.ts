@@ -156,6 +156,9 @@ describe('readDecompressed owns what it starts', () => {
     expect(await zstdChildren()).toEqual([]);
   });
 
+  /** Elements of archive backups need no repository. */
+  const archives = () => ({ store, repository: () => Promise.reject(new Error('no repository here')) });
+
   /** A consume() that reads one chunk and then fails the way a tar or SQL parser would. */
   const parseFailure = async (source: Readable) => {
     await once(source, 'data');
@@ -165,7 +168,7 @@ describe('readDecompressed owns what it starts', () => {
   it('consumeElement: a consumer that fails on a stored object with a flipped byte → E_CHECKSUM_MISMATCH, not its own error', async () => {
     const damaged = await cliJson<Manifest>(['--config', sandbox.configPath, 'backup', 'create', 'site']);
     await corrupt(store, damaged.elements[0]!.objects[0]!.key);
-    await expect(consumeElement(store, damaged, damaged.elements[0]!, new AbortController().signal, parseFailure)).rejects.toMatchObject({
+    await expect(consumeElement(archives(), damaged, damaged.elements[0]!, new AbortController().signal, parseFailure)).rejects.toMatchObject({
       code: 'E_CHECKSUM_MISMATCH',
       message: expect.stringContaining(`element uploads of backup ${damaged.id}`),
     });
@@ -174,9 +177,9 @@ describe('readDecompressed owns what it starts', () => {
 
   it('consumeElement: over intact bytes the consumer\'s own error stands; a result leaves nothing running', async () => {
     const signal = new AbortController().signal;
-    await expect(consumeElement(store, manifest, element(), signal, parseFailure)).rejects.toThrow('invalid tar header');
-    await expect(consumeElement(store, manifest, element(), signal, async () => Promise.reject(new Error('target down')))).rejects.toThrow('target down');
-    const first = await consumeElement(store, manifest, element(), signal, async (source) => ((await once(source, 'data')) as [Buffer])[0].length);
+    await expect(consumeElement(archives(), manifest, element(), signal, parseFailure)).rejects.toThrow('invalid tar header');
+    await expect(consumeElement(archives(), manifest, element(), signal, async () => Promise.reject(new Error('target down')))).rejects.toThrow('target down');
+    const first = await consumeElement(archives(), manifest, element(), signal, async (source) => ((await once(source, 'data')) as [Buffer])[0].length);
     expect(first).toBeGreaterThan(0);
     expect(await zstdChildren()).toEqual([]);
   });

@@ -10,7 +10,17 @@ import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
 import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../snapshot/mysql/single-database.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
+import type { Repository } from '../transport/repository/repository.ts';
 import { readSegmented } from '../transport/segments.ts';
+
+/**
+ * Where a backup's elements are read from: archives in the store, or — for elements stored in
+ * it (issue #13) — the environment's repository, opened on first use.
+ */
+export interface BackupStorage {
+  store: ObjectStore;
+  repository(): Promise<Repository>;
+}
 
 export function findElement(manifest: Manifest, name: string): ElementRecord {
   const found = manifest.elements.find((e) => e.name === checkName('element', name));
@@ -28,8 +38,8 @@ export function findElement(manifest: Manifest, name: string): ElementRecord {
  * The stored bytes of an element, failing unless size and sha256 match the manifest (size as
  * soon as it is exceeded, sha256 at the end). Destroying the stream stops the store read.
  */
-export function readVerified(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Readable {
-  const out = new VerifyStream({ bytes: element.storedBytes, sha256: element.sha256, what: elementLabel(manifest, element) });
+function readVerified(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Readable {
+  const out = new VerifyStream({ bytes: element.storedBytes, sha256: element.sha256!, what: elementLabel(manifest, element) });
   // pipeline(), not pipe(): a consumer that destroys `out` must also end the store's request.
   pipeline(readSegmented(store, element.objects.map((o) => o.key), signal), out).catch(() => {}); // the failure is out's error
   return out;
@@ -65,20 +75,29 @@ export function readDecompressed(store: ObjectStore, manifest: Manifest, element
  * and their E_CHECKSUM_MISMATCH / E_SIZE_MISMATCH is thrown instead of the consumer's error.
  */
 export async function consumeElement<T>(
-  store: ObjectStore,
+  storage: BackupStorage,
   manifest: Manifest,
   element: ElementRecord,
   signal: AbortSignal,
   consume: (source: Readable) => Promise<T>,
   options: DecompressOptions = {},
 ): Promise<T> {
+  if (element.repository) {
+    const source = readFromRepository(storage, manifest, element, signal, options);
+    try {
+      return await consume(source);
+    } finally {
+      source.destroy();
+    }
+  }
+  const { store } = storage;
   const source = readDecompressed(store, manifest, element, signal, options);
   try {
     return await consume(source);
   } catch (error) {
     source.destroy();
     if (!source.started || source.storedBytesChecked || signal.aborted || isAgentError(error, 'E_CHECKSUM_MISMATCH') || isAgentError(error, 'E_SIZE_MISMATCH')) throw error;
-    const stored = await verifyElement(store, manifest, element, signal).then(
+    const stored = await verifyElement(storage, manifest, element, signal).then(
       () => undefined,
       (failure: unknown) => failure,
     );
@@ -88,6 +107,20 @@ export async function consumeElement<T>(
     // 'close' comes once the decompressor's child has exited (and never rejects, unlike once()).
     if (!source.closed) await new Promise<void>((resolve) => source.once('close', () => resolve()));
   }
+}
+
+/**
+ * An element's raw archive from the repository: every chunk authenticated as it arrives
+ * (E_REPOSITORY_CORRUPT otherwise), and exactly the manifest's rawBytes, or E_ARCHIVE_CORRUPT.
+ */
+function readFromRepository(storage: BackupStorage, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions = {}): Readable {
+  const check = new LengthCheck(element.rawBytes, elementLabel(manifest, element), options.onBytes);
+  const root = element.repository!.root;
+  void (async () => {
+    const repository = await storage.repository();
+    await pipeline(repository.readStream(root, { signal }), check, { signal });
+  })().catch((error: unknown) => check.destroy(error as Error));
+  return check;
 }
 
 class DecompressedElement extends Readable {
@@ -244,24 +277,28 @@ const GET_LEVEL = 1;
  * recompressed in its stored format: the file name stays <element>.sql.zst.
  */
 export async function downloadElement(
-  store: ObjectStore,
+  storage: BackupStorage,
   manifest: Manifest,
   element: ElementRecord,
   to: string,
   signal: AbortSignal,
   choice: DatabaseChoice = {},
-): Promise<{ path: string; bytes: number; database?: string }> {
+): Promise<{ path: string; bytes: number; verified: string; database?: string }> {
   const database = chooseDatabase(element, choice);
   const file = await downloadTarget(to, element);
   const temp = path.join(path.dirname(file), `.${path.basename(file)}.partial-${process.pid}`);
   let bytes = element.storedBytes;
   try {
     const sink = () => createWriteStream(temp, { flags: 'wx', mode: 0o600 });
-    if (database === undefined) {
-      await pipeline(readVerified(store, manifest, element, signal), sink(), { signal });
+    if (database === undefined && element.repository) {
+      // A standard .tar.zst / .sql.zst / .rdb.zst, whatever the repository's chunks are.
+      await pipeline(readFromRepository(storage, manifest, element, signal), createCompressor('zstd', { level: GET_LEVEL }), sink(), { signal });
+      bytes = (await stat(temp)).size;
+    } else if (database === undefined) {
+      await pipeline(readVerified(storage.store, manifest, element, signal), sink(), { signal });
     } else {
       const stages = singleDatabaseStages(database, elementLabel(manifest, element));
-      await consumeElement(store, manifest, element, signal, (source) =>
+      await consumeElement(storage, manifest, element, signal, (source) =>
         pipeline(source, ...stages, createCompressor(element.compression, { level: GET_LEVEL }), sink(), { signal }),
       );
       bytes = (await stat(temp)).size;
@@ -271,7 +308,9 @@ export async function downloadElement(
     await rm(temp, { force: true });
     throw toAgentError(error, 'E_STORE_IO');
   }
-  return { path: file, bytes, ...(database === undefined ? {} : { database }) };
+  // What was checked, for the user: an archive's sha256, or every chunk's authentication.
+  const verified = element.repository ? 'every chunk authenticated' : 'sha256 verified';
+  return { path: file, bytes, verified, ...(database === undefined ? {} : { database }) };
 }
 
 async function downloadTarget(to: string, element: ElementRecord): Promise<string> {
@@ -303,20 +342,21 @@ export interface ElementCheck {
  * consumer failed before the stream ended (a parse or load error) can ask this whether the
  * stored bytes explain it better.
  */
-export async function verifyElement(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Promise<void> {
+export async function verifyElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Promise<void> {
   try {
-    await pipeline(readVerified(store, manifest, element, signal), new Writable({ write: (_chunk, _encoding, done) => done() }), { signal });
+    if (element.repository) await (await storage.repository()).check(element.repository.root, { signal, readData: true });
+    else await pipeline(readVerified(storage.store, manifest, element, signal), new Writable({ write: (_chunk, _encoding, done) => done() }), { signal });
   } catch (error) {
     throw toAgentError(error, 'E_STORE_IO');
   }
 }
 
 /** Reads back every object of the backup and checks sizes and sha256 against the manifest. */
-export async function verifyBackup(store: ObjectStore, manifest: Manifest, signal: AbortSignal): Promise<ElementCheck[]> {
+export async function verifyBackup(storage: BackupStorage, manifest: Manifest, signal: AbortSignal): Promise<ElementCheck[]> {
   const checks: ElementCheck[] = [];
   for (const element of manifest.elements) {
     try {
-      await verifyElement(store, manifest, element, signal);
+      await verifyElement(storage, manifest, element, signal);
       checks.push({ element: element.name, ok: true, bytes: element.storedBytes });
     } catch (error) {
       const failure = toAgentError(error);

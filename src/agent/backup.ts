@@ -14,6 +14,7 @@ import { backupPrefix, elementKey, manifestKey, MANIFEST_VERSION, type ElementRe
 import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
+import { openRepository, type Repository } from '../transport/repository/repository.ts';
 import { reportOrphanUploadsAborted } from '../transport/store-telemetry.ts';
 import { putSegmented } from '../transport/segments.ts';
 import { backupObjectKeys, deleteBackup, listBackups, type WrittenManifest } from './catalog.ts';
@@ -61,6 +62,10 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   // limits must never act on ours, nor ours on theirs.
   await ensureOwner(config, store, env, logger);
 
+  // Opened (and made, the first time) before anything is captured: a key problem fails now.
+  const repository = environmentOf(config, env).repository ? await openRepository(store, env, keys, { create: true, level: config.compression.level }) : undefined;
+  const destination: Destination = { store, repository };
+
   const replaced = await checkManualLimit(config, store, env, options);
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
@@ -77,8 +82,10 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const captures: Started[] = [];
   try {
     const { elements, pauseMs } = options.live
-      ? await captureLive(ctx, store, env, id, plan, captures)
-      : await captureConsistent(ctx, store, env, id, plan, captures);
+      ? await captureLive(ctx, destination, env, id, plan, captures)
+      : await captureConsistent(ctx, destination, env, id, plan, captures);
+    // The index of the chunks stored, before the manifest that names them.
+    await repository?.commit({ signal });
     // Signed like every backup, safety backups included (manifest-mac.ts: what the MAC covers).
     const manifest: Manifest = signManifest({
       schema: 'storage-agent/manifest',
@@ -126,6 +133,12 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   }
 }
 
+/** Where elements go: archives into the store, or chunks into the environment's repository. */
+interface Destination {
+  store: ObjectStore;
+  repository: Repository | undefined;
+}
+
 interface Planned {
   name: string;
   driver: ServiceDriver;
@@ -145,13 +158,13 @@ interface Captured {
 }
 
 /** Live: each service is read on its own, one after the other, nothing frozen. */
-async function captureLive(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
+async function captureLive(ctx: OperationContext, destination: Destination, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
   const elements: ElementRecord[] = [];
   for (const planned of plan) {
     throwIfCancelled(ctx.signal);
     const started = await startCapture(planned, { signal: ctx.signal, consistent: false, partial: planned.partial });
     captures.push(started);
-    elements.push(await storeElement(ctx, store, env, id, started, ctx.signal));
+    elements.push(await storeElement(ctx, destination, env, id, started, ctx.signal));
   }
   return { elements, pauseMs: null };
 }
@@ -161,7 +174,7 @@ async function captureLive(ctx: OperationContext, store: ObjectStore, env: strin
  * done, mount snapshotted), thaw, then stream. Services that can only be read live (a mount
  * without snapshots) are streamed before the thaw, and the pause says what that cost.
  */
-async function captureConsistent(ctx: OperationContext, store: ObjectStore, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
+async function captureConsistent(ctx: OperationContext, destination: Destination, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
   const { config, logger, signal } = ctx;
   const freeze = environmentOf(config, env).freeze;
   const targets = freeze ? [...(await Promise.all(freeze.cgroups.map(cgroupTarget))), ...freeze.filesystems.map(filesystemTarget)] : [];
@@ -181,7 +194,7 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
     for (const started of captures.filter((c) => !c.capture.pointInTime)) {
       // A store that retries through an outage must not hold the job past the deadline (or a
       // cancel): the upload is told to stop and ends on its own; the backup fails now.
-      const element = await settleOrAbandon(storeElement(ctx, store, env, id, started, frozenSignal), frozenSignal);
+      const element = await settleOrAbandon(storeElement(ctx, destination, env, id, started, frozenSignal), frozenSignal);
       elements.push(lease ? { ...element, readInsideFreeze: true } : element);
     }
   } finally {
@@ -200,7 +213,7 @@ async function captureConsistent(ctx: OperationContext, store: ObjectStore, env:
     captures
       .filter((c) => c.capture.pointInTime)
       .map((started) =>
-        storeElement(ctx, store, env, id, started, storing).catch((error: unknown) => {
+        storeElement(ctx, destination, env, id, started, storing).catch((error: unknown) => {
           sibling.abort(error);
           throw error;
         }),
@@ -279,22 +292,31 @@ async function previousElementSizes(stateDir: string, env: string): Promise<Map<
   return new Map(Array.isArray(elements) ? elements.filter((e) => typeof e?.name === 'string' && Number.isFinite(e.rawBytes)).map((e) => [e.name, e.rawBytes]) : []);
 }
 
-/** Streams one started capture through compress → hash → store. */
-async function storeElement(ctx: OperationContext, store: ObjectStore, env: string, id: string, started: Started, signal: AbortSignal): Promise<ElementRecord> {
+/** Streams one started capture through compress → hash → store, or into the repository. */
+async function storeElement(ctx: OperationContext, { store, repository }: Destination, env: string, id: string, started: Started, signal: AbortSignal): Promise<ElementRecord> {
   const { config } = ctx;
   const { name, driver, capture } = started;
   const begun = Date.now();
   const totalBytes = (await driver.estimateBytes(signal)) ?? started.previousBytes;
   const { algorithm, level } = config.compression;
-  const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
   // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
   const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) }));
-  const digest = new DigestStream();
-  const feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });
+  const digest = repository ? undefined : new DigestStream();
+  const feeding = digest
+    ? pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal })
+    : pipeline(capture.stream, raw, { signal });
   feeding.catch(() => {}); // joined below
-  let objects;
+  let stored: Pick<ElementRecord, 'objects' | 'storedBytes' | 'sha256' | 'repository' | 'compression'>;
   try {
-    objects = await putSegmented(store, key, digest, signal);
+    if (repository) {
+      // Chunks are compressed with zstd one by one; `get` writes a .zst of the whole element.
+      const written = await repository.writeStream(raw, { signal });
+      stored = { objects: [], storedBytes: written.newBytes, compression: 'zstd', repository: { root: written.root, chunks: written.chunks, newChunks: written.newChunks } };
+    } else {
+      const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
+      const objects = await putSegmented(store, key, digest!, signal);
+      stored = { objects, storedBytes: digest!.bytes, sha256: digest!.sha256, compression: algorithm };
+    }
   } catch (error) {
     capture.stream.destroy(); // stop the producer; its own failure, if any, explains more
     await feeding.catch(() => {});
@@ -306,11 +328,8 @@ async function storeElement(ctx: OperationContext, store: ObjectStore, env: stri
     name,
     kind: driver.kind,
     format: driver.format,
-    compression: algorithm,
-    objects,
-    storedBytes: digest.bytes,
+    ...stored,
     rawBytes: raw.bytes,
-    sha256: digest.sha256,
     durationMs: Date.now() - begun,
     warnings: result.warnings,
     facts: result.facts,

@@ -13,7 +13,7 @@ import { recoverAtStart } from './jobs/recovery.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
 import { loadKeyRing } from './keys.ts';
 import { adoptEnvironment, describeOwner, type OwnerView } from './ownership.ts';
-import { openEnvironmentStore } from './stores.ts';
+import { backupStorage, openEnvironmentStore } from './stores.ts';
 import { formatBytes, parseDuration } from './units.ts';
 import { AGENT_VERSION } from './version.ts';
 // Jobs, the daemon and --remote (issue #4).
@@ -214,7 +214,10 @@ function buildProgram(): Command {
         const table = rows.length
           ? renderTable(['Backup ID', 'Created', 'Trigger', 'Action', 'Reason'], rows.map((r) => [r.id, shortTime(r.createdAt), r.trigger ?? '-', r.action, r.reason]))
           : '';
-        return `${table}${result.deleted.length} ${result.dryRun ? 'would be deleted (dry run: nothing deleted)' : 'deleted'}, ${result.kept.length} kept\n`;
+        const repository = result.repository
+          ? `repository: ${result.repository.deletedPacks} packs ${result.dryRun ? 'to delete' : 'deleted'} (${result.repository.repackedPacks} of them repacked), ${formatBytes(result.repository.freedBytes)} ${result.dryRun ? 'to free' : 'freed'}\n`
+          : '';
+        return `${table}${result.deleted.length} ${result.dryRun ? 'would be deleted (dry run: nothing deleted)' : 'deleted'}, ${result.kept.length} kept\n${repository}`;
       });
     });
 
@@ -233,10 +236,10 @@ function buildProgram(): Command {
       const result = await withOperation(cmd, async (ctx) => {
         const store = await openEnvironmentStore(ctx.config, env);
         const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: opts.allowUnauthenticated === true });
-        return downloadElement(store, manifest, findElement(manifest, opts.element), opts.to, ctx.signal, { database: opts.database, allDatabases: opts.allDatabases });
+        return downloadElement(backupStorage(ctx.config, store, env), manifest, findElement(manifest, opts.element), opts.to, ctx.signal, { database: opts.database, allDatabases: opts.allDatabases });
       });
       const loads = result.database ? `; database ${result.database} without CREATE DATABASE/USE: it loads into the database you name` : '';
-      output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, sha256 verified${loads})\n`);
+      output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, ${result.verified}${loads})\n`);
     });
 
   backup

@@ -165,6 +165,13 @@ const environment = z
     store: name.optional(),
     freeze: freeze.optional(),
     services: namedRecord(service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
+    /**
+     * New backups go into the environment's deduplicating, encrypted repository (issue #13,
+     * docs/repository.md) instead of one compressed archive per element; backups of either kind
+     * list, restore and verify. Off by default while files are chunked as one stream (no parent
+     * snapshot yet): docs/repository.md, "Not built yet".
+     */
+    repository: z.boolean().default(false),
     // ---- retention and schedules (issue #5; docs/decisions.md) ----
     /** Which scheduled backups prune keeps: a tier (essential, advanced, premium) or [{interval: 1d, count: 7}, …]. */
     retention: z
@@ -230,6 +237,11 @@ const configSchema = z
      * aborted. At least 1 h: a shorter age would abort a running upload (issue #11).
      */
     orphanUploadAge: duration.default(24 * 3_600_000).refine((ms) => ms >= 3_600_000, 'must be at least 1h: a younger upload may still be running'),
+    /**
+     * prune rewrites a repository pack once more than this share of its bytes belongs to no
+     * backup (restic's default, 5 %): lower keeps the store tighter for more rewriting.
+     */
+    repackUnused: z.number().min(0).max(1).default(0.05),
     // ---- node identity and ownership (issue #11; docs/ownership.md) ----
     /** This node's name in manifests and owner records. Absent: derived from /etc/machine-id (node-id.ts). */
     nodeId: name.optional(),

@@ -1,4 +1,10 @@
+import { text } from 'node:stream/consumers';
+import { manifestKey } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
+import type { ObjectStore } from '../transport/object-store.ts';
+import type { CollectResult } from '../transport/repository/garbage.ts';
+import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
+import { openRepository } from '../transport/repository/repository.ts';
 import { deleteBackup, listBackups, type BackupSummary } from './catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
@@ -20,6 +26,8 @@ export interface PruneResult {
   dryRun: boolean;
   deleted: PruneEntry[];
   kept: PruneEntry[];
+  /** What the environment's repository gave back (issue #13); absent when it has none. */
+  repository?: CollectResult;
 }
 
 /**
@@ -59,7 +67,35 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
       ctx.logger.info({ env, backupId: entry.id, phase: 'pruned', reason: entry.reason }, 'backup pruned');
     }
   }
+  const deleted = new Set(result.deleted.map((e) => e.id));
+  const collected = await collectRepository(ctx, store, env, backups.filter((b) => !deleted.has(b.id)), dryRun);
+  if (collected) {
+    result.repository = collected;
+    ctx.logger.info({ env, phase: 'collected', dryRun, ...collected }, dryRun ? 'repository garbage found' : 'repository garbage collected');
+  }
   return result;
+}
+
+/**
+ * The repository's garbage once the pruned backups are gone: whatever no remaining backup
+ * references. Every remaining backup counts, restorable or not — an expired one kept by this
+ * run, and one whose manifest is left for inspection (its roots read from its text, a
+ * superset at worst): nothing a human may still want is collected.
+ */
+async function collectRepository(ctx: OperationContext, store: ObjectStore, env: string, remaining: BackupSummary[], dryRun: boolean): Promise<CollectResult | undefined> {
+  let exists = false;
+  for await (const _ of store.list(repositoryKeysPrefix(env))) exists = true;
+  if (!exists) return undefined;
+  const roots = new Set<string>();
+  for (const backup of remaining) {
+    if (backup.manifest) for (const element of backup.manifest.elements) if (element.repository) roots.add(element.repository.root);
+    if (backup.status === 'invalid') {
+      const manifest = await text(await store.get(manifestKey(env, backup.id)));
+      for (const [, root] of manifest.matchAll(/"root"\s*:\s*"([0-9a-f]{64})"/g)) roots.add(root!);
+    }
+  }
+  const repository = await openRepository(store, env, await loadKeyRing(ctx.config), { create: false });
+  return repository.collectGarbage(roots, { dryRun, repackUnused: ctx.config.repackUnused, orphanAgeMs: ctx.config.orphanUploadAge, signal: ctx.signal });
 }
 
 function verdict(backup: BackupSummary, keep: Set<string>, reasons: Map<string, string[]>, incompleteBefore: number): { delete: boolean; reason: string } {

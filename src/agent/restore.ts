@@ -13,7 +13,7 @@ import { createDriver } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
 import { nodeIdOf } from './node-id.ts';
 import { RestoreJournal } from './restore-journal.ts';
-import { openEnvironmentStore } from './stores.ts';
+import { backupStorage, openEnvironmentStore } from './stores.ts';
 
 export interface RestoreOptions {
   env: string;
@@ -75,6 +75,8 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const store = await openEnvironmentStore(config, env);
   const manifest = await readManifest(store, env, options.id, { keys: await loadKeyRing(config), allowUnauthenticated: options.allowUnauthenticated });
   checkMadeHere(config, manifest, target, options.fromNode);
+  // Elements in a repository are read from the source environment's, whatever the target.
+  const storage = backupStorage(config, store, env);
   const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
   const plan = selected.map((element) => {
     const service = targetServices[element.name];
@@ -109,7 +111,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
       const restore = await consumeElement(
-        store,
+        storage,
         manifest,
         element,
         signal,

@@ -3,7 +3,10 @@ import { effectiveStores, environmentOf, readSecret, type Config } from './confi
 import { AgentError } from '../errors.ts';
 import { FsObjectStore } from '../transport/fs-store.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
+import { openRepository, type Repository } from '../transport/repository/repository.ts';
 import { UploadJournal } from '../transport/upload-journal.ts';
+import type { BackupStorage } from './artifacts.ts';
+import { loadKeyRing } from './keys.ts';
 
 /** The store of a configured environment (E_UNKNOWN_ENV otherwise). Secrets are read now. */
 export async function openEnvironmentStore(config: Config, env: string): Promise<ObjectStore> {
@@ -38,4 +41,16 @@ export async function openStore(config: Config, name: string): Promise<ObjectSto
     requestTimeout: settings.requestTimeout,
     journal: new UploadJournal(config.stateDir),
   });
+}
+
+/**
+ * How a backup of `env` is read: archives from the store, and elements in the environment's
+ * repository (issue #13) through it, opened once on first use and never created by a reader.
+ */
+export function backupStorage(config: Config, store: ObjectStore, env: string): BackupStorage {
+  let opened: Promise<Repository> | undefined;
+  return {
+    store,
+    repository: () => (opened ??= loadKeyRing(config).then((keys) => openRepository(store, env, keys, { create: false }))),
+  };
 }

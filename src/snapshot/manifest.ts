@@ -34,10 +34,19 @@ const elementSchema = z
     kind: z.enum(['files', 'mysql', 'redis']),
     format: z.enum(['tar', 'sql', 'rdb']),
     compression: z.enum(['zstd', 'gzip', 'none']),
-    objects: z.array(z.object({ key: z.string(), bytes: z.number().int().nonnegative() }).strict()).min(1),
+    /** The stored archive (one object, or segments); empty for an element in the repository. */
+    objects: z.array(z.object({ key: z.string(), bytes: z.number().int().nonnegative() }).strict()),
+    /** Bytes this backup stored for the element: its archive, or the repository chunks it added. */
     storedBytes: z.number().int().nonnegative(),
     rawBytes: z.number().int().nonnegative(),
-    sha256,
+    /** The archive's sha256; absent for an element in the repository, whose chunks authenticate themselves. */
+    sha256: sha256.optional(),
+    /**
+     * An element stored in the environment's repository (issue #13): its content is the stream
+     * under the root blob. The MAC over the manifest covers the root id, and the root's keyed
+     * id covers its chunk list, so every byte restored is bound to this manifest.
+     */
+    repository: z.object({ root: sha256, chunks: z.number().int().nonnegative(), newChunks: z.number().int().nonnegative() }).strict().optional(),
     durationMs: z.number().nonnegative(),
     warnings: z.array(z.string()),
     facts: z.record(z.string(), factValue),
@@ -104,6 +113,11 @@ export function parseManifest(raw: unknown, env: string, id: string): Manifest {
   for (const element of manifest.elements) {
     if (names.has(element.name)) throw invalid(env, id, `element ${element.name} appears twice`);
     names.add(element.name);
+    if (element.repository) {
+      if (element.objects.length > 0 || element.sha256 !== undefined) throw invalid(env, id, `element ${element.name} is in the repository and names objects or a sha256 too`);
+      continue;
+    }
+    if (element.objects.length === 0 || element.sha256 === undefined) throw invalid(env, id, `element ${element.name} names neither stored objects with a sha256 nor a repository root`);
     const base = elementKey(env, id, element.name, '');
     for (const object of element.objects) {
       if (!object.key.startsWith(`${base}.`) || object.key.slice(base.length).includes('/')) {

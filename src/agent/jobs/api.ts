@@ -173,6 +173,7 @@ export class LocalAgent implements AgentApi {
     const store = await this.#readStore(env);
     const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(this.#config), allowUnauthenticated: allowUnauthenticated === true });
     const element = findElement(manifest, name);
+    if (element.repository) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in the environment's repository, as chunks no URL can serve: use 'backup get', which writes a standard archive`);
     if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
     const url = await store.presignGet(element.objects[0]!.key, expiresSeconds);
     return { url, expiresAt: new Date(Date.now() + expiresSeconds * 1000).toISOString() };

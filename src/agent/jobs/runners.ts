@@ -9,7 +9,7 @@ import { loadKeyRing } from '../keys.ts';
 import type { OperationContext } from '../context.ts';
 import { restoreBackup } from '../restore.ts';
 import { pruneBackups } from '../prune.ts';
-import { openEnvironmentStore } from '../stores.ts';
+import { backupStorage, openEnvironmentStore } from '../stores.ts';
 import type { JobRequest, JobSpec } from './types.ts';
 
 /**
@@ -86,7 +86,7 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
       const store = await openEnvironmentStore(ctx.config, spec.env);
       const manifest = await readManifest(store, spec.env, spec.id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: spec.allowUnauthenticated === true });
       ctx.onProgress?.({ phase: 'verify' });
-      const checks = await verifyBackup(store, manifest, ctx.signal);
+      const checks = await verifyBackup(backupStorage(ctx.config, store, spec.env), manifest, ctx.signal);
       return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };
     }
     case 'backup.prune':

@@ -7,6 +7,7 @@ import type { RepositoryKeys } from './blob-crypto.ts';
 import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
 import { sharedBlobPool, type BlobKind, type BlobPool } from './blob-pool.ts';
 import { createChunker, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
+import { collectGarbage, type CollectOptions, type CollectResult } from './garbage.ts';
 import { indexKey, indexPrefix, packKey } from './layout.ts';
 import { PackWriter } from './pack-writer.ts';
 import { openRepositoryKeys, type PlatformKeys } from './repository-keys.ts';
@@ -54,6 +55,8 @@ export interface Repository {
   check(root: string, options?: StreamOptions & { readData?: boolean }): Promise<{ chunks: number; bytes: number }>;
   /** Index objects that did not open (forged or damaged), kept out of the index: verify reports them. */
   readonly rejectedIndexes: readonly { key: string; why: string }[];
+  /** Deletes and repacks what no stream under `liveRoots` needs (garbage.ts: the order that keeps it safe under a kill). */
+  collectGarbage(liveRoots: Iterable<string>, options: CollectOptions): Promise<CollectResult>;
 }
 
 export interface RepositoryOptions {
@@ -208,15 +211,33 @@ class PackedRepository implements Repository {
 
   async chunksOf(root: string, options: StreamOptions = {}): Promise<TreeEntry[]> {
     const chunks: TreeEntry[] = [];
-    const walk = async (id: string): Promise<void> => {
-      throwIfCancelled(options.signal);
-      const tree = decodeTree(await this.#readBlob('tree', id, options.signal));
-      if (typeof tree === 'string') throw this.#corrupt(`tree blob ${id} ${tree}`, id);
-      if (tree.level === 0) chunks.push(...tree.entries);
-      else for (const entry of tree.entries) await walk(entry.id);
-    };
-    await walk(root);
+    await this.#walkTrees(root, options.signal, (entries) => chunks.push(...entries));
     return chunks;
+  }
+
+  /** Reads the trees under `id`, handing each level-0 tree's entries (data chunks, in order) to `onChunks`, each tree's id to `onTree`. */
+  async #walkTrees(id: string, signal: AbortSignal | undefined, onChunks: (entries: TreeEntry[]) => void, onTree?: (id: string) => void): Promise<void> {
+    throwIfCancelled(signal);
+    onTree?.(id);
+    const tree = decodeTree(await this.#readBlob('tree', id, signal));
+    if (typeof tree === 'string') throw this.#corrupt(`tree blob ${id} ${tree}`, id);
+    if (tree.level === 0) onChunks(tree.entries);
+    else for (const entry of tree.entries) await this.#walkTrees(entry.id, signal, onChunks, onTree);
+  }
+
+  collectGarbage(liveRoots: Iterable<string>, options: CollectOptions): Promise<CollectResult> {
+    return collectGarbage(
+      {
+        env: this.env,
+        store: this.#store,
+        encryption: this.#keys.encryption,
+        index: this.#index,
+        rejectedIndexes: this.rejectedIndexes,
+        walk: (root, visit, signal) => this.#walkTrees(root, signal, (entries) => entries.forEach((e) => visit(e.id)), visit),
+      },
+      liveRoots,
+      options,
+    );
   }
 
   readStream(root: string, options: StreamOptions = {}): Readable {

@@ -1,0 +1,244 @@
+import { randomBytes } from 'node:crypto';
+import { appendFile, mkdir, readdir, readFile, rm as rmFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { packsPrefix } from '../src/transport/repository/layout.ts';
+import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, type Sandbox } from './support/cli.ts';
+import { checksums, connect, createDatabase, createFixture, mariadbServer, mysqlServiceConfig } from './support/mysql.ts';
+import { fillAllTypes, readAll, startRedis, type TestRedis } from './support/redis.ts';
+import { createTestBucket } from './support/s3.ts';
+import { buildFixtureTree, describeTree } from './support/tree.ts';
+
+/** As a restore makes it: files without setuid/setgid bits (the target service has no keepSetuid). */
+function restoredState(root: string) {
+  return Object.fromEntries([...describeTree(root)].map(([rel, entry]) => [rel, entry.type === 'file' ? { ...entry, mode: entry.mode & ~0o6000 } : entry]));
+}
+
+async function sourceTree(root: string): Promise<void> {
+  await mkdir(root, { recursive: true });
+  await buildFixtureTree(root);
+  // Enough data for many chunks: 24 files of 1 MiB, and one of 12 MiB.
+  for (let i = 0; i < 24; i++) await writeFile(path.join(root, `media-${i}.bin`), randomBytes(1 << 20));
+  await writeFile(path.join(root, 'large.bin'), randomBytes(12 << 20));
+}
+
+for (const storeKind of ['fs', 's3'] as const) {
+  describe(`backups in the environment's repository (${storeKind} store)`, () => {
+    let sandbox: Sandbox;
+    let source: string;
+    const args = () => ['--config', sandbox.configPath];
+
+    beforeAll(async () => {
+      sandbox = await createSandbox();
+      source = path.join(sandbox.dir, 'source');
+      await sourceTree(source);
+      const stores = storeKind === 's3' ? { defaultStore: 's3', stores: { s3: s3StoreConfig(await createTestBucket()) } } : {};
+      await sandbox.writeConfig({
+        ...stores,
+        environments: {
+          site: { ...filesEnv({ uploads: source }), repository: true },
+          copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }),
+        },
+      });
+    });
+    afterAll(() => sandbox.cleanup());
+
+    it('stores only new chunks, restores each generation byte for byte, and survives the deletion of the others', async () => {
+      const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      const element = first.elements[0]!;
+      expect(element).toMatchObject({ objects: [], compression: 'zstd', repository: { root: expect.stringMatching(/^[0-9a-f]{64}$/) } });
+      expect(element.sha256).toBeUndefined();
+      expect(element.repository!.newChunks).toBeGreaterThan(10);
+      const tree1 = restoredState(source);
+
+      // Unchanged: nothing new but the tree listing the same chunks.
+      const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      expect(second.elements[0]!.repository).toMatchObject({ root: element.repository!.root, newChunks: 0 });
+      expect(second.elements[0]!.storedBytes).toBe(0);
+
+      // One file appended to, one added: a few chunks, far less than the tree.
+      await appendFile(path.join(source, 'media-3.bin'), 'appended');
+      await writeFile(path.join(source, 'new.txt'), 'a new file');
+      const third = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      expect(third.elements[0]!.repository!.newChunks).toBeLessThanOrEqual(6);
+      expect(third.elements[0]!.storedBytes).toBeLessThan(element.storedBytes / 4);
+      const tree3 = restoredState(source);
+
+      const listed = await cliJson<{ id: string; authenticated: boolean }[]>([...args(), 'backup', 'list', 'site']);
+      expect(listed.map((b) => b.id).sort()).toEqual([first.id, second.id, third.id].sort());
+      expect((await cliJson<{ ok: boolean }>([...args(), 'backup', 'verify', 'site', first.id])).ok).toBe(true);
+
+      await cliJson([...args(), 'backup', 'restore', 'site', first.id, '--target', 'copy', '--yes']);
+      expect(restoredState(path.join(sandbox.dir, 'copy'))).toEqual(tree1);
+      expect((await cli([...args(), 'backup', 'delete', 'site', first.id, '--yes'])).exitCode).toBe(0);
+      await cliJson([...args(), 'backup', 'restore', 'site', third.id, '--target', 'copy', '--yes', '--no-safety-backup']);
+      expect(restoredState(path.join(sandbox.dir, 'copy'))).toEqual(tree3);
+    });
+
+    it('get writes a standard .tar.zst that zstd and tar open', async () => {
+      const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+      const out = path.join(sandbox.dir, 'download');
+      await mkdir(out, { recursive: true });
+      const got = await cliJson<{ path: string }>([...args(), 'backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', out]);
+      expect(path.basename(got.path)).toBe('uploads.tar.zst');
+      const extracted = path.join(sandbox.dir, 'extracted');
+      await mkdir(extracted);
+      await execa('bash', ['-c', 'zstd -dc "$0" | tar -xf - -C "$1"', got.path, extracted]);
+      // Buffer.equals: a deep toEqual of 12 MiB takes half a minute.
+      expect((await readFile(path.join(extracted, 'large.bin'))).equals(await readFile(path.join(source, 'large.bin')))).toBe(true);
+      expect(restoredState(extracted)).toEqual(restoredState(source));
+      const url = await cli([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads']);
+      expect(url.exitCode).not.toBe(0);
+      expect(url.stderr).toMatch(/repository.*backup get/);
+    });
+  });
+}
+
+describe('repository backups: archives from before, damage, databases', () => {
+  let sandbox: Sandbox;
+  let source: string;
+  let redis: TestRedis;
+  const args = () => ['--config', sandbox.configPath];
+  const server = mariadbServer();
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    source = path.join(sandbox.dir, 'source');
+    await sourceTree(source);
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    await redis?.stop();
+    await sandbox.cleanup();
+  });
+
+  it('restores a backup made before the repository was enabled, and one made after', async () => {
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: source }), copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }) } });
+    const archived = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    expect(archived.elements[0]!.objects.length).toBe(1);
+    await sandbox.writeConfig({ environments: { site: { ...filesEnv({ uploads: source }), repository: true }, copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }) } });
+    const chunked = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    expect(chunked.elements[0]!.repository).toBeDefined();
+    for (const id of [archived.id, chunked.id]) {
+      await cliJson([...args(), 'backup', 'restore', 'site', id, '--target', 'copy', '--yes', '--no-safety-backup']);
+      expect(restoredState(path.join(sandbox.dir, 'copy'))).toEqual(restoredState(source));
+    }
+  });
+
+  it('refuses a restore from a damaged pack with E_REPOSITORY_CORRUPT and leaves the target as it was', async () => {
+    await sandbox.writeConfig({ environments: { site: { ...filesEnv({ uploads: source }), repository: true }, copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }) } });
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const copy = path.join(sandbox.dir, 'copy');
+    const before = describeTree(copy);
+    const store = new FsObjectStore(path.join(sandbox.stateDir, 'backups'));
+    for await (const pack of store.list(packsPrefix('site'))) {
+      const bytes = await readFile(path.join(sandbox.stateDir, 'backups', pack.key));
+      bytes[bytes.length >> 1]! ^= 0xff;
+      await store.put(pack.key, Readable.from([bytes]));
+    }
+    const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'copy', '--yes', '--no-safety-backup', '--json']);
+    expect(restore.exitCode).toBe(5);
+    expect(restore.stderr).toContain('E_REPOSITORY_CORRUPT');
+    expect(describeTree(copy)).toEqual(before);
+    const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id, '--json']);
+    expect(verify.exitCode).not.toBe(0);
+    expect(verify.stdout + verify.stderr).toContain('E_REPOSITORY_CORRUPT');
+    expect(await readdir(copy)).not.toContain('.storage-agent-staging');
+  });
+
+  it('round-trips a MySQL database and Redis keys through the repository, consistent mode', async () => {
+    const root = await connect(server, { root: true });
+    const db = await createDatabase(root, 'repo');
+    await createFixture(root, db);
+    await fillAllTypes(redis, [0, 3]);
+    process.env.TEST_MYSQL_PASSWORD = server.password;
+    const services = { db: mysqlServiceConfig(server, [db], 'TEST_MYSQL_PASSWORD'), cache: { kind: 'redis', host: '127.0.0.1', port: redis.port } };
+    await sandbox.writeConfig({ environments: { shop: { services, repository: true } } });
+    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'shop']);
+    expect(manifest.elements.map((e) => [e.name, e.repository !== undefined])).toEqual([
+      ['db', true],
+      ['cache', true],
+    ]);
+    const rowsBefore = await checksums(root, db);
+    const keysBefore = await readAll(redis);
+    await root.query(`DELETE FROM \`${db}\`.child`);
+    await redis.client().flushall();
+    await cliJson([...args(), 'backup', 'restore', 'shop', manifest.id, '--yes', '--no-safety-backup']);
+    expect(await checksums(root, db)).toEqual(rowsBefore);
+    expect([...(await readAll(redis)).keys()].sort()).toEqual([...keysBefore.keys()].sort());
+    await root.end();
+  });
+});
+
+describe('prune collects the repository, and a prune killed at any phase leaves every remaining backup restorable', () => {
+  let sandbox: Sandbox;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+  });
+  afterAll(() => sandbox.cleanup());
+
+  /** Three generations of a tree; the first expires at once, the next two stay. */
+  async function generations(env: string) {
+    const source = path.join(sandbox.dir, env);
+    await mkdir(source, { recursive: true });
+    const envs = { [env]: { ...filesEnv({ uploads: source }), repository: true }, [`${env}-copy`]: filesEnv({ uploads: path.join(sandbox.dir, `${env}-copy`) }) };
+    await sandbox.writeConfig({ environments: envs });
+    await writeFile(path.join(source, 'gone.bin'), randomBytes(6 << 20));
+    await writeFile(path.join(source, 'kept.bin'), randomBytes(3 << 20));
+    const expiring = await cliJson<Manifest>([...args(), 'backup', 'create', env, '--keep-for', '1s']);
+    await rmFile(path.join(source, 'gone.bin'));
+    const kept: { id: string; state: ReturnType<typeof restoredState> }[] = [];
+    for (let i = 0; i < 2; i++) {
+      await writeFile(path.join(source, `new-${i}.bin`), randomBytes(2 << 20));
+      kept.push({ id: (await cliJson<Manifest>([...args(), 'backup', 'create', env])).id, state: restoredState(source) });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    return { expiring: expiring.id, kept };
+  }
+
+  async function restoresAll(env: string, kept: { id: string; state: ReturnType<typeof restoredState> }[]) {
+    for (const { id, state } of kept) {
+      await cliJson([...args(), 'backup', 'restore', env, id, '--target', `${env}-copy`, '--yes', '--no-safety-backup']);
+      expect(restoredState(path.join(sandbox.dir, `${env}-copy`))).toEqual(state);
+    }
+  }
+
+  it('deletes the packs only the pruned backup used, says so, and keeps the rest restorable', async () => {
+    const { expiring, kept } = await generations('gc');
+    const before = await storedBytes('gc');
+    const dry = await cliJson<{ deleted: { id: string }[]; repository: { deletedPacks: number; freedBytes: number } }>([...args(), 'backup', 'prune', 'gc', '--dry-run']);
+    expect(dry.deleted.map((d) => d.id)).toEqual([expiring]);
+    expect(dry.repository.freedBytes).toBeGreaterThan(5 << 20);
+    expect(await storedBytes('gc')).toBe(before);
+    const pruned = await cli([...args(), 'backup', 'prune', 'gc']);
+    expect(pruned.exitCode).toBe(0);
+    expect(pruned.stdout).toMatch(/repository: \d+ packs deleted .* freed/);
+    expect(await storedBytes('gc')).toBeLessThan(before - (5 << 20));
+    await restoresAll('gc', kept);
+  });
+
+  for (const phase of ['gc:repacked', 'gc:indexed', 'gc:indexes-deleted']) {
+    it(`killed at ${phase}: every remaining backup restores, and the next prune finishes`, async () => {
+      const env = `kill-${phase.split(':')[1]}`;
+      const { kept } = await generations(env);
+      await killCliAt(sandbox.dir, [...args(), 'backup', 'prune', env], phase);
+      await restoresAll(env, kept);
+      const again = await cliJson<{ repository: { deletedPacks: number } }>([...args(), 'backup', 'prune', env]);
+      expect(again.repository).toBeDefined();
+      await restoresAll(env, kept);
+    });
+  }
+
+  async function storedBytes(env: string): Promise<number> {
+    const store = new FsObjectStore(path.join(sandbox.stateDir, 'backups'));
+    let total = 0;
+    for await (const info of store.list(packsPrefix(env))) total += info.size;
+    return total;
+  }
+});
