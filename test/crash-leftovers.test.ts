@@ -96,6 +96,43 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     }
   });
 
+  it('with a daemon running, a CLI restore killed between two swaps is finished before the daemon\'s next job on the target, which is then not undone', async () => {
+    const write = async (dir: string, text: string) => {
+      await mkdir(dir, { recursive: true });
+      await writeFile(path.join(dir, 'data'), text);
+    };
+    const read = (dir: string) => readFile(path.join(dir, 'data'), 'utf8');
+    const [srcUp, srcAs, tgtUp, tgtAs] = ['src-up', 'src-as', 'tgt-up', 'tgt-as'].map((name) => path.join(sandbox.dir, 'mixed', name)) as [string, string, string, string];
+    await write(tgtUp, 'A');
+    await write(tgtAs, 'A');
+    const tokens = await writeTokens(sandbox);
+    await sandbox.writeConfig({
+      daemon: daemonSection(tokens),
+      environments: { src: filesEnv({ up: srcUp, as: srcAs }), tgt: filesEnv({ up: tgtUp, as: tgtAs }) },
+    });
+    await write(srcUp, 'B');
+    await write(srcAs, 'B');
+    const b = await cliJson<Manifest>([...args(), 'backup', 'create', 'src']);
+    await write(srcUp, 'C');
+    await write(srcAs, 'C');
+    const c = await cliJson<Manifest>([...args(), 'backup', 'create', 'src']);
+    const daemon = await startDaemon(sandbox.configPath);
+    try {
+      await killAt(sandbox, [...args(), 'backup', 'restore', 'src', b.id, '--target', 'tgt', '--yes', '--no-safety-backup'], 'restore:committed:up');
+      expect([await read(tgtUp), await read(tgtAs)]).toEqual(['B', 'A']); // the kill left it mixed
+      const remote = await cli([...args(), '--remote', daemon.url, '--token-file', tokens.adminFile, 'backup', 'restore', 'src', c.id, '--target', 'tgt', '--yes', '--no-safety-backup']);
+      expect(remote.exitCode).toBe(0);
+      const finished = await daemon.waitForLog('the roll-forward', (l) => /was finished: every element is the backup's now/.test(String(l.msg)));
+      expect(finished).toMatchObject({ target: 'tgt', backupId: b.id });
+      expect([await read(tgtUp), await read(tgtAs)]).toEqual(['C', 'C']);
+      expect((await cli([...args(), 'backup', 'list', 'src'])).exitCode).toBe(0);
+      expect([await read(tgtUp), await read(tgtAs)]).toEqual(['C', 'C']); // nothing left to roll forward over it
+      expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+    } finally {
+      await daemon.stop();
+    }
+  });
+
   it('a restore killed while staging into a missing parent removes its staging and the parents it made', async () => {
     const source = path.join(sandbox.dir, 'src2');
     await mkdir(source);

@@ -3,7 +3,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { toAgentError } from '../errors.ts';
+import { AgentError, toAgentError } from '../errors.ts';
 import { CrashJournal } from '../snapshot/crash-journal.ts';
 import type { StagedState } from '../snapshot/driver.ts';
 import { manifestKey } from '../snapshot/manifest.ts';
@@ -118,7 +118,7 @@ export interface RecoveredRestore {
 export async function recoverRestores(config: Config, logger: Logger, signal: AbortSignal): Promise<RecoveredRestore[]> {
   const recovered: RecoveredRestore[] = [];
   for (const { file, record } of await RestoreJournal.leftovers(config.stateDir)) {
-    const log = logger.child({ phase: 'recovery', env: record.env, target: record.target, backupId: record.backupId, jobId: record.jobId });
+    const log = recoveryLogger(logger, record);
     const lock = await tryLock(environmentLockFile(config.stateDir, record.target), {
       ...currentProcess(),
       program: 'cli',
@@ -127,18 +127,53 @@ export async function recoverRestores(config: Config, logger: Logger, signal: Ab
       since: new Date().toISOString(),
     }).catch(() => undefined);
     if (!lock?.held) {
-      log.warn('an interrupted restore waits for recovery, but its environment is busy: retried at the next start');
+      log.warn('an interrupted restore waits for recovery, but its environment is busy: the next job on it, or the next start, finishes it');
       continue;
     }
     try {
-      recovered.push(await recoverOne(config, RestoreJournal.adopt(config.stateDir, file, record), signal, log));
-    } catch (error) {
-      log.error({ err: toAgentError(error).message }, `could not finish what an interrupted restore of ${record.target} left; ${file} stays and the next start retries`);
+      const done = await recoverLogged(config, file, record, signal, log);
+      if (done) recovered.push(done);
     } finally {
       await lock.release().catch(() => {});
     }
   }
   return recovered;
+}
+
+/**
+ * The same, for one environment whose lock the caller holds: the job engine runs it before
+ * every job on `target`. A restore killed while another process (a daemon) was running would
+ * otherwise stay half swapped in until the next start, every job on the target seeing the mix
+ * — and a later restore's result undone when that start finally rolled the old one forward.
+ * A journal that cannot be finished now (a server down) fails the job: nothing runs on a
+ * target that is part old, part new.
+ */
+export async function recoverRestoresOf(config: Config, target: string, logger: Logger, signal: AbortSignal): Promise<RecoveredRestore[]> {
+  const recovered: RecoveredRestore[] = [];
+  for (const { file, record } of await RestoreJournal.leftovers(config.stateDir)) {
+    if (record.target !== target) continue;
+    const done = await recoverLogged(config, file, record, signal, recoveryLogger(logger, record));
+    if (!done) {
+      throw new AgentError('E_RESTORE_FAILED', `an interrupted restore of ${target} (backup ${record.backupId}) could not be finished or undone yet (see the log); ${file} stays, and every job on ${target} waits for it: fix the cause (a server down?) and retry`, {
+        details: { env: target, backupId: record.backupId },
+      });
+    }
+    recovered.push(done);
+  }
+  return recovered;
+}
+
+function recoveryLogger(logger: Logger, record: RestoreRecord): Logger {
+  return logger.child({ phase: 'recovery', env: record.env, target: record.target, backupId: record.backupId, jobId: record.jobId });
+}
+
+async function recoverLogged(config: Config, file: string, record: RestoreRecord, signal: AbortSignal, log: Logger): Promise<RecoveredRestore | undefined> {
+  try {
+    return await recoverOne(config, RestoreJournal.adopt(config.stateDir, file, record), signal, log);
+  } catch (error) {
+    log.error({ err: toAgentError(error).message }, `could not finish what an interrupted restore of ${record.target} left; ${file} stays and the next start retries`);
+    return undefined;
+  }
 }
 
 async function recoverOne(config: Config, journal: RestoreJournal, signal: AbortSignal, log: Logger): Promise<RecoveredRestore> {
