@@ -214,6 +214,19 @@ export function repositoryContract(name: string, makeStore: () => Promise<Object
       expect(await reader.collectGarbage([b.root], { repackUnused: 0.05, orphanAgeMs: 0 })).toMatchObject({ deletedPacks: 0, repackedPacks: 0 });
     });
 
+    it('merges many index objects into one, nothing else to collect', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+      const streams = [];
+      for (let i = 0; i < 18; i++) streams.push(await stored(repository, randomBytes(1 << 12)));
+      expect(await keysUnder(store, indexPrefix('shop'))).toHaveLength(18);
+      await repository.collectGarbage(streams.map((s) => s.root), { repackUnused: 0.05, orphanAgeMs: 0 });
+      expect(await keysUnder(store, indexPrefix('shop'))).toHaveLength(1);
+      const reader = await openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      for (const { root } of streams) expect((await buffer(reader.readStream(root))).length).toBe(1 << 12);
+    });
+
     it('a collection that stops at any store write leaves every live stream readable, and the next one finishes', async () => {
       const store = await makeStore();
       const keys = platformKey('k');

@@ -31,6 +31,9 @@ export interface CollectResult {
   replacedIndexes: number;
 }
 
+/** Index objects a repository may gather before prune merges them. */
+const MAX_INDEXES = 16;
+
 /** What collection needs of a repository. */
 export interface CollectableRepository {
   readonly env: string;
@@ -97,7 +100,9 @@ export async function collectGarbage(repository: CollectableRepository, liveRoot
     freedBytes: [...doomed].reduce((sum, p) => sum + stored.get(p)!.size, 0) + [...repack].reduce((sum, p) => sum + stored.get(p)!.size - byPack.get(p)!.liveBytes, 0),
     replacedIndexes: 0,
   };
-  if (options.dryRun || (doomed.size === 0 && repack.size === 0)) return result;
+  // Every backup adds an index object and every open reads them all: past a few, they are
+  // merged into one even when nothing else is to be done.
+  if (options.dryRun || (doomed.size === 0 && repack.size === 0 && oldIndexes.length <= MAX_INDEXES)) return result;
 
   // 1. Live blobs of mostly dead packs, copied sealed as they are (a blob is bound to its kind
   // and id, not to its place), into new packs.
