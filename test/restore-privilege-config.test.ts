@@ -1,10 +1,14 @@
-import { lstat, mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/agent/config.ts';
 import { createDriver } from '../src/agent/drivers.ts';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { cli, cliJson, createSandbox } from './support/cli.ts';
+import { checksums, connect, createDatabase, createFixture, definitions, leftoverDatabases, mariadbServer, mysqlServiceConfig, rows, uniqueName, type Definitions } from './support/mysql.ts';
 import { buildArchive } from './support/tree.ts';
 
 /** The config keys of issue #10's restore checks: their defaults, and values they refuse. */
@@ -49,6 +53,79 @@ describe('config: keepSetuid (files) and functions (redis)', () => {
       }
     } finally {
       await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+/** The GRANT lines of README's "MySQL privileges" (its ```sql block): the one account's documented grants. */
+async function documentedGrants(): Promise<string[]> {
+  const readme = await readFile(path.resolve(import.meta.dirname, '../README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('**MySQL privileges'));
+  const block = /```sql\n([\s\S]*?)```/.exec(section)?.[1];
+  expect(block, 'README has the grants in a sql block').toBeDefined();
+  return block!
+    .split('\n')
+    .map((line) => line.trim())
+    .filter(Boolean);
+}
+
+/** Definitions as a restore by `account` makes them: every DEFINER becomes it (CURRENT_USER). */
+function restoredBy(account: string, defs: Definitions): Definitions {
+  return JSON.parse(JSON.stringify(defs).replaceAll(/DEFINER=`[^`]*`@`[^`]*`/g, `DEFINER=\`${account}\`@\`127.0.0.1\``)) as Definitions;
+}
+
+describe('mysql: one account with exactly the README grants', () => {
+  it('backs up, and restores through the CLI with its safety backup; the restored routines run as it', async () => {
+    const server = mariadbServer();
+    const root = await connect(server, { root: true });
+    const sandbox = await createSandbox();
+    const shop = await createDatabase(root, 'sa_docgrants');
+    const account = uniqueName('sa_doc');
+    const passwordEnv = 'SA_TEST_DOC_GRANTS_PASSWORD';
+    process.env[passwordEnv] = randomBytes(12).toString('hex');
+    try {
+      await createFixture(root, shop);
+      await root.query('CREATE USER ?@? IDENTIFIED BY ?', [account, '127.0.0.1', process.env[passwordEnv]]);
+      const grants = await documentedGrants();
+      expect(grants).toHaveLength(3);
+      for (const grant of grants) {
+        // `shop` → this test's database, LIKE-escaped as the README's `shop\_\_sa\_%` is.
+        const sql = grant.replaceAll("'agent'@'localhost'", `'${account}'@'127.0.0.1'`).replaceAll('`shop', `\`${shop.replaceAll('_', '\\_')}`);
+        expect(sql).toMatch(/^GRANT [A-Z, ]+ ON (\*\.\*|`[^`]+`\.\*) TO '[^']+'@'127\.0\.0\.1';$/);
+        await root.query(sql);
+      }
+      await sandbox.writeConfig({ environments: { site: { services: { db: mysqlServiceConfig(server, [shop], passwordEnv, { user: account }) } } } });
+      const args = ['--config', sandbox.configPath];
+      const original = { sums: await checksums(root, shop), defs: await definitions(root, shop) };
+
+      const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'site']);
+      expect(manifest.elements[0]!.facts).toMatchObject({ databases: shop, binlogExact: true });
+      await root.query(
+        `USE \`${shop}\`; DELETE FROM child WHERE id = 2; UPDATE parent SET name = 'changed' WHERE id = 1; DROP VIEW rich_children; DROP PROCEDURE add_parent;
+         CREATE TABLE extra (x INT); USE information_schema`,
+      );
+      const changed = await checksums(root, shop);
+
+      // The default restore: a consistent safety backup of the target first, then stage and swap.
+      const restored = await cliJson<{ safetyBackup: { id: string; elements: string[] } }>([...args, 'backup', 'restore', 'site', manifest.id, '--yes']);
+      expect(restored.safetyBackup).toMatchObject({ id: expect.any(String), elements: ['db'] });
+      expect(await checksums(root, shop)).toEqual(original.sums);
+      expect(await definitions(root, shop)).toEqual(restoredBy(account, original.defs));
+      expect(await leftoverDatabases(root)).toEqual([]);
+      // The restored procedure (SQL SECURITY DEFINER) runs as the account, its triggers too.
+      await root.query(`CALL \`${shop}\`.add_parent(12, '  documented  ')`);
+      expect(await rows(root, `SELECT shout FROM \`${shop}\`.parent_names WHERE id = 12`)).toEqual([{ shout: 'DOCUMENTED' }]);
+      expect(await rows(root, `SELECT COUNT(*) AS n FROM \`${shop}\`.audit WHERE what LIKE 'parent 12%'`)).toEqual([{ n: 1 }]);
+
+      // The safety backup, taken by the same account, is the undo.
+      const undo = await cli([...args, 'backup', 'restore', 'site', restored.safetyBackup.id, '--yes', '--no-safety-backup']);
+      expect(undo.exitCode, undo.stderr).toBe(0);
+      expect(await checksums(root, shop)).toEqual(changed);
+    } finally {
+      await root.query('DROP USER IF EXISTS ?@?', [account, '127.0.0.1']).catch(() => {});
+      await root.query(`DROP DATABASE IF EXISTS \`${shop}\``).catch(() => {});
+      root.destroy();
+      await sandbox.cleanup();
     }
   });
 });

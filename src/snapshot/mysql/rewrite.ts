@@ -3,7 +3,7 @@ import { AgentError } from '../../errors.ts';
 import { quoteIdent } from './connection.ts';
 import { DUMP_TRAILER, parseDumpHeader } from './dump-format.ts';
 import type { Schema } from './swap.ts';
-import { SANDBOX_LINE, StatementPolicy, ValueScanner, unsafe } from './statement-check.ts';
+import { SANDBOX_LINES, StatementPolicy, ValueScanner, unsafe } from './statement-check.ts';
 
 /*
  * Lexer states. The lexer mirrors how the `mysql` client splits its input into statements:
@@ -437,7 +437,7 @@ export class StagingRewriter extends Transform {
     const whole = ends ? text.slice(0, -delimiter.length) : text;
     const suffix = ends ? delimiter : '';
     // mysqldump's first line is the MariaDB client's sandbox command, with no delimiter of its own.
-    const prefix = whole.startsWith(SANDBOX_LINE) ? SANDBOX_LINE : '';
+    const prefix = SANDBOX_LINES.find((line) => whole.startsWith(line)) ?? '';
     return `${prefix}${this.#rewriteStatement(whole.slice(prefix.length))}${suffix}`;
   }
 

@@ -17,6 +17,11 @@ interface Token {
   value: string;
   start: number;
   end: number;
+  /**
+   * Inside an executable comment the server may take for a comment: `/*M!` (MySQL skips it), or
+   * a version a supported server may not reach (above 5.7, or not five digits).
+   */
+  cond?: true;
 }
 
 export interface LexMode {
@@ -26,6 +31,10 @@ export interface LexMode {
 
 /** mysqldump's first line on MariaDB: a client command (`\-`) that turns the sandbox on. */
 export const SANDBOX_LINE = '/*M!999999\\- enable the sandbox mode */';
+/** That line, and its first form (`/*!`: MariaDB 10.5.25, 10.6.18, 10.11.8, 11.0.6, 11.1.5, 11.2.4, 11.4.2, May 2024). */
+export const SANDBOX_LINES = [SANDBOX_LINE, '/*!999999\\- enable the sandbox mode */'] as const;
+/** Executable comments up to this version run on every server a restore may load into. */
+const ALWAYS_RUN_VERSION = 50700;
 
 /** Character sets in which every byte below 0x80 is that ASCII character. */
 const SAFE_CHARSETS = new Set(['utf8mb4', 'utf8mb3', 'utf8', 'latin1', 'ascii', 'binary']);
@@ -38,7 +47,13 @@ const SESSION_VARIABLES = new Set([
   'unique_checks',
   'foreign_key_checks',
   'sql_notes',
+  // MariaDB ≥ 10.6.16 mysqldump: `SET @OLD_NOTE_VERBOSITY=@@NOTE_VERBOSITY, NOTE_VERBOSITY=0`, and back.
+  'note_verbosity',
 ]);
+/** sql_mode values that turn ANSI_QUOTES on (MariaDB's combination modes included). */
+const ANSI_QUOTES_MODES = ['ANSI_QUOTES', 'ANSI', 'DB2', 'MAXDB', 'MSSQL', 'ORACLE', 'POSTGRESQL'];
+/** sql_modes whose grammar this check does not follow: MSSQL quotes names in [ ], ORACLE has its own stored-program syntax. */
+const FOREIGN_GRAMMAR_MODES = ['MSSQL', 'ORACLE'];
 const OBJECT_KINDS = new Set(['TABLE', 'VIEW', 'TRIGGER', 'PROCEDURE', 'FUNCTION', 'EVENT']);
 /** What holds statements of its own (BEGIN … END and the like). */
 const BODY_KINDS = new Set(['TRIGGER', 'PROCEDURE', 'FUNCTION', 'EVENT']);
@@ -74,7 +89,7 @@ const BANNED_PAIRS: Record<string, Set<string>> = {
   DROP: new Set(['USER', 'ROLE', 'SERVER', 'DATABASE', 'SCHEMA', 'TABLESPACE']),
   ALTER: new Set(['USER', 'SERVER', 'DATABASE', 'SCHEMA', 'TABLESPACE']),
   RENAME: new Set(['USER', 'TABLE']),
-  SET: new Set(['PASSWORD', 'GLOBAL', 'ROLE', 'STATEMENT', 'NAMES', 'CHARSET', 'CHARACTER']),
+  SET: new Set(['PASSWORD', 'GLOBAL', 'ROLE', 'DEFAULT', 'STATEMENT', 'NAMES', 'CHARSET', 'CHARACTER']),
   EXECUTE: new Set(['IMMEDIATE']),
   LOAD: new Set(['DATA', 'XML', 'INDEX']),
   CHANGE: new Set(['MASTER', 'REPLICATION']),
@@ -87,13 +102,17 @@ const REMOTE_ENGINES = new Set(['CONNECT', 'FEDERATED', 'FEDERATEDX', 'SPIDER', 
 /**
  * Splits one statement into tokens. The content of executable comments (`/*!50003 … *\/`,
  * `/*M! … *\/`) is code: the server runs it, so it is checked like the rest (a version above
- * the server's makes it a comment there: checking it anyway is only stricter). Plain comments
- * are dropped. A backslash outside a string is refused: only client commands start with one.
+ * the server's makes it a comment there: checking it anyway is only stricter; tokens the
+ * server may skip are marked `cond`, since whether they run decides where a stored program's
+ * statements start). Plain comments are dropped. A backslash outside a string is refused: only
+ * client commands start with one.
  */
 function tokenize(text: string, mode: LexMode): Token[] {
   const tokens: Token[] = [];
   let i = 0;
   let versioned = false;
+  let cond = false;
+  const push = (token: Token) => tokens.push(cond ? { ...token, cond: true } : token);
   const n = text.length;
   while (i < n) {
     const c = text[i]!;
@@ -103,10 +122,12 @@ function tokenize(text: string, mode: LexMode): Token[] {
       const nl = text.indexOf('\n', i);
       i = nl < 0 ? n : nl + 1;
     } else if (c === '/' && text[i + 1] === '*') {
-      const exec = /^\/\*M?!\d*/.exec(text.slice(i, i + 12));
+      const exec = /^\/\*(M?)!(\d*)/.exec(text.slice(i, i + 12));
       if (exec) {
         if (versioned) throw unsafe('it nests executable comments', text);
         versioned = true;
+        const version = exec[2]!;
+        cond = exec[1] === 'M' || (version !== '' && (version.length !== 5 || Number(version) > ALWAYS_RUN_VERSION));
         i += exec[0].length;
       } else {
         const close = text.indexOf('*/', i + 2);
@@ -114,14 +135,15 @@ function tokenize(text: string, mode: LexMode): Token[] {
       }
     } else if (c === '*' && text[i + 1] === '/' && versioned) {
       versioned = false;
+      cond = false;
       i += 2;
     } else if (c === "'" || (c === '"' && !mode.ansiQuotes)) {
       const end = stringEnd(text, i, c, !mode.noBackslashEscapes);
-      tokens.push({ type: 'string', value: text.slice(i, end), start: i, end });
+      push({ type: 'string', value: text.slice(i, end), start: i, end });
       i = end;
     } else if (c === '`' || c === '"') {
       const end = identEnd(text, i, c);
-      tokens.push({ type: 'ident', value: text.slice(i + 1, end - 1).replaceAll(c + c, c), start: i, end });
+      push({ type: 'ident', value: text.slice(i + 1, end - 1).replaceAll(c + c, c), start: i, end });
       i = end;
     } else if (c === '@') {
       let end = i + 1;
@@ -129,7 +151,7 @@ function tokenize(text: string, mode: LexMode): Token[] {
       const q = text[end];
       if (q === '`' || q === "'" || q === '"') end = q === '`' ? identEnd(text, end, q) : stringEnd(text, end, q, !mode.noBackslashEscapes);
       else while (end < n && /[A-Za-z0-9_$.]/.test(text[end]!)) end++;
-      tokens.push({ type: 'var', value: text.slice(i, end), start: i, end });
+      push({ type: 'var', value: text.slice(i, end), start: i, end });
       i = end;
     } else if (/[0-9]/.test(c) || (c === '.' && /[0-9]/.test(text[i + 1] ?? '') && !isName(tokens.at(-1)))) {
       // A name may start with a digit (`9db`): what is more than a number is a word, and a dot
@@ -137,12 +159,12 @@ function tokenize(text: string, mode: LexMode): Token[] {
       const number = NUMBER.exec(text.slice(i, i + 400))?.[0];
       let end = i + (number?.length ?? 0);
       if (number === undefined) while (end < n && /[0-9A-Za-z_$\x80-\xff]/.test(text[end]!)) end++;
-      tokens.push({ type: number === undefined ? 'word' : 'number', value: text.slice(i, end).toUpperCase(), start: i, end });
+      push({ type: number === undefined ? 'word' : 'number', value: text.slice(i, end).toUpperCase(), start: i, end });
       i = end;
     } else if (/[A-Za-z_$\x80-\xff]/.test(c)) {
       let end = i + 1;
       while (end < n && /[A-Za-z0-9_$\x80-\xff]/.test(text[end]!)) end++;
-      tokens.push({ type: 'word', value: text.slice(i, end).toUpperCase(), start: i, end });
+      push({ type: 'word', value: text.slice(i, end).toUpperCase(), start: i, end });
       i = end;
     } else if (c === '\\') {
       throw unsafe('it has a client command (a backslash outside a string)', text);
@@ -150,7 +172,7 @@ function tokenize(text: string, mode: LexMode): Token[] {
       // Control bytes mean nothing in SQL; a NUL may end the query early for the server.
       throw unsafe(`it has the control byte 0x${c.charCodeAt(0).toString(16)} outside a string`, text);
     } else {
-      tokens.push({ type: 'punct', value: c, start: i, end: i + 1 });
+      push({ type: 'punct', value: c, start: i, end: i + 1 });
       i++;
     }
   }
@@ -220,7 +242,7 @@ export class StatementPolicy {
 
   get mode(): LexMode {
     const modes = this.#sqlMode.toUpperCase().split(',');
-    return { noBackslashEscapes: modes.includes('NO_BACKSLASH_ESCAPES'), ansiQuotes: modes.includes('ANSI_QUOTES') || modes.includes('ANSI') };
+    return { noBackslashEscapes: modes.includes('NO_BACKSLASH_ESCAPES'), ansiQuotes: ANSI_QUOTES_MODES.some((m) => modes.includes(m)) };
   }
 
   /** One statement without its delimiter: returns it as it is to be run, or throws E_UNSAFE_ARCHIVE_ENTRY. */
@@ -250,8 +272,14 @@ export class StatementPolicy {
         throw unsafe(`${first.value} is not a statement mysqldump writes`, statement);
     }
     // Under another DELIMITER a `;` ends a statement for the server (the client sends several
-    // at once): only a routine, trigger or event body holds statements.
-    if (!BODY_KINDS.has(createdKind(tokens) ?? '')) this.noSecondStatement(statement);
+    // at once): only a routine, trigger or event body holds statements, and each of them must
+    // be one a stored program may hold (it runs as the restoring account, later, whoever calls it).
+    const body = bodyStart(tokens, statement);
+    if (body === undefined) this.noSecondStatement(statement);
+    else {
+      if (tokens.some((t) => t.cond)) throw unsafe('a stored program holds an executable comment some servers skip (/*M!…*/, or a version above 5.7): where its statements start would depend on the server', statement);
+      new BodyCheck(tokens, statement).run(body);
+    }
     return this.#names(tokens, statement);
   }
 
@@ -348,7 +376,7 @@ export class StatementPolicy {
           const setting = value.type === 'var' ? this.#saved.get(value.value.toLowerCase()) : value.type === 'word' && value.value === 'DEFAULT' ? undefined : literal(value);
           if (name === 'sql_mode' || name === 'character_set_client') {
             if (setting === undefined) throw unsafe(`it sets ${name} to a value not known before the server runs it`, statement);
-            if (name === 'sql_mode') this.#sqlMode = setting;
+            if (name === 'sql_mode') this.#sqlMode = checkSqlMode(setting, value, statement);
             else if (!SAFE_CHARSETS.has(setting.toLowerCase())) throw unsafe('it sets a character set whose multibyte characters can hide quotes', statement);
             else this.#charset = setting.toLowerCase();
           }
@@ -364,6 +392,12 @@ export class StatementPolicy {
 
 /** CREATE [OR REPLACE] [ALGORITHM=…] [DEFINER=…] [SQL SECURITY …] [AGGREGATE] <kind>. */
 function createdKind(tokens: Token[]): string | undefined {
+  const at = kindAt(tokens);
+  return at === undefined ? undefined : tokens[at]!.value;
+}
+
+/** Where createdKind's word is. */
+function kindAt(tokens: Token[]): number | undefined {
   let k = 1;
   if (tokens[k]?.value === 'OR' && tokens[k + 1]?.value === 'REPLACE') k += 2;
   for (;;) {
@@ -376,7 +410,350 @@ function createdKind(tokens: Token[]): string | undefined {
       k = end + 1;
     } else if (t.value === 'SQL' && tokens[k + 1]?.value === 'SECURITY') k += 3;
     else if (t.value === 'AGGREGATE') k++;
-    else return t.value;
+    else return k;
+  }
+}
+
+/**
+ * A sql_mode value: mode names only (the server takes a number as a bit mask: `4` is
+ * ANSI_QUOTES), none whose grammar the check does not follow.
+ */
+function checkSqlMode(setting: string, value: Token, statement: string): string {
+  if (value.type === 'number' || !/^[A-Za-z_,]*$/.test(setting)) throw unsafe('it sets sql_mode to something other than mode names', statement);
+  const foreign = setting.toUpperCase().split(',').find((m) => FOREIGN_GRAMMAR_MODES.includes(m));
+  if (foreign !== undefined) throw unsafe(`it sets sql_mode ${foreign}, whose grammar a restore does not check`, statement);
+  return setting;
+}
+
+/*
+ * Stored programs (issue #10). A restored routine, trigger or event runs as the restoring
+ * account (its DEFINER is CURRENT_USER), which also backs up and so holds global RELOAD,
+ * PROCESS, BINLOG MONITOR and SELECT: a body of `RESET MASTER` would delete every binary log
+ * for any caller allowed to EXECUTE it, an event would do it by itself. So a body is walked
+ * statement by statement, the way the server splits it (BEGIN … END, IF/CASE/LOOP/WHILE/REPEAT/
+ * FOR, handlers), and every statement in it must be one of what a stored program holds to work
+ * on its own database's data: an allow-list, not a list of what is dangerous.
+ */
+
+/** Statements a body may hold as they are. */
+const BODY_STATEMENTS = new Set([
+  'SELECT',
+  'WITH',
+  'INSERT',
+  'REPLACE',
+  'UPDATE',
+  'DELETE',
+  'CALL',
+  'SET',
+  'DO',
+  'RETURN',
+  'LEAVE',
+  'ITERATE',
+  'OPEN',
+  'FETCH',
+  'CLOSE',
+  'SIGNAL',
+  'RESIGNAL',
+  'COMMIT',
+  'ROLLBACK',
+  'SAVEPOINT',
+  'TRUNCATE',
+]);
+/** Words that end a statement list: never a statement's first word. */
+const BODY_CLOSERS = new Set(['END', 'ELSE', 'ELSEIF', 'WHEN', 'UNTIL']);
+/** What an END names: `END IF`, `END LOOP` … */
+const LOOP_WORDS = new Set(['IF', 'CASE', 'LOOP', 'WHILE', 'REPEAT', 'FOR']);
+
+/** Statements a body may hold with these words next: DDL on tables, transactions, diagnostics. */
+function bodyStatementAllowed(tokens: Token[], k: number): boolean {
+  const word = (at: number) => (tokens[at]?.type === 'word' ? tokens[at]!.value : undefined);
+  const first = word(k);
+  if (first === undefined) return tokens[k]?.type === 'punct' && tokens[k]!.value === '('; // (SELECT …) UNION …
+  if (BODY_STATEMENTS.has(first)) return true;
+  let next = k + 1;
+  const skip = (...words: string[]) => {
+    while (words.includes(word(next) ?? '')) next++;
+  };
+  switch (first) {
+    case 'START':
+      return word(next) === 'TRANSACTION';
+    case 'RELEASE':
+      return word(next) === 'SAVEPOINT';
+    case 'GET':
+      skip('CURRENT', 'STACKED');
+      return word(next) === 'DIAGNOSTICS';
+    case 'CREATE':
+      if (word(next) === 'OR' && word(next + 1) === 'REPLACE') next += 2;
+      skip('TEMPORARY', 'UNIQUE', 'FULLTEXT', 'SPATIAL');
+      return word(next) === 'TABLE' || word(next) === 'INDEX';
+    case 'DROP':
+      skip('TEMPORARY');
+      return word(next) === 'TABLE' || word(next) === 'INDEX';
+    case 'ALTER':
+      skip('ONLINE', 'IGNORE');
+      return word(next) === 'TABLE';
+    case 'ANALYZE':
+    case 'OPTIMIZE':
+      skip('NO_WRITE_TO_BINLOG', 'LOCAL');
+      return word(next) === 'TABLE';
+    default:
+      return false;
+  }
+}
+
+/**
+ * Where the body of a CREATE PROCEDURE/FUNCTION/TRIGGER/EVENT (or ALTER EVENT … DO) starts;
+ * undefined for a statement without one. The header is read strictly: what we skip as header
+ * must be header for the server too, or a statement could hide in it.
+ */
+function bodyStart(tokens: Token[], statement: string): number | undefined {
+  const first = tokens[0]!.value;
+  const at = first === 'ALTER' ? 1 : first === 'CREATE' ? kindAt(tokens) : undefined;
+  const kind = at === undefined ? undefined : tokens[at]?.value;
+  if (at === undefined || kind === undefined || !BODY_KINDS.has(kind) || tokens[at]!.type !== 'word') return undefined;
+  const fail = (why: string): never => {
+    throw unsafe(`its ${kind.toLowerCase()} header ${why}`, statement);
+  };
+  const word = (k: number) => (tokens[k]?.type === 'word' ? tokens[k]!.value : undefined);
+  const expect = (k: number, ...words: string[]) => {
+    if (!words.includes(word(k) ?? '')) fail(`has no ${words.join('/')} where one belongs`);
+    return k + 1;
+  };
+  const name = (k: number) => {
+    if (!isName(tokens[k])) fail('names no object');
+    return tokens[k + 1]?.value === '.' && tokens[k + 1]!.type === 'punct' && isName(tokens[k + 2]) ? k + 3 : k + 1;
+  };
+  const header = (end: number) => {
+    if (tokens.slice(0, end).some((t) => t.type === 'punct' && t.value === ';')) fail('holds a ";"');
+    return end;
+  };
+  if (kind === 'EVENT') {
+    // The schedule is expressions; DO is reserved, so its first DO starts the body.
+    const k = tokens.findIndex((t, i) => i > at && t.type === 'word' && t.value === 'DO');
+    if (k < 0) return first === 'ALTER' ? undefined : fail('has no DO');
+    return header(k + 1);
+  }
+  if (first === 'ALTER') return undefined; // ALTER PROCEDURE/FUNCTION change characteristics only
+  let k = at + 1;
+  if (word(k) === 'IF' && word(k + 1) === 'NOT' && word(k + 2) === 'EXISTS') k += 3;
+  k = name(k);
+  if (kind === 'TRIGGER') {
+    k = expect(k, 'BEFORE', 'AFTER');
+    k = expect(k, 'INSERT', 'UPDATE', 'DELETE');
+    k = name(expect(k, 'ON'));
+    k = expect(expect(expect(k, 'FOR'), 'EACH'), 'ROW');
+    if (word(k) === 'FOLLOWS' || word(k) === 'PRECEDES') k = name(k + 1);
+    return header(k);
+  }
+  // PROCEDURE / FUNCTION: (parameters) [RETURNS type] characteristics.
+  if (tokens[k]?.value !== '(' || tokens[k]!.type !== 'punct') fail('has no parameter list');
+  k = closingParen(tokens, k, statement) + 1;
+  if (kind === 'FUNCTION') k = skipType(tokens, expect(k, 'RETURNS'), fail);
+  for (;;) {
+    const w = word(k);
+    if (w === 'COMMENT' && tokens[k + 1]?.type === 'string') k += 2;
+    else if (w === 'DETERMINISTIC') k++;
+    else if ((w === 'LANGUAGE' || w === 'CONTAINS' || w === 'NO') && word(k + 1) === 'SQL') k += 2;
+    else if (w === 'NOT' && word(k + 1) === 'DETERMINISTIC') k += 2;
+    else if ((w === 'READS' || w === 'MODIFIES') && word(k + 1) === 'SQL' && word(k + 2) === 'DATA') k += 3;
+    else if (w === 'SQL' && word(k + 1) === 'SECURITY' && (word(k + 2) === 'DEFINER' || word(k + 2) === 'INVOKER')) k += 3;
+    else return header(k);
+  }
+}
+
+/** A function's return type, as SHOW CREATE FUNCTION writes it: `decimal(30,10)`, `varchar(20) CHARSET utf8mb4 COLLATE …`. */
+function skipType(tokens: Token[], k: number, fail: (why: string) => never): number {
+  const word = (at: number) => (tokens[at]?.type === 'word' ? tokens[at]!.value : undefined);
+  if (word(k) === undefined) fail('has no return type');
+  k++;
+  if (['PRECISION', 'VARYING', 'CHAR', 'CHARACTER', 'VARCHAR', 'VARBINARY'].includes(word(k) ?? '')) k++;
+  if (tokens[k]?.type === 'punct' && tokens[k]!.value === '(') {
+    const close = closingParen(tokens, k, '');
+    if (tokens.slice(k + 1, close).some((t) => !(t.type === 'number' || t.type === 'string' || (t.type === 'punct' && t.value === ',')))) fail('has a return type with more than a length');
+    k = close + 1;
+  }
+  for (;;) {
+    const w = word(k);
+    if (w === 'UNSIGNED' || w === 'SIGNED' || w === 'ZEROFILL' || w === 'BINARY' || w === 'ASCII' || w === 'UNICODE' || w === 'BYTE') k++;
+    else if ((w === 'CHARSET' || w === 'COLLATE') && (isName(tokens[k + 1]) || tokens[k + 1]?.type === 'string')) k += 2;
+    else if ((w === 'CHARACTER' || w === 'CHAR') && word(k + 1) === 'SET' && (isName(tokens[k + 2]) || tokens[k + 2]?.type === 'string')) k += 3;
+    else return k;
+  }
+}
+
+/** The `)` closing the `(` at k. */
+function closingParen(tokens: Token[], k: number, statement: string): number {
+  let depth = 0;
+  for (let i = k; i < tokens.length; i++) {
+    const t = tokens[i]!;
+    if (t.type !== 'punct') continue;
+    if (t.value === '(') depth++;
+    else if (t.value === ')' && --depth === 0) return i;
+    else if (t.value === ';') break;
+  }
+  throw unsafe('its parentheses do not close', statement);
+}
+
+/** Walks a stored program's body (see above): refuses any statement outside the allow-list. */
+class BodyCheck {
+  readonly #tokens: Token[];
+  readonly #statement: string;
+
+  constructor(tokens: Token[], statement: string) {
+    this.#tokens = tokens;
+    this.#statement = statement;
+  }
+
+  /** The body from k: one statement, ending the text. */
+  run(k: number): void {
+    k = this.#one(k);
+    if (k !== this.#tokens.length) this.#fail('its body goes on after its statement (a second statement after a ";")');
+  }
+
+  #fail(why: string): never {
+    throw unsafe(why, this.#statement);
+  }
+
+  #word(k: number): string | undefined {
+    const t = this.#tokens[k];
+    return t?.type === 'word' ? t.value : undefined;
+  }
+
+  #punct(k: number, value: string): boolean {
+    const t = this.#tokens[k];
+    return t?.type === 'punct' && t.value === value;
+  }
+
+  /** One statement from k; returns where it ends (its `;`, the text's end, or after END …). */
+  #one(k: number): number {
+    const t = this.#tokens[k];
+    if (t === undefined) this.#fail('a stored program has a statement missing');
+    let labelled = false;
+    if (isName(t) && this.#punct(k + 1, ':') && !this.#punct(k + 2, '=')) {
+      k += 2;
+      labelled = true;
+    }
+    const word = this.#word(k);
+    switch (word) {
+      case 'BEGIN':
+        k++;
+        if (this.#word(k) === 'NOT' && this.#word(k + 1) === 'ATOMIC') k += 2;
+        return this.#label(this.#list(k, ['END']) + 1);
+      case 'LOOP':
+        return this.#label(this.#end(this.#list(k + 1, ['END']), 'LOOP'));
+      case 'WHILE':
+      case 'FOR':
+        return this.#label(this.#end(this.#list(this.#until(k + 1, 'DO') + 1, ['END']), word));
+      case 'REPEAT':
+        return this.#label(this.#end(this.#until(this.#list(k + 1, ['UNTIL']) + 1, 'END'), 'REPEAT'));
+    }
+    if (labelled) this.#fail('a label is on something other than a block or a loop');
+    switch (word) {
+      case 'IF': {
+        k = this.#until(k + 1, 'THEN');
+        for (;;) {
+          k = this.#list(k + 1, ['ELSEIF', 'ELSE', 'END']);
+          if (this.#word(k) === 'ELSEIF') k = this.#until(k + 1, 'THEN');
+          else break;
+        }
+        if (this.#word(k) === 'ELSE') k = this.#list(k + 1, ['END']);
+        return this.#end(k, 'IF');
+      }
+      case 'CASE':
+        k++;
+        if (this.#word(k) !== 'WHEN') k = this.#until(k, 'WHEN');
+        while (this.#word(k) === 'WHEN') k = this.#list(this.#until(k + 1, 'THEN') + 1, ['WHEN', 'ELSE', 'END']);
+        if (this.#word(k) === 'ELSE') k = this.#list(k + 1, ['END']);
+        return this.#end(k, 'CASE');
+      case 'DECLARE':
+        return this.#declare(k + 1);
+    }
+    if (!bodyStatementAllowed(this.#tokens, k)) {
+      const what = this.#statement.slice(this.#tokens[k]!.start, (this.#tokens[k + 1] ?? this.#tokens[k]!).end);
+      this.#fail(`a stored program holds "${what} …", not a statement a restored stored program may run (it would run as the restoring account)`);
+    }
+    return this.#simple(k);
+  }
+
+  /** Statements, each ending with `;`, up to one of `closers`: returns the closer's index. */
+  #list(k: number, closers: string[]): number {
+    for (;;) {
+      const word = this.#word(k);
+      if (word !== undefined && closers.includes(word)) return k;
+      if (word !== undefined && BODY_CLOSERS.has(word)) this.#fail(`a stored program has ${word} where it closes nothing`);
+      if (k >= this.#tokens.length) this.#fail('a stored program has a block that does not end');
+      k = this.#one(k);
+      if (!this.#punct(k, ';')) this.#fail('a stored program has a statement in a block not ended by ";"');
+      k++;
+    }
+  }
+
+  /** A simple statement: it ends at the next `;` (none is inside one) or with the text. */
+  #simple(k: number): number {
+    while (k < this.#tokens.length && !this.#punct(k, ';')) k++;
+    return k;
+  }
+
+  /** Skips an expression up to `word` (outside parentheses and CASE … END): returns its index. */
+  #until(k: number, word: string): number {
+    let depth = 0;
+    let cases = 0;
+    for (; k < this.#tokens.length; k++) {
+      const t = this.#tokens[k]!;
+      if (t.type === 'punct') {
+        if (t.value === '(') depth++;
+        else if (t.value === ')') depth--;
+        else if (t.value === ';') break;
+        if (depth < 0) break;
+      } else if (t.type === 'word') {
+        if (t.value === 'CASE') cases++;
+        else if (t.value === 'END' && cases > 0) cases--;
+        else if (t.value === word && depth === 0 && cases === 0) return k;
+      }
+    }
+    return this.#fail(`a stored program has a condition without its ${word}`);
+  }
+
+  /** END <kind> at k: returns the index after it. */
+  #end(k: number, kind: string): number {
+    if (this.#word(k) !== 'END' || this.#word(k + 1) !== kind) this.#fail(`a stored program has a ${kind} without its END ${kind}`);
+    return k + 2;
+  }
+
+  /** An optional label after END of a block or loop (never a word that opens or closes one). */
+  #label(k: number): number {
+    const t = this.#tokens[k];
+    return isName(t) && !(t.type === 'word' && (BODY_CLOSERS.has(t.value) || LOOP_WORDS.has(t.value))) ? k + 1 : k;
+  }
+
+  /** DECLARE …: variables, conditions, cursors over a query, handlers (whose statement is checked). */
+  #declare(k: number): number {
+    const first = this.#word(k);
+    if ((first === 'CONTINUE' || first === 'EXIT' || first === 'UNDO') && this.#word(k + 1) === 'HANDLER') {
+      if (this.#word(k + 2) !== 'FOR') this.#fail('a stored program has a handler without FOR');
+      k += 3;
+      for (;;) {
+        const t = this.#tokens[k];
+        if (this.#word(k) === 'SQLSTATE') {
+          k += this.#word(k + 1) === 'VALUE' ? 2 : 1;
+          if (this.#tokens[k]?.type !== 'string') this.#fail('a stored program has a handler for an SQLSTATE without its value');
+          k++;
+        } else if (this.#word(k) === 'NOT' && this.#word(k + 1) === 'FOUND') k += 2;
+        else if (t?.type === 'number' || isName(t)) k++;
+        else this.#fail('a stored program has a handler for no condition');
+        if (!this.#punct(k, ',')) break;
+        k++;
+      }
+      return this.#one(k);
+    }
+    if (isName(this.#tokens[k]) && this.#word(k + 1) === 'CURSOR') {
+      k += 2;
+      if (this.#punct(k, '(')) k = closingParen(this.#tokens, k, this.#statement) + 1;
+      if (this.#word(k) !== 'FOR' || !(this.#word(k + 1) === 'SELECT' || this.#word(k + 1) === 'WITH' || this.#punct(k + 1, '('))) {
+        this.#fail('a stored program declares a cursor that is not over a SELECT');
+      }
+    }
+    return this.#simple(k);
   }
 }
 
