@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { appendFile, mkdir, readdir, readFile, rm as rmFile, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, link, mkdir, readdir, readFile, rename, rm as rmFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { execa } from 'execa';
@@ -32,11 +32,14 @@ for (const storeKind of ['fs', 's3'] as const) {
     let source: string;
     const args = () => ['--config', sandbox.configPath];
 
+    let stores: Record<string, unknown> = {};
+    const currentStores = async () => stores;
+
     beforeAll(async () => {
       sandbox = await createSandbox();
       source = path.join(sandbox.dir, 'source');
       await sourceTree(source);
-      const stores = storeKind === 's3' ? { defaultStore: 's3', stores: { s3: s3StoreConfig(await createTestBucket()) } } : {};
+      stores = storeKind === 's3' ? { defaultStore: 's3', stores: { s3: s3StoreConfig(await createTestBucket()) } } : {};
       await sandbox.writeConfig({
         ...stores,
         environments: {
@@ -77,6 +80,43 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect((await cli([...args(), 'backup', 'delete', 'site', first.id, '--yes'])).exitCode).toBe(0);
       await cliJson([...args(), 'backup', 'restore', 'site', third.id, '--target', 'copy', '--yes', '--no-safety-backup']);
       expect(restoredState(path.join(sandbox.dir, 'copy'))).toEqual(tree3);
+    });
+
+    it('reads only what changed since the parent snapshot, and every change restores', async () => {
+      const tree = path.join(sandbox.dir, 'parented');
+      await mkdir(path.join(tree, 'dir'), { recursive: true });
+      for (let i = 0; i < 20; i++) await writeFile(path.join(tree, 'dir', `f${i}.txt`), `file ${i}\n`.repeat(100 * (i + 1)));
+      await writeFile(path.join(tree, 'big.bin'), randomBytes(3 << 20));
+      await writeFile(path.join(tree, 'linked'), 'two names');
+      await link(path.join(tree, 'linked'), path.join(tree, 'linked-too'));
+      await sandbox.writeConfig({
+        ...(await currentStores()),
+        environments: {
+          site: { ...filesEnv({ uploads: source }), repository: true },
+          parented: { ...filesEnv({ uploads: tree }), repository: true },
+          copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }),
+        },
+      });
+      const facts = (m: Manifest) => m.elements[0]!.facts;
+      const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'parented']);
+      expect(facts(first)).toMatchObject({ files: 22, hardlinks: 1, unchangedFiles: 0 });
+      const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'parented']);
+      // Every file linked once is taken from the parent unread; the hard-linked pair is read.
+      expect(facts(second)).toMatchObject({ files: 22, unchangedFiles: 21 });
+      expect(second.elements[0]!.repository).toMatchObject({ root: first.elements[0]!.repository!.root, files: first.elements[0]!.repository!.files, newChunks: 0 });
+
+      await appendFile(path.join(tree, 'dir', 'f3.txt'), 'appended');
+      await chmod(path.join(tree, 'dir', 'f4.txt'), 0o600); // same content, new ctime and mode
+      await rename(path.join(tree, 'dir', 'f5.txt'), path.join(tree, 'dir', 'f5-renamed.txt'));
+      await rmFile(path.join(tree, 'dir', 'f6.txt'));
+      await writeFile(path.join(tree, 'dir', 'added.txt'), 'new');
+      const third = await cliJson<Manifest>([...args(), 'backup', 'create', 'parented']);
+      // f3 (content), f4 (mode), f5-renamed and added.txt are read; the 17 others are not.
+      expect(facts(third)).toMatchObject({ files: 22, unchangedFiles: 17 });
+      await cliJson([...args(), 'backup', 'restore', 'parented', third.id, '--target', 'copy', '--yes', '--no-safety-backup']);
+      expect(restoredState(path.join(sandbox.dir, 'copy'))).toEqual(restoredState(tree));
+      await cliJson([...args(), 'backup', 'restore', 'parented', first.id, '--target', 'copy', '--yes', '--no-safety-backup']);
+      expect(await readFile(path.join(sandbox.dir, 'copy', 'dir', 'f6.txt'), 'utf8')).toBe('file 6\n'.repeat(700));
     });
 
     it('get writes a standard .tar.zst that zstd and tar open', async () => {

@@ -15,6 +15,7 @@ import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { openRepository, type Repository } from '../transport/repository/repository.ts';
+import { catalogOf, loadParent, NO_PARENT, repositoryItems, type ParentSnapshot } from '../snapshot/files/parent-snapshot.ts';
 import { reportOrphanUploadsAborted } from '../transport/store-telemetry.ts';
 import { putSegmented } from '../transport/segments.ts';
 import { backupObjectKeys, deleteBackup, listBackups, type WrittenManifest } from './catalog.ts';
@@ -73,11 +74,15 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   // A safety backup keeps whatever part of the target exists (some of a service's databases).
   const partial = options.trigger === 'safety';
   const previous = await previousElementSizes(ctx.config.stateDir, env);
+  // Files elements into a repository skip what their parent snapshot holds unchanged; read
+  // now, before any freeze.
+  const parents = repository ? await parentSnapshots(ctx, store, env, repository, services) : new Map<string, ParentSnapshot>();
   const plan = services.map(([name, service]) => ({
     name,
     partial,
     driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }),
     previousBytes: previous.get(name),
+    parent: parents.get(name),
   }));
   const captures: Started[] = [];
   try {
@@ -145,12 +150,15 @@ interface Planned {
   partial: boolean;
   /** The element's raw size in this node's last backup of the environment: the progress total where the driver has no estimate. */
   previousBytes: number | undefined;
+  /** A files element into a repository: the parent snapshot (NO_PARENT for the first). */
+  parent: ParentSnapshot | undefined;
 }
 interface Started {
   name: string;
   driver: ServiceDriver;
   capture: Capture;
   previousBytes: number | undefined;
+  parent: ParentSnapshot | undefined;
 }
 interface Captured {
   elements: ElementRecord[];
@@ -226,6 +234,32 @@ async function captureConsistent(ctx: OperationContext, destination: Destination
 }
 
 /**
+ * The parent snapshot of each files service: its element in the newest restorable backup of the
+ * environment that has a catalog for it. None (NO_PARENT) the first time, or when the parent
+ * cannot be read: the backup then reads every file, as a first one does, and says so.
+ */
+async function parentSnapshots(ctx: OperationContext, store: ObjectStore, env: string, repository: Repository, services: [string, { kind: string }][]): Promise<Map<string, ParentSnapshot>> {
+  const parents = new Map<string, ParentSnapshot>();
+  const files = services.filter(([, service]) => service.kind === 'files').map(([name]) => name);
+  if (files.length === 0) return parents;
+  const listed = await listBackups(store, env, await loadKeyRing(ctx.config), new Date());
+  for (const name of files) {
+    const backup = listed.find((b) => b.restorable && b.manifest?.elements.some((e) => e.name === name && e.kind === 'files' && e.repository?.files));
+    const element = backup?.manifest?.elements.find((e) => e.name === name);
+    let parent = NO_PARENT;
+    if (backup && element?.repository?.files) {
+      try {
+        parent = await loadParent(repository, element.repository.root, element.repository.files, ctx.signal);
+      } catch (error) {
+        ctx.logger.warn({ env, element: name, parentBackupId: backup.id, err: toAgentError(error).message }, 'cannot read the parent snapshot: every file is read');
+      }
+    }
+    parents.set(name, parent);
+  }
+  return parents;
+}
+
+/**
  * Manual backups are limited per environment (safety and scheduled ones are not). Over the
  * limit, a new one fails before any work — or, with replaceOldest, names the oldest manual
  * backups to delete once the new one is committed (never before: a failed backup replaces none).
@@ -261,15 +295,15 @@ function selectServices(config: Config, env: string, elements: readonly string[]
   });
 }
 
-async function startCapture({ name, driver, previousBytes }: Planned, options: CaptureOptions): Promise<Started> {
-  const capture = await driver.capture(options);
+async function startCapture({ name, driver, previousBytes, parent }: Planned, options: CaptureOptions): Promise<Started> {
+  const capture = await driver.capture(parent ? { ...options, segments: { parent: parent.signatures } } : options);
   // Awaited when the element is stored, which may come after the producer already failed; the
   // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
   // 'error' without a listener would take the whole process down. The failure still reaches
   // the pipeline that consumes the stream, and `result`.
   capture.result.catch(() => {});
   capture.stream.on('error', () => {});
-  return { name, driver, capture, previousBytes };
+  return { name, driver, capture, previousBytes, parent };
 }
 
 /**
@@ -300,36 +334,43 @@ async function storeElement(ctx: OperationContext, { store, repository }: Destin
   const totalBytes = (await driver.estimateBytes(signal)) ?? started.previousBytes;
   const { algorithm, level } = config.compression;
   // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
-  const raw = new ByteCounter((bytes) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) }));
-  const digest = repository ? undefined : new DigestStream();
-  const feeding = digest
-    ? pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal })
-    : pipeline(capture.stream, raw, { signal });
-  feeding.catch(() => {}); // joined below
-  let stored: Pick<ElementRecord, 'objects' | 'storedBytes' | 'sha256' | 'repository' | 'compression'>;
+  const progress = (bytes: number) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) });
+  let stored: Pick<ElementRecord, 'objects' | 'storedBytes' | 'sha256' | 'repository' | 'compression' | 'rawBytes'>;
+  let feeding: Promise<void> = Promise.resolve();
   try {
     if (repository) {
       // Chunks are compressed with zstd one by one; `get` writes a .zst of the whole element.
-      const written = await repository.writeStream(raw, { signal });
-      stored = { objects: [], storedBytes: written.newBytes, compression: 'zstd', repository: { root: written.root, chunks: written.chunks, newChunks: written.newChunks } };
+      const { parent } = started;
+      const written = await repository.writeStream(parent ? repositoryItems(capture.stream, parent) : capture.stream, { signal, onBytes: progress });
+      const catalog = parent ? await repository.writeStream(catalogOf(written.segments), { signal }) : undefined;
+      stored = {
+        objects: [],
+        storedBytes: written.newBytes + (catalog?.newBytes ?? 0),
+        rawBytes: written.rawBytes,
+        compression: 'zstd',
+        repository: { root: written.root, chunks: written.chunks, newChunks: written.newChunks, ...(catalog ? { files: catalog.root } : {}) },
+      };
     } else {
+      const raw = new ByteCounter(progress);
+      const digest = new DigestStream();
+      feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });
+      feeding.catch(() => {}); // joined below
       const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
-      const objects = await putSegmented(store, key, digest!, signal);
-      stored = { objects, storedBytes: digest!.bytes, sha256: digest!.sha256, compression: algorithm };
+      const objects = await putSegmented(store, key, digest, signal);
+      await feeding;
+      stored = { objects, storedBytes: digest.bytes, rawBytes: raw.bytes, sha256: digest.sha256, compression: algorithm };
     }
   } catch (error) {
     capture.stream.destroy(); // stop the producer; its own failure, if any, explains more
     await feeding.catch(() => {});
     throw await producerFailure(capture.result, error);
   }
-  await feeding;
   const result = await capture.result;
   return {
     name,
     kind: driver.kind,
     format: driver.format,
     ...stored,
-    rawBytes: raw.bytes,
     durationMs: Date.now() - begun,
     warnings: result.warnings,
     facts: result.facts,

@@ -168,8 +168,7 @@ const environment = z
     /**
      * New backups go into the environment's deduplicating, encrypted repository (issue #13,
      * docs/repository.md) instead of one compressed archive per element; backups of either kind
-     * list, restore and verify. Off by default while files are chunked as one stream (no parent
-     * snapshot yet): docs/repository.md, "Not built yet".
+     * list, restore and verify. Off by default until its benchmark is met: docs/repository.md.
      */
     repository: z.boolean().default(false),
     // ---- retention and schedules (issue #5; docs/decisions.md) ----

@@ -88,10 +88,13 @@ async function collectRepository(ctx: OperationContext, store: ObjectStore, env:
   if (!exists) return undefined;
   const roots = new Set<string>();
   for (const backup of remaining) {
-    if (backup.manifest) for (const element of backup.manifest.elements) if (element.repository) roots.add(element.repository.root);
+    for (const element of backup.manifest?.elements ?? []) {
+      if (element.repository) roots.add(element.repository.root);
+      if (element.repository?.files) roots.add(element.repository.files);
+    }
     if (backup.status === 'invalid') {
       const manifest = await text(await store.get(manifestKey(env, backup.id)));
-      for (const [, root] of manifest.matchAll(/"root"\s*:\s*"([0-9a-f]{64})"/g)) roots.add(root!);
+      for (const [, root] of manifest.matchAll(/"(?:root|files)"\s*:\s*"([0-9a-f]{64})"/g)) roots.add(root!);
     }
   }
   const repository = await openRepository(store, env, await loadKeyRing(ctx.config), { create: false });

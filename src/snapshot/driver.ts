@@ -9,6 +9,7 @@ export interface CaptureResult {
 
 /** One capture in progress: the stream of raw bytes, and how it ended. */
 export interface Capture {
+  /** The element's bytes; with `segments` asked for (files), FileSegment marks between them, in object mode. */
   stream: Readable;
   /** Settles after `stream` ended; rejects when the producer failed (the element fails). */
   result: Promise<CaptureResult>;
@@ -35,6 +36,22 @@ export interface CaptureOptions {
    * databases) instead of failing on what does not exist yet.
    */
   partial?: boolean;
+  /**
+   * Files into a repository (issue #13): mark each file's bytes in the stream (FileSegment), and
+   * do not read a file whose signature (fileSignature) is the one `parent` gives for its path —
+   * the parent snapshot holds it unchanged. Other drivers ignore this.
+   */
+  segments?: { parent: ReadonlyMap<string, string> };
+}
+
+/**
+ * Between the bytes of a files capture with segments: the next `bytes` bytes are the tar entry of
+ * `file` (header to padding), or — `reused` — the entry is the parent snapshot's, not sent.
+ */
+export type FileSegment = { file: string; signature: string; reused: false; bytes: number } | { file: string; signature: string; reused: true };
+
+export function isFileSegment(item: unknown): item is FileSegment {
+  return typeof item === 'object' && item !== null && !Buffer.isBuffer(item) && 'file' in item;
 }
 
 /**

@@ -46,7 +46,16 @@ const elementSchema = z
      * under the root blob. The MAC over the manifest covers the root id, and the root's keyed
      * id covers its chunk list, so every byte restored is bound to this manifest.
      */
-    repository: z.object({ root: sha256, chunks: z.number().int().nonnegative(), newChunks: z.number().int().nonnegative() }).strict().optional(),
+    repository: z
+      .object({
+        root: sha256,
+        chunks: z.number().int().nonnegative(),
+        newChunks: z.number().int().nonnegative(),
+        /** A files element's catalog (parent-snapshot.ts): what lets the next backup skip its unchanged files. */
+        files: sha256.optional(),
+      })
+      .strict()
+      .optional(),
     durationMs: z.number().nonnegative(),
     warnings: z.array(z.string()),
     facts: z.record(z.string(), factValue),

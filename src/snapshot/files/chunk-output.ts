@@ -23,6 +23,7 @@ export class ChunkOutput {
   readonly #recycled: MessagePort;
   #chunk: Buffer;
   #used = 0;
+  #sent = 0;
 
   constructor(control: Int32Array, chunkSize: number, recycled: MessagePort, send: SendChunk) {
     this.#control = control;
@@ -72,6 +73,11 @@ export class ChunkOutput {
     return { bytesRead };
   }
 
+  /** Bytes written so far: the offset in the stream of the next byte. */
+  get offset(): number {
+    return this.#sent + this.#used;
+  }
+
   /** Sends what is buffered; the output cannot be written to afterwards. */
   end(): void {
     if (this.#used > 0) this.#sendChunk();
@@ -85,6 +91,7 @@ export class ChunkOutput {
 
   #sendChunk(): void {
     takeCredit(this.#control);
+    this.#sent += this.#used;
     this.#send(this.#chunk.buffer as ArrayBuffer, this.#used);
   }
 

@@ -35,13 +35,13 @@ export class FilesDriver implements ServiceDriver {
     return undefined; // a walk would cost as much as half the backup: progress shows bytes only
   }
 
-  async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+  async capture({ signal, consistent, segments }: CaptureOptions): Promise<Capture> {
     await this.#checkMountPath();
     // Consistent: snapshot inside the freeze where the filesystem can, read it after the thaw.
     const snapshot = consistent ? await snapshotMount(this.#options.path, signal) : undefined;
     const root = snapshot?.path ?? this.#options.path;
     const excludes = [...this.#options.exclude, `/${AGENT_ENTRY_PREFIX}*`];
-    const { stream, stats } = packTree(root, { excludes, signal });
+    const { stream, stats } = packTree(root, { excludes, signal, ...(segments ? { parent: segments.parent } : {}) });
     const result = stats.then((s) => ({
       warnings: s.warnings,
       facts: {
@@ -51,6 +51,7 @@ export class FilesDriver implements ServiceDriver {
         hardlinks: s.hardlinks,
         contentBytes: s.bytes,
         allocatedBytes: s.allocatedBytes,
+        ...(segments ? { unchangedFiles: s.unchanged } : {}),
         snapshot: snapshot?.method ?? null,
       },
     }));

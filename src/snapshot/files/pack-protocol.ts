@@ -9,6 +9,7 @@
 
 import type { MessagePort } from 'node:worker_threads';
 import type { ErrorCode } from '../../errors.ts';
+import type { FileSegment } from '../driver.ts';
 import type { PackStats } from './pack.ts';
 
 export interface PackWorkerData {
@@ -18,10 +19,14 @@ export interface PackWorkerData {
   control: Int32Array;
   /** Chunks (ArrayBuffers of chunkSize) handed back for reuse; read with receiveMessageOnPort. */
   recycled: MessagePort;
+  /** Mark file segments, and skip the files this parent holds unchanged (path → signature). */
+  parent?: ReadonlyMap<string, string> | undefined;
 }
 
 export type PackWorkerMessage =
   | { kind: 'chunk'; chunk: ArrayBuffer; length: number }
+  /** A file's segment begins at `offset` of the bytes sent (FileSegment); posted before the chunk that holds it. */
+  | { kind: 'segment'; offset: number; segment: FileSegment }
   | { kind: 'done'; stats: PackStats }
   | { kind: 'failed'; code: ErrorCode; message: string; details: Record<string, unknown> | undefined };
 

@@ -1,6 +1,7 @@
 /** The pack worker: walks and reads the tree synchronously and posts the tar stream in chunks. */
 import { parentPort, workerData } from 'node:worker_threads';
 import { toAgentError } from '../../errors.ts';
+import type { FileSegment } from '../driver.ts';
 import { ChunkOutput } from './chunk-output.ts';
 import { compileExcludes } from './excludes.ts';
 import { PackCancelled, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
@@ -18,7 +19,8 @@ try {
   const out = new ChunkOutput(data.control, data.chunkSize, data.recycled, (chunk, length) =>
     post({ kind: 'chunk', chunk, length }, [chunk]),
   );
-  const stats = writeTreeArchive(data.root, compileExcludes(data.excludes), out);
+  const segments = data.parent && { parent: data.parent, mark: (offset: number, segment: FileSegment) => post({ kind: 'segment', offset, segment }) };
+  const stats = writeTreeArchive(data.root, compileExcludes(data.excludes), out, segments);
   post({ kind: 'done', stats });
 } catch (error) {
   // A cancelled pack has nobody left to tell: the main thread has already failed the stream.

@@ -5,12 +5,18 @@ import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../err
 import { siblingModule } from '../../sibling-module.ts';
 import { offerForRecycling } from '../../chunk-recycling.ts';
 import { BLOCK_BYTES } from '../compression.ts';
+import type { FileSegment } from '../driver.ts';
 import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
 
 export interface PackOptions {
   /** Patterns relative to the root; syntax in excludes.ts. */
   excludes?: readonly string[];
   signal?: AbortSignal;
+  /**
+   * Mark each file's segment (FileSegment objects between the Buffers: the stream is then in
+   * object mode), and skip the files this parent snapshot holds unchanged (path → signature).
+   */
+  parent?: ReadonlyMap<string, string>;
 }
 
 export interface PackStats {
@@ -22,6 +28,8 @@ export interface PackStats {
   bytes: number;
   /** What the files take on disk (st_blocks): less than `bytes` for sparse files. */
   allocatedBytes: number;
+  /** Files taken from the parent snapshot unread (counted in files and bytes too). */
+  unchanged: number;
   warnings: string[];
 }
 
@@ -57,6 +65,7 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
     chunkSize: CHUNK_SIZE,
     control,
     recycled: workerRecycled,
+    parent: options.parent,
   };
   const worker = new Worker(WORKER_URL, { workerData, transferList: [workerRecycled] });
 
@@ -64,8 +73,30 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
   let result: PackStats | undefined;
   let failure: AgentError | undefined;
 
+  const segmented = options.parent !== undefined;
+  // Segment marks in the order they came, each waiting for the bytes before it to be pushed.
+  const marks: { offset: number; segment: FileSegment }[] = [];
+  let pushed = 0;
+  const pushMarks = () => {
+    while (marks.length > 0 && marks[0]!.offset === pushed) stream.push(marks.shift()!.segment);
+  };
+  /** Pushes a chunk's bytes, each waiting mark at its offset between them. */
+  const pushSegmented = (bytes: Buffer) => {
+    let at = 0;
+    while (at < bytes.length) {
+      pushMarks();
+      const next = marks[0];
+      const end = next && next.offset < pushed + bytes.length - at ? at + (next.offset - pushed) : bytes.length;
+      stream.push(bytes.subarray(at, end));
+      pushed += end - at;
+      at = end;
+    }
+    pushMarks();
+  };
+
   const stream = new Readable({
-    highWaterMark: CHUNK_SIZE,
+    objectMode: segmented,
+    highWaterMark: segmented ? 2 : CHUNK_SIZE,
     read() {
       if (owed === 0) return;
       grantCredit(control, owed);
@@ -87,7 +118,13 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
     switch (message.kind) {
       case 'chunk':
         owed++;
-        stream.push(offerForRecycling(Buffer.from(message.chunk, 0, message.length), giveBack));
+        // Cut at its marks, a chunk is in several views: none is the one consumer that could recycle it.
+        if (segmented) pushSegmented(Buffer.from(message.chunk, 0, message.length));
+        else stream.push(offerForRecycling(Buffer.from(message.chunk, 0, message.length), giveBack));
+        break;
+      case 'segment':
+        marks.push(message);
+        pushMarks();
         break;
       case 'done':
         result = message.stats;

@@ -8,10 +8,12 @@ import {
   readdirSync,
   readlinkSync,
   statSync,
+  type BigIntStats,
   type Dirent,
   type Stats,
 } from 'node:fs';
 import { AgentError } from '../../errors.ts';
+import type { FileSegment } from '../driver.ts';
 import type { ChunkOutput } from './chunk-output.ts';
 import type { ExcludeMatcher } from './excludes.ts';
 import type { PackStats } from './pack.ts';
@@ -43,9 +45,15 @@ const SKIPPABLE: Record<string, string> = {
 
 type Listing = Dirent<Buffer>[];
 
+/** Marks each file's segment of the archive, and skips the files the parent holds unchanged. */
+export interface SegmentMarking {
+  parent: ReadonlyMap<string, string>;
+  mark(offset: number, segment: FileSegment): void;
+}
+
 /** Writes the whole tar archive of the tree under `root` to `out`. */
-export function writeTreeArchive(root: string, isExcluded: ExcludeMatcher, out: ChunkOutput): PackStats {
-  const walker = new TreeWalker(isExcluded, out);
+export function writeTreeArchive(root: string, isExcluded: ExcludeMatcher, out: ChunkOutput, segments?: SegmentMarking): PackStats {
+  const walker = new TreeWalker(isExcluded, out, segments);
   walker.walkRoot(root);
   out.zeros(2 * BLOCK);
   out.end();
@@ -55,14 +63,16 @@ export function writeTreeArchive(root: string, isExcluded: ExcludeMatcher, out: 
 class TreeWalker {
   readonly #isExcluded: ExcludeMatcher;
   readonly #out: ChunkOutput;
-  readonly #stats: PackStats = { files: 0, directories: 0, symlinks: 0, hardlinks: 0, bytes: 0, allocatedBytes: 0, warnings: [] };
+  readonly #stats: PackStats = { files: 0, directories: 0, symlinks: 0, hardlinks: 0, bytes: 0, allocatedBytes: 0, unchanged: 0, warnings: [] };
   /** "dev:ino" → archive name of the first path of a multiply linked file. */
   readonly #firstLinks = new Map<string, string>();
+  readonly #segments: SegmentMarking | undefined;
   #suppressedWarnings = 0;
 
-  constructor(isExcluded: ExcludeMatcher, out: ChunkOutput) {
+  constructor(isExcluded: ExcludeMatcher, out: ChunkOutput, segments?: SegmentMarking) {
     this.#isExcluded = isExcluded;
     this.#out = out;
+    this.#segments = segments;
   }
 
   walkRoot(root: string): void {
@@ -135,6 +145,7 @@ class TreeWalker {
   }
 
   #packFile(path: string, name: string): void {
+    if (this.#segments && this.#reuseUnchanged(path, name, this.#segments)) return;
     let fd: number;
     try {
       fd = openSync(path, OPEN_FLAGS);
@@ -166,7 +177,13 @@ class TreeWalker {
     }
 
     const size = stats.size;
-    this.#header({ name, type: 'file', size, ...metadata(stats) });
+    const header = encodeHeader({ name, type: 'file', size, ...metadata(stats) });
+    // A file linked once is its own segment (a hard-linked one is not: its entry depends on the walk order).
+    if (this.#segments && stats.nlink === 1) {
+      const signature = fileSignature(fstatSync(fd, { bigint: true }));
+      this.#segments.mark(this.#out.offset, { file: name, signature, reused: false, bytes: header.length + padTo512(size) });
+    }
+    this.#out.write(header);
     const { bytesRead, error } = this.#out.readFrom(fd, size);
     if (bytesRead < size) {
       // The header already promised `size` bytes: zeros keep the archive readable.
@@ -193,6 +210,29 @@ class TreeWalker {
     this.#stats.allocatedBytes += Math.min(size, Number(stats.blocks) * 512);
   }
 
+  /**
+   * A file the parent snapshot holds with the same signature is not opened, let alone read:
+   * its segment is the parent's. Counted as archived (its bytes are in the backup all the same).
+   */
+  #reuseUnchanged(path: string, name: string, segments: SegmentMarking): boolean {
+    const expected = segments.parent.get(name);
+    if (expected === undefined) return false;
+    let stats: BigIntStats;
+    try {
+      stats = lstatSync(path, { bigint: true });
+    } catch {
+      return false; // the normal path says what happened to it
+    }
+    if (!stats.isFile() || stats.nlink !== 1n || fileSignature(stats) !== expected) return false;
+    segments.mark(this.#out.offset, { file: name, signature: expected, reused: true });
+    const size = Number(stats.size);
+    this.#stats.unchanged++;
+    this.#stats.files++;
+    this.#stats.bytes += size;
+    this.#stats.allocatedBytes += Math.min(size, Number(stats.blocks) * 512);
+    return true;
+  }
+
   #header(header: TarHeader): void {
     this.#out.write(encodeHeader(header));
   }
@@ -207,6 +247,16 @@ class TreeWalker {
     if (this.#stats.warnings.length < MAX_WARNINGS) this.#stats.warnings.push(warning);
     else this.#suppressedWarnings++;
   }
+}
+
+/**
+ * What says a file is unchanged since the parent snapshot without reading it, as restic and
+ * kopia decide: size, mtime and ctime to the nanosecond (a write moves both; a chmod, chown or
+ * rename moves ctime), inode, and mode and owner (they are in the tar header). Not the device:
+ * a btrfs snapshot of the mount has another one each time, with the same inodes and times.
+ */
+export function fileSignature(stats: BigIntStats): string {
+  return `${stats.size}:${stats.mtimeNs}:${stats.ctimeNs}:${stats.ino}:${stats.mode}:${stats.uid}:${stats.gid}`;
 }
 
 function list(path: string): Listing {

@@ -181,47 +181,71 @@ export function nextCut(gear: Uint32Array, params: ChunkerParams, buf: Uint8Arra
 }
 
 /**
- * A Transform from Buffers of any size to the chunks (object mode, one Buffer each, in order).
- * A chunk within one input is a subarray of it; one that spans inputs is copied once, when its
- * end is found, into a Buffer of its exact size. Until then the chunker keeps views of the
- * inputs it spans, so it holds at most ~maxBytes plus the input the chunk began in. The
- * readable side buffers one chunk, so a slow consumer stops the writes rather than filling
- * memory with up to 16 chunks of maxBytes.
+ * Cuts a stream fed in pieces of any size into chunks, handed to `emit` in order. A chunk within
+ * one input is a subarray of it; one that spans inputs is copied once, when its end is found,
+ * into a Buffer of its exact size. Until then the cutter keeps views of the inputs it spans, so
+ * it holds at most ~maxBytes plus the input the chunk began in. `cut` ends the chunk in
+ * progress where the stream stands: a boundary the caller wants whatever the content (the
+ * repository cuts around each file of a tree, so that an unchanged file keeps its chunks).
+ */
+export class ChunkCutter {
+  readonly #plan: Plan;
+  readonly #cursor: Cursor = { length: 0, hash: 0 };
+  #pieces: Buffer[] = [];
+  #pending = 0;
+
+  constructor(gear: Uint32Array, params: ChunkerParams) {
+    this.#plan = plan(gear, params);
+  }
+
+  push(input: Buffer, emit: (chunk: Buffer) => void): void {
+    let pos = 0;
+    while (pos < input.length) {
+      const at = scan(this.#plan, input, pos, input.length, this.#cursor);
+      if (at < 0) {
+        this.#pieces.push(pos === 0 ? input : input.subarray(pos));
+        this.#pending += input.length - pos;
+        return;
+      }
+      if (this.#pieces.length === 0) {
+        emit(input.subarray(pos, at));
+      } else {
+        this.#pieces.push(input.subarray(pos, at));
+        const chunk = Buffer.concat(this.#pieces, this.#pending + at - pos);
+        this.#pieces = [];
+        this.#pending = 0;
+        emit(chunk);
+      }
+      pos = at;
+    }
+  }
+
+  /** Ends the chunk in progress, if any (the stream's end, or a boundary the caller wants). */
+  cut(emit: (chunk: Buffer) => void): void {
+    if (this.#pending > 0) emit(this.#pieces.length === 1 ? this.#pieces[0]! : Buffer.concat(this.#pieces, this.#pending));
+    this.#pieces = [];
+    this.#pending = 0;
+    this.#cursor.length = 0;
+    this.#cursor.hash = 0;
+  }
+}
+
+/**
+ * A Transform from Buffers of any size to the chunks (object mode, one Buffer each, in order),
+ * cut by a ChunkCutter. The readable side buffers one chunk, so a slow consumer stops the
+ * writes rather than filling memory with up to 16 chunks of maxBytes.
  */
 export function createChunker(gear: Uint32Array, params: ChunkerParams): Transform {
-  const p = plan(gear, params);
-  const cursor: Cursor = { length: 0, hash: 0 };
-  let pieces: Buffer[] = [];
-  let pending = 0;
+  const cutter = new ChunkCutter(gear, params);
   return new Transform({
     readableObjectMode: true,
     readableHighWaterMark: 1,
     transform(input: Buffer, _encoding, callback: TransformCallback) {
-      let pos = 0;
-      while (pos < input.length) {
-        const at = scan(p, input, pos, input.length, cursor);
-        if (at < 0) {
-          pieces.push(pos === 0 ? input : input.subarray(pos));
-          pending += input.length - pos;
-          break;
-        }
-        if (pieces.length === 0) {
-          this.push(input.subarray(pos, at));
-        } else {
-          pieces.push(input.subarray(pos, at));
-          const chunk = Buffer.concat(pieces, pending + at - pos);
-          pieces = [];
-          pending = 0;
-          this.push(chunk);
-        }
-        pos = at;
-      }
+      cutter.push(input, (chunk) => this.push(chunk));
       callback();
     },
     flush(callback: TransformCallback) {
-      if (pending > 0) this.push(pieces.length === 1 ? pieces[0] : Buffer.concat(pieces, pending));
-      pieces = [];
-      pending = 0;
+      cutter.cut((chunk) => this.push(chunk));
       callback();
     },
   });

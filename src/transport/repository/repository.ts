@@ -1,12 +1,11 @@
 import { Readable } from 'node:stream';
 import { buffer as collect } from 'node:stream/consumers';
-import { pipeline } from 'node:stream/promises';
 import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
 import type { ObjectStore } from '../object-store.ts';
 import type { RepositoryKeys } from './blob-crypto.ts';
 import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
 import { sharedBlobPool, type BlobKind, type BlobPool } from './blob-pool.ts';
-import { createChunker, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
+import { ChunkCutter, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
 import { collectGarbage, type CollectOptions, type CollectResult } from './garbage.ts';
 import { indexKey, indexPrefix, packKey } from './layout.ts';
 import { PackWriter } from './pack-writer.ts';
@@ -22,10 +21,38 @@ export interface StoredStream {
   /** Chunks the repository did not hold yet, and their sealed size. */
   newChunks: number;
   newBytes: number;
+  /** The stream's segments (SegmentMark, ReusedSegment), in order. */
+  segments: StoredSegment[];
 }
 
 export interface StreamOptions {
   signal?: AbortSignal | undefined;
+}
+
+export interface WriteOptions extends StreamOptions {
+  /** The stream's bytes stored so far (reused segments included), after each item. */
+  onBytes?: (bytes: number) => void;
+}
+
+/** Between a stream's bytes: the next `bytes` bytes are one segment, with a chunk boundary before and after it. */
+export interface SegmentMark {
+  segment: string;
+  bytes: number;
+}
+
+/** A segment stored before (an unchanged file of a tree): its chunks, in place of its bytes. */
+export interface ReusedSegment {
+  reuse: string;
+  chunks: readonly TreeEntry[];
+}
+
+export type StreamItem = Buffer | SegmentMark | ReusedSegment;
+
+/** Where a segment's chunks are in the stream's chunk list. */
+export interface StoredSegment {
+  key: string;
+  first: number;
+  count: number;
 }
 
 /**
@@ -34,7 +61,9 @@ export interface StreamOptions {
  * hold it. Between the pipeline and the ObjectStore, which stays keys and bytes.
  *
  * - `writeStream` stores a stream's new chunks and its chunk list (tree blobs); the returned
- *   root is usable once `commit` resolved.
+ *   root is usable once `commit` resolved. Marks between the bytes cut the stream into
+ *   segments (a file of a tree) and put a segment stored before in place of its bytes. It
+ *   takes the Buffers it is given over: their memory may move to a worker thread.
  * - `commit` uploads the last pack and an index object naming every blob this writer stored.
  *   The caller's manifest, which names the roots, comes after it: the manifest stays the
  *   commit point of a backup.
@@ -47,7 +76,7 @@ export interface StreamOptions {
  */
 export interface Repository {
   readonly env: string;
-  writeStream(source: AsyncIterable<Buffer> | Readable, options?: StreamOptions): Promise<StoredStream>;
+  writeStream(source: AsyncIterable<StreamItem> | Readable, options?: WriteOptions): Promise<StoredStream>;
   commit(options?: StreamOptions): Promise<void>;
   readStream(root: string, options?: StreamOptions): Readable;
   chunksOf(root: string, options?: StreamOptions): Promise<TreeEntry[]>;
@@ -126,30 +155,77 @@ class PackedRepository implements Repository {
     }
   }
 
-  async writeStream(source: AsyncIterable<Buffer> | Readable, options: StreamOptions = {}): Promise<StoredStream> {
-    const chunker = createChunker(this.#gear, this.#options.chunker);
-    const feeding = pipeline(source, chunker, { signal: options.signal });
-    feeding.catch(() => {}); // joined below
+  async writeStream(source: AsyncIterable<StreamItem> | Readable, options: WriteOptions = {}): Promise<StoredStream> {
+    const { signal } = options;
+    const cutter = new ChunkCutter(this.#gear, this.#options.chunker);
     const added = { chunks: 0, bytes: 0 };
     const entries: TreeEntry[] = [];
+    const segments: StoredSegment[] = [];
     // Chunks in flight, in stream order: their ids come back out of order from the workers.
     const inFlight: Promise<TreeEntry>[] = [];
     const maxInFlight = this.#pool.size + 2;
-    try {
-      for await (const chunk of chunker as AsyncIterable<Buffer>) {
-        const stored = this.#storeBlob('data', chunk, options.signal, added);
+    let cut: Buffer[] = [];
+    const emit = (chunk: Buffer) => cut.push(chunk);
+    const position = () => entries.length + inFlight.length;
+    let open: { key: string; left: number; first: number } | undefined;
+    let bytes = 0;
+    const store = async () => {
+      for (const chunk of cut) {
+        const stored = this.#storeBlob('data', chunk, signal, added);
         stored.catch(() => {}); // surfaced in order below
         inFlight.push(stored);
         if (inFlight.length >= maxInFlight) entries.push(await inFlight.shift()!);
       }
+      cut = [];
+    };
+    const closeSegment = () => {
+      cutter.cut(emit);
+      segments.push({ key: open!.key, first: open!.first, count: position() + cut.length - open!.first });
+      open = undefined;
+    };
+    try {
+      for await (const item of source as AsyncIterable<StreamItem>) {
+        throwIfCancelled(signal);
+        if (Buffer.isBuffer(item)) {
+          let rest = item;
+          while (open && rest.length > 0) {
+            const take = Math.min(open.left, rest.length);
+            cutter.push(take === rest.length ? rest : rest.subarray(0, take), emit);
+            rest = rest.subarray(take);
+            open.left -= take;
+            if (open.left === 0) closeSegment();
+          }
+          if (rest.length > 0) cutter.push(rest, emit);
+          bytes += item.length;
+        } else if ('segment' in item) {
+          if (open) throw new AgentError('E_INTERNAL', `segment ${item.segment} began inside segment ${open.key}`);
+          cutter.cut(emit);
+          open = { key: item.segment, left: item.bytes, first: position() + cut.length };
+          if (item.bytes === 0) closeSegment();
+        } else {
+          if (open) throw new AgentError('E_INTERNAL', `segment ${item.reuse} reused inside segment ${open.key}`);
+          cutter.cut(emit);
+          await store();
+          const first = position();
+          for (const chunk of item.chunks) {
+            // The parent's chunks are committed; one the index lacks means a damaged repository.
+            if (!this.#index.has(chunk.id)) throw this.#corrupt(`chunk ${chunk.id} of an unchanged segment ${item.reuse} is not in its index`, chunk.id);
+            inFlight.push(Promise.resolve(chunk));
+            bytes += chunk.bytes;
+          }
+          segments.push({ key: item.reuse, first, count: item.chunks.length });
+        }
+        options.onBytes?.(bytes);
+        await store();
+      }
+      if (open) throw new AgentError('E_INTERNAL', `the stream ended inside segment ${open.key} (${open.left} bytes short)`);
+      cutter.cut(emit);
+      await store();
       while (inFlight.length > 0) entries.push(await inFlight.shift()!);
-      await feeding;
-      const root = await this.#storeTree(entries, options.signal, added);
-      return { root, rawBytes: entries.reduce((sum, e) => sum + e.bytes, 0), chunks: entries.length, newChunks: added.chunks, newBytes: added.bytes };
+      const root = await this.#storeTree(entries, signal, added);
+      return { root, rawBytes: entries.reduce((sum, e) => sum + e.bytes, 0), chunks: entries.length, newChunks: added.chunks, newBytes: added.bytes, segments };
     } catch (error) {
-      chunker.destroy();
       await Promise.allSettled(inFlight);
-      await feeding.catch(() => {});
       throw error;
     }
   }
