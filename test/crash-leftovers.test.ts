@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
@@ -207,5 +207,59 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     expect(await multipartUploads(bucket)).toEqual([]);
     const jobs = await cliJson<{ kind: string; error?: { code: string; message: string } }[]>([...args(), 'jobs', 'list']);
     expect(jobs.find((j) => j.kind === 'backup.create')?.error).toMatchObject({ code: 'E_INTERRUPTED', message: expect.stringMatching(/incomplete uploads were aborted/) });
+  });
+});
+
+describe('a killed `backup get` leaves no partial file behind after the next command', () => {
+  let sandbox: Sandbox;
+  let out: string;
+  let backupId: string;
+  const args = () => ['--config', sandbox.configPath];
+  const getArgs = () => [...args(), 'backup', 'get', 'site', backupId, '--element', 'uploads', '--to', out];
+  const partials = async () => (await readdir(out)).filter((name) => name.includes('.partial-'));
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    const source = path.join(sandbox.dir, 'src');
+    await mkdir(source);
+    // Incompressible, so that writing the downloaded archive takes a while.
+    for (let i = 0; i < 4; i++) await writeFile(path.join(source, `blob-${i}`), randomBytes(32 << 20));
+    await sandbox.writeConfig({ environments: { site: filesEnv({ uploads: source }) } });
+    backupId = (await cliJson<Manifest>([...args(), 'backup', 'create', 'site'])).id;
+  });
+  afterAll(async () => {
+    await sandbox?.cleanup();
+  });
+
+  async function expectCleanedByNextCommand(): Promise<void> {
+    const list = await cli([...args(), 'backup', 'list', 'site']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(await readdir(out)).toEqual([]);
+    expect(await readdir(path.join(sandbox.stateDir, 'downloads'))).toEqual([]);
+  }
+
+  it('killed with the file written but not yet renamed into place (get:written)', async () => {
+    out = path.join(sandbox.dir, 'out-written');
+    await mkdir(out);
+    await killAt(sandbox, getArgs(), 'get:written');
+    expect(await partials()).toHaveLength(1);
+    await expectCleanedByNextCommand();
+  });
+
+  it('killed mid-write', async () => {
+    out = path.join(sandbox.dir, 'out-mid-write');
+    await mkdir(out);
+    const get = startCli(getArgs());
+    let partial: string | undefined;
+    while (get.exitCode === null) {
+      [partial] = await partials();
+      if (partial && (await stat(path.join(out, partial)).catch(() => undefined))?.size) break;
+      await sleep(2);
+    }
+    get.kill('SIGKILL');
+    const result = await get;
+    expect(result.signal, `the get ended before it was killed: ${String(result.stderr)}`).toBe('SIGKILL');
+    expect(await readdir(out)).toEqual([partial]); // the archive itself never appeared
+    await expectCleanedByNextCommand();
   });
 });

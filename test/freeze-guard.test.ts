@@ -6,6 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
 import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
+import { delayedFsfreeze, fsfreezeFreezing, writesWithin } from './support/fsfreeze.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/agent/main.ts');
 const GUARD = path.resolve(import.meta.dirname, '../src/snapshot/freeze/guard.ts');
@@ -184,6 +185,30 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
       await expectJournalEmpty();
     } finally {
       parent.kill('SIGKILL');
+    }
+  });
+
+  it('a CLI backup SIGKILLed while its `fsfreeze --freeze` is still running: the freeze lands and is thawed anyway, within 1 s', async () => {
+    await setUp();
+    // fsfreeze --freeze takes 300 ms and cannot be stopped meanwhile (as while FIFREEZE runs).
+    const slow = await delayedFsfreeze(sandbox.dir, 300);
+    const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app'], { env: { PATH: `${slow.binDir}:${process.env.PATH}` } });
+    try {
+      await waitFor('the freeze of the filesystem to begin', async () => (await readFile(slow.started, 'utf8')).trim() !== '', 30_000);
+      expect(await fsfreezeFreezing(mount)).not.toEqual([]);
+      const killed = performance.now();
+      backup.kill('SIGKILL');
+      expect((await backup).signal).toBe('SIGKILL');
+      await waitFor('no fsfreeze --freeze left', async () => (await fsfreezeFreezing(mount)).length === 0, 2_000);
+      // Whatever the freeze did, the mount takes writes again (a write blocks while it is frozen).
+      expect(await writesWithin(path.join(mount, `after-late-freeze-${Date.now()}`), Math.max(50, 1000 - (performance.now() - killed)))).toBe(true);
+      expect(await cgroup.isFrozen()).toBe(false);
+      expect(performance.now() - killed).toBeLessThan(1000);
+      await expectJournalEmpty();
+      await waitFor('the guard to exit', async () => (await guardPids(sandbox.stateDir)).length === 0, 2_000);
+    } finally {
+      // A mount left frozen would hang the writer's removal after the test.
+      await execa('fsfreeze', ['--unfreeze', mount], { reject: false });
     }
   });
 });

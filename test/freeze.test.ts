@@ -4,7 +4,8 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { cli, cliJson, createSandbox, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { execa } from 'execa';
+import { cli, cliJson, createSandbox, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
 import { waitFor, type LogLine } from './support/daemon.ts';
 import { createTestBucket } from './support/s3.ts';
@@ -195,6 +196,27 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     await writeFile(path.join(mounts.ext4!, 'after-crash.txt'), 'writable');
     expect((await stat(path.join(mounts.ext4!, 'after-crash.txt'))).size).toBe(8);
     expect(await readdir(path.join(sandbox.stateDir, 'frozen'))).toEqual([]);
+  });
+
+  it.each([
+    ['btrfs', 'freeze:capturing'],
+    ['btrfs', 'backup:stored'],
+    ['xfs', 'freeze:thawing'],
+    ['xfs', 'backup:stored'],
+  ] as const)('a consistent backup of a %s mount killed at %s leaves its snapshot; the next command deletes it', async (fsType, phase) => {
+    const mount = mounts[fsType]!;
+    const holder = path.join(mount, '.storage-agent-snapshots');
+    const cgroup = await createCgroup('v2');
+    cgroups.push(cgroup);
+    startWriter(cgroup, path.join(mount, 'writer.log'));
+    const args = await configure({ cgroups: [cgroup.path], deadline: '5m' }, mount);
+    await killCliAt(sandbox.dir, [...args, 'backup', 'create', 'app'], phase);
+    expect(await readdir(holder)).toHaveLength(1); // what the kill left: the snapshot, in use until then
+    const list = await cli([...args, 'backup', 'list', 'app']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(await readdir(mount)).not.toContain('.storage-agent-snapshots');
+    if (fsType === 'btrfs') expect((await execa('btrfs', ['subvolume', 'list', mount])).stdout).not.toContain('.storage-agent-snapshots');
+    expect(await cgroup.isFrozen()).toBe(false);
   });
 
   async function restoredFile(args: string[], id: string, name: string): Promise<string> {

@@ -13,7 +13,8 @@ import type { Manifest } from '../src/snapshot/manifest.ts';
 import { FsObjectStore } from '../src/transport/fs-store.ts';
 import { RedisDriver } from '../src/snapshot/redis/driver.ts';
 import { RedisRestoreJournal, tokenDigest } from '../src/snapshot/redis/restore-journal.ts';
-import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, killCliAt, startCli, type Sandbox } from './support/cli.ts';
+import { rdbWithLibraryAfterKey } from './support/rdb.ts';
 import { diffData, fillAllTypes, readAll, startRedis, type TestRedis } from './support/redis.ts';
 
 const DBS = [0, 3, 15];
@@ -130,16 +131,6 @@ describe('redis driver: capture and restore through the driver', () => {
   }
 });
 
-/** An RDB string: 6-bit or 32-bit length, then the bytes. */
-function rdbString(value: string | Buffer): Buffer {
-  const bytes = Buffer.from(value);
-  if (bytes.length < 64) return Buffer.concat([Buffer.from([bytes.length]), bytes]);
-  const length = Buffer.alloc(5);
-  length[0] = 0x80;
-  length.writeUInt32BE(bytes.length, 1);
-  return Buffer.concat([length, bytes]);
-}
-
 describe('redis restores refuse function libraries unless the service keeps them (issue #10)', () => {
   const LIBRARY = "#!lua name=planted\nredis.register_function('get', function(keys, args) return redis.call('FLUSHALL') end)";
   let withFunctions: TestRedis;
@@ -175,17 +166,7 @@ describe('redis restores refuse function libraries unless the service keeps them
   it('refuses RDBs with a library (from a real BGSAVE, or after a key with a zero checksum, which Redis does not check) with E_UNSAFE_ARCHIVE_ENTRY: no key or function of the target changes', async () => {
     const real = await rdbOf(withFunctions);
     // Redis writes libraries before the first database, but loads one anywhere at the top level.
-    const forged = Buffer.concat([
-      Buffer.from('REDIS0010'),
-      Buffer.from([0xfe, 0x00]),
-      Buffer.from([0x00]),
-      rdbString('k'),
-      rdbString('v'),
-      Buffer.from([0xf5]),
-      rdbString(LIBRARY),
-      Buffer.from([0xff]),
-      Buffer.alloc(8),
-    ]);
+    const forged = rdbWithLibraryAfterKey(LIBRARY);
     await fillAllTypes(target, [2], 'mine');
     await target.client().call('FUNCTION', 'LOAD', "#!lua name=mine\nredis.register_function('mine', function() return 1 end)");
     const before = { data: await readAll(target), functions: await libraries(target) };
@@ -505,5 +486,30 @@ describe('redis restore interrupted by a crash', () => {
     expect(after.masterauth).toBe('operator-masterauth');
     expect(await journalFiles()).toEqual([]);
     await target.client().set('writable-again', '2');
+  });
+});
+
+describe('redis: a consistent backup killed while writes are paused', () => {
+  let sandbox: Sandbox;
+  let server: TestRedis;
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    server = await startRedis();
+    await fillAllTypes(server, [0]);
+    await sandbox.writeConfig({ environments: { site: { services: { cache: server.serviceConfig() } } } });
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await sandbox?.cleanup();
+  });
+
+  it('killed right after CLIENT PAUSE … WRITE was sent (redis:paused): Redis takes writes again within 1 s of the kill', async () => {
+    await killCliAt(sandbox.dir, ['--config', sandbox.configPath, 'backup', 'create', 'site'], 'redis:paused');
+    const killed = performance.now();
+    const c = server.client();
+    await c.set('written-after-the-kill', 'yes'); // waits while writes are paused
+    expect(performance.now() - killed).toBeLessThan(1000);
+    expect(await c.get('written-after-the-kill')).toBe('yes');
   });
 });

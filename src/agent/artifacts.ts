@@ -1,9 +1,11 @@
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { addAbortSignal, Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AgentError, isAgentError, toAgentError } from '../errors.ts';
+import { reachedPhase } from '../phase-hook.ts';
 import { compressionExtension, createCompressor, createDecompressor } from '../snapshot/compression.ts';
 import { LengthCheck, VerifyStream } from '../snapshot/digest.ts';
 import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
@@ -12,6 +14,7 @@ import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import type { Repository } from '../transport/repository/repository.ts';
 import { readSegmented } from '../transport/segments.ts';
+import { DownloadJournal } from './download-journal.ts';
 
 /**
  * Where a backup's elements are read from: archives in the store, or — for elements stored in
@@ -270,7 +273,8 @@ const GET_LEVEL = 1;
 
 /**
  * Downloads one element as a standard archive, verified; the file appears only when complete
- * (temp + rename). `to` may be an existing directory (the file is artifactFileName inside it)
+ * (temp + rename). The temp file is journaled in the state directory before it is created
+ * (download-journal.ts): one that a killed get leaves is removed by the next start. `to` may be an existing directory (the file is artifactFileName inside it)
  * or a file path in one. Files and Redis elements, and a MySQL element with --all-databases,
  * are the stored bytes. Otherwise a MySQL element's dump is cut to one database (chooseDatabase)
  * without CREATE DATABASE or USE, so that it loads into the database the user names, and
@@ -282,11 +286,13 @@ export async function downloadElement(
   element: ElementRecord,
   to: string,
   signal: AbortSignal,
-  choice: DatabaseChoice = {},
+  options: DatabaseChoice & { stateDir: string },
 ): Promise<{ path: string; bytes: number; verified: string; database?: string }> {
-  const database = chooseDatabase(element, choice);
+  const database = chooseDatabase(element, options);
   const file = await downloadTarget(to, element);
   const temp = path.join(path.dirname(file), `.${path.basename(file)}.partial-${process.pid}`);
+  const partials = new DownloadJournal(options.stateDir);
+  const journaled = await partials.record(`${process.pid}-${randomBytes(4).toString('hex')}`, { pid: process.pid, path: temp });
   let bytes = element.storedBytes;
   try {
     const sink = () => createWriteStream(temp, { flags: 'wx', mode: 0o600 });
@@ -303,10 +309,13 @@ export async function downloadElement(
       );
       bytes = (await stat(temp)).size;
     }
+    await reachedPhase('get:written');
     await rename(temp, file);
   } catch (error) {
     await rm(temp, { force: true });
     throw toAgentError(error, 'E_STORE_IO');
+  } finally {
+    await partials.remove(journaled);
   }
   // What was checked, for the user: an archive's sha256, or every chunk's authentication.
   const verified = element.repository ? 'every chunk authenticated' : 'sha256 verified';

@@ -236,7 +236,7 @@ function buildProgram(): Command {
       const result = await withOperation(cmd, async (ctx) => {
         const store = await openEnvironmentStore(ctx.config, env);
         const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: opts.allowUnauthenticated === true });
-        return downloadElement(backupStorage(ctx.config, store, env), manifest, findElement(manifest, opts.element), opts.to, ctx.signal, { database: opts.database, allDatabases: opts.allDatabases });
+        return downloadElement(backupStorage(ctx.config, store, env), manifest, findElement(manifest, opts.element), opts.to, ctx.signal, { database: opts.database, allDatabases: opts.allDatabases, stateDir: ctx.config.stateDir });
       });
       const loads = result.database ? `; database ${result.database} without CREATE DATABASE/USE: it loads into the database you name` : '';
       output(cmd, result, () => `wrote ${result.path} (${formatBytes(result.bytes)}, ${result.verified}${loads})\n`);

@@ -14,6 +14,8 @@ import { openEnvironmentStore, openStore } from '../stores.ts';
 import { reportOrphanUploadsAborted } from '../../transport/store-telemetry.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
+import { removeDeadSnapshots } from '../../snapshot/files/snapshot.ts';
+import { removeDeadDownloads } from '../download-journal.ts';
 import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
 import { isAlive } from '../../liveness.ts';
 import { removeDeadTempFiles } from '../../state-file.ts';
@@ -40,8 +42,9 @@ export interface RecoveryReport {
  *   5. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what 3 and 4 did,
  *      and removes the objects an interrupted backup had written (no manifest: it was never
  *      Restorable);
- *   6. removes dead processes' temp files (private-temp.ts, half-written state files) and
- *      their lock files.
+ *   6. removes dead processes' temp files (private-temp.ts, half-written state files), the
+ *      mount snapshots of their backups (files/snapshot.ts), the partial files of their
+ *      `backup get` (download-journal.ts), and their lock files.
  */
 export async function recoverAtStart(config: Config, logger: Logger, options: { sweepStores: boolean }): Promise<RecoveryReport> {
   await ensurePrivateStateDir(config.stateDir, logger);
@@ -53,6 +56,8 @@ export async function recoverAtStart(config: Config, logger: Logger, options: { 
   const interrupted = await failInterruptedJobs(config, logger, restores, aborted);
   await removeDeadTempDirs(config.stateDir);
   await removeDeadTempFiles(config.stateDir);
+  await removeLeftoverSnapshots(config, logger);
+  await removeDeadDownloads(config.stateDir, logger);
   await removeStaleLocks(config.stateDir);
   const swept = aborted.swept;
   if (thawed > 0 || interrupted.length > 0 || swept > 0 || restores.length > 0) {
@@ -78,6 +83,18 @@ async function ensurePrivateStateDir(stateDir: string, logger: Logger): Promise<
     const octal = `0${mode.toString(8)}`;
     logger.warn({ stateDir, mode: octal }, `the state directory ${stateDir} is accessible by group or others (mode ${octal}); it holds job records, journals and the embedded store's backups: chmod 700 ${stateDir}`);
   }
+}
+
+/**
+ * The btrfs/XFS snapshots a killed consistent backup left in its files mounts: every configured
+ * files service's mount is looked at (on btrfs or XFS only). One that cannot be deleted now is
+ * retried at the next start.
+ */
+async function removeLeftoverSnapshots(config: Config, logger: Logger): Promise<void> {
+  const mounts = Object.values(config.environments).flatMap((env) => Object.values(env.services).flatMap((service) => (service.kind === 'files' ? [service.path] : [])));
+  const { removed, failures } = await removeDeadSnapshots(mounts);
+  if (removed.length > 0) logger.warn({ phase: 'recovery', snapshots: removed }, 'removed the mount snapshots of backups whose process is gone');
+  for (const failure of failures) logger.error({ phase: 'recovery', ...failure }, `could not remove the snapshot ${failure.path} a killed backup left; retried at the next start`);
 }
 
 /**

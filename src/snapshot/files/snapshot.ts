@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rm, rmdir, stat, statfs } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
+import { currentProcess, isAlive } from '../../liveness.ts';
 
 /** Everything the agent creates inside a mount starts with this, and is never backed up. */
 export const AGENT_ENTRY_PREFIX = '.storage-agent-';
@@ -26,7 +27,9 @@ export interface MountSnapshot {
  * with the mount's size: a read-only btrfs subvolume snapshot (constant time), or a reflink
  * copy on XFS/btrfs (shares every data block; costs metadata only). Undefined where the
  * filesystem offers neither: the caller then reads the live tree inside the freeze.
- * Snapshots live in `<mount>/.storage-agent-snapshots/`, on the same filesystem.
+ * Snapshots live in `<mount>/.storage-agent-snapshots/`, on the same filesystem, named after
+ * the process that takes them (`<pid>-<start time>-<random>`): one whose owner is gone is a
+ * crash's leftover, which removeDeadSnapshots (at every agent start) deletes.
  */
 export async function snapshotMount(mount: string, signal: AbortSignal): Promise<MountSnapshot | undefined> {
   const [fs, root] = await Promise.all([statfs(mount), stat(mount)]);
@@ -34,7 +37,8 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
   if (!isBtrfs && fs.type !== XFS_MAGIC) return undefined;
   const holder = path.join(mount, SNAPSHOT_DIR);
   await makeSnapshotDir(mount, holder, { mayExist: true });
-  const target = path.join(holder, randomBytes(6).toString('hex'));
+  const { pid, startTime } = currentProcess();
+  const target = path.join(holder, `${pid}-${startTime ?? 'unknown'}-${randomBytes(6).toString('hex')}`);
   if (isBtrfs && root.ino === BTRFS_SUBVOLUME_INODE) {
     await run('btrfs', ['subvolume', 'snapshot', '-r', mount, target], signal);
     return { path: target, method: 'btrfs-subvolume', remove: () => removeSnapshot(holder, () => run('btrfs', ['subvolume', 'delete', target])) };
@@ -78,6 +82,78 @@ async function makeSnapshotDir(mount: string, dir: string, options: { mayExist: 
 async function removeSnapshot(holder: string, removeTarget: () => Promise<unknown>): Promise<void> {
   await removeTarget();
   await rmdir(holder).catch(() => {}); // only when empty: other jobs' snapshots stay
+}
+
+/** Filesystem types whose mounts may hold snapshots of the agent: the only ones removeDeadSnapshots looks into. */
+const SNAPSHOT_FILESYSTEMS = new Set(['btrfs', 'xfs']);
+
+/**
+ * Deletes the snapshots in `<mount>/.storage-agent-snapshots/` of each of `mounts` whose owner is
+ * gone (a backup killed between taking its snapshot and releasing it: SIGKILL, OOM, power),
+ * and the holder once empty; returns the paths deleted and those that could not be. A snapshot pins every block it shares
+ * with the live tree, so one left behind costs the mount's space for good. Names that are not
+ * `<pid>-<start time>-…` (an earlier version's, or unknown) are leftovers too: nothing else
+ * writes there. Only mounts on btrfs or XFS are looked into, as /proc/self/mountinfo says —
+ * a mount of another type cannot hold one, and a hung network mount must not hang every start.
+ */
+export async function removeDeadSnapshots(mounts: readonly string[]): Promise<{ removed: string[]; failures: { path: string; error: string }[] }> {
+  const types = await mountTypes();
+  const removed: string[] = [];
+  const failures: { path: string; error: string }[] = [];
+  for (const mount of new Set(mounts.map((m) => path.resolve(m)))) {
+    const type = fsTypeOf(types, mount);
+    if (type === undefined || !SNAPSHOT_FILESYSTEMS.has(type)) continue;
+    const holder = path.join(mount, SNAPSHOT_DIR);
+    let names: string[];
+    try {
+      names = await readdir(holder);
+    } catch {
+      continue; // none: the usual case
+    }
+    for (const name of names) {
+      const match = /^(\d+)-(\d+|unknown)-/.exec(name);
+      if (match && isAlive({ pid: Number(match[1]), startTime: match[2] === 'unknown' ? null : Number(match[2]) })) continue;
+      const target = path.join(holder, name);
+      try {
+        await removeSnapshotPath(target);
+        removed.push(target);
+      } catch (error) {
+        failures.push({ path: target, error: (error as Error).message });
+      }
+    }
+    await rmdir(holder).catch(() => {}); // only when empty: live jobs' snapshots stay
+  }
+  return { removed, failures };
+}
+
+/** A read-only btrfs subvolume is deleted as one (rm cannot); anything else is a reflink copy. */
+async function removeSnapshotPath(target: string): Promise<void> {
+  const [info, fs] = await Promise.all([lstat(target), statfs(target)]);
+  if (info.isDirectory() && fs.type === BTRFS_MAGIC && info.ino === BTRFS_SUBVOLUME_INODE) await run('btrfs', ['subvolume', 'delete', target]);
+  else await rm(target, { recursive: true, force: true });
+}
+
+/** Mount point → filesystem type, from /proc/self/mountinfo (never blocks on a hung mount). */
+async function mountTypes(): Promise<Map<string, string>> {
+  const types = new Map<string, string>();
+  const text = await readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  for (const line of text.split('\n')) {
+    const [before, after] = line.split(' - ');
+    const mountPoint = before?.split(' ')[4];
+    const type = after?.split(' ')[0];
+    // Later lines mount over earlier ones at the same point.
+    if (mountPoint && type) types.set(mountPoint.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))), type);
+  }
+  return types;
+}
+
+/** The type of the filesystem `dir` is on: that of its longest mount point prefix. */
+function fsTypeOf(types: Map<string, string>, dir: string): string | undefined {
+  for (let at = dir; ; at = path.dirname(at)) {
+    const type = types.get(at);
+    if (type !== undefined) return type;
+    if (at === path.dirname(at)) return undefined;
+  }
 }
 
 async function run(command: string, args: string[], signal?: AbortSignal): Promise<void> {

@@ -17,6 +17,12 @@ export interface FreezeGuard {
   readonly running: boolean;
   /** Tells the guard when the lease ends (once the lease is journaled). */
   arm(deadlineAt: number): void;
+  /**
+   * Has the guard run `fsfreeze --freeze` on `mount` (one the journal entry names): a freeze in
+   * flight when this process dies is then the guard's child, and the guard thaws after it ends.
+   * An abort of `signal` stops it; either way this settles only once its process has exited.
+   */
+  freeze(mount: string, signal: AbortSignal): Promise<void>;
   /** Closes the pipe: the guard thaws whatever the journal file still names, and exits. */
   release(): void;
 }
@@ -36,7 +42,26 @@ export async function startGuard(journalFile: string, onThawed: (reason: string)
   const stdout = child.stdout as Socket;
   stdin.on('error', () => {}); // EPIPE once the guard has gone: nothing left to tell it
   let exited = false;
+  /** The freeze waiting for its answer (one at a time). */
+  let pending: { mount: string; settle: (error?: Error) => void } | undefined;
   const lines = createInterface({ input: stdout });
+  lines.on('line', (line) => {
+    const answer = /^(frozen|failed) (.*)$/.exec(line);
+    if (!answer || !pending) return;
+    try {
+      const body = JSON.parse(answer[2]!) as string | { path: string; error: string; code?: string };
+      const mount = typeof body === 'string' ? body : body.path;
+      if (mount !== pending.mount) return;
+      pending.settle(typeof body === 'string' ? undefined : new AgentError(body.code === 'E_CANCELLED' ? 'E_CANCELLED' : 'E_CAPTURE_FAILED', body.error));
+    } catch {
+      // not an answer of ours
+    }
+  });
+  child.once('exit', () => {
+    exited = true;
+    // The guard is gone (killed): it will not answer, and it thaws nothing any more.
+    pending?.settle(new AgentError('E_CAPTURE_FAILED', `the freeze guard (pid ${child.pid}) exited while freezing ${pending.mount}`));
+  });
   const ready = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
     const fail = (why: string) => {
@@ -71,6 +96,26 @@ export async function startGuard(journalFile: string, onThawed: (reason: string)
       return !exited;
     },
     arm: (deadlineAt) => void stdin.write(`deadline ${deadlineAt}\n`),
+    freeze: (mount, signal) =>
+      new Promise<void>((resolve, reject) => {
+        if (exited) return reject(new AgentError('E_CAPTURE_FAILED', `the freeze guard (pid ${child.pid}) has exited: ${mount} was not frozen`));
+        if (pending) return reject(new Error(`the freeze guard is still freezing ${pending.mount}`));
+        const onAbort = () => void stdin.write('cancel\n');
+        pending = {
+          mount,
+          settle: (error) => {
+            pending = undefined;
+            signal.removeEventListener('abort', onAbort);
+            stdout.unref();
+            if (error) reject(error);
+            else resolve();
+          },
+        };
+        stdout.ref(); // the answer is awaited: it keeps this process alive until it comes
+        stdin.write(`freeze ${JSON.stringify(mount)}\n`);
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
+      }),
     release: () => void stdin.end(),
   };
 }

@@ -31,6 +31,9 @@ export interface FreezeOptions {
  * dies (its pipe closes) or the deadline passes, whatever this process is doing; the daemon
  * watches every entry too (watch.ts). The guard's start-up is before the first freeze, so it
  * is never part of the pause, and the deadline counts from the journal entry, after it.
+ * Filesystems are frozen through the guard (its own `fsfreeze` child), so that a freeze still
+ * in flight when this process dies cannot land after the guard's thaw; and a thaw here, on a
+ * deadline or a cancel, first waits for the freeze in flight to end.
  */
 export async function freezeWriters(options: FreezeOptions): Promise<FreezeLease> {
   const { targets, journal, logger } = options;
@@ -41,12 +44,15 @@ export async function freezeWriters(options: FreezeOptions): Promise<FreezeLease
   let started = performance.now();
   let thawing: Promise<number> | undefined;
   let guard: FreezeGuard | undefined;
+  /** The freeze in flight: a thaw waits for it to end (it is told to stop), or it could land after. */
+  let freezing: Promise<void> | undefined;
 
   // Declared before the guard starts: it may report a thaw of its own at any time after.
   function thaw(): Promise<number> {
     thawing ??= (async () => {
       clearTimeout(timer);
       options.signal.removeEventListener('abort', onCancel);
+      await freezing?.catch(() => {});
       const failures = await thawAll(targets, () => reachedPhase('freeze:thawing'));
       const pauseMs = performance.now() - started;
       if (failures.length > 0) {
@@ -100,7 +106,10 @@ export async function freezeWriters(options: FreezeOptions): Promise<FreezeLease
     await reachedPhase('freeze:journaled');
     started = performance.now();
     for (const target of targets) {
-      await target.freeze(AbortSignal.any([options.signal, deadline.signal]));
+      const signal = AbortSignal.any([options.signal, deadline.signal]);
+      // A filesystem is frozen by the guard's own fsfreeze child (guard.ts says why).
+      freezing = target.kind === 'fsfreeze' ? guard.freeze(target.path, signal) : target.freeze(signal);
+      await freezing;
     }
   } catch (error) {
     await thaw().catch(() => {});

@@ -1,7 +1,6 @@
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { access, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
 import type { SavedTarget } from './journal.ts';
@@ -119,17 +118,37 @@ export async function thawAll(targets: readonly FreezeTarget[], afterEach?: () =
   return failures;
 }
 
-// node:child_process, not execa: the freeze guard loads this module, and execa alone would
-// add ~65 ms to its start-up.
-const execFileAsync = promisify(execFile);
-
-async function run(args: string[], signal?: AbortSignal): Promise<void> {
-  try {
-    await execFileAsync('fsfreeze', args, { signal, env: childEnv() });
-  } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr?.trim();
-    throw new AgentError('E_CAPTURE_FAILED', `fsfreeze ${args.join(' ')} failed: ${stderr || (error as Error).message}`, { cause: error });
-  }
+/**
+ * Runs fsfreeze and settles once its process has exited — also when `signal` aborts it (it is
+ * sent SIGTERM): a FIFREEZE still running in the kernel ends first, and a thaw that followed
+ * the rejection at once (as execFile's does) could run before the freeze lands, leaving the
+ * filesystem frozen. node:child_process, not execa: the freeze guard loads this module, and
+ * execa alone would add ~65 ms to its start-up.
+ */
+function run(args: string[], signal?: AbortSignal): Promise<void> {
+  const what = `fsfreeze ${args.join(' ')}`;
+  if (signal?.aborted) return Promise.reject(new AgentError('E_CANCELLED', `stopped before ${what}`, { cause: signal.reason }));
+  return new Promise<void>((resolve, reject) => {
+    const child = spawn('fsfreeze', args, { env: childEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const stop = () => child.kill('SIGTERM');
+    let settled = false;
+    const settle = (error?: Error) => {
+      if (settled) return;
+      settled = true;
+      signal?.removeEventListener('abort', stop);
+      if (error) reject(error);
+      else resolve();
+    };
+    child.once('error', (error) => settle(new AgentError('E_CAPTURE_FAILED', `${what} failed: ${error.message}`, { cause: error })));
+    child.once('close', (code, killedBy) => {
+      if (signal?.aborted) return settle(new AgentError('E_CANCELLED', `stopped ${what}`, { cause: signal.reason }));
+      if (code === 0) return settle();
+      settle(new AgentError('E_CAPTURE_FAILED', `${what} failed: ${stderr.trim() || (killedBy ? `killed by ${killedBy}` : `exit code ${code}`)}`));
+    });
+    signal?.addEventListener('abort', stop, { once: true });
+  });
 }
 
 async function write(file: string, value: string): Promise<void> {

@@ -1,13 +1,18 @@
 import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
+import { reachedPhase } from '../../phase-hook.ts';
 import { backoff, info, infoNumber, keyspaceOf, logCursor, logSince, parseInfo, pause, replyText, warningsIn, type LogCursor } from './connection.ts';
 
 /**
- * The write pause's own expiry: CLIENT PAUSE ends by itself after this long even if the agent
- * dies between PAUSE and UNPAUSE. It covers only the fork (tens of ms for GBs, MEASUREMENTS.md).
+ * The write pause's own expiry. CLIENT PAUSE is sent in the same write as BGSAVE … UNPAUSE
+ * (forkSave), so an agent that dies after sending it has sent the UNPAUSE too: the lease only
+ * bounds a pause whose UNPAUSE never arrived (a connection cut inside those few hundred bytes).
+ * Redis runs the five commands back to back, and the fork is inside BGSAVE (29–52 ms for
+ * 5 M keys, MEASUREMENTS.md), so the lease never has to cover a round trip or the agent. It
+ * is the 1 s the freeze promises writers at most after a crash.
  */
-export const PAUSE_LEASE_MS = 5_000;
+export const PAUSE_LEASE_MS = 1_000;
 
 export interface ForkedSave {
   /** `rdb_saves` right after our fork (Redis ≥ 7.0 counts a save when it starts). */
@@ -38,11 +43,15 @@ const BUSY = /already in progress|another child process is active|rewriting in p
  * Starts our own BGSAVE and resolves once Redis has forked: from then on the RDB's content is
  * fixed. A save or AOF rewrite already running is waited for first (outside any pause), so
  * the file we read is never one whose point in time predates the request. Consistent mode
- * holds `CLIENT PAUSE … WRITE` across the fork only: PAUSE, then one pipeline of BGSAVE,
- * INFO keyspace, INFO persistence and UNPAUSE that Redis runs back to back.
+ * holds `CLIENT PAUSE … WRITE` across the fork only: one pipeline — one write to the socket —
+ * of CLIENT PAUSE, BGSAVE, INFO keyspace, INFO persistence and CLIENT UNPAUSE, which Redis runs
+ * back to back. Nothing can stop the agent between the pause and the unpause: once the write
+ * is made, both reach Redis whatever becomes of the agent (it runs commands it has read even
+ * from a client that has gone). Not in MULTI: there BGSAVE only schedules a fork for later.
  */
 export async function forkSave(client: Redis, options: SaveOptions): Promise<ForkedSave> {
   const { consistent, signal } = options;
+  if (consistent) await requirePauseWrite(client);
   for (;;) {
     await waitForNoChild(client, options);
     const log = await logCursor(client);
@@ -51,21 +60,30 @@ export async function forkSave(client: Redis, options: SaveOptions): Promise<For
     let pauseMs: number | null = null;
     if (consistent) {
       const started = performance.now();
-      try {
-        await client.call('CLIENT', 'PAUSE', String(PAUSE_LEASE_MS), 'WRITE');
-      } catch (error) {
-        throw new AgentError('E_CAPTURE_FAILED', `CLIENT PAUSE … WRITE was refused (${replyText(error)}); a consistent Redis capture needs Redis 6.2 or later`, {
-          cause: error,
-        });
-      }
       let unpaused = false;
       try {
-        replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').call('CLIENT', 'UNPAUSE').exec()) ?? []) as [Error | null, unknown][];
-        unpaused = replies[3]?.[0] === null;
+        const sent = client
+          .pipeline()
+          .call('CLIENT', 'PAUSE', String(PAUSE_LEASE_MS), 'WRITE')
+          .call('BGSAVE')
+          .call('INFO', 'keyspace')
+          .call('INFO', 'persistence')
+          .call('CLIENT', 'UNPAUSE')
+          .exec();
+        await reachedPhase('redis:paused'); // the pipeline is written: the pause and its end are on their way
+        replies = ((await sent) ?? []) as [Error | null, unknown][];
+        unpaused = replies[4]?.[0] === null;
       } finally {
         pauseMs = performance.now() - started;
         if (!unpaused) await options.unpauseElsewhere().catch(() => {}); // the lease ends it otherwise
       }
+      const [pauseError] = replies[0] ?? [new Error('no reply to CLIENT PAUSE')];
+      if (pauseError) {
+        throw new AgentError('E_CAPTURE_FAILED', `CLIENT PAUSE … WRITE was refused (${replyText(pauseError)}); a consistent Redis capture needs Redis 6.2 or later`, {
+          cause: pauseError,
+        });
+      }
+      replies = replies.slice(1);
     } else {
       replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').exec()) ?? []) as [Error | null, unknown][];
     }
@@ -76,11 +94,19 @@ export async function forkSave(client: Redis, options: SaveOptions): Promise<For
     }
     const { keys, keyspace } = keyspaceOf(parseInfo(String(replies[1]?.[1] ?? '')));
     const savesAtFork = infoNumber(parseInfo(String(replies[2]?.[1] ?? '')), 'rdb_saves');
-    const warnings: string[] = [];
-    if (pauseMs !== null && pauseMs >= PAUSE_LEASE_MS) {
-      warnings.push(`the Redis write pause expired (${PAUSE_LEASE_MS} ms) before the fork: writes from clients outside the frozen environment may have reached the snapshot`);
-    }
-    return { log, savesAtFork, pauseMs: pauseMs === null ? null : Math.round(pauseMs * 1000) / 1000, keys, keyspace, warnings };
+    return { log, savesAtFork, pauseMs: pauseMs === null ? null : Math.round(pauseMs * 1000) / 1000, keys, keyspace, warnings: [] };
+  }
+}
+
+/**
+ * CLIENT PAUSE … WRITE came with Redis 6.2. Checked before the pipeline: there, a refused
+ * pause would not stop the BGSAVE behind it from running unpaused.
+ */
+async function requirePauseWrite(client: Redis): Promise<void> {
+  const version = (await info(client, 'server')).get('redis_version');
+  const [major = 0, minor = 0] = (version ?? '').split('.').map(Number);
+  if (version !== undefined && (major < 6 || (major === 6 && minor < 2))) {
+    throw new AgentError('E_CAPTURE_FAILED', `Redis ${version} has no CLIENT PAUSE … WRITE; a consistent Redis capture needs Redis 6.2 or later (or back up with --live)`);
   }
 }
 
