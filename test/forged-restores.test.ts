@@ -1,24 +1,19 @@
-import { createHash } from 'node:crypto';
 import { mkdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import type { Connection } from 'mysql2/promise';
 import { pack as tarPack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
-import { createCompressor, createDecompressor } from '../src/snapshot/compression.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/object-store.ts';
 import { cli, cliJson, createSandbox, s3StoreConfig, type Sandbox } from './support/cli.ts';
-import { putSigned } from './support/manifest-keys.ts';
+import { forgeElement as forge } from './support/forge.ts';
 import { checksums, connect, mariadbServer, mysqlServiceConfig, rows, uniqueName } from './support/mysql.ts';
-import { startRedis, type TestRedis } from './support/redis.ts';
+import { rdbWithLibraryAfterKey } from './support/rdb.ts';
+import { diffData, readAll, startRedis, type TestRedis } from './support/redis.ts';
 import { createTestBucket } from './support/s3.ts';
-
-const zst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createCompressor('zstd', { level: 1 })));
-const unzst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createDecompressor('zstd')));
 
 /**
  * What a forged dump must not change on the server: every account and its grants, every
@@ -90,17 +85,7 @@ for (const storeKind of ['fs', 's3'] as const) {
     });
 
     /** Replaces element `name` of a fresh backup with `raw`, under a manifest signed with the node's key. */
-    async function forgeElement(name: string, change: (raw: Buffer) => Buffer): Promise<Manifest> {
-      const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--live', '--element', name]);
-      const element = manifest.elements[0]!;
-      const raw = change(await unzst(await buffer(await store.get(element.objects[0]!.key))));
-      const archive = await zst(raw);
-      await store.put(element.objects[0]!.key, Readable.from([archive]));
-      const sha256 = createHash('sha256').update(archive).digest('hex');
-      const forged = { ...manifest, elements: [{ ...element, objects: [{ key: element.objects[0]!.key, bytes: archive.length }], storedBytes: archive.length, rawBytes: raw.length, sha256 }] };
-      await putSigned(store, sandbox.configPath, forged);
-      return manifest;
-    }
+    const forgeElement = (name: string, change: (raw: Buffer) => Buffer): Promise<Manifest> => forge(sandbox.configPath, store, 'site', name, change);
 
     it.each([
       ['a grant', "GRANT ALL PRIVILEGES ON *.* TO 'evil'@'%' IDENTIFIED BY 'x' WITH GRANT OPTION;"],
@@ -157,6 +142,62 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect((await stat(path.join(mount(), 'suid-shell'))).mode & 0o7777).toBe(0o755);
       expect((await stat(path.join(mount(), 'sgid-tool'))).mode & 0o7777).toBe(0o755);
       expect(restored.elements[0]!.facts).toMatchObject({ setuidCleared: 2 });
+    });
+
+    /** A forged uploads tar: one plain file and two programs with setuid/setgid bits. */
+    async function setuidTar(): Promise<Buffer> {
+      const pack = tarPack();
+      pack.entry({ name: 'a.txt', mode: 0o644 }, 'a');
+      pack.entry({ name: 'bin', type: 'directory', mode: 0o755 });
+      pack.entry({ name: 'bin/suid-shell', mode: 0o4755, uid: 0, gid: 0 }, '#!/bin/sh\n');
+      pack.entry({ name: 'sgid-tool', mode: 0o2711, uid: 0, gid: 0 }, '#!/bin/sh\n');
+      pack.finalize();
+      return buffer(pack);
+    }
+    const CLEARED = 'cleared the setuid/setgid bits of 2 files (bin/suid-shell, sgid-tool); set keepSetuid: true on the service to restore them as archived';
+
+    it('files: the human output of backup restore names the files whose setuid/setgid bits it cleared; a restore that cleared none says nothing of it', async () => {
+      const tar = await setuidTar();
+      const manifest = await forgeElement('uploads', () => tar);
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--element', 'uploads', '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(0);
+      expect(restore.stdout).toBe(`restored backup ${manifest.id} into site: uploads\n  warning: uploads: ${CLEARED}`);
+      expect((await stat(path.join(mount(), 'bin', 'suid-shell'))).mode & 0o7777).toBe(0o755);
+
+      const plain = await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--live', '--element', 'uploads']);
+      const quiet = await cli([...args(), 'backup', 'restore', 'site', plain.id, '--element', 'uploads', '--yes', '--no-safety-backup']);
+      expect(quiet.exitCode, quiet.stderr).toBe(0);
+      expect(quiet.stdout).toBe(`restored backup ${plain.id} into site: uploads`);
+    });
+
+    it('files: the restore logs the cleared setuid/setgid bits at warn, naming the files (what --log-level and the daemon\'s journal show)', async () => {
+      const tar = await setuidTar();
+      const manifest = await forgeElement('uploads', () => tar);
+      const restore = await cli([...args(), '--log-level', 'warn', 'backup', 'restore', 'site', manifest.id, '--element', 'uploads', '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(0);
+      const warned = restore.stderr
+        .split('\n')
+        .filter((line) => line.startsWith('{'))
+        .map((line) => JSON.parse(line) as { level: number; msg: string; element?: string })
+        .filter((line) => line.level === 40);
+      expect(warned).toEqual([expect.objectContaining({ element: 'uploads', backupId: manifest.id, msg: expect.stringContaining(CLEARED) })]);
+    });
+
+    it('redis: a crafted RDB holding a function library after a key (zero checksum) → E_UNSAFE_ARCHIVE_ENTRY (exit 10), the target\'s keys and functions unchanged', async () => {
+      const library = "#!lua name=crafted\nredis.register_function('get', function(keys, args) return redis.call('FLUSHALL') end)";
+      const manifest = await forgeElement('cache', () => rdbWithLibraryAfterKey(library));
+      const target = redis.client();
+      await target.set('kept', 'yes');
+      await target.call('FUNCTION', 'LOAD', 'REPLACE', "#!lua name=mine\nredis.register_function('mine', function() return 1 end)");
+      const state = async () => ({ data: await readAll(redis), functions: await target.call('FUNCTION', 'LIST') });
+      const before = await state();
+      const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--element', 'cache', '--yes', '--no-safety-backup']);
+      expect(restore.exitCode, restore.stderr).toBe(10);
+      expect(restore.stderr).toMatch(/E_UNSAFE_ARCHIVE_ENTRY.*holds 1 function library \(crafted\).*functions: keep/s);
+      const after = await state();
+      expect(diffData(before.data, after.data)).toEqual([]);
+      expect(after.functions).toEqual(before.functions);
+      await target.call('FUNCTION', 'DELETE', 'mine');
     });
   });
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { text } from 'node:stream/consumers';
+import { buffer, text } from 'node:stream/consumers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSummary } from '../src/agent/catalog.ts';
@@ -47,37 +47,41 @@ for (const storeKind of ['fs', 's3'] as const) {
   describe(`every backup is authenticated (${storeKind} store)`, () => {
     let sandbox: Sandbox;
     let mount: string;
+    let config: Record<string, unknown>;
     let store: ObjectStore;
     const args = () => ['--config', sandbox.configPath];
     const backup = () => cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
     const stored = async (id: string) => JSON.parse(await text(await store.get(manifestKey('site', id)))) as Manifest;
 
     beforeAll(async () => {
-      ({ sandbox, mount } = await siteSandbox(storeKind));
+      ({ sandbox, mount, config } = await siteSandbox(storeKind));
       store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'site');
     });
     afterAll(() => sandbox.cleanup());
 
-    /** Every command that trusts a manifest refuses this backup E_MANIFEST_UNAUTHENTICATED (exit 5), the flag or not; the target is unchanged. */
-    async function expectRefused(id: string, why: RegExp, flags: string[] = []): Promise<void> {
-      await writeFile(path.join(mount, 'changed-after-backup.txt'), 'keep me');
-      const before = treeState(mount);
+    /**
+     * Every command that trusts a manifest refuses this backup with `code` (exit 5: by default
+     * E_MANIFEST_UNAUTHENTICATED), the flag or not; the target is unchanged, list says invalid.
+     */
+    async function expectRefused(id: string, why: RegExp, flags: string[] = [], { code = 'E_MANIFEST_UNAUTHENTICATED', env = 'site', target = mount } = {}): Promise<void> {
+      await writeFile(path.join(target, 'changed-after-backup.txt'), 'keep me');
+      const before = treeState(target);
       const to = path.join(sandbox.dir, 'download.tar.zst');
       const commands = [
-        ['backup', 'restore', 'site', id, '--yes'],
-        ['backup', 'get', 'site', id, '--element', 'uploads', '--to', to],
-        ['backup', 'url', 'site', id, '--element', 'uploads'],
-        ['backup', 'verify', 'site', id],
+        ['backup', 'restore', env, id, '--yes'],
+        ['backup', 'get', env, id, '--element', 'uploads', '--to', to],
+        ['backup', 'url', env, id, '--element', 'uploads'],
+        ['backup', 'verify', env, id],
       ];
       for (const command of commands) {
         const result = await cli([...args(), ...command, ...flags]);
         expect(result.exitCode, `${command[1]}: ${result.stderr}`).toBe(5);
-        expect(result.stderr).toMatch(/error \[E_MANIFEST_UNAUTHENTICATED\]/);
+        expect(result.stderr).toContain(`error [${code}]`);
         expect(result.stderr).toMatch(why);
       }
-      expect(treeState(mount)).toEqual(before);
+      expect(treeState(target)).toEqual(before);
       await expect(stat(to)).rejects.toThrow();
-      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === id);
+      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', env])).find((b) => b.id === id);
       expect(listed).toMatchObject({ status: 'invalid', authenticated: false, restorable: false });
     }
 
@@ -144,10 +148,32 @@ for (const storeKind of ['fs', 's3'] as const) {
       await putManifest(store, 'site', newer.id, replayed);
       await expectRefused(newer.id, /MAC does not verify/);
 
+      // Copied as it is (its MAC verifies): restore, get, url and verify all refuse it.
       await putManifest(store, 'site', newer.id, old);
-      const restore = await cli([...args(), 'backup', 'restore', 'site', newer.id, '--yes']);
-      expect(restore.exitCode).toBe(5);
-      expect(restore.stderr).toMatch(new RegExp(`E_MANIFEST_INVALID.*it names backup site/${old.id}`));
+      await expectRefused(newer.id, new RegExp(`manifest of backup site/${newer.id} .*it names backup site/${old.id}`), [], { code: 'E_MANIFEST_INVALID' });
+      await expectRefused(newer.id, new RegExp(`it names backup site/${old.id}`), ['--allow-unauthenticated'], { code: 'E_MANIFEST_INVALID' });
+    });
+
+    it("a manifest copied from another environment (the same bytes under <other env>/<id>/manifest.json, the objects too) → refused by restore, get, url and verify; the other environment's files unchanged", async () => {
+      const other = path.join(sandbox.dir, 'other-mount');
+      await mkdir(other, { recursive: true });
+      await writeFile(path.join(other, 'mine.txt'), 'the other environment\'s own file');
+      await sandbox.writeConfig({ ...config, environments: { ...(config.environments as Record<string, unknown>), other: filesEnv({ uploads: other }) } });
+      try {
+        const manifest = await backup();
+        const bytes = await buffer(await store.get(manifestKey('site', manifest.id)));
+        // Both environments share the store: the copy is what a bucket writer would make.
+        for (const object of manifest.elements[0]!.objects) {
+          await store.put(`other/${object.key.slice('site/'.length)}`, await store.get(object.key));
+        }
+        await store.put(manifestKey('other', manifest.id), Readable.from([bytes]));
+        await expectRefused(manifest.id, new RegExp(`manifest of backup other/${manifest.id} .*it names backup site/${manifest.id}`), [], { code: 'E_MANIFEST_INVALID', env: 'other', target: other });
+        // The original stays good.
+        const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id]);
+        expect(verify.exitCode, verify.stderr).toBe(0);
+      } finally {
+        await sandbox.writeConfig(config);
+      }
     });
 
     it('a backup made before keys (no MAC) is refused without --allow-unauthenticated, restores with it; list shows authenticated: false; delete and prune act on it', async () => {

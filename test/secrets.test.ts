@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { chmod, chown, mkdir, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Connection } from 'mysql2/promise';
@@ -107,10 +107,11 @@ interface Hit {
  * host (other test runs included) can hold them by chance. Also records the names of the
  * agent's descendants, to show the sweep saw its children at all.
  */
-function startSampler(secrets: Record<string, string>) {
+function startSampler(secrets: Record<string, string | Buffer>, agent?: number) {
   const hits: Hit[] = [];
   const descendants = new Map<number, string>();
-  let agentPid: number | undefined;
+  // An agent already running (a daemon) is named before the first sweep, which runs at once.
+  let agentPid: number | undefined = agent;
   let agentCmdline: Buffer | undefined;
   let agentEnvironHeldSecrets = false;
   let sweeps = 0;
@@ -194,12 +195,17 @@ describe('no process the agent starts sees a secret, during a backup and a resto
   let cgroup: TestCgroup;
   let db: string;
   let passwordFile: string;
+  let config: Record<string, unknown>;
   const mysqlUser = `sec_${randomBytes(4).toString('hex')}`;
+  /** The manifest MAC key of `keys:`: its bytes, and its hex as the key file holds it. */
+  const macKey = randomBytes(32);
   const secrets = {
     s3AccessKey: '',
     s3SecretKey: '',
     mysqlPassword: `my-${randomBytes(12).toString('hex')}`,
     redisPassword: `rd-${randomBytes(12).toString('hex')}`,
+    macKeyHex: macKey.toString('hex'),
+    macKey,
   };
   const env = () => ({ SECRETS_TEST_S3_ACCESS: secrets.s3AccessKey, SECRETS_TEST_S3_SECRET: secrets.s3SecretKey, SECRETS_TEST_REDIS: secrets.redisPassword });
   const args = () => ['--config', sandbox.configPath];
@@ -234,7 +240,9 @@ describe('no process the agent starts sees a secret, during a backup and a resto
     await mkdir(uploads);
     await writeFile(path.join(uploads, 'a'), randomBytes(1 << 20));
     cgroup = await createCgroup('v2'); // a freeze: the freeze guard is one of the children
-    await sandbox.writeConfig({
+    const keyFile = await secretFile(path.join(sandbox.dir, 'manifest.key'), `${secrets.macKeyHex}\n`, 0o600);
+    config = {
+      keys: [{ id: 'secrets-test', file: keyFile, sign: true }],
       defaultStore: 'rgw',
       // The test RGW with this test's own key pair, from the agent's environment.
       stores: { rgw: s3StoreConfig(bucket, { accessKeyId: { env: 'SECRETS_TEST_S3_ACCESS' }, secretAccessKey: { env: 'SECRETS_TEST_S3_SECRET' } }) },
@@ -248,7 +256,8 @@ describe('no process the agent starts sees a secret, during a backup and a resto
           },
         },
       },
-    });
+    };
+    await sandbox.writeConfig(config);
   });
 
   afterAll(async () => {
@@ -263,9 +272,21 @@ describe('no process the agent starts sees a secret, during a backup and a resto
     await sandbox?.cleanup();
   });
 
-  /** Runs the CLI with the secrets in its environment while the sampler sweeps /proc. */
-  async function sampled(command: string[]): Promise<{ result: { exitCode?: number; stdout: unknown; stderr: unknown }; sampler: ReturnType<typeof startSampler> }> {
-    const sampler = startSampler(secrets);
+  /**
+   * Runs the CLI with the secrets in its environment while the sampler sweeps /proc; with
+   * `daemon`, runs it with --remote instead (no secret in its environment: the daemon, which
+   * holds them, is the agent) and looks for `more` secrets too.
+   */
+  async function sampled(
+    command: string[],
+    daemon?: { pid: number; url: string; tokenFile: string; more: Record<string, string | Buffer> },
+  ): Promise<{ result: { exitCode?: number; stdout: unknown; stderr: unknown }; sampler: ReturnType<typeof startSampler> }> {
+    const sampler = startSampler({ ...secrets, ...daemon?.more }, daemon?.pid);
+    if (daemon) {
+      const result = await cli(['--json', '--remote', daemon.url, '--token-file', daemon.tokenFile, ...command]);
+      await sampler.stop();
+      return { result, sampler };
+    }
     const child = startCli(['--json', ...args(), ...command], { env: env() });
     sampler.setAgent(child.pid);
     const result = await child;
@@ -276,7 +297,8 @@ describe('no process the agent starts sees a secret, during a backup and a resto
   it('backup, then restore over it (with its safety backup): the secrets are in the agent’s environment only', async () => {
     const backup = await sampled(['backup', 'create', 'app']);
     expect(backup.result.exitCode, String(backup.result.stderr)).toBe(0);
-    const id = (JSON.parse(String(backup.result.stdout)) as Manifest).id;
+    const { id, mac } = JSON.parse(String(backup.result.stdout)) as Manifest;
+    expect(mac?.keyId).toBe('secrets-test'); // signed with the key file, whose hex is among the secrets
     await runSql(root, `DELETE FROM \`${db}\`.t`);
     const restore = await sampled(['backup', 'restore', 'app', id, '--yes']);
     expect(restore.result.exitCode, String(restore.result.stderr)).toBe(0);
@@ -292,6 +314,45 @@ describe('no process the agent starts sees a secret, during a backup and a resto
     const children = (sampler: ReturnType<typeof startSampler>) => new Set(sampler.descendants.values());
     expect([...children(backup.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysqldump']));
     expect([...children(restore.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysql', 'zstd']));
+  });
+
+  it('a daemon runs the backup and the restore (--remote): no process sees a secret, its tokens or its default manifest key either', async () => {
+    const tokens = await writeTokens(sandbox);
+    // No keys: the daemon signs with the default key it makes in the state dir at its start.
+    const { keys: _keys, ...withoutKeys } = config;
+    await sandbox.writeConfig({ ...withoutKeys, daemon: daemonSection(tokens) });
+    const daemon = await startDaemon(sandbox.configPath, { env: env() });
+    try {
+      const defaultKeyHex = (await readFile(path.join(sandbox.stateDir, 'keys', 'default.key'), 'utf8')).trim();
+      expect(defaultKeyHex).toMatch(/^[0-9a-f]{64}$/);
+      const remote = {
+        pid: daemon.child.pid!,
+        url: daemon.url,
+        tokenFile: tokens.adminFile,
+        more: { adminToken: tokens.admin, viewerToken: tokens.viewer, defaultKeyHex, defaultKey: Buffer.from(defaultKeyHex, 'hex') },
+      };
+      const backup = await sampled(['backup', 'create', 'app'], remote);
+      expect(backup.result.exitCode, String(backup.result.stderr)).toBe(0);
+      const manifest = JSON.parse(String(backup.result.stdout)) as Manifest;
+      expect(manifest.mac?.keyId).toMatch(/^default-/);
+      await runSql(root, `DELETE FROM \`${db}\`.t`);
+      const restore = await sampled(['backup', 'restore', 'app', manifest.id, '--yes'], remote);
+      expect(restore.result.exitCode, String(restore.result.stderr)).toBe(0);
+      expect(await rows(root, `SELECT COUNT(*) AS n FROM \`${db}\`.t`)).toEqual([{ n: 200000 }]);
+
+      for (const { sampler } of [backup, restore]) {
+        expect(sampler.agentEnvironHeldSecrets()).toBe(true);
+        expect(sampler.sweeps()).toBeGreaterThan(10);
+        expect(sampler.hits).toEqual([]);
+      }
+      // The jobs ran in the daemon: its children are what the sweep saw.
+      const children = (sampler: ReturnType<typeof startSampler>) => new Set(sampler.descendants.values());
+      expect([...children(backup.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysqldump']));
+      expect([...children(restore.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysql', 'zstd']));
+    } finally {
+      await daemon.stop();
+      await sandbox.writeConfig(config);
+    }
   });
 
   it('a mysql password file readable by others fails the backup (exit 3) naming the file', async () => {

@@ -194,7 +194,10 @@ function buildProgram(): Command {
           : s.id
             ? `safety backup ${s.id} of ${summary.target} taken first (${s.elements.join(', ')}; expires ${s.keepUntil ? shortTime(s.keepUntil) : 'never'})${s.skipped.length ? `; skipped, nothing there yet: ${s.skipped.join(', ')}` : ''}\n`
             : `no safety backup: nothing there yet (${s.skipped.join(', ')})\n`;
-        return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n`;
+        // What a restore changed on the way in (a files element's cleared setuid/setgid bits):
+        // said here as well as in the facts, or an operator at a terminal never reads it.
+        const warnings = summary.elements.flatMap((e) => (typeof e.facts.warning === 'string' ? [`  warning: ${e.name}: ${e.facts.warning}\n`] : []));
+        return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n${warnings.join('')}`;
       });
     });
 

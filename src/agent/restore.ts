@@ -120,6 +120,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
       );
       staged.push({ name: element.name, restore });
       log.info({ phase: 'staged', element: element.name }, 'element staged');
+      if (typeof restore.facts.warning === 'string') log.warn({ phase: 'staged', element: element.name, warning: restore.facts.warning }, `element ${element.name}: ${restore.facts.warning}`);
       await reachedPhase(`restore:staged:${element.name}`);
     }
     throwIfCancelled(signal);
