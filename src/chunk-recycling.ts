@@ -28,6 +28,15 @@ export function offerForRecycling(chunk: Buffer, giveBack: GiveBack): Buffer {
   return chunk;
 }
 
+/**
+ * Frees a buffer's memory at once (detaching it) when the buffer owns all of it — never a view
+ * of Node's shared pool or of a bigger buffer — rather than at the next GC.
+ */
+export function freeOwned(buffer: Uint8Array): void {
+  const memory = buffer.buffer;
+  if (memory instanceof ArrayBuffer && buffer.byteOffset === 0 && buffer.byteLength === memory.byteLength) memory.transfer(0);
+}
+
 /** Frees the memory of a recyclable chunk at once (detaching it), rather than at the next GC. */
 export const freeNow: GiveBack = (memory) => void memory.transfer(0);
 

@@ -6,6 +6,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
+import { zstdBound } from '../zstd-bound.ts';
 import type { WorkerReply } from '../worker-pool.ts';
 import type { CompressJob, CompressResult, FrameFormat } from './compress-pool.ts';
 
@@ -41,11 +42,6 @@ port.on('message', ({ seq, memory, length, ...format }: CompressJob & { seq: num
   port.postMessage(reply, reply.result ? [reply.result.frame, memory] : []);
 });
 
-/** ZSTD_COMPRESSBOUND: the largest frame `bytes` of input can compress to. */
-function zstdBound(bytes: number): number {
-  const small = 128 << 10;
-  return bytes + (bytes >> 8) + (bytes < small ? (small - bytes) >> 11 : 0);
-}
 
 /** deflateBound plus the gzip header and trailer, with room to spare. */
 function gzipBound(bytes: number): number {

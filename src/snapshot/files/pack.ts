@@ -41,6 +41,11 @@ const CHUNK_SIZE = BLOCK_BYTES;
  * come back to be refilled.
  */
 const CHUNK_CREDIT = 1;
+/**
+ * With segments the consumer is the repository, whose pace is set by many small blobs rather
+ * than by one compressor: more read ahead keeps the worker walking while it catches up.
+ */
+const SEGMENTED_CHUNK_CREDIT = 4;
 const WORKER_URL = siblingModule(import.meta.url, 'pack-worker');
 
 /**
@@ -55,7 +60,8 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
   const { signal } = options;
   throwIfCancelled(signal);
 
-  const control = createControl(CHUNK_CREDIT);
+  const segmented = options.parent !== undefined;
+  const control = createControl(segmented ? SEGMENTED_CHUNK_CREDIT : CHUNK_CREDIT);
   // Chunks a consumer is done with go back to the worker, which fills them again.
   const { port1: recycled, port2: workerRecycled } = new MessageChannel();
   const giveBack = (memory: ArrayBuffer) => recycled.postMessage(memory, [memory]);
@@ -73,7 +79,6 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
   let result: PackStats | undefined;
   let failure: AgentError | undefined;
 
-  const segmented = options.parent !== undefined;
   // Segment marks in the order they came, each waiting for the bytes before it to be pushed.
   const marks: { offset: number; segment: FileSegment }[] = [];
   let pushed = 0;

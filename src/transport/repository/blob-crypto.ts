@@ -1,4 +1,4 @@
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, type KeyObject } from 'node:crypto';
 
 /**
  * Authenticated encryption of a repository's blobs (issue #13 §4): AES-256-GCM, which
@@ -13,17 +13,26 @@ const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 export const SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES;
 
-export function seal(key: Buffer, plaintext: Uint8Array, associated: Uint8Array): Buffer {
+/**
+ * `key`: the raw bytes, or a KeyObject made once (a worker seals thousands of blobs with one
+ * key). The plaintext is the concatenation of `parts`, encrypted in place of a copy; the result
+ * owns all its memory (it can be transferred to another thread).
+ */
+export function seal(key: Buffer | KeyObject, parts: readonly Uint8Array[], associated: Uint8Array): Buffer {
   const nonce = randomBytes(NONCE_BYTES);
   const cipher = createCipheriv('aes-256-gcm', key, nonce);
   cipher.setAAD(associated);
-  const body = cipher.update(plaintext);
-  const final = cipher.final();
-  return Buffer.concat([nonce, body, final, cipher.getAuthTag()], NONCE_BYTES + body.length + final.length + TAG_BYTES);
+  const length = parts.reduce((sum, part) => sum + part.length, 0);
+  const sealed = Buffer.allocUnsafeSlow(NONCE_BYTES + length + TAG_BYTES);
+  let at = nonce.copy(sealed, 0);
+  for (const part of parts) at += cipher.update(part).copy(sealed, at);
+  at += cipher.final().copy(sealed, at);
+  cipher.getAuthTag().copy(sealed, at);
+  return sealed;
 }
 
 /** The plaintext, or undefined when the sealed bytes were changed, truncated or sealed for something else. */
-export function open(key: Buffer, sealed: Uint8Array, associated: Uint8Array): Buffer | undefined {
+export function open(key: Buffer | KeyObject, sealed: Uint8Array, associated: Uint8Array): Buffer | undefined {
   if (sealed.length < SEAL_OVERHEAD) return undefined;
   const decipher = createDecipheriv('aes-256-gcm', key, sealed.subarray(0, NONCE_BYTES));
   decipher.setAAD(associated);
@@ -56,6 +65,6 @@ export function deriveRepositoryKeys(master: Buffer): RepositoryKeys {
   return { encryption: derive('encryption'), blobId: derive('blob-id'), chunker: derive('chunker') };
 }
 
-export function blobIdOf(keys: RepositoryKeys, plaintext: Uint8Array): Buffer {
+export function blobIdOf(keys: Pick<RepositoryKeys, 'blobId'> | { blobId: KeyObject }, plaintext: Uint8Array): Buffer {
   return createHmac('sha256', keys.blobId).update(plaintext).digest();
 }

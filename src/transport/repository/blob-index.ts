@@ -73,7 +73,7 @@ export function sealIndex(encryption: Buffer, env: string, entries: ReadonlyMap<
     at = plain.writeUInt32BE(entry.length, at);
     at = plain.writeUInt32BE(entry.rawLength, at);
   }
-  const body = seal(encryption, plain, indexAssociatedData(env));
+  const body = seal(encryption, [plain], indexAssociatedData(env));
   return { id: createHash('sha256').update(body).digest('hex'), body };
 }
 

@@ -17,10 +17,12 @@ type WireKeys = Record<keyof RepositoryKeys, Uint8Array>;
 export type BlobRequest =
   | { op: 'identify'; keys: WireKeys; memory: ArrayBuffer; length: number }
   | { op: 'seal'; keys: WireKeys; kind: BlobKind; id: string; level: number; memory: ArrayBuffer; length: number }
+  | { op: 'identify-seal'; keys: WireKeys; kind: BlobKind; level: number; memory: ArrayBuffer; lengths: number[] }
   | { op: 'open'; keys: WireKeys; kind: BlobKind; id: string; rawLength: number; memory: ArrayBuffer; length: number };
 export type BlobResult =
   | { op: 'identify'; id: string; memory: ArrayBuffer }
   | { op: 'seal'; sealed: ArrayBuffer; memory: ArrayBuffer }
+  | { op: 'identify-seal'; ids: string[]; sealed: ArrayBuffer; lengths: number[] }
   | { op: 'open'; plain: ArrayBuffer; failure?: undefined }
   | { op: 'open'; failure: string; plain?: undefined };
 
@@ -62,7 +64,34 @@ export class BlobPool {
     const memory = ownMemory(chunk);
     const result = await this.#pool.run({ op: 'seal', keys: wire(keys), kind, id, level, memory, length }, [memory]);
     if (result.op !== 'seal') throw new Error('unexpected reply');
+    result.memory.transfer(0); // the chunk, sealed: freed now rather than at a GC
     return Buffer.from(result.sealed);
+  }
+
+  /**
+   * Ids and sealed blobs of several small chunks in one round trip: a round trip costs more
+   * than sealing a few KiB the repository may already hold, and a tree of small files is tens
+   * of thousands of them. The chunks are copied (back to back) into the message.
+   */
+  async identifyAndSeal(keys: RepositoryKeys, kind: BlobKind, chunks: readonly Buffer[], level: number): Promise<{ id: string; sealed: Buffer }[]> {
+    const all = Buffer.allocUnsafeSlow(chunks.reduce((sum, c) => sum + c.length, 0));
+    let offset = 0;
+    for (const chunk of chunks) offset += chunk.copy(all, offset);
+    const memory = all.buffer as ArrayBuffer;
+    const result = await this.#pool.run({ op: 'identify-seal', keys: wire(keys), kind, level, memory, lengths: chunks.map((c) => c.length) }, [memory]);
+    if (result.op !== 'identify-seal') throw new Error('unexpected reply');
+    // Each sealed blob in memory of its own, so that each can be freed once stored; the
+    // reply's memory is freed now.
+    let at = 0;
+    const reply = new Uint8Array(result.sealed);
+    const blobs = result.ids.map((id, i) => {
+      const sealed = Buffer.allocUnsafeSlow(result.lengths[i]!);
+      sealed.set(reply.subarray(at, at + sealed.length));
+      at += sealed.length;
+      return { id, sealed };
+    });
+    result.sealed.transfer(0);
+    return blobs;
   }
 
   /** The blob's content, or `{ failure }` saying why the sealed bytes are not that blob. */

@@ -3,11 +3,14 @@
  * compression (one zstd frame) and sealing (AES-256-GCM), and the reverse on restore. All of
  * it synchronous: the whole blob is in hand, so zstd's one-pass path applies.
  */
+import { createSecretKey, type KeyObject } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
+import { zstdBound } from '../../zstd-bound.ts';
+import { freeOwned } from '../../chunk-recycling.ts';
 import type { WorkerReply } from '../../worker-pool.ts';
 import { blobIdOf, open, seal, type RepositoryKeys } from './blob-crypto.ts';
-import { blobAssociatedData, type BlobRequest, type BlobResult } from './blob-pool.ts';
+import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult } from './blob-pool.ts';
 
 if (parentPort === null) throw new Error('blob-worker.ts runs as a worker thread started by BlobPool');
 const port = parentPort;
@@ -16,9 +19,24 @@ const port = parentPort;
 const STORED_RAW = 0;
 const STORED_ZSTD = 1;
 
-function keysOf(request: { keys: Record<keyof RepositoryKeys, Uint8Array> }): RepositoryKeys {
-  const { encryption, blobId, chunker } = request.keys;
-  return { encryption: Buffer.from(encryption), blobId: Buffer.from(blobId), chunker: Buffer.from(chunker) };
+interface WorkerKeys {
+  encryption: KeyObject;
+  blobId: KeyObject;
+}
+
+/** KeyObjects made once per repository: making one per blob cost ~10 % of a worker's time. */
+const keyObjects = new Map<string, WorkerKeys>();
+
+function keysOf(request: { keys: Record<keyof RepositoryKeys, Uint8Array> }): WorkerKeys {
+  const { encryption, blobId } = request.keys;
+  const cacheKey = Buffer.concat([encryption, blobId]).toString('base64');
+  let keys = keyObjects.get(cacheKey);
+  if (!keys) {
+    if (keyObjects.size >= 64) keyObjects.clear(); // a daemon's environments, bounded
+    keys = { encryption: createSecretKey(encryption), blobId: createSecretKey(blobId) };
+    keyObjects.set(cacheKey, keys);
+  }
+  return keys;
 }
 
 function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuffer[] } {
@@ -29,13 +47,27 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       return { result: { op: 'identify', id: blobIdOf(keys, data).toString('hex'), memory: request.memory }, transfer: [request.memory] };
     }
     case 'seal': {
-      const data = new Uint8Array(request.memory, 0, request.length);
-      const compressed = zlib.zstdCompressSync(data, { params: { [zlib.constants.ZSTD_c_compressionLevel]: request.level } });
-      // Incompressible data (media, archives) is stored as it is: no expansion, no decode cost.
-      const packed = compressed.length < data.length ? Buffer.concat([Uint8Array.of(STORED_ZSTD), compressed]) : Buffer.concat([Uint8Array.of(STORED_RAW), data]);
-      const sealed = seal(keys.encryption, packed, blobAssociatedData(request.kind, request.id));
-      const memory = (sealed.buffer as ArrayBuffer).slice(sealed.byteOffset, sealed.byteOffset + sealed.length);
+      const memory = sealBlob(keys, request.kind, request.id, new Uint8Array(request.memory, 0, request.length), request.level);
       return { result: { op: 'seal', sealed: memory, memory: request.memory }, transfer: [memory, request.memory] };
+    }
+    case 'identify-seal': {
+      // Several small blobs back to back in one message; sealed back to back in one reply.
+      const ids: string[] = [];
+      const sealed: Buffer[] = [];
+      let at = 0;
+      for (const length of request.lengths) {
+        const data = new Uint8Array(request.memory, at, length);
+        at += length;
+        const id = blobIdOf(keys, data).toString('hex');
+        ids.push(id);
+        sealed.push(Buffer.from(sealBlob(keys, request.kind, id, data, request.level)));
+      }
+      const all = Buffer.allocUnsafeSlow(sealed.reduce((sum, b) => sum + b.length, 0));
+      let offset = 0;
+      for (const blob of sealed) offset += blob.copy(all, offset);
+      request.memory.transfer(0); // a copy made for this message: nobody reads it again
+      const memory = all.buffer as ArrayBuffer;
+      return { result: { op: 'identify-seal', ids, sealed: memory, lengths: sealed.map((b) => b.length) }, transfer: [memory] };
     }
     case 'open': {
       const sealed = new Uint8Array(request.memory, 0, request.length);
@@ -55,11 +87,32 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       if (plain.length !== request.rawLength) return { result: { op: 'open', failure: `holds ${plain.length} bytes, not the ${request.rawLength} indexed` }, transfer: [] };
       // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
       if (blobIdOf(keys, plain).toString('hex') !== request.id) return { result: { op: 'open', failure: 'holds content of another id' }, transfer: [] };
+      request.memory.transfer(0); // the sealed bytes, read
       const memory = (plain.buffer as ArrayBuffer).slice(plain.byteOffset, plain.byteOffset + plain.length);
+      free(plain);
+      if (plain !== packed) free(packed);
       return { result: { op: 'open', plain: memory }, transfer: [memory] };
     }
   }
 }
+
+/** The sealed blob, in memory of its own (transferable). */
+function sealBlob(keys: WorkerKeys, kind: BlobKind, id: string, data: Uint8Array, level: number): ArrayBuffer {
+  // One output buffer of zstd's bound, as compress-worker.ts: no growing and concatenating.
+  const compressed = zlib.zstdCompressSync(data, { chunkSize: Math.max(zstdBound(data.length), 64 << 10), params: { [zlib.constants.ZSTD_c_compressionLevel]: level } });
+  // Incompressible data (media, archives) is stored as it is: no expansion, no decode cost.
+  const stored = compressed.length < data.length ? [Uint8Array.of(STORED_ZSTD), compressed] : [Uint8Array.of(STORED_RAW), data];
+  const sealed = seal(keys.encryption, stored, blobAssociatedData(kind, id));
+  free(compressed);
+  return sealed.buffer as ArrayBuffer;
+}
+
+
+/**
+ * Frees a big temporary at once rather than at this heap's next GC (chunk-recycling.ts): a
+ * worker's malloc arena grows with what waits for its GC.
+ */
+const free = freeOwned;
 
 port.on('message', (request: BlobRequest & { seq: number }) => {
   let reply: WorkerReply<BlobResult>;

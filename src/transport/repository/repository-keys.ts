@@ -95,7 +95,7 @@ async function writeKeyObject(store: ObjectStore, env: string, key: { id: string
     env,
     keyId: key.id,
     salt: salt.toString('base64'),
-    wrapped: seal(wrappingKey(key.secret, salt), master, associated(env, key.id)).toString('base64'),
+    wrapped: seal(wrappingKey(key.secret, salt), [master], associated(env, key.id)).toString('base64'),
   };
   await store.put(repositoryKeyKey(env, key.id), Readable.from([Buffer.from(JSON.stringify(object, null, 2))]));
 }

@@ -100,6 +100,25 @@ export interface RepositoryOptions {
   readsInFlight?: number;
 }
 
+/**
+ * Blobs up to this size are identified and sealed in one worker round trip, BATCH_BLOBS or
+ * BATCH_BYTES of them at a time (blob-pool.ts): a tree of 20,000 small files cost ~40,000
+ * round trips of ~70 µs each otherwise.
+ */
+const ONE_TRIP_BYTES = 64 << 10;
+const BATCH_BLOBS = 64;
+/**
+ * Above this share of chunks already held, a big chunk is identified before it is sealed
+ * (two round trips, sealing only the new ones); below it, both in one trip. A first backup
+ * seals everything anyway; a second dump of a database is mostly chunks held before.
+ */
+const MOSTLY_KNOWN = 0.5;
+const BATCH_BYTES = 1 << 20;
+
+/** Chunks being stored at once: many small ones keep the workers busy, few big ones bound memory. */
+const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT_BYTES = 16 << 20;
+
 interface Added {
   chunks: number;
   bytes: number;
@@ -127,6 +146,9 @@ class PackedRepository implements Repository {
   /** Blobs this writer is sealing or has sealed, until they are in the index. */
   readonly #written = new Map<string, Promise<void>>();
   #packs: PackWriter | undefined;
+  /** The share of recent chunks the repository already held (a moving average over ~16). */
+  #knownShare = 0;
+  #batch: { kind: BlobKind; chunks: Buffer[]; bytes: number; waiting: { resolve: (r: { id: string; sealed: Buffer }) => void; reject: (e: unknown) => void }[] } | undefined;
 
   constructor(store: ObjectStore, env: string, keys: RepositoryKeys, pool: BlobPool, options: RepositoryOptions) {
     this.#store = store;
@@ -163,18 +185,24 @@ class PackedRepository implements Repository {
     const segments: StoredSegment[] = [];
     // Chunks in flight, in stream order: their ids come back out of order from the workers.
     const inFlight: Promise<TreeEntry>[] = [];
-    const maxInFlight = this.#pool.size + 2;
+    let inFlightBytes = 0;
     let cut: Buffer[] = [];
     const emit = (chunk: Buffer) => cut.push(chunk);
     const position = () => entries.length + inFlight.length;
     let open: { key: string; left: number; first: number } | undefined;
     let bytes = 0;
+    const settleOldest = async () => {
+      const entry = await inFlight.shift()!;
+      inFlightBytes -= entry.bytes;
+      entries.push(entry);
+    };
     const store = async () => {
       for (const chunk of cut) {
+        inFlightBytes += chunk.length;
         const stored = this.#storeBlob('data', chunk, signal, added);
         stored.catch(() => {}); // surfaced in order below
         inFlight.push(stored);
-        if (inFlight.length >= maxInFlight) entries.push(await inFlight.shift()!);
+        while (inFlight.length >= MAX_IN_FLIGHT || inFlightBytes >= MAX_IN_FLIGHT_BYTES) await settleOldest();
       }
       cut = [];
     };
@@ -211,6 +239,7 @@ class PackedRepository implements Repository {
             // The parent's chunks are committed; one the index lacks means a damaged repository.
             if (!this.#index.has(chunk.id)) throw this.#corrupt(`chunk ${chunk.id} of an unchanged segment ${item.reuse} is not in its index`, chunk.id);
             inFlight.push(Promise.resolve(chunk));
+            inFlightBytes += chunk.bytes; // settled at once: only so that the count stays right
             bytes += chunk.bytes;
           }
           segments.push({ key: item.reuse, first, count: item.chunks.length });
@@ -221,7 +250,7 @@ class PackedRepository implements Repository {
       if (open) throw new AgentError('E_INTERNAL', `the stream ended inside segment ${open.key} (${open.left} bytes short)`);
       cutter.cut(emit);
       await store();
-      while (inFlight.length > 0) entries.push(await inFlight.shift()!);
+      while (inFlight.length > 0) await settleOldest();
       const root = await this.#storeTree(entries, signal, added);
       return { root, rawBytes: entries.reduce((sum, e) => sum + e.bytes, 0), chunks: entries.length, newChunks: added.chunks, newBytes: added.bytes, segments };
     } catch (error) {
@@ -251,12 +280,26 @@ class PackedRepository implements Repository {
   async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added): Promise<TreeEntry> {
     throwIfCancelled(signal);
     const bytes = content.length;
-    const { id, chunk } = await this.#pool.identify(this.#keys, content);
+    let id: string;
+    let sealing: () => Promise<Buffer>;
+    if (bytes <= ONE_TRIP_BYTES || this.#knownShare < MOSTLY_KNOWN) {
+      // One round trip: the content is sealed before the index is asked whether it is new.
+      const done = bytes <= ONE_TRIP_BYTES ? await this.#batched(kind, content) : (await this.#pool.identifyAndSeal(this.#keys, kind, [content], this.#options.level))[0]!;
+      id = done.id;
+      sealing = async () => done.sealed;
+    } else {
+      // Most chunks are known (a database dumped again): identify first, seal only new ones.
+      const identified = await this.#pool.identify(this.#keys, content);
+      id = identified.id;
+      sealing = () => this.#pool.seal(this.#keys, kind, id, identified.chunk, this.#options.level);
+    }
+    const known = this.#index.has(id) || this.#written.has(id);
+    this.#knownShare += ((known ? 1 : 0) - this.#knownShare) / 16;
     if (!this.#index.has(id)) {
       let writing = this.#written.get(id);
       if (!writing) {
         writing = (async () => {
-          const sealed = await this.#pool.seal(this.#keys, kind, id, chunk, this.#options.level);
+          const sealed = await sealing();
           if (kind === 'data') added.chunks++;
           added.bytes += sealed.length;
           await this.#packWriter(signal).add(id, kind, sealed, bytes);
@@ -266,6 +309,37 @@ class PackedRepository implements Repository {
       await writing;
     }
     return { id, bytes };
+  }
+
+
+
+  /** A small blob, identified and sealed with others in one worker round trip (sent once BATCH_BYTES or BATCH_BLOBS gather, or at the next turn of the event loop). */
+  #batched(kind: BlobKind, content: Buffer): Promise<{ id: string; sealed: Buffer }> {
+    if (this.#batch && this.#batch.kind !== kind) this.#flushBatch();
+    if (!this.#batch) {
+      const batch = (this.#batch = { kind, chunks: [], bytes: 0, waiting: [] });
+      // Whatever gathered by the next turn of the event loop goes: nobody waits longer for a batch that does not fill.
+      setImmediate(() => {
+        if (this.#batch === batch) this.#flushBatch();
+      });
+    }
+    const batch = this.#batch;
+    const done = new Promise<{ id: string; sealed: Buffer }>((resolve, reject) => batch.waiting.push({ resolve, reject }));
+    batch.chunks.push(content);
+    batch.bytes += content.length;
+    if (batch.bytes >= BATCH_BYTES || batch.chunks.length >= BATCH_BLOBS) this.#flushBatch();
+    return done;
+  }
+
+  /** Sends the small blobs gathered so far. */
+  #flushBatch(): void {
+    const batch = this.#batch;
+    if (!batch) return;
+    this.#batch = undefined;
+    this.#pool.identifyAndSeal(this.#keys, batch.kind, batch.chunks, this.#options.level).then(
+      (results) => results.forEach((result, i) => batch.waiting[i]!.resolve(result)),
+      (error: unknown) => batch.waiting.forEach((w) => w.reject(error)),
+    );
   }
 
   #packWriter(signal: AbortSignal | undefined): PackWriter {
