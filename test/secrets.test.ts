@@ -294,6 +294,18 @@ describe('no process the agent starts sees a secret, during a backup and a resto
     return { result, sampler };
   }
 
+  /** The sweeps worked (they saw the secrets where they are, and the agent's children) and found them nowhere else. */
+  function expectNoLeak(backup: ReturnType<typeof startSampler>, restore: ReturnType<typeof startSampler>): void {
+    for (const sampler of [backup, restore]) {
+      expect(sampler.agentEnvironHeldSecrets()).toBe(true);
+      expect(sampler.sweeps()).toBeGreaterThan(10);
+      expect(sampler.hits).toEqual([]);
+    }
+    const children = (sampler: ReturnType<typeof startSampler>) => new Set(sampler.descendants.values());
+    expect([...children(backup)]).toEqual(expect.arrayContaining(['guard.ts', 'mysqldump']));
+    expect([...children(restore)]).toEqual(expect.arrayContaining(['guard.ts', 'mysql', 'zstd']));
+  }
+
   it('backup, then restore over it (with its safety backup): the secrets are in the agent’s environment only', async () => {
     const backup = await sampled(['backup', 'create', 'app']);
     expect(backup.result.exitCode, String(backup.result.stderr)).toBe(0);
@@ -305,15 +317,7 @@ describe('no process the agent starts sees a secret, during a backup and a resto
     // Rows enough that mysqldump, mysql and zstd run long enough for the sweep to see them.
     expect(await rows(root, `SELECT COUNT(*) AS n FROM \`${db}\`.t`)).toEqual([{ n: 200000 }]);
 
-    for (const { sampler } of [backup, restore]) {
-      // The sweep works: it saw the secrets where they are, and the agent's children.
-      expect(sampler.agentEnvironHeldSecrets()).toBe(true);
-      expect(sampler.sweeps()).toBeGreaterThan(10);
-      expect(sampler.hits).toEqual([]);
-    }
-    const children = (sampler: ReturnType<typeof startSampler>) => new Set(sampler.descendants.values());
-    expect([...children(backup.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysqldump']));
-    expect([...children(restore.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysql', 'zstd']));
+    expectNoLeak(backup.sampler, restore.sampler);
   });
 
   it('a daemon runs the backup and the restore (--remote): no process sees a secret, its tokens or its default manifest key either', async () => {
@@ -340,15 +344,8 @@ describe('no process the agent starts sees a secret, during a backup and a resto
       expect(restore.result.exitCode, String(restore.result.stderr)).toBe(0);
       expect(await rows(root, `SELECT COUNT(*) AS n FROM \`${db}\`.t`)).toEqual([{ n: 200000 }]);
 
-      for (const { sampler } of [backup, restore]) {
-        expect(sampler.agentEnvironHeldSecrets()).toBe(true);
-        expect(sampler.sweeps()).toBeGreaterThan(10);
-        expect(sampler.hits).toEqual([]);
-      }
       // The jobs ran in the daemon: its children are what the sweep saw.
-      const children = (sampler: ReturnType<typeof startSampler>) => new Set(sampler.descendants.values());
-      expect([...children(backup.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysqldump']));
-      expect([...children(restore.sampler)]).toEqual(expect.arrayContaining(['guard.ts', 'mysql', 'zstd']));
+      expectNoLeak(backup.sampler, restore.sampler);
     } finally {
       await daemon.stop();
       await sandbox.writeConfig(config);

@@ -351,9 +351,13 @@ export interface ElementCheck {
  * consumer failed before the stream ended (a parse or load error) can ask this whether the
  * stored bytes explain it better.
  */
-export async function verifyElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, signal: AbortSignal): Promise<void> {
+export async function verifyElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: { readData?: boolean } = {}): Promise<void> {
   try {
-    if (element.repository) await (await storage.repository()).check(element.repository.root, { signal, readData: true });
+    // Archives are read whole (their sha256 is the check); repository elements' chunks only with readData.
+    if (element.repository) {
+      const repository = await storage.repository();
+      for (const root of [element.repository.root, element.repository.files]) if (root) await repository.check(root, { signal, readData: options.readData ?? true });
+    }
     else await pipeline(readVerified(storage.store, manifest, element, signal), new Writable({ write: (_chunk, _encoding, done) => done() }), { signal });
   } catch (error) {
     throw toAgentError(error, 'E_STORE_IO');
@@ -361,11 +365,11 @@ export async function verifyElement(storage: BackupStorage, manifest: Manifest, 
 }
 
 /** Reads back every object of the backup and checks sizes and sha256 against the manifest. */
-export async function verifyBackup(storage: BackupStorage, manifest: Manifest, signal: AbortSignal): Promise<ElementCheck[]> {
+export async function verifyBackup(storage: BackupStorage, manifest: Manifest, signal: AbortSignal, options: { readData: boolean }): Promise<ElementCheck[]> {
   const checks: ElementCheck[] = [];
   for (const element of manifest.elements) {
     try {
-      await verifyElement(storage, manifest, element, signal);
+      await verifyElement(storage, manifest, element, signal, options);
       checks.push({ element: element.name, ok: true, bytes: element.storedBytes });
     } catch (error) {
       const failure = toAgentError(error);

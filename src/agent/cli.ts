@@ -265,17 +265,19 @@ function buildProgram(): Command {
 
   backup
     .command('verify')
-    .description('read back every object of a backup and check its sha256')
+    .description("read back every object of a backup and check its sha256; for elements in the environment's repository, that every chunk is indexed and its pack there")
     .argument('<env>', 'environment')
     .argument('<id>', 'backup id')
+    .option('--read-data', "repository elements: also read every chunk and authenticate it (as a restore would)")
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
-    .action(async (env: string, id: string, opts: { allowUnauthenticated?: boolean }, cmd: Command) => {
+    .action(async (env: string, id: string, opts: { allowUnauthenticated?: boolean; readData?: boolean }, cmd: Command) => {
       const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, {
         kind: 'backup.verify',
         env,
         id,
         ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
+        ...(opts.readData ? { readData: true } : {}),
       });
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
         renderTable(['Element', 'Result', 'Size'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, formatBytes(c.bytes)])),

@@ -86,7 +86,7 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
       const store = await openEnvironmentStore(ctx.config, spec.env);
       const manifest = await readManifest(store, spec.env, spec.id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: spec.allowUnauthenticated === true });
       ctx.onProgress?.({ phase: 'verify' });
-      const checks = await verifyBackup(backupStorage(ctx.config, store, spec.env), manifest, ctx.signal);
+      const checks = await verifyBackup(backupStorage(ctx.config, store, spec.env), manifest, ctx.signal, { readData: spec.readData === true });
       return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };
     }
     case 'backup.prune':

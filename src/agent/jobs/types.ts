@@ -42,7 +42,7 @@ export type JobRequest =
       fromNode?: string;
     }
   | { kind: 'backup.delete'; env: string; id: string }
-  | { kind: 'backup.verify'; env: string; id: string; allowUnauthenticated?: boolean }
+  | { kind: 'backup.verify'; env: string; id: string; allowUnauthenticated?: boolean; readData?: boolean }
   | { kind: 'backup.prune'; env: string; dryRun?: boolean };
 
 /** A request as the engine runs it: a backup gets its id when it is queued. */

@@ -66,7 +66,7 @@ export const methods = {
   },
   'backup.prune': { role: 'admin', params: z.object({ env, dryRun: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'backup.delete': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
-  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, allowUnauthenticated, requestId: requestId.optional() }).strict() },
+  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, allowUnauthenticated, readData: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'job.get': { role: 'viewer', params: z.object({ jobId }).strict() },
   'job.list': {
     role: 'viewer',
@@ -179,7 +179,7 @@ export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backu
     }
     case 'backup.verify': {
       const p = params as MethodParams<'backup.verify'>;
-      return { kind: method, env: p.env, id: p.id, ...(p.allowUnauthenticated !== undefined ? { allowUnauthenticated: p.allowUnauthenticated } : {}) };
+      return { kind: method, env: p.env, id: p.id, ...(p.allowUnauthenticated !== undefined ? { allowUnauthenticated: p.allowUnauthenticated } : {}), ...(p.readData ? { readData: true } : {}) };
     }
   }
 }
