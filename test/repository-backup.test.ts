@@ -131,9 +131,23 @@ for (const storeKind of ['fs', 's3'] as const) {
       // Buffer.equals: a deep toEqual of 12 MiB takes half a minute.
       expect((await readFile(path.join(extracted, 'large.bin'))).equals(await readFile(path.join(source, 'large.bin')))).toBe(true);
       expect(restoredState(extracted)).toEqual(restoredState(source));
-      const url = await cli([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads']);
-      expect(url.exitCode).not.toBe(0);
-      expect(url.stderr).toMatch(/repository.*backup get/);
+      if (storeKind === 'fs') {
+        const url = await cli([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads']);
+        expect(url.exitCode).toBe(6);
+        expect(url.stderr).toMatch(/cannot presign.*backup get/);
+        return;
+      }
+      // The URL serves the same standard archive, written beside the repository until it expires.
+      const { url } = await cliJson<{ url: string }>([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads', '--expires', '2s']);
+      const fetched = path.join(sandbox.dir, 'fetched.tar.zst');
+      await execa('curl', ['-sS', '-f', '-o', fetched, url]);
+      const fromUrl = path.join(sandbox.dir, 'from-url');
+      await mkdir(fromUrl);
+      await execa('bash', ['-c', 'zstd -dc "$0" | tar -xf - -C "$1"', fetched, fromUrl]);
+      expect(restoredState(fromUrl)).toEqual(restoredState(source));
+      await new Promise((resolve) => setTimeout(resolve, 2500));
+      expect(await cliJson([...args(), 'backup', 'prune', 'site'])).toMatchObject({ expiredDownloads: 1 });
+      expect(await cliJson([...args(), 'backup', 'prune', 'site'])).toMatchObject({ expiredDownloads: 0 });
     });
   });
 }

@@ -263,6 +263,24 @@ function archiveCorrupt(error: unknown, label: string): AgentError {
   );
 }
 
+/**
+ * Writes an element stored in the repository to `key` as the standard archive `get` writes
+ * (zstd of its whole stream), for a URL to serve. Every chunk is authenticated on the way.
+ */
+export async function materializeElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, key: string, signal: AbortSignal): Promise<void> {
+  const compressed = createCompressor('zstd', { level: GET_LEVEL });
+  const feeding = pipeline(readFromRepository(storage, manifest, element, signal), compressed, { signal });
+  feeding.catch(() => {}); // joined below
+  try {
+    await storage.store.put(key, compressed, { signal });
+  } catch (error) {
+    compressed.destroy();
+    await feeding.catch(() => {});
+    throw error;
+  }
+  await feeding;
+}
+
 /** The file name `get` writes: `<element>.<format><compression ext>` (db.sql.gz, uploads.tar.zst). */
 export function artifactFileName(element: ElementRecord): string {
   return `${element.name}.${element.format}${compressionExtension[element.compression]}`;

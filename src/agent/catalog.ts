@@ -99,6 +99,10 @@ export async function listBackups(store: ObjectStore, env: string, keys: KeyRing
       listedCatalog = object;
       continue;
     }
+    // Keys come in order, and backup ids begin with a digit: every backup sorts before
+    // catalog.json, and everything after it is something else of the environment (downloads/,
+    // owners/, repository/ with its packs by the thousand), which the listing does not page through.
+    if (object.key > catalogKey(env)) break;
     const id = object.key.slice(env.length + 1).split('/')[0] ?? '';
     try {
       checkBackupId(id);

@@ -1,5 +1,5 @@
 import { text } from 'node:stream/consumers';
-import { manifestKey } from '../snapshot/manifest.ts';
+import { downloadExpiry, downloadsPrefix, manifestKey } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import type { CollectResult } from '../transport/repository/garbage.ts';
@@ -28,6 +28,8 @@ export interface PruneResult {
   kept: PruneEntry[];
   /** What the environment's repository gave back (issue #13); absent when it has none. */
   repository?: CollectResult;
+  /** Expired archives written for `backup url` of repository elements, deleted (or to delete). */
+  expiredDownloads: number;
 }
 
 /**
@@ -53,7 +55,7 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
     now,
     settings.timeZone,
   );
-  const result: PruneResult = { env, dryRun, deleted: [], kept: [] };
+  const result: PruneResult = { env, dryRun, deleted: [], kept: [], expiredDownloads: 0 };
   for (const backup of backups) {
     const why = verdict(backup, decision.keep, decision.reasons, now.getTime() - ctx.config.orphanUploadAge);
     const entry = { id: backup.id, createdAt: backup.createdAt, trigger: backup.manifest?.trigger ?? null, reason: why.reason };
@@ -67,6 +69,15 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
       ctx.logger.info({ env, backupId: entry.id, phase: 'pruned', reason: entry.reason }, 'backup pruned');
     }
   }
+  // The repository's garbage, and the archives written for URLs of its elements: only where
+  // there is a repository (configured, or holding backups listed now), so that an environment
+  // without one costs prune no more requests.
+  const usesRepository = settings.repository || backups.some((b) => b.manifest?.elements.some((e) => e.repository));
+  if (!usesRepository) return result;
+  const expired: string[] = [];
+  for await (const info of store.list(downloadsPrefix(env))) if ((downloadExpiry(env, info.key)?.getTime() ?? Infinity) <= now.getTime()) expired.push(info.key);
+  if (!dryRun && expired.length > 0) await store.delete(expired);
+  result.expiredDownloads = expired.length;
   const deleted = new Set(result.deleted.map((e) => e.id));
   const collected = await collectRepository(ctx, store, env, backups.filter((b) => !deleted.has(b.id)), dryRun);
   if (collected) {

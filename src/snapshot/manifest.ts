@@ -17,6 +17,21 @@ export const manifestKey = (env: string, id: string): string => `${backupPrefix(
 export const elementKey = (env: string, id: string, element: string, extension: string): string =>
   `${backupPrefix(env, id)}${element}${extension}`;
 
+/**
+ * A standard archive of a repository element, written for `backup url` to presign (issue #13):
+ * `<env>/downloads/<expiry, epoch seconds>-<backupId>-<element><ext>`; prune deletes it once
+ * expired.
+ */
+export const downloadsPrefix = (env: string): string => `${env}/downloads/`;
+export const downloadKey = (env: string, id: string, element: string, extension: string, expiresAt: Date): string =>
+  `${downloadsPrefix(env)}${Math.ceil(expiresAt.getTime() / 1000)}-${id}-${element}${extension}`;
+
+/** When a download object expires, or undefined for a key that is not one. */
+export function downloadExpiry(env: string, key: string): Date | undefined {
+  const m = key.startsWith(downloadsPrefix(env)) ? /^(\d{1,12})-[^/]+$/.exec(key.slice(downloadsPrefix(env).length)) : null;
+  return m ? new Date(Number(m[1]) * 1000) : undefined;
+}
+
 /** The backup id of a manifest key under `<env>/`, or undefined for any other key. */
 export function backupIdOfManifestKey(env: string, key: string): string | undefined {
   const rest = key.startsWith(`${env}/`) ? key.slice(env.length + 1) : undefined;

@@ -2,15 +2,15 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, isErrorCode } from '../../errors.ts';
 import { isProcessAlive } from '../../liveness.ts';
-import type { Manifest } from '../../snapshot/manifest.ts';
-import { findElement } from '../artifacts.ts';
+import { downloadKey, type Manifest } from '../../snapshot/manifest.ts';
+import { findElement, materializeElement } from '../artifacts.ts';
 import { listBackups, readManifest, type BackupSummary } from '../catalog.ts';
 import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
 import type { ObjectStore } from '../../transport/object-store.ts';
 import { environmentOf } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
-import { openStore } from '../stores.ts';
+import { backupStorage, openStore } from '../stores.ts';
 import { ManifestCache } from './read-cache.ts';
 import { scheduleStates, type ScheduleState } from '../scheduler.ts';
 import { nodeIdOf } from '../node-id.ts';
@@ -173,7 +173,15 @@ export class LocalAgent implements AgentApi {
     const store = await this.#readStore(env);
     const manifest = await readManifest(store, env, id, { keys: await loadKeyRing(this.#config), allowUnauthenticated: allowUnauthenticated === true });
     const element = findElement(manifest, name);
-    if (element.repository) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in the environment's repository, as chunks no URL can serve: use 'backup get', which writes a standard archive`);
+    if (element.repository) {
+      // Chunks no URL can serve: a standard archive is written beside the repository for the
+      // URL's lifetime (prune deletes it once expired), and that is what the URL serves.
+      if (store.kind === 'fs') throw new AgentError('E_PRESIGN_UNSUPPORTED', `the fs store cannot presign URLs: use 'backup get'`);
+      const expiresAt = new Date(Date.now() + expiresSeconds * 1000);
+      const key = downloadKey(env, id, element.name, `.${element.format}.zst`, expiresAt);
+      await materializeElement(backupStorage(this.#config, store, env), manifest, element, key, new AbortController().signal);
+      return { url: await store.presignGet(key, expiresSeconds), expiresAt: expiresAt.toISOString() };
+    }
     if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
     const url = await store.presignGet(element.objects[0]!.key, expiresSeconds);
     return { url, expiresAt: new Date(Date.now() + expiresSeconds * 1000).toISOString() };
