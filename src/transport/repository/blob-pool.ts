@@ -18,13 +18,21 @@ export type BlobRequest =
   | { op: 'identify'; keys: WireKeys; memory: ArrayBuffer; length: number }
   | { op: 'seal'; keys: WireKeys; kind: BlobKind; id: string; level: number; memory: ArrayBuffer; length: number }
   | { op: 'identify-seal'; keys: WireKeys; kind: BlobKind; level: number; memory: ArrayBuffer; lengths: number[] }
-  | { op: 'open'; keys: WireKeys; kind: BlobKind; id: string; rawLength: number; memory: ArrayBuffer; length: number };
+  | { op: 'open'; keys: WireKeys; kind: BlobKind; memory: ArrayBuffer; blobs: SealedBlob[] };
 export type BlobResult =
   | { op: 'identify'; id: string; memory: ArrayBuffer }
   | { op: 'seal'; sealed: ArrayBuffer; memory: ArrayBuffer }
   | { op: 'identify-seal'; ids: string[]; sealed: ArrayBuffer; lengths: number[] }
-  | { op: 'open'; plain: ArrayBuffer; failure?: undefined }
-  | { op: 'open'; failure: string; plain?: undefined };
+  | { op: 'open'; plain: ArrayBuffer; lengths: number[]; failure?: undefined }
+  | { op: 'open'; failure: string; id: string; plain?: undefined };
+
+/** Where a sealed blob is in the bytes of a read, and what it must open to. */
+export interface SealedBlob {
+  id: string;
+  rawLength: number;
+  offset: number;
+  length: number;
+}
 
 const WORKER_URL = siblingModule(import.meta.url, 'blob-worker');
 
@@ -94,13 +102,23 @@ export class BlobPool {
     return blobs;
   }
 
-  /** The blob's content, or `{ failure }` saying why the sealed bytes are not that blob. */
-  async open(keys: RepositoryKeys, kind: BlobKind, id: string, rawLength: number, sealed: Buffer): Promise<{ plain: Buffer } | { failure: string }> {
-    const { length } = sealed;
-    const memory = ownMemory(sealed);
-    const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, id, rawLength, memory, length }, [memory]);
+  /**
+   * The contents of the sealed blobs in `bytes` (one ranged read: its blobs opened in one round
+   * trip), in order; or `{ failure, id }` saying which blob is not what it claims and why.
+   */
+  async open(keys: RepositoryKeys, kind: BlobKind, bytes: Buffer, blobs: SealedBlob[]): Promise<{ plains: Buffer[] } | { failure: string; id: string }> {
+    const memory = ownMemory(bytes);
+    const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, memory, blobs }, [memory]);
     if (result.op !== 'open') throw new Error('unexpected reply');
-    return result.failure === undefined ? { plain: Buffer.from(result.plain) } : { failure: result.failure };
+    if (result.failure !== undefined) return { failure: result.failure, id: result.id };
+    let at = 0;
+    return {
+      plains: result.lengths.map((length) => {
+        const plain = Buffer.from(result.plain, at, length);
+        at += length;
+        return plain;
+      }),
+    };
   }
 }
 

@@ -70,30 +70,48 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       return { result: { op: 'identify-seal', ids, sealed: memory, lengths: sealed.map((b) => b.length) }, transfer: [memory] };
     }
     case 'open': {
-      const sealed = new Uint8Array(request.memory, 0, request.length);
-      const packed = open(keys.encryption, sealed, blobAssociatedData(request.kind, request.id));
-      if (!packed || packed.length === 0) return { result: { op: 'open', failure: 'does not authenticate (changed, truncated, or sealed for another blob)' }, transfer: [] };
-      let plain: Buffer;
-      if (packed[0] === STORED_RAW) plain = packed.subarray(1);
-      else if (packed[0] === STORED_ZSTD) {
-        try {
-          // Never more than the index says: an authenticated blob is the agent's own, but the
-          // bound costs nothing and keeps a bug from filling memory.
-          plain = zlib.zstdDecompressSync(packed.subarray(1), { maxOutputLength: Math.max(1, request.rawLength) });
-        } catch (error) {
-          return { result: { op: 'open', failure: `does not decompress (${(error as Error).message})` }, transfer: [] };
-        }
-      } else return { result: { op: 'open', failure: `has an unknown storage byte ${packed[0]}` }, transfer: [] };
-      if (plain.length !== request.rawLength) return { result: { op: 'open', failure: `holds ${plain.length} bytes, not the ${request.rawLength} indexed` }, transfer: [] };
-      // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
-      if (blobIdOf(keys, plain).toString('hex') !== request.id) return { result: { op: 'open', failure: 'holds content of another id' }, transfer: [] };
+      // The blobs of one ranged read, opened one after the other; their contents back to back.
+      const plains: Buffer[] = [];
+      for (const blob of request.blobs) {
+        const opened = openBlob(keys, request.kind, blob.id, blob.rawLength, new Uint8Array(request.memory, blob.offset, blob.length));
+        if (typeof opened === 'string') return { result: { op: 'open', failure: opened, id: blob.id }, transfer: [] };
+        plains.push(opened);
+      }
       request.memory.transfer(0); // the sealed bytes, read
-      const memory = (plain.buffer as ArrayBuffer).slice(plain.byteOffset, plain.byteOffset + plain.length);
-      free(plain);
-      if (plain !== packed) free(packed);
-      return { result: { op: 'open', plain: memory }, transfer: [memory] };
+      const lengths = plains.map((p) => p.length);
+      const all = Buffer.allocUnsafeSlow(lengths.reduce((sum, length) => sum + length, 0));
+      let at = 0;
+      for (const plain of plains) {
+        at += plain.copy(all, at);
+        free(plain);
+      }
+      const memory = all.buffer as ArrayBuffer;
+      return { result: { op: 'open', plain: memory, lengths }, transfer: [memory] };
     }
   }
+}
+
+/** A blob's content, or why the sealed bytes are not that blob. */
+function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: number, sealed: Uint8Array): Buffer | string {
+  const stored = open(keys.encryption, sealed, blobAssociatedData(kind, id));
+  if (!stored || stored.length === 0) return 'does not authenticate (changed, truncated, or sealed for another blob)';
+  let plain: Buffer;
+  if (stored[0] === STORED_RAW) plain = stored.subarray(1);
+  else if (stored[0] === STORED_ZSTD) {
+    try {
+      // Never more than the index says: an authenticated blob is the agent's own, but the
+      // bound costs nothing and keeps a bug from filling memory.
+      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: Math.max(1, rawLength) });
+    } catch (error) {
+      return `does not decompress (${(error as Error).message})`;
+    } finally {
+      free(stored);
+    }
+  } else return `has an unknown storage byte ${stored[0]}`;
+  if (plain.length !== rawLength) return `holds ${plain.length} bytes, not the ${rawLength} indexed`;
+  // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
+  if (blobIdOf(keys, plain).toString('hex') !== id) return 'holds content of another id';
+  return plain;
 }
 
 /** The sealed blob, in memory of its own (transferable). */

@@ -4,7 +4,7 @@ import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
 import type { ObjectStore } from '../object-store.ts';
 import type { RepositoryKeys } from './blob-crypto.ts';
 import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
-import { sharedBlobPool, type BlobKind, type BlobPool } from './blob-pool.ts';
+import { sharedBlobPool, type BlobKind, type BlobPool, type SealedBlob } from './blob-pool.ts';
 import { ChunkCutter, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
 import { collectGarbage, type CollectOptions, type CollectResult } from './garbage.ts';
 import { indexKey, indexPrefix, packKey } from './layout.ts';
@@ -431,13 +431,14 @@ class PackedRepository implements Repository {
 
   async #readRun(run: { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }, signal: AbortSignal | undefined): Promise<Buffer[]> {
     const bytes = await this.#readRange(run.pack, run.offset, run.length, signal);
-    return Promise.all(run.blobs.map((blob) => this.#openBlob('data', blob.id, blob.rawLength, bytes.subarray(blob.offset - run.offset, blob.offset - run.offset + blob.length))));
+    return this.#openBlobs('data', bytes, run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length })));
   }
 
   async #readBlob(kind: BlobKind, id: string, signal: AbortSignal | undefined): Promise<Buffer> {
     const entry = this.#index.get(id);
     if (!entry || entry.kind !== kind) throw this.#corrupt(`${kind} blob ${id} is not in its index`, id);
-    return this.#openBlob(kind, id, entry.rawLength, await this.#readRange(entry.pack, entry.offset, entry.length, signal));
+    const [plain] = await this.#openBlobs(kind, await this.#readRange(entry.pack, entry.offset, entry.length, signal), [{ id, rawLength: entry.rawLength, offset: 0, length: entry.length }]);
+    return plain!;
   }
 
   async #readRange(pack: string, offset: number, length: number, signal: AbortSignal | undefined): Promise<Buffer> {
@@ -453,10 +454,10 @@ class PackedRepository implements Repository {
     }
   }
 
-  async #openBlob(kind: BlobKind, id: string, rawLength: number, sealed: Buffer): Promise<Buffer> {
-    const opened = await this.#pool.open(this.#keys, kind, id, rawLength, sealed);
-    if ('failure' in opened) throw this.#corrupt(`${kind} blob ${id} ${opened.failure}`, id);
-    return opened.plain;
+  async #openBlobs(kind: BlobKind, bytes: Buffer, blobs: SealedBlob[]): Promise<Buffer[]> {
+    const opened = await this.#pool.open(this.#keys, kind, bytes, blobs);
+    if ('failure' in opened) throw this.#corrupt(`${kind} blob ${opened.id} ${opened.failure}`, opened.id);
+    return opened.plains;
   }
 
   async check(root: string, options: StreamOptions & { readData?: boolean } = {}): Promise<{ chunks: number; bytes: number }> {
