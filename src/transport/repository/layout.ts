@@ -3,7 +3,7 @@
  * manifests (`<env>/<backupId>/manifest.json`, which name the root blob of each element):
  *
  *   <env>/repository/keys/<platformKeyId>.json   the master bytes, wrapped by a platform key
- *   <env>/repository/packs/<xx>/<packId>         sealed blobs back to back; packId = sha256 of the pack
+ *   <env>/repository/packs/<xx>/<packId>         sealed blobs back to back; packId random (64 hex digits)
  *   <env>/repository/index/<indexId>             sealed: which pack holds each blob, where
  *
  * One repository per environment: tenants never share chunks, keys or an index.
