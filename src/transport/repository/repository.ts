@@ -119,6 +119,12 @@ const BATCH_BYTES = 1 << 20;
 const MAX_IN_FLIGHT = 64;
 const MAX_IN_FLIGHT_BYTES = 16 << 20;
 
+/** A blob identified (and, when new to the repository, sealed, with what puts it in a pack). */
+interface StoredBlob {
+  entry: TreeEntry;
+  add?: () => Promise<void>;
+}
+
 interface Added {
   chunks: number;
   bytes: number;
@@ -144,7 +150,8 @@ class PackedRepository implements Repository {
   readonly #gear: Uint32Array;
   readonly #index = new BlobIndex();
   /** Blobs this writer is sealing or has sealed, until they are in the index. */
-  readonly #written = new Map<string, Promise<void>>();
+  /** Blobs this writer has claimed (sealed or sealing, to be added to a pack), until they are in the index. */
+  readonly #written = new Set<string>();
   #packs: PackWriter | undefined;
   /** The share of recent chunks the repository already held (a moving average over ~16). */
   #knownShare = 0;
@@ -184,15 +191,19 @@ class PackedRepository implements Repository {
     const entries: TreeEntry[] = [];
     const segments: StoredSegment[] = [];
     // Chunks in flight, in stream order: their ids come back out of order from the workers.
-    const inFlight: Promise<TreeEntry>[] = [];
+    const inFlight: Promise<StoredBlob>[] = [];
     let inFlightBytes = 0;
     let cut: Buffer[] = [];
     const emit = (chunk: Buffer) => cut.push(chunk);
     const position = () => entries.length + inFlight.length;
     let open: { key: string; left: number; first: number } | undefined;
     let bytes = 0;
+    // Blobs go into packs in stream order, whatever order the workers sealed them in: a restore
+    // then reads runs of adjacent blobs with one request each (out of order, a first backup's
+    // restore made ~10,000 ranged reads of 32 packs).
     const settleOldest = async () => {
-      const entry = await inFlight.shift()!;
+      const { entry, add } = await inFlight.shift()!;
+      await add?.();
       inFlightBytes -= entry.bytes;
       entries.push(entry);
     };
@@ -238,7 +249,7 @@ class PackedRepository implements Repository {
           for (const chunk of item.chunks) {
             // The parent's chunks are committed; one the index lacks means a damaged repository.
             if (!this.#index.has(chunk.id)) throw this.#corrupt(`chunk ${chunk.id} of an unchanged segment ${item.reuse} is not in its index`, chunk.id);
-            inFlight.push(Promise.resolve(chunk));
+            inFlight.push(Promise.resolve({ entry: chunk }));
             inFlightBytes += chunk.bytes; // settled at once: only so that the count stays right
             bytes += chunk.bytes;
           }
@@ -267,7 +278,8 @@ class PackedRepository implements Repository {
       const next: TreeEntry[] = [];
       for (let i = 0; i < current.length || (i === 0 && current.length === 0); i += TREE_FANOUT) {
         const part = current.slice(i, i + TREE_FANOUT);
-        const stored = await this.#storeBlob('tree', encodeTree(level, part), signal, added);
+        const { entry: stored, add } = await this.#storeBlob('tree', encodeTree(level, part), signal, added);
+        await add?.();
         next.push({ id: stored.id, bytes: part.reduce((sum, e) => sum + e.bytes, 0) });
       }
       current = next;
@@ -276,8 +288,12 @@ class PackedRepository implements Repository {
     return current[0]!.id;
   }
 
-  /** Stores a blob unless the repository holds it; what it adds is counted in `added` (data chunks, and sealed bytes of every kind). */
-  async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added): Promise<TreeEntry> {
+  /**
+   * Identifies a blob and, unless the repository holds it or this writer has claimed it, seals
+   * it and claims it: `add` then puts it in a pack (the caller calls it in stream order), and
+   * counts it in `added` (data chunks, and sealed bytes of every kind).
+   */
+  async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added): Promise<StoredBlob> {
     throwIfCancelled(signal);
     const bytes = content.length;
     let id: string;
@@ -293,22 +309,20 @@ class PackedRepository implements Repository {
       id = identified.id;
       sealing = () => this.#pool.seal(this.#keys, kind, id, identified.chunk, this.#options.level);
     }
+    const entry = { id, bytes };
     const known = this.#index.has(id) || this.#written.has(id);
     this.#knownShare += ((known ? 1 : 0) - this.#knownShare) / 16;
-    if (!this.#index.has(id)) {
-      let writing = this.#written.get(id);
-      if (!writing) {
-        writing = (async () => {
-          const sealed = await sealing();
-          if (kind === 'data') added.chunks++;
-          added.bytes += sealed.length;
-          await this.#packWriter(signal).add(id, kind, sealed, bytes);
-        })();
-        this.#written.set(id, writing);
-      }
-      await writing;
-    }
-    return { id, bytes };
+    if (known) return { entry };
+    this.#written.add(id);
+    const sealed = await sealing();
+    return {
+      entry,
+      add: async () => {
+        if (kind === 'data') added.chunks++;
+        added.bytes += sealed.length;
+        await this.#packWriter(signal).add(id, kind, sealed, bytes);
+      },
+    };
   }
 
 
