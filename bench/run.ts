@@ -27,9 +27,10 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
+import { readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
 import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
 
@@ -166,13 +167,6 @@ function spawnSyncChecked(command: string, argv: string[]): string {
 
 // ------------------------------------------------------------------ the agent's config
 
-interface S3Settings {
-  endpoint: string;
-  accessKey: string;
-  secretKey: string;
-  region: string;
-  pids: number[];
-}
 
 function writeConfig(file: string, tree: string, level: number, s3: S3Settings | undefined): void {
   const lines = [
@@ -182,20 +176,7 @@ function writeConfig(file: string, tree: string, level: number, s3: S3Settings |
     'stores:',
     `  local: {type: fs, path: ${path.join(work, 'store')}}`,
   ];
-  if (s3) {
-    lines.push(
-      '  rgw:',
-      '    type: s3',
-      `    endpoint: ${s3.endpoint}`,
-      `    region: ${s3.region}`,
-      `    bucket: ${BUCKET}`,
-      '    prefix: agent/',
-      '    accessKeyId: {env: BENCH_S3_ACCESS_KEY}',
-      '    secretAccessKey: {env: BENCH_S3_SECRET_KEY}',
-      '    partSize: 8MiB',
-      '    partsInFlight: 4',
-    );
-  }
+  if (s3) lines.push(...rgwStoreLines(s3, BUCKET));
   lines.push('environments:', '  bench-fs:', '    services:', `      files: {kind: files, path: ${tree}}`);
   if (s3) lines.push('  bench-s3:', '    store: rgw', '    services:', `      files: {kind: files, path: ${tree}}`);
   lines.push('  bench-restore:', '    services:', `      files: {kind: files, path: ${path.join(work, 'restore-ours')}}`);
@@ -213,21 +194,6 @@ function manifestOf(sample: Sample): ManifestLike {
 
 // ------------------------------------------------------------------ S3 helpers
 
-function readRgwEnv(file: string | undefined): S3Settings | undefined {
-  if (!file || !existsSync(file)) return undefined;
-  const vars = Object.fromEntries(
-    readFileSync(file, 'utf8')
-      .split('\n')
-      .filter((l) => l.includes('='))
-      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
-  const dir = path.dirname(file);
-  const pids = ['rgw', 'osd']
-    .map((name) => path.join(dir, `${name}.pid`))
-    .filter((f) => existsSync(f))
-    .map((f) => Number(readFileSync(f, 'utf8').trim()));
-  return { endpoint: vars.S3_ENDPOINT!, accessKey: vars.S3_ACCESS_KEY!, secretKey: vars.S3_SECRET_KEY!, region: vars.S3_REGION || 'us-east-1', pids };
-}
 
 function s3Client(s3: S3Settings): S3Client {
   return new S3Client({

@@ -109,8 +109,8 @@ function generate(dir: string, targetBytes: number): TreeInfo {
   return { version: GENERATOR_VERSION, dir, targetBytes, files: SMALL_FILES + largeCount, directories, bytes };
 }
 
-/** xorshift32: fast, seeded, good enough for choosing words and sizes. */
-class Rng {
+/** xorshift32: fast, seeded, good enough for choosing words, sizes and files to change. */
+export class Rng {
   #state: number;
   constructor(seed: number) {
     this.#state = (seed * 2654435761) >>> 0 || 1;

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: `npm run bench` (or scripts/bench.sh [bench/run.ts options]).
+# The repository benchmark (issue #13: ours vs restic vs tar | zstd, docs/benchmarks-repository.md):
+# `scripts/bench.sh repository [bench/repository.ts options]` (`npm run bench -- repository`).
 #
 # Backs generated trees up with the agent's real CLI to the fs store and to a Ceph RGW, next
 # to `tar | zstd`, `tar | zstd | rclone rcat` and `zstd -dc | tar -x` on the same data, and
@@ -13,6 +15,10 @@
 #   BENCH_STAT   best (default: the fastest run counts) or median
 #   BENCH_RGW=0  skip the RGW section (no Ceph started)
 #   BENCH_AGENT_REF  a git revision: benchmark its src/ instead of the working tree's
+#   BENCH_REPOSITORY=1  also run the repository benchmark after bench/run.ts (same RGW)
+#
+# `repository` mode: BENCH_RUNS defaults to 1 and the RGW is off unless BENCH_RGW=1; see
+# bench/repository.ts for its variables (BENCH_REPO_DAYS, BENCH_REPO_SIZE, BENCH_WARMUP, ...).
 #
 # Options are passed to bench/run.ts, e.g. `--only tar,fs` (sections: tar, stages, fs,
 # restore, rgw; restore needs fs, which it runs too).
@@ -27,6 +33,14 @@ export RGW_DIR=/tmp/storage-agent-bench-rgw
 export RGW_PORT=7490
 export BENCH_DIR="${BENCH_DIR:-/var/tmp/storage-agent-bench}"
 
+mode=default
+if [[ "${1:-}" == repository ]]; then
+  mode=repository
+  shift
+  export BENCH_RUNS="${BENCH_RUNS:-1}"
+  BENCH_RGW="${BENCH_RGW:-0}"
+fi
+
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
 
 # ---------------------------------------------------------------- tools
@@ -34,6 +48,7 @@ log() { printf 'bench.sh: %s\n' "$*" >&2; }
 missing=()
 command -v zstd >/dev/null || missing+=(zstd)
 command -v rclone >/dev/null || missing+=(rclone)
+command -v restic >/dev/null || missing+=(restic)
 [[ -x /usr/bin/time ]] || missing+=(time)
 if ((${#missing[@]} > 0)); then
   log "installing ${missing[*]}"
@@ -100,5 +115,13 @@ export BENCH_AGENT_VERSION="$version"
 
 started=$SECONDS
 # No `exec`: the EXIT trap must still stop the RGW.
-"$NODE" "$snapshot/bench/run.ts" "${rgw_args[@]}" "$@"
+if [[ "$mode" == repository ]]; then
+  "$NODE" "$snapshot/bench/repository.ts" "${rgw_args[@]}" "$@"
+else
+  "$NODE" "$snapshot/bench/run.ts" "${rgw_args[@]}" "$@"
+  if [[ "${BENCH_REPOSITORY:-0}" == 1 ]]; then
+    log "the repository benchmark (bench/repository.ts)"
+    BENCH_RUNS=1 "$NODE" "$snapshot/bench/repository.ts" "${rgw_args[@]}"
+  fi
+fi
 log "done in $((SECONDS - started)) s"
