@@ -1,13 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { loopMount } from './support/cgroup.ts';
 import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
-import { createTestBucket, multipartUploads } from './support/s3.ts';
+import { createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
 
 const killAt = (sandbox: Sandbox, args: string[], phase: string) => killCliAt(sandbox.dir, args, phase);
 
@@ -261,5 +263,82 @@ describe('a killed `backup get` leaves no partial file behind after the next com
     expect(result.signal, `the get ended before it was killed: ${String(result.stderr)}`).toBe('SIGKILL');
     expect(await readdir(out)).toEqual([partial]); // the archive itself never appeared
     await expectCleanedByNextCommand();
+  });
+});
+
+/**
+ * Entries of /tmp that the test suite's own sandboxes and servers make (and other test files,
+ * which vitest runs in parallel): anything else that appears in /tmp during a test is the agent's.
+ */
+const SUITE_TMP = /^(sa-|fs-store-|mysql-driver-state-|redis-driver-state-|restore-privilege-|s3-(aborted|range|state|telemetry)-|storage-agent-test-|vitest|node-compile-cache$)/;
+
+describe('a restore killed while its safety backup uploads to S3 leaves nothing', () => {
+  let sandbox: Sandbox;
+  let bucket: string;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    bucket = await createTestBucket();
+  });
+  afterAll(async () => {
+    await sandbox?.cleanup();
+  });
+
+  async function objectKeys(): Promise<string[]> {
+    const keys: string[] = [];
+    let token: string | undefined;
+    do {
+      const page = await s3Client().send(new ListObjectsV2Command({ Bucket: bucket, ContinuationToken: token }));
+      keys.push(...(page.Contents ?? []).map((o) => o.Key!));
+      token = page.NextContinuationToken;
+    } while (token);
+    return keys;
+  }
+
+  it('after one command: no multipart upload, no object of the safety backup, the target unchanged, nothing new in /tmp', async () => {
+    const tmpBefore = new Set(await readdir(tmpdir()));
+    const source = path.join(sandbox.dir, 'src');
+    const target = path.join(sandbox.dir, 'target');
+    await mkdir(source);
+    await mkdir(target);
+    await writeFile(path.join(source, 'data'), 'new');
+    // The target is big and incompressible: its safety backup is a multipart upload that takes a while.
+    const blobs: Buffer[] = [];
+    for (let i = 0; i < 6; i++) {
+      blobs.push(randomBytes(8 << 20));
+      await writeFile(path.join(target, `blob-${i}`), blobs[i]!);
+    }
+    await writeFile(path.join(target, 'data'), 'old');
+    await sandbox.writeConfig({ stores: { s3: s3StoreConfig(bucket) }, environments: { site: filesEnv({ uploads: source }, 's3'), other: filesEnv({ uploads: target }, 's3') } });
+    const { id } = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    const keysBefore = await objectKeys();
+
+    const restore = startCli([...args(), 'backup', 'restore', 'site', id, '--target', 'other', '--yes']);
+    await waitFor('the safety backup\'s multipart upload', async () => restore.exitCode === null && (await multipartUploads(bucket)).length > 0, 60_000);
+    const [journal] = (await readdir(path.join(sandbox.stateDir, 'restores'))).filter((name) => name.endsWith('.json'));
+    const { safetyBackupId } = JSON.parse(await readFile(path.join(sandbox.stateDir, 'restores', journal!), 'utf8')) as { safetyBackupId?: string };
+    expect(safetyBackupId).toMatch(/\S/);
+    restore.kill('SIGKILL');
+    const killed = await restore;
+    expect(killed.signal, `the restore ended before it was killed: ${String(killed.stderr)}`).toBe('SIGKILL');
+    expect((await objectKeys()).some((key) => key.includes(safetyBackupId!)) || (await multipartUploads(bucket)).length > 0).toBe(true);
+
+    const list = await cli([...args(), 'backup', 'list', 'other']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(await multipartUploads(bucket)).toEqual([]);
+    expect((await objectKeys()).filter((key) => key.includes(safetyBackupId!))).toEqual([]);
+    expect(await cliJson<unknown[]>([...args(), 'backup', 'list', 'other'])).toEqual([]);
+    // Nothing but what the site backup wrote is left in the bucket (and the node's claim on the environment).
+    expect((await objectKeys()).filter((key) => !keysBefore.includes(key) && !/^agent\/other\/owners\/[^/]+\.json$/.test(key))).toEqual([]);
+    // The target is exactly as it was.
+    expect((await readdir(target)).sort()).toEqual(['blob-0', 'blob-1', 'blob-2', 'blob-3', 'blob-4', 'blob-5', 'data']);
+    expect(await readFile(path.join(target, 'data'), 'utf8')).toBe('old');
+    for (let i = 0; i < 6; i++) expect((await readFile(path.join(target, `blob-${i}`))).equals(blobs[i]!)).toBe(true);
+    expect(await agentEntries(sandbox.dir)).toEqual([]);
+    expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
+    expect(await readdir(path.join(sandbox.stateDir, 'uploads')).catch(() => [])).toEqual([]);
+    // Nothing new in /tmp at all, whatever its name (the suite's own sandboxes aside).
+    expect((await readdir(tmpdir())).filter((name) => !tmpBefore.has(name) && !SUITE_TMP.test(name))).toEqual([]);
   });
 });

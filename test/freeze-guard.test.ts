@@ -5,7 +5,7 @@ import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
-import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
+import { daemonSection, sleep, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { delayedFsfreeze, fsfreezeFreezing, writesWithin } from './support/fsfreeze.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/agent/main.ts');
@@ -69,7 +69,7 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
   });
 
   /** A cgroup with a writer appending to the ext4 mount (writers are frozen both ways), and the config naming it. */
-  async function setUp(version: 'v1' | 'v2' = 'v2'): Promise<void> {
+  async function setUp(version: 'v1' | 'v2' = 'v2', deadline = '5m'): Promise<void> {
     cgroup = await createCgroup(version);
     log = path.join(mount, `writer-${Date.now()}.log`);
     cgroup.spawn('sh', ['-c', `while true; do echo x >> ${log}; sleep 0.002; done`]);
@@ -79,7 +79,7 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
       defaultStore: 'local',
       daemon: daemonSection(tokens),
       environments: {
-        app: { freeze: { cgroups: [cgroup.path], filesystems: [mount], deadline: '5m' }, services: { uploads: { kind: 'files', path: mount } } },
+        app: { freeze: { cgroups: [cgroup.path], filesystems: [mount], deadline }, services: { uploads: { kind: 'files', path: mount } } },
       },
     });
     pauseFile = path.join(sandbox.dir, `paused-${Date.now()}`);
@@ -210,5 +210,71 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
       // A mount left frozen would hang the writer's removal after the test.
       await execa('fsfreeze', ['--unfreeze', mount], { reject: false });
     }
+  });
+  /** The deadline (epoch ms) the one freeze journal entry names. */
+  async function journaledDeadline(): Promise<number> {
+    const dir = path.join(sandbox.stateDir, 'frozen');
+    const [entry] = (await readdir(dir)).filter((name) => name.endsWith('.json'));
+    return Date.parse((JSON.parse(await readFile(path.join(dir, entry!), 'utf8')) as { deadline: string }).deadline);
+  }
+
+  /** Resolves with the epoch ms at which the writer writes again and the cgroup is thawed. */
+  async function thawedAt(timeoutMs: number): Promise<number> {
+    const before = await lines(log);
+    await waitFor('the writers to be thawed', async () => !(await cgroup.isFrozen()) && (await lines(log)) > before, timeoutMs);
+    return Date.now();
+  }
+
+  describe('the deadline holds when the agent is alive but stuck (SIGSTOPped while frozen, deadline 2 s)', () => {
+    it('its guard thaws by the deadline + 0.5 s', async () => {
+      await setUp('v2', '2s');
+      const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app'], { env: pausedAt('freeze:frozen') });
+      const pid = await pausedPid();
+      process.kill(pid, 'SIGSTOP');
+      try {
+        const deadline = await journaledDeadline();
+        expect(deadline - Date.now()).toBeGreaterThan(500); // stopped well before it
+        expect(await cgroup.isFrozen()).toBe(true);
+        const at = await thawedAt(deadline - Date.now() + 3_000);
+        expect(at - deadline, `thawed ${at - deadline} ms after the deadline`).toBeLessThan(500);
+        expect(at - deadline).toBeGreaterThan(-100); // not before the deadline: the agent was stuck, not gone
+        await expectJournalEmpty();
+        await waitFor('the guard to exit', async () => (await guardPids(sandbox.stateDir)).length === 0, 2_000);
+      } finally {
+        process.kill(pid, 'SIGKILL');
+        await backup;
+      }
+    });
+
+    it('with its guard SIGKILLed too, the running daemon thaws by the deadline + 1.25 s', async () => {
+      await setUp('v2', '2s');
+      const daemon = await startDaemon(sandbox.configPath);
+      daemons.push(daemon);
+      const backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'app'], { env: pausedAt('freeze:frozen') });
+      const pid = await pausedPid();
+      process.kill(pid, 'SIGSTOP');
+      try {
+        const guards = await guardPids(sandbox.stateDir);
+        expect(guards).toHaveLength(1);
+        for (const guard of guards) process.kill(guard, 'SIGKILL');
+        const deadline = await journaledDeadline();
+        expect(deadline - Date.now()).toBeGreaterThan(500);
+        // The owner is alive (stopped): nobody thaws before the deadline.
+        await sleep(300);
+        expect(await cgroup.isFrozen()).toBe(true);
+        const at = await thawedAt(deadline - Date.now() + 4_000);
+        // The daemon's bound: 1 s of grace past the deadline (recovery.ts) + one 250 ms watch tick
+        // (watch.ts) = 1.25 s, plus the thaw itself (fsfreeze --unfreeze) and this test's polling.
+        expect(at - deadline, `thawed ${at - deadline} ms after the deadline`).toBeLessThan(1250 + 100);
+        expect(at - deadline, `thawed ${at - deadline} ms after the deadline`).toBeGreaterThan(900); // the daemon leaves a live owner its deadline's grace
+        const thawed = await daemon.waitForLog('the daemon to say it thawed', (l) => l.msg.startsWith('the daemon thawed what a freeze left frozen'));
+        expect(thawed).toMatchObject({ env: 'app', pid, targets: 2, thawed: 2 });
+        expect(thawed.msg).toContain(`its owner (pid ${pid}) is past its deadline`);
+        await expectJournalEmpty();
+      } finally {
+        process.kill(pid, 'SIGKILL');
+        await backup;
+      }
+    });
   });
 });

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
@@ -109,4 +109,39 @@ export async function killCliAt(dir: string, args: readonly string[], phase: str
   child.kill('SIGKILL');
   await child;
   await rm(pauseFile, { force: true });
+}
+
+/**
+ * killCliAt, at the `occurrence`-th time (1-based) the CLI reaches `phase`: a phase reached once
+ * per database or per element ('restore:mysql:swapped') is let go on at the earlier times.
+ */
+export async function killCliAtOccurrence(dir: string, args: readonly string[], phase: string, occurrence: number): Promise<void> {
+  const pauseFile = path.join(dir, `paused-${process.pid}-${Date.now()}`);
+  const child = startCli(args, { env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+  for (let reached = 0; reached < occurrence; ) {
+    for (let waited = 0; !existsSync(pauseFile); waited += 20) {
+      if (child.exitCode !== null || waited > 90_000) {
+        child.kill('SIGKILL');
+        throw new Error(`storage-agent ${args.join(' ')} reached ${phase} ${reached} time(s), not ${occurrence}: ${String((await child).stderr)}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    reached++;
+    if (reached < occurrence) await rm(pauseFile, { force: true }); // let it go on to the next time
+  }
+  child.kill('SIGKILL');
+  await child;
+  await rm(pauseFile, { force: true });
+}
+
+/** The pids of `pid`'s live child processes (its zstd, mysql… children). */
+export async function childPids(pid: number): Promise<number[]> {
+  const text = await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '');
+  return text.trim().split(/\s+/).filter(Boolean).map(Number);
+}
+
+/** Whether process `pid` still runs (a zombie does not). */
+export async function processRuns(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat !== '' && !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
 }
