@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -87,6 +88,15 @@ export class RestoreJournal {
   /** The journal of a dead process's restore, taken over to finish it. */
   static adopt(stateDir: string, file: string, record: RestoreRecord): RestoreJournal {
     return new RestoreJournal(stateDir, path.basename(file, '.json'), record);
+  }
+
+  /** Whether any restore is journaled (live or dead): one synchronous look, so that the common case costs a job start nothing. */
+  static anyJournaled(stateDir: string): boolean {
+    try {
+      return readdirSync(path.join(stateDir, DIR)).some((name) => name.endsWith('.json'));
+    } catch {
+      return false;
+    }
   }
 
   static leftovers(stateDir: string): Promise<{ file: string; record: RestoreRecord }[]> {

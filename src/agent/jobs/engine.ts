@@ -5,7 +5,7 @@ import type { Config } from '../config.ts';
 import type { ProgressEvent } from '../context.ts';
 import { admissionProblem, hostResources } from './host.ts';
 import { currentProcess, isAlive } from '../../liveness.ts';
-import { recoverRestoresOf } from '../restore-journal.ts';
+import { recoverRestoresOf, RestoreJournal } from '../restore-journal.ts';
 import { environmentLockFile, tryLock, tryLockSlot, type LockHolder } from './lock.ts';
 import { ProgressTracker } from './progress.ts';
 import { runOperation, validateRequest } from './runners.ts';
@@ -460,10 +460,11 @@ export class JobEngine {
     this.#emit('changed', job);
     const ctx = { config: this.#config, logger, signal: job.controller.signal, jobId: job.record.id, onProgress: (event: ProgressEvent) => this.#onProgress(job, event) };
     // Errors thrown synchronously by the operation become its failure too.
-    void Promise.resolve()
-      // What a killed restore of this environment left is finished (or undone) first, under the
-      // lock this job now holds: no job ever sees a target part old, part new.
-      .then(() => recoverRestoresOf(this.#config, record.env, logger, job.controller.signal))
+    // What a killed restore of this environment left is finished (or undone) first, under the
+    // lock this job now holds: no job ever sees a target part old, part new. (Without any
+    // restore journaled, the job starts at once.)
+    const recovering = RestoreJournal.anyJournaled(this.#config.stateDir) ? recoverRestoresOf(this.#config, record.env, logger, job.controller.signal) : undefined;
+    void (recovering ?? Promise.resolve())
       .then(() => this.#run(ctx, record.spec))
       .then(
         (result) => this.#finish(job, 'succeeded', result),
