@@ -46,7 +46,7 @@ import { loadavg } from 'node:os';
 import path from 'node:path';
 import { readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, Rng, type TreeInfo } from './tree.ts';
-import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = process.execPath;
@@ -57,11 +57,6 @@ const BUCKET = 'bench-repository';
 
 // ------------------------------------------------------------------ options
 
-const args = process.argv.slice(2);
-function option(name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 function numberEnv(name: string, fallback: number, min: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;

@@ -32,7 +32,7 @@ import { loadavg } from 'node:os';
 import path from 'node:path';
 import { readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
-import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = process.execPath;
@@ -44,11 +44,6 @@ const BUCKET = 'bench';
 
 // ------------------------------------------------------------------ options
 
-const args = process.argv.slice(2);
-function option(name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 const benchDir = path.resolve(process.env.BENCH_DIR || '/var/tmp/storage-agent-bench');
 const sizeNames = (process.env.BENCH_SIZES || '1g,3g').split(',').map((s) => s.trim()).filter(Boolean);
 const runs = Math.max(1, Number(process.env.BENCH_RUNS || 3));

@@ -72,3 +72,10 @@ export function closingLines(loadAtStart: number[], startedAt: number, problems:
   if (problems.length) lines.push('', 'Problems seen:', ...problems.map((p) => `- ${p}`));
   return lines;
 }
+
+/** The value after `name` on the benchmark's command line (`--only fs,tar`), if given. */
+export function option(name: string): string | undefined {
+  const args = process.argv.slice(2);
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
