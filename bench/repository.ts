@@ -44,7 +44,7 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
-import { readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
+import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, Rng, type TreeInfo } from './tree.ts';
 import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
@@ -248,20 +248,7 @@ async function deletePrefix(prefix: string): Promise<void> {
 const resticEnv: NodeJS.ProcessEnv = { ...process.env, RESTIC_PASSWORD: resticPassword, RESTIC_CACHE_DIR: paths.resticCache };
 for (const name of ['RESTIC_REPOSITORY', 'RESTIC_PASSWORD_FILE', 'RESTIC_PASSWORD_COMMAND', 'AWS_CA_BUNDLE']) delete resticEnv[name];
 const resticS3Env: NodeJS.ProcessEnv = s3 ? { ...resticEnv, AWS_ACCESS_KEY_ID: s3.accessKey, AWS_SECRET_ACCESS_KEY: s3.secretKey, AWS_DEFAULT_REGION: s3.region } : resticEnv;
-// rclone reads the remote from RCLONE_CONFIG_<NAME>_*; AWS_CA_BUNDLE (set on this machine) makes it fail.
-const rcloneEnv: NodeJS.ProcessEnv = s3
-  ? {
-      ...process.env,
-      RCLONE_CONFIG_BENCHRGW_TYPE: 's3',
-      RCLONE_CONFIG_BENCHRGW_PROVIDER: 'Ceph',
-      RCLONE_CONFIG_BENCHRGW_ENV_AUTH: 'false',
-      RCLONE_CONFIG_BENCHRGW_ENDPOINT: s3.endpoint,
-      RCLONE_CONFIG_BENCHRGW_REGION: s3.region,
-      RCLONE_CONFIG_BENCHRGW_ACCESS_KEY_ID: s3.accessKey,
-      RCLONE_CONFIG_BENCHRGW_SECRET_ACCESS_KEY: s3.secretKey,
-    }
-  : process.env;
-delete rcloneEnv.AWS_CA_BUNDLE;
+const rcloneEnv: NodeJS.ProcessEnv = s3 ? rcloneRemoteEnv(s3) : process.env;
 const agentEnv: NodeJS.ProcessEnv = s3 ? { ...process.env, BENCH_S3_ACCESS_KEY: s3.accessKey, BENCH_S3_SECRET_KEY: s3.secretKey } : process.env;
 
 /** One place the backups go: the fs store and a restic repository on disk, or both on the RGW. */

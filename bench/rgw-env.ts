@@ -42,3 +42,22 @@ export function rgwStoreLines(s3: S3Settings, bucket: string): string[] {
     '    partsInFlight: 4',
   ];
 }
+
+/**
+ * rclone's environment for the remote `benchrgw:` (it reads RCLONE_CONFIG_<NAME>_*). Without
+ * AWS_CA_BUNDLE, set on this machine, which makes rclone fail: removed for rclone only.
+ */
+export function rcloneRemoteEnv(s3: S3Settings): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    RCLONE_CONFIG_BENCHRGW_TYPE: 's3',
+    RCLONE_CONFIG_BENCHRGW_PROVIDER: 'Ceph',
+    RCLONE_CONFIG_BENCHRGW_ENV_AUTH: 'false',
+    RCLONE_CONFIG_BENCHRGW_ENDPOINT: s3.endpoint,
+    RCLONE_CONFIG_BENCHRGW_REGION: s3.region,
+    RCLONE_CONFIG_BENCHRGW_ACCESS_KEY_ID: s3.accessKey,
+    RCLONE_CONFIG_BENCHRGW_SECRET_ACCESS_KEY: s3.secretKey,
+  };
+  delete env.AWS_CA_BUNDLE;
+  return env;
+}

@@ -30,7 +30,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
-import { readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
+import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
 import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
@@ -372,19 +372,7 @@ async function rgw(size: string, tree: TreeInfo): Promise<void> {
   const config = path.join(work, 'config-l1.yaml');
   writeConfig(config, tree.dir, 1, s3);
   const agentEnv = { ...process.env, BENCH_S3_ACCESS_KEY: s3.accessKey, BENCH_S3_SECRET_KEY: s3.secretKey };
-  // rclone reads the remote from RCLONE_CONFIG_<NAME>_*; AWS_CA_BUNDLE (set on this machine)
-  // makes it fail, so it is removed for that command only.
-  const rcloneEnv: NodeJS.ProcessEnv = {
-    ...process.env,
-    RCLONE_CONFIG_BENCHRGW_TYPE: 's3',
-    RCLONE_CONFIG_BENCHRGW_PROVIDER: 'Ceph',
-    RCLONE_CONFIG_BENCHRGW_ENV_AUTH: 'false',
-    RCLONE_CONFIG_BENCHRGW_ENDPOINT: s3.endpoint,
-    RCLONE_CONFIG_BENCHRGW_REGION: s3.region,
-    RCLONE_CONFIG_BENCHRGW_ACCESS_KEY_ID: s3.accessKey,
-    RCLONE_CONFIG_BENCHRGW_SECRET_ACCESS_KEY: s3.secretKey,
-  };
-  delete rcloneEnv.AWS_CA_BUNDLE;
+  const rcloneEnv = rcloneRemoteEnv(s3);
   const afterEach = (who: string) => async () => {
     const found = await emptyBucket(client);
     if (found.uploads.length) problems.push(`${who} to RGW left multipart uploads behind: ${found.uploads.join(', ')}`);

@@ -18,7 +18,7 @@ import { openRepository, type Repository } from '../transport/repository/reposit
 import { catalogOf, loadParent, NO_PARENT, repositoryItems, type ParentSnapshot } from '../snapshot/files/parent-snapshot.ts';
 import { reportOrphanUploadsAborted } from '../transport/store-telemetry.ts';
 import { putSegmented } from '../transport/segments.ts';
-import { backupObjectKeys, deleteBackup, listBackups, type WrittenManifest } from './catalog.ts';
+import { backupObjectKeys, deleteBackup, listBackups, type BackupSummary, type WrittenManifest } from './catalog.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
@@ -67,7 +67,10 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const repository = environmentOf(config, env).repository ? await openRepository(store, env, keys, { create: true, level: config.compression.level }) : undefined;
   const destination: Destination = { store, repository };
 
-  const replaced = await checkManualLimit(config, store, env, options);
+  // One listing for the manual limit and the parent snapshots (the catalog makes it a LIST and a GET).
+  const listing = (options.trigger ?? 'manual') === 'manual' || repository ? listBackups(store, env, keys, new Date(), { updateCatalog: true }) : undefined;
+  listing?.catch(() => {}); // awaited below, after other awaits: never an unhandled rejection meanwhile
+  const replaced = await checkManualLimit(config, env, options, listing);
   await sweepOrphans(ctx, store, env);
   ctx.onProgress?.({ phase: 'prepare' });
   log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
@@ -76,7 +79,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
   const previous = await previousElementSizes(ctx.config.stateDir, env);
   // Files elements into a repository skip what their parent snapshot holds unchanged; read
   // now, before any freeze.
-  const parents = repository ? await parentSnapshots(ctx, store, env, repository, services) : new Map<string, ParentSnapshot>();
+  const parents = repository && listing ? await parentSnapshots(ctx, env, repository, services, await listing) : new Map<string, ParentSnapshot>();
   const plan = services.map(([name, service]) => ({
     name,
     partial,
@@ -238,11 +241,10 @@ async function captureConsistent(ctx: OperationContext, destination: Destination
  * environment that has a catalog for it. None (NO_PARENT) the first time, or when the parent
  * cannot be read: the backup then reads every file, as a first one does, and says so.
  */
-async function parentSnapshots(ctx: OperationContext, store: ObjectStore, env: string, repository: Repository, services: [string, { kind: string }][]): Promise<Map<string, ParentSnapshot>> {
+async function parentSnapshots(ctx: OperationContext, env: string, repository: Repository, services: [string, { kind: string }][], listed: readonly BackupSummary[]): Promise<Map<string, ParentSnapshot>> {
   const parents = new Map<string, ParentSnapshot>();
   const files = services.filter(([, service]) => service.kind === 'files').map(([name]) => name);
   if (files.length === 0) return parents;
-  const listed = await listBackups(store, env, await loadKeyRing(ctx.config), new Date());
   for (const name of files) {
     const backup = listed.find((b) => b.restorable && b.manifest?.elements.some((e) => e.name === name && e.kind === 'files' && e.repository?.files));
     const element = backup?.manifest?.elements.find((e) => e.name === name);
@@ -265,10 +267,10 @@ async function parentSnapshots(ctx: OperationContext, store: ObjectStore, env: s
  * backups to delete once the new one is committed (never before: a failed backup replaces none).
  * Expired manual backups do not count (prune deletes them).
  */
-async function checkManualLimit(config: Config, store: ObjectStore, env: string, options: CreateBackupOptions): Promise<string[]> {
+async function checkManualLimit(config: Config, env: string, options: CreateBackupOptions, listing: Promise<BackupSummary[]> | undefined): Promise<string[]> {
   if ((options.trigger ?? 'manual') !== 'manual') return [];
   const limit = environmentOf(config, env).manualLimit;
-  const listed = await listBackups(store, env, await loadKeyRing(config), new Date(), { updateCatalog: true });
+  const listed = await listing!;
   const manual = listed.filter((b) => b.restorable && b.manifest?.trigger === 'manual');
   if (manual.length < limit) return [];
   if (!options.replaceOldest) {

@@ -83,7 +83,7 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       let at = 0;
       for (const plain of plains) {
         at += plain.copy(all, at);
-        free(plain);
+        freeOwned(plain);
       }
       const memory = all.buffer as ArrayBuffer;
       return { result: { op: 'open', plain: memory, lengths }, transfer: [memory] };
@@ -105,7 +105,7 @@ function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: numbe
     } catch (error) {
       return `does not decompress (${(error as Error).message})`;
     } finally {
-      free(stored);
+      freeOwned(stored);
     }
   } else return `has an unknown storage byte ${stored[0]}`;
   if (plain.length !== rawLength) return `holds ${plain.length} bytes, not the ${rawLength} indexed`;
@@ -121,16 +121,11 @@ function sealBlob(keys: WorkerKeys, kind: BlobKind, id: string, data: Uint8Array
   // Incompressible data (media, archives) is stored as it is: no expansion, no decode cost.
   const stored = compressed.length < data.length ? [Uint8Array.of(STORED_ZSTD), compressed] : [Uint8Array.of(STORED_RAW), data];
   const sealed = seal(keys.encryption, stored, blobAssociatedData(kind, id));
-  free(compressed);
+  freeOwned(compressed);
   return sealed.buffer as ArrayBuffer;
 }
 
 
-/**
- * Frees a big temporary at once rather than at this heap's next GC (chunk-recycling.ts): a
- * worker's malloc arena grows with what waits for its GC.
- */
-const free = freeOwned;
 
 port.on('message', (request: BlobRequest & { seq: number }) => {
   let reply: WorkerReply<BlobResult>;

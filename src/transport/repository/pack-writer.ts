@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { freeOwned as freeNow } from '../../chunk-recycling.ts';
+import { freeOwned } from '../../chunk-recycling.ts';
 import type { ObjectStore } from '../object-store.ts';
 import type { IndexEntry } from './blob-index.ts';
 import type { BlobKind } from './blob-pool.ts';
@@ -80,7 +80,7 @@ export class PackWriter {
           for (const { id, ...entry } of blobs) this.#uploaded.set(id, { ...entry, pack });
           // Sealed in a worker, their memory belongs to its malloc arena, which grew by ~90 MiB
           // per worker while they waited for this thread's next GC to be freed.
-          for (const buffer of buffers) freeNow(buffer);
+          for (const buffer of buffers) freeOwned(buffer);
         },
         (error: unknown) => {
           this.#failure ??= error;
