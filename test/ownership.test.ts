@@ -3,11 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSummary } from '../src/agent/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
-import { ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
+import { describeOwner, ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
@@ -174,6 +175,35 @@ describe('many nodes, one bucket: only the owner writes an environment, nobody r
       owners.push(winner);
     }
     expect(owners).toHaveLength(20);
+  });
+
+  it('a node that read the records while another was still claiming does not supersede it once it owns (its claim asks a higher epoch): E_ENV_OWNED, one owner', async () => {
+    const [configA, configB] = await Promise.all([loadConfig(a.configPath), loadConfig(b.configPath)]);
+    const logger = pino({ level: 'silent' });
+    const env = 'race-interleaved';
+    const withEnv = (config: typeof configA) => ({ ...config, environments: { ...config.environments, [env]: config.environments.other! } });
+    const [ca, cb] = [withEnv(configA), withEnv(configB)];
+    const [storeA, storeB] = await Promise.all([openEnvironmentStore(ca, env), openEnvironmentStore(cb, env)]);
+    // node-a is mid-claim: its claiming record (epoch 1) is there, no owner yet.
+    const now = new Date().toISOString();
+    const recordOfA = (state: string) => Readable.from([JSON.stringify({ schema: 'storage-agent/owner', env, nodeId: 'node-a', host: 'a', state, epoch: 1, since: now, renewedAt: now })]);
+    await storeA.put(`${env}/owners/node-a.json`, recordOfA('claiming'));
+    // node-b reads that, claims at epoch 2; as its claiming record lands, node-a becomes owner.
+    const put: typeof storeB.put = async (key, body, options) => {
+      if (key === `${env}/owners/node-b.json`) await storeA.put(`${env}/owners/node-a.json`, recordOfA('owner'));
+      return storeB.put(key, body, options);
+    };
+    const interleaved = new Proxy(storeB, {
+      get: (target, name) => {
+        if (name === 'put') return put;
+        const value = Reflect.get(target, name) as unknown;
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    await expect(ensureOwner(cb, interleaved, env, logger)).rejects.toMatchObject({ code: 'E_ENV_OWNED', details: { owner: 'node-a' } });
+    await ensureOwner(ca, storeA, env, logger);
+    const view = await describeOwner(cb, storeB, env);
+    expect(view.records.map((r) => [r.nodeId, r.state])).toEqual([['node-a', 'owner']]);
   });
 
   it('the commit point checks what it commits: an object deleted before the manifest (another prune, an operator) fails the backup E_BACKUP_INCOMPLETE (exit 6), nothing committed or left', async () => {

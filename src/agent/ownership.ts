@@ -17,7 +17,7 @@ import { HOST } from './version.ts';
  * Each node that claims an environment has one record, `<env>/owners/<nodeId>.json`. The
  * owner is the record in state `owner` with the highest epoch. To claim, a node writes a
  * `claiming` record, lists the records, and becomes `owner` only if no other node is claiming
- * (live) or owns it at the same or a higher epoch; otherwise it withdraws. S3 lists what was
+ * (live) or owns it (an adoption: owns it at the same or a higher epoch); otherwise it withdraws. S3 lists what was
  * written before (read-after-write, list-after-write): of two nodes claiming at once, the
  * second to write sees the first, so at most one of them goes on. Adoption claims at the
  * highest epoch plus one: the old owner, at its next write, finds a newer owner and stops.
@@ -147,8 +147,11 @@ async function claim(claimant: Claimant, before: readonly OwnerRecord[], epoch: 
   const now = new Date().toISOString();
   const record: OwnerRecord = { schema: 'storage-agent/owner', env, nodeId, host: HOST, state: 'claiming', epoch, since: now, renewedAt: now, ...(adoptedFrom ? { adoptedFrom } : {}) };
   await writeRecord(store, record);
+  // A first claim yields to any owner, whatever its epoch: a rival that read the records while
+  // another node was still claiming asks for a higher epoch, and must not supersede that node
+  // once it is owner. Only an adoption supersedes an owner, one below its own epoch.
   const rival = (await readRecords(store, env)).find(
-    (r) => r.nodeId !== nodeId && (r.state === 'owner' ? r.epoch >= epoch : !isStale(r, claimant.staleAfterMs)),
+    (r) => r.nodeId !== nodeId && (r.state === 'owner' ? adoptedFrom === undefined || r.epoch >= epoch : !isStale(r, claimant.staleAfterMs)),
   );
   if (rival) {
     await store.delete([recordKey(env, nodeId)]);
