@@ -3,7 +3,8 @@ import { mkdir, open, readFile, stat, statfs, writeFile } from 'node:fs/promises
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { dataRuns, StagingWriter } from '../src/snapshot/files/staging-writer.ts';
+import { dataRuns } from '../src/snapshot/files/data-runs.ts';
+import { StagingWriter } from '../src/snapshot/files/staging-writer.ts';
 import { loopMount } from './support/cgroup.ts';
 import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { MiB, run, tempDir } from './support/tree.ts';

@@ -95,6 +95,7 @@ export async function extractTree(source: Readable, dest: string, options: Extra
       { signal },
     );
     if (!end.isComplete()) throw new Error('the archive ends without its end-of-archive marker');
+    await writer.settled(); // the files still being written: a cancel meanwhile stops the restore
     throwIfCancelled(signal);
     await writer.finish();
     return stats;
