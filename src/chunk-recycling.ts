@@ -34,7 +34,8 @@ export function offerForRecycling(chunk: Buffer, giveBack: GiveBack): Buffer {
  */
 export function freeOwned(buffer: Uint8Array): void {
   const memory = buffer.buffer;
-  if (memory instanceof ArrayBuffer && buffer.byteOffset === 0 && buffer.byteLength === memory.byteLength) memory.transfer(0);
+  // An empty buffer may be Node's one shared empty ArrayBuffer: never detach that.
+  if (memory instanceof ArrayBuffer && !memory.detached && memory.byteLength > 0 && buffer.byteOffset === 0 && buffer.byteLength === memory.byteLength) memory.transfer(0);
 }
 
 /** Frees the memory of a recyclable chunk at once (detaching it), rather than at the next GC. */

@@ -52,7 +52,8 @@ export function open(key: Buffer | KeyObject, sealed: Uint8Array, associated: Ui
   decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
   try {
     const body = decipher.update(sealed.subarray(NONCE_BYTES, sealed.length - TAG_BYTES));
-    return Buffer.concat([body, decipher.final()]);
+    const rest = decipher.final(); // authenticates; GCM, a stream cipher, has no bytes left here
+    return rest.length === 0 ? body : Buffer.concat([body, rest]);
   } catch {
     return undefined;
   }

@@ -10,7 +10,7 @@ import { zstdBound } from '../../zstd-bound.ts';
 import { freeOwned } from '../../chunk-recycling.ts';
 import type { WorkerReply } from '../../worker-pool.ts';
 import { blobIdOf, open, seal, type RepositoryKeys } from './blob-crypto.ts';
-import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult } from './blob-pool.ts';
+import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type SealedBlob } from './blob-pool.ts';
 
 if (parentPort === null) throw new Error('blob-worker.ts runs as a worker thread started by BlobPool');
 const port = parentPort;
@@ -70,25 +70,87 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       return { result: { op: 'identify-seal', ids, sealed: memory, lengths: sealed.map((b) => b.length) }, transfer: [memory] };
     }
     case 'open': {
-      // The blobs of one ranged read, opened one after the other; their contents back to back.
-      const plains: Buffer[] = [];
-      for (const blob of request.blobs) {
-        const opened = openBlob(keys, request.kind, blob.id, blob.rawLength, new Uint8Array(request.memory, blob.offset, blob.length));
-        if (typeof opened === 'string') return { result: { op: 'open', failure: opened, id: blob.id }, transfer: [] };
-        plains.push(opened);
-      }
+      const opened = openRead(keys, request.kind, request.memory, request.blobs);
+      if ('failure' in opened) return { result: { op: 'open', failure: opened.failure, id: opened.id }, transfer: [] };
       request.memory.transfer(0); // the sealed bytes, read
-      const lengths = plains.map((p) => p.length);
-      const all = Buffer.allocUnsafeSlow(lengths.reduce((sum, length) => sum + length, 0));
-      let at = 0;
-      for (const plain of plains) {
-        at += plain.copy(all, at);
-        freeOwned(plain);
-      }
-      const memory = all.buffer as ArrayBuffer;
-      return { result: { op: 'open', plain: memory, lengths }, transfer: [memory] };
+      const memory = opened.plain.buffer as ArrayBuffer;
+      return { result: { op: 'open', plain: memory, lengths: request.blobs.map((b) => b.rawLength) }, transfer: [memory] };
     }
   }
+}
+
+/**
+ * The blobs of one ranged read, opened: their contents back to back in memory of its own, or
+ * which blob is not what it claims and why. Runs of compressed blobs are decompressed in one
+ * call (zstd reads concatenated frames as one stream): a context per blob cost ~25 µs, a fifth
+ * of a restore's worker time with a tree of small files. Anything amiss in the fast path (a
+ * length, an id) sends the read to the blob-by-blob path, which names the blob.
+ */
+function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[]): { plain: Buffer } | { failure: string; id: string } {
+  const stored: Buffer[] = [];
+  for (const blob of blobs) {
+    const opened = open(keys.encryption, new Uint8Array(memory, blob.offset, blob.length), blobAssociatedData(kind, blob.id));
+    if (!opened || (opened[0] !== STORED_RAW && opened[0] !== STORED_ZSTD)) return openOneByOne(keys, kind, memory, blobs);
+    stored.push(opened);
+  }
+  const pieces: Buffer[] = [];
+  try {
+    for (let i = 0; i < blobs.length; ) {
+      if (stored[i]![0] === STORED_RAW) {
+        pieces.push(stored[i++]!.subarray(1));
+        continue;
+      }
+      const frames: Buffer[] = [];
+      let rawLength = 0;
+      for (; i < blobs.length && stored[i]![0] === STORED_ZSTD; i++) {
+        frames.push(stored[i]!.subarray(1));
+        rawLength += blobs[i]!.rawLength;
+      }
+      // One output buffer of the indexed length: never more (a bug cannot fill memory), no growing.
+      const size = Math.max(1, rawLength);
+      const input = frames.length === 1 ? frames[0]! : Buffer.concat(frames);
+      const plain = zlib.zstdDecompressSync(input, { maxOutputLength: size, chunkSize: Math.max(64, size) });
+      if (frames.length > 1) freeOwned(input);
+      if (plain.length !== rawLength) return openOneByOne(keys, kind, memory, blobs);
+      pieces.push(plain);
+    }
+  } catch {
+    return openOneByOne(keys, kind, memory, blobs);
+  }
+  const plain = pieces.length === 1 && ownsItsMemory(pieces[0]!) ? pieces[0]! : concatOwned(pieces);
+  // Copied into plain: freed now, not at this thread's next GC (its heap is small, its buffers big).
+  for (const buffer of stored) freeOwned(buffer);
+  if (plain !== pieces[0]) for (const piece of pieces) freeOwned(piece);
+  // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
+  let at = 0;
+  for (const blob of blobs) {
+    if (blobIdOf(keys, plain.subarray(at, at + blob.rawLength)).toString('hex') !== blob.id) return openOneByOne(keys, kind, memory, blobs);
+    at += blob.rawLength;
+  }
+  return { plain };
+}
+
+function ownsItsMemory(buffer: Buffer): boolean {
+  return buffer.byteOffset === 0 && buffer.byteLength === buffer.buffer.byteLength;
+}
+
+/** `pieces` back to back in memory of their own (Buffer.concat may use Node's shared pool, which cannot be transferred). */
+function concatOwned(pieces: readonly Buffer[]): Buffer {
+  const all = Buffer.allocUnsafeSlow(pieces.reduce((sum, p) => sum + p.length, 0));
+  let at = 0;
+  for (const piece of pieces) at += piece.copy(all, at);
+  return all;
+}
+
+/** The slow path, taken only when a read holds something wrong: each blob on its own, to name the one. */
+function openOneByOne(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[]): { plain: Buffer } | { failure: string; id: string } {
+  const plains: Buffer[] = [];
+  for (const blob of blobs) {
+    const opened = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length));
+    if (typeof opened === 'string') return { failure: opened, id: blob.id };
+    plains.push(opened);
+  }
+  return { plain: concatOwned(plains) };
 }
 
 /** A blob's content, or why the sealed bytes are not that blob. */

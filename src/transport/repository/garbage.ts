@@ -1,12 +1,12 @@
 import { Readable } from 'node:stream';
-import { buffer as collect } from 'node:stream/consumers';
-import { throwIfCancelled } from '../../errors.ts';
+import { AgentError, throwIfCancelled } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import type { ObjectStore } from '../object-store.ts';
 import type { BlobIndex, IndexEntry } from './blob-index.ts';
 import { sealIndex } from './blob-index.ts';
 import { indexKey, indexPrefix, packIdOfKey, packKey, packsPrefix } from './layout.ts';
 import { PackWriter } from './pack-writer.ts';
+import { readExactly } from './read-exactly.ts';
 
 export interface CollectOptions {
   /** Report what would go; change nothing. */
@@ -110,7 +110,13 @@ export async function collectGarbage(repository: CollectableRepository, liveRoot
   for (const pack of repack) {
     for (const [id, entry] of byPack.get(pack)!.live) {
       throwIfCancelled(signal);
-      const sealed = await collect(await store.getRange(packKey(env, pack), entry.offset, entry.length, { signal }));
+      const { bytes: sealed, received } = await readExactly(await store.getRange(packKey(env, pack), entry.offset, entry.length, { signal }), entry.length);
+      if (received !== entry.length) {
+        // Copied short, the blob would fail every restore that needs it: stop with the old pack kept.
+        throw new AgentError('E_REPOSITORY_CORRUPT', `the repository of environment ${env} is damaged: pack ${pack} gave ${received} bytes for blob ${id}, not ${entry.length}; nothing was collected: run 'backup verify --read-data' to find every backup it affects`, {
+          details: { env, blob: id },
+        });
+      }
       await writer.add(id, entry.kind, sealed, entry.rawLength);
     }
   }

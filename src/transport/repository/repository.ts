@@ -6,6 +6,7 @@ import type { RepositoryKeys } from './blob-crypto.ts';
 import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
 import { sharedBlobPool, type BlobKind, type BlobPool, type SealedBlob } from './blob-pool.ts';
 import { ChunkCutter, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
+import { readExactly } from './read-exactly.ts';
 import { collectGarbage, type CollectOptions, type CollectResult } from './garbage.ts';
 import { indexKey, indexPrefix, packKey } from './layout.ts';
 import { PackWriter } from './pack-writer.ts';
@@ -457,8 +458,8 @@ class PackedRepository implements Repository {
 
   async #readRange(pack: string, offset: number, length: number, signal: AbortSignal | undefined): Promise<Buffer> {
     try {
-      const bytes = await collect(await this.#store.getRange(packKey(this.env, pack), offset, length, { signal }));
-      if (bytes.length !== length) throw this.#corrupt(`pack ${pack} gave ${bytes.length} bytes at ${offset}, not ${length}`, pack);
+      const { bytes, received } = await readExactly(await this.#store.getRange(packKey(this.env, pack), offset, length, { signal }), length);
+      if (received !== length) throw this.#corrupt(`pack ${pack} gave ${received} bytes at ${offset}, not ${length}`, pack);
       return bytes;
     } catch (error) {
       if (isAgentError(error, 'E_OBJECT_NOT_FOUND') || isAgentError(error, 'E_OBJECT_RANGE')) {
