@@ -116,8 +116,12 @@ const BATCH_BLOBS = 64;
 const MOSTLY_KNOWN = 0.5;
 const BATCH_BYTES = 1 << 20;
 
-/** Chunks being stored at once: many small ones keep the workers busy, few big ones bound memory. */
-const MAX_IN_FLIGHT = 64;
+/**
+ * Chunks being stored at once: many small ones keep the workers busy, few big ones bound memory.
+ * Four batches of small blobs: at one (64), a tree of small files kept one worker idle while the
+ * other sealed the only batch in flight (first backup of the 1 GiB tree: 7.0 s, 6.4 s at 256).
+ */
+const MAX_IN_FLIGHT = 4 * BATCH_BLOBS;
 const MAX_IN_FLIGHT_BYTES = 16 << 20;
 
 /** A blob identified (and, when new to the repository, sealed, with what puts it in a pack). */
