@@ -21,7 +21,7 @@ import type { Manifest } from '../src/snapshot/manifest.ts';
 import { onStoreRequestFailure, type StoreRequestFailure } from '../src/transport/store-telemetry.ts';
 import { cli, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { createS3Store, createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
-import { startFaultProxy, type FaultProxy } from './support/s3-fault-proxy.ts';
+import { startFaultProxy, type FaultProxy, type ProxiedRequest } from './support/s3-fault-proxy.ts';
 import { describeTree, MiB } from './support/tree.ts';
 
 /**
@@ -75,6 +75,8 @@ describe('S3 faults through a proxy: retried within the budget, clean failures p
         data: filesEnv({ files: source }),
         copy: filesEnv({ files: path.join(sandbox.dir, 'copy') }),
         tight: filesEnv({ files: source }, 'strict'),
+        repo: { ...filesEnv({ files: source }), repository: true },
+        'repo-copy': filesEnv({ files: path.join(sandbox.dir, 'repo-copy') }),
       },
     });
   });
@@ -120,6 +122,29 @@ describe('S3 faults through a proxy: retried within the budget, clean failures p
     expect([get503.hits, cutOff.hits, silentGet.hits]).toEqual([1, 1, 1]);
     expect(Object.fromEntries(describeTree(path.join(sandbox.dir, 'copy')))).toEqual(Object.fromEntries(describeTree(source)));
     expect(retryLogs(restore.stderr).map((line) => `${line.operation} ${line.code}`).sort()).toEqual(['GetObject ECONNRESET', 'GetObject SlowDown', 'GetObject TimeoutError']);
+  });
+
+  it('a repository restore whose pack reads break off resumes each from where it stopped, and rides out a silent gateway; the bytes are identical', async () => {
+    const backup = await cli([...args(), '--json', 'backup', 'create', 'repo']);
+    expect(backup.exitCode, backup.stderr).toBe(0);
+    const manifest = JSON.parse(backup.stdout) as Manifest;
+    const rangeOf = (request: ProxiedRequest) => /^bytes=(\d+)-(\d+)$/.exec(String(request.headers.range))!.slice(1).map(Number) as [number, number];
+    // Reads of data runs (a MiB and more), not of the small tree blob read first.
+    const dataRead = (request: ProxiedRequest) => request.key.includes('/repository/packs/') && rangeOf(request)[1] - rangeOf(request)[0] >= MiB;
+    const cutOff = proxy.inject({ operation: 'GetObject', match: dataRead, fault: { type: 'truncate', afterBytes: MiB }, times: 1 });
+    const silent = proxy.inject({ operation: 'GetObject', match: dataRead, fault: { type: 'stall' }, times: 1 }); // a gateway gone quiet: past requestTimeout
+    proxy.resetCounts();
+    const restore = await cli([...args(), '--json', 'backup', 'restore', 'repo', manifest.id, '--target', 'repo-copy', '--yes', '--no-safety-backup']);
+    expect(restore.exitCode, restore.stderr).toBe(0);
+    expect([cutOff.hits, silent.hits]).toEqual([1, 1]);
+    expect(Object.fromEntries(describeTree(path.join(sandbox.dir, 'repo-copy')))).toEqual(Object.fromEntries(describeTree(source)));
+    // The read that broke off asked again for the rest of its range only; the one that met
+    // silence (no byte came) for all of it; no other read was made twice.
+    const ranges = proxy.requests().filter((r) => r.operation === 'GetObject' && dataRead(r)).map(rangeOf);
+    const key = ([start, end]: [number, number]) => `${start}-${end}`;
+    const resumed = ranges.filter(([start, end]) => ranges.some(([s, e]) => s + MiB === start && e === end));
+    const twice = ranges.filter((range, i) => ranges.findIndex((other) => key(other) === key(range)) !== i);
+    expect([ranges.length, resumed.length, twice.length]).toEqual([4, 1, 1]);
   });
 
   async function expectCleanFailure(result: { exitCode: number; stdout: string }, message: RegExp): Promise<void> {
