@@ -80,77 +80,24 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
 }
 
 /**
- * The blobs of one ranged read, opened: their contents back to back in memory of its own, or
- * which blob is not what it claims and why. Runs of compressed blobs are decompressed in one
- * call (zstd reads concatenated frames as one stream): a context per blob cost ~25 µs, a fifth
- * of a restore's worker time with a tree of small files. Anything amiss in the fast path (a
- * length, an id) sends the read to the blob-by-blob path, which names the blob.
+ * The blobs of one ranged read, opened one after the other: their contents back to back in
+ * memory of its own, or which blob is not what it claims and why. One zstd call per blob: Node's
+ * zstd decompressor stops at the end of the first frame, so runs of frames cannot share a call.
  */
 function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[]): { plain: Buffer } | { failure: string; id: string } {
-  const stored: Buffer[] = [];
-  for (const blob of blobs) {
-    const opened = open(keys.encryption, new Uint8Array(memory, blob.offset, blob.length), blobAssociatedData(kind, blob.id));
-    if (!opened || (opened[0] !== STORED_RAW && opened[0] !== STORED_ZSTD)) return openOneByOne(keys, kind, memory, blobs);
-    stored.push(opened);
-  }
-  const pieces: Buffer[] = [];
-  try {
-    for (let i = 0; i < blobs.length; ) {
-      if (stored[i]![0] === STORED_RAW) {
-        pieces.push(stored[i++]!.subarray(1));
-        continue;
-      }
-      const frames: Buffer[] = [];
-      let rawLength = 0;
-      for (; i < blobs.length && stored[i]![0] === STORED_ZSTD; i++) {
-        frames.push(stored[i]!.subarray(1));
-        rawLength += blobs[i]!.rawLength;
-      }
-      // One output buffer of the indexed length: never more (a bug cannot fill memory), no growing.
-      const size = Math.max(1, rawLength);
-      const input = frames.length === 1 ? frames[0]! : Buffer.concat(frames);
-      const plain = zlib.zstdDecompressSync(input, { maxOutputLength: size, chunkSize: Math.max(64, size) });
-      if (frames.length > 1) freeOwned(input);
-      if (plain.length !== rawLength) return openOneByOne(keys, kind, memory, blobs);
-      pieces.push(plain);
-    }
-  } catch {
-    return openOneByOne(keys, kind, memory, blobs);
-  }
-  const plain = pieces.length === 1 && ownsItsMemory(pieces[0]!) ? pieces[0]! : concatOwned(pieces);
-  // Copied into plain: freed now, not at this thread's next GC (its heap is small, its buffers big).
-  for (const buffer of stored) freeOwned(buffer);
-  if (plain !== pieces[0]) for (const piece of pieces) freeOwned(piece);
-  // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
-  let at = 0;
-  for (const blob of blobs) {
-    if (blobIdOf(keys, plain.subarray(at, at + blob.rawLength)).toString('hex') !== blob.id) return openOneByOne(keys, kind, memory, blobs);
-    at += blob.rawLength;
-  }
-  return { plain };
-}
-
-function ownsItsMemory(buffer: Buffer): boolean {
-  return buffer.byteOffset === 0 && buffer.byteLength === buffer.buffer.byteLength;
-}
-
-/** `pieces` back to back in memory of their own (Buffer.concat may use Node's shared pool, which cannot be transferred). */
-function concatOwned(pieces: readonly Buffer[]): Buffer {
-  const all = Buffer.allocUnsafeSlow(pieces.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const piece of pieces) at += piece.copy(all, at);
-  return all;
-}
-
-/** The slow path, taken only when a read holds something wrong: each blob on its own, to name the one. */
-function openOneByOne(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[]): { plain: Buffer } | { failure: string; id: string } {
   const plains: Buffer[] = [];
   for (const blob of blobs) {
     const opened = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length));
     if (typeof opened === 'string') return { failure: opened, id: blob.id };
     plains.push(opened);
   }
-  return { plain: concatOwned(plains) };
+  const all = Buffer.allocUnsafeSlow(plains.reduce((sum, p) => sum + p.length, 0));
+  let at = 0;
+  for (const plain of plains) {
+    at += plain.copy(all, at);
+    freeOwned(plain); // copied: freed now, not at this thread's next GC (its heap is small, its buffers big)
+  }
+  return { plain: all };
 }
 
 /** A blob's content, or why the sealed bytes are not that blob. */
@@ -162,8 +109,10 @@ function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: numbe
   else if (stored[0] === STORED_ZSTD) {
     try {
       // Never more than the index says: an authenticated blob is the agent's own, but the
-      // bound costs nothing and keeps a bug from filling memory.
-      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: Math.max(1, rawLength) });
+      // bound costs nothing and keeps a bug from filling memory. One output buffer of that
+      // length: zlib's default 16 KiB ones are concatenated at the end (a copy of every byte).
+      const size = Math.max(1, rawLength);
+      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: size, chunkSize: Math.max(64, size) });
     } catch (error) {
       return `does not decompress (${(error as Error).message})`;
     } finally {
