@@ -3,7 +3,7 @@
  * repository (`repository: true`) against restic (Debian's 0.14, repository v2, zstd) and
  * `tar | zstd`, in the same run, on the same generated tree (bench/tree.ts), all as real CLIs.
  *
- *   node_modules/.bin/node bench/repository.ts [--only first,second,change,days,restore,rgw] [--rgw-env FILE]
+ *   node_modules/.bin/node bench/repository.ts [--only first,second,change,days,restore,pause,rgw] [--rgw-env FILE]
  *   scripts/bench.sh repository [--only ...]     (installs restic, zstd, GNU time if missing;
  *                                                  BENCH_RGW=1 also starts the RGW: section rgw)
  *
@@ -15,10 +15,17 @@
  * 3. change:  2 % of the files appended to (4 KiB each), 1 % added, 1 % deleted: ours vs restic.
  * 4. days:    BENCH_REPO_DAYS (21) daily backups into fresh stores, 2 % of the files appended
  *             to before each but the first: total stored against the first (full) backup; ours,
- *             and restic unless BENCH_REPO_RESTIC_DAYS=0. Runs last.
+ *             and restic unless BENCH_REPO_RESTIC_DAYS=0. Runs after 1, 2, 3, 5 and rgw.
  * 5. restore: the first backup into an empty directory: ours (`backup restore ... --target` a
  *             second environment, `--no-safety-backup`), `restic restore`, `zstd -dc | tar -x`;
  *             each restored tree is compared with the source (`diff -r`) once.
+ * 6. pause:   the pause of consistent backups where the tree cannot be snapshotted (ext4 here):
+ *             a writer in a cgroup v2 appends its clock to a file of a fresh copy of the tree
+ *             every ~5 ms, and the environments freeze that cgroup. A first backup, a second
+ *             with nothing changed and one after section 3's change, with the repository (the
+ *             parent snapshot: only the walk and the changed files are read inside the freeze)
+ *             and in archive mode (every file read inside it): the manifest's pauseMs, the
+ *             writer's longest silence during the backup, wall time, unchanged files. Runs last.
  * rgw (only with --rgw-env, the env file scripts/rgw.sh writes): sections 1, 2, 3 and 5 again
  *     with ours on the s3 store and restic's s3 backend, on the same RGW; the peer is
  *     `tar | zstd -1 -T0 | rclone rcat` (and `rclone cat | zstd -dc | tar -x`).
@@ -39,11 +46,12 @@
  * Results: printed, and saved as BENCH_DIR/results-repository-DATE.{txt,json}.
  */
 import { CreateBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, Rng, type TreeInfo } from './tree.ts';
 import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
@@ -54,6 +62,8 @@ const MAIN = path.join(ROOT, 'src/agent/main.ts');
 const MIB = 1024 ** 2;
 const RSS_GOAL_MIB = 256;
 const BUCKET = 'bench-repository';
+/** The pause section's writer cgroup, under the cgroup v2 hierarchy: /sys/fs/cgroup itself, or its `unified` mount on a hybrid host. */
+const PAUSE_CGROUP = path.join(existsSync('/sys/fs/cgroup/cgroup.controllers') ? '/sys/fs/cgroup' : '/sys/fs/cgroup/unified', 'storage-agent-bench-pause');
 
 // ------------------------------------------------------------------ options
 
@@ -65,7 +75,7 @@ function numberEnv(name: string, fallback: number, min: number): number {
   return value;
 }
 /** In report order. */
-const SECTIONS = ['first', 'second', 'change', 'days', 'restore'] as const;
+const SECTIONS = ['first', 'second', 'change', 'days', 'restore', 'pause'] as const;
 type Section = (typeof SECTIONS)[number];
 const benchDir = path.resolve(process.env.BENCH_DIR || '/var/tmp/storage-agent-bench');
 const work = path.join(benchDir, 'repository');
@@ -90,6 +100,10 @@ const paths = {
   storeRepo: path.join(work, 'store-repo'),
   storeArchive: path.join(work, 'store-archive'),
   storeDays: path.join(work, 'store-days'),
+  storePauseRepo: path.join(work, 'store-pause-repo'),
+  storePauseArchive: path.join(work, 'store-pause-archive'),
+  /** The pause section's writer appends to this file of the tree. */
+  writerLog: path.join(work, 'tree', 'writer.log'),
   restic: path.join(work, 'restic'),
   resticDays: path.join(work, 'restic-days'),
   resticCache: path.join(work, 'restic-cache'),
@@ -178,7 +192,7 @@ interface Command {
   bytes?: () => Promise<number>;
 }
 
-/** Runs one command under GNU time; records it in (where, section) unless `measured` is false (a warm-up; the daily backups, reported apart). */
+/** Runs one command under GNU time; records it in (where, section) unless `measured` is false (a warm-up; the daily backups and the pause section, reported apart). */
 async function measure(where: Where, section: Section, c: Command, measured: boolean, serverPids: number[] = []): Promise<Sample> {
   const before = c.bytes ? await c.bytes() : 0;
   const load = loadavg()[0]!;
@@ -190,7 +204,7 @@ async function measure(where: Where, section: Section, c: Command, measured: boo
   const sample: Sample = { wall: t.wall, user: t.user, sys: t.sys, maxRssKiB: t.maxRssKiB, stored: c.bytes ? (await c.bytes()) - before : 0, load, stdout: t.stdout };
   if (serverCpu !== undefined) sample.serverCpu = serverCpu;
   log(
-    `${where} ${section} ${c.name}: ${measured ? 'measured' : section === 'days' ? 'ran' : 'warm-up'} ${t.wall.toFixed(2)} s, CPU ${(t.user + t.sys).toFixed(2)} s, RSS ${(t.maxRssKiB / 1024).toFixed(0)} MiB` +
+    `${where} ${section} ${c.name}: ${measured ? 'measured' : section === 'days' || section === 'pause' ? 'ran' : 'warm-up'} ${t.wall.toFixed(2)} s, CPU ${(t.user + t.sys).toFixed(2)} s, RSS ${(t.maxRssKiB / 1024).toFixed(0)} MiB` +
       (c.bytes ? `, stored +${mib(sample.stored)} MiB` : '') +
       (serverCpu === undefined ? '' : `, RGW+OSD CPU ${serverCpu.toFixed(2)} s`) +
       `, load ${load.toFixed(2)}`,
@@ -325,8 +339,8 @@ function rgwTarget(settings: S3Settings): Target {
 }
 
 function writeConfig(): void {
-  // No freeze section: the default (consistent) mode pauses nothing; manualLimit high enough
-  // for the daily backups, which are all kept.
+  // No freeze section but in the pause environments: elsewhere the default (consistent) mode
+  // pauses nothing. manualLimit high enough for the daily backups, which are all kept.
   const lines = [
     `stateDir: ${paths.state}`,
     'defaultStore: repo',
@@ -335,22 +349,29 @@ function writeConfig(): void {
     `  repo: {type: fs, path: ${paths.storeRepo}}`,
     `  archive: {type: fs, path: ${paths.storeArchive}}`,
     `  days: {type: fs, path: ${paths.storeDays}}`,
+    `  pause-repo: {type: fs, path: ${paths.storePauseRepo}}`,
+    `  pause-archive: {type: fs, path: ${paths.storePauseArchive}}`,
   ];
   if (s3) lines.push(...rgwStoreLines(s3, BUCKET));
-  const env = (name: string, store: string, repository: boolean) => {
-    lines.push(`  ${name}:`, `    store: ${store}`, `    repository: ${repository}`, '    manualLimit: 100', '    services:', `      files: {kind: files, path: ${paths.tree}}`);
+  const env = (name: string, store: string, repository: boolean, freeze = false) => {
+    lines.push(`  ${name}:`, `    store: ${store}`, `    repository: ${repository}`, '    manualLimit: 100');
+    // The first backups read the whole tree inside the freeze: more than the default 30 s on a loaded machine.
+    if (freeze) lines.push(`    freeze: {cgroups: [${PAUSE_CGROUP}], deadline: 2m}`);
+    lines.push('    services:', `      files: {kind: files, path: ${paths.tree}}`);
   };
   lines.push('environments:');
   env('bench-repo', 'repo', true);
   env('bench-archive', 'archive', false);
   env('bench-days', 'days', true);
+  env('bench-pause-repo', 'pause-repo', true, true);
+  env('bench-pause-archive', 'pause-archive', false, true);
   if (s3) env('bench-s3', 'rgw', true);
   lines.push('  bench-restore:', '    store: repo', '    services:', `      files: {kind: files, path: ${paths.restoreOurs}}`);
   writeFileSync(paths.config, `${lines.join('\n')}\n`);
 }
 
 function oursCreate(env: string, bytes: () => Promise<number>): Command {
-  const archive = env === 'bench-archive';
+  const archive = env === 'bench-archive' || env === 'bench-pause-archive';
   return {
     key: archive ? 'ours-archive' : 'ours',
     name: archive ? 'ours, archive (repository: false)' : 'ours, repository',
@@ -387,8 +408,10 @@ interface ManifestLike {
     rawBytes: number;
     durationMs: number;
     repository?: { chunks: number; newChunks: number };
+    readInsideFreeze?: true;
     warnings: unknown[];
-    facts: { files: number; contentBytes: number };
+    /** unchangedFiles: repository backups only (files whose parent chunks were reused). */
+    facts: { files: number; contentBytes: number; unchangedFiles?: number };
   }[];
 }
 
@@ -663,6 +686,162 @@ async function dailyBackups(pristine: string): Promise<void> {
   }
 }
 
+interface Writer {
+  child: ChildProcess;
+  exited: Promise<void>;
+}
+
+/**
+ * A writer the freeze really stops: a bash loop in its own cgroup v2 appending its clock
+ * ($EPOCHREALTIME, µs) to a file of the tree every ~5 ms, so that the longest silence in that
+ * file shows the pause from the writer's side. It ends on its own once this process is gone,
+ * however this process ends.
+ */
+async function startWriter(): Promise<Writer> {
+  await removePauseCgroup(); // a previous run's, killed before its clean-up
+  mkdirSync(PAUSE_CGROUP);
+  // The shell joins the cgroup before its first write, so that none escapes the freezer.
+  const loop = 'echo $$ > "$1/cgroup.procs" || exit 1; while kill -0 "$2" 2>/dev/null; do echo "$EPOCHREALTIME" >> "$3"; sleep 0.005; done';
+  const child = spawn('bash', ['-c', loop, 'writer', PAUSE_CGROUP, String(process.pid), paths.writerLog], { stdio: 'ignore', env: { PATH: process.env.PATH, LC_ALL: 'C' } });
+  const writer = { child, exited: new Promise<void>((resolve) => child.once('exit', () => resolve())) };
+  await sleep(300);
+  const failure = child.exitCode !== null ? `the writer exited at once (${child.exitCode})` : writerClock().length === 0 ? `the writer wrote nothing to ${paths.writerLog}` : undefined;
+  if (failure) {
+    await stopWriter(writer);
+    throw new Error(failure);
+  }
+  return writer;
+}
+
+async function stopWriter(writer: Writer): Promise<void> {
+  writer.child.kill('SIGKILL'); // a cgroup v2 freezer lets a fatal signal through; a sleep left over ends within 5 ms
+  await Promise.race([writer.exited, sleep(5000)]);
+  await removePauseCgroup();
+}
+
+/** Thaws and empties the pause cgroup (cgroup.kill: kernel ≥ 5.14), then removes it: rmdir fails (EBUSY) while a process is in it. */
+async function removePauseCgroup(): Promise<void> {
+  if (!existsSync(PAUSE_CGROUP)) return;
+  for (const [file, value] of [
+    ['cgroup.freeze', '0'],
+    ['cgroup.kill', '1'],
+  ] as const) {
+    try {
+      writeFileSync(path.join(PAUSE_CGROUP, file), value);
+    } catch {
+      // absent (an older kernel) or the cgroup is gone already
+    }
+  }
+  for (let i = 0; i < 100; i++) {
+    try {
+      rmdirSync(PAUSE_CGROUP);
+      return;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      await sleep(50);
+    }
+  }
+  throw new Error(`cannot remove the writer's cgroup ${PAUSE_CGROUP}: a process is still in it`);
+}
+
+function pauseCgroupFrozen(): boolean {
+  return /^frozen 1$/m.test(readFileSync(path.join(PAUSE_CGROUP, 'cgroup.events'), 'utf8'));
+}
+
+/** The writer's clock readings, in s. Only whole readings: the change of section 3 may append noise to the file or delete it (the writer starts it again). */
+function writerClock(): number[] {
+  if (!existsSync(paths.writerLog)) return [];
+  return readFileSync(paths.writerLog, 'latin1')
+    .split('\n')
+    .filter((line) => /^\d{9,}\.\d{6}$/.test(line))
+    .map(Number);
+}
+
+/** The longest silence of the writer between two of its readings within [from, to] (s), in ms; undefined with fewer than two. */
+function writerGapMs(from: number, to: number): number | undefined {
+  const clock = writerClock().filter((t) => t >= from && t <= to);
+  let gap: number | undefined;
+  for (let i = 1; i < clock.length; i++) gap = Math.max(gap ?? 0, (clock[i]! - clock[i - 1]!) * 1000);
+  return gap;
+}
+
+const PAUSE_STEPS = { first: '6. first backup', second: '6. second, unchanged', change: '6. 2 % mod., 1 % add., 1 % del.' } as const;
+type PauseStep = keyof typeof PAUSE_STEPS;
+
+interface PauseRecord {
+  step: PauseStep;
+  /** ours (repository), ours-archive. */
+  key: string;
+  contender: string;
+  command: string;
+  pauseMs: number | null;
+  /** The writer's longest silence during the command (ms): the pause as the writer saw it. */
+  writerGapMs: number | null;
+  wall: number;
+  cpu: number;
+  rssMiB: number;
+  stored: number;
+  files: number;
+  /** Repository only: files not read, their parent's chunks reused. */
+  unchangedFiles: number | null;
+  readInsideFreeze: boolean;
+}
+const pauseRecords: PauseRecord[] = [];
+/** The filesystem type of the tree (findmnt): ext4 cannot be snapshotted, so the files are read inside the freeze. */
+let pauseFilesystem: string | undefined;
+
+async function pauseSection(pristine: string): Promise<void> {
+  copyTree(pristine);
+  pauseFilesystem = run('findmnt', ['-n', '-o', 'FSTYPE', '-T', paths.tree]).trim();
+  log(`--- pause: consistent backups of the tree on ${pauseFilesystem}, writer frozen in ${PAUSE_CGROUP}`);
+  facts.push(`pause: the tree is on ${pauseFilesystem} (findmnt); the writer (cgroup v2 ${PAUSE_CGROUP}) appends its clock to TREE/writer.log every ~5 ms`);
+  for (const dir of [paths.storePauseRepo, paths.storePauseArchive]) rmSync(dir, { recursive: true, force: true });
+  const contenders = [oursCreate('bench-pause-repo', async () => du(paths.storePauseRepo)), oursCreate('bench-pause-archive', async () => du(paths.storePauseArchive))];
+  const writer = await startWriter();
+  try {
+    for (const step of Object.keys(PAUSE_STEPS) as PauseStep[]) {
+      if (step === 'change') {
+        const text = changeTree(paths.tree, { modify: 0.02, add: 0.01, remove: 0.01 }, 1001);
+        log(`pause change: ${text}`);
+        facts.push(`pause, changed tree: ${text}`);
+      }
+      // Both contenders back up the same tree at each step.
+      for (const c of contenders) {
+        const from = Date.now() / 1000;
+        const sample = await measure('fs', 'pause', c, false);
+        const gap = writerGapMs(from, Date.now() / 1000);
+        const m = manifestOf(sample, `${c.name}, pause ${step}`);
+        const e = m.elements[0]!;
+        const record: PauseRecord = {
+          step,
+          key: c.key,
+          contender: c.name,
+          command: c.command,
+          pauseMs: m.pauseMs,
+          writerGapMs: gap === undefined ? null : Math.round(gap * 10) / 10,
+          wall: sample.wall,
+          cpu: sample.user + sample.sys,
+          rssMiB: sample.maxRssKiB / 1024,
+          stored: sample.stored,
+          files: e.facts.files,
+          unchangedFiles: e.facts.unchangedFiles ?? null,
+          readInsideFreeze: e.readInsideFreeze === true,
+        };
+        pauseRecords.push(record);
+        log(`  pause ${m.pauseMs} ms, writer's longest gap ${gap?.toFixed(0) ?? 'n/a'} ms, unchanged files ${record.unchangedFiles ?? 'n/a'} of ${record.files}, read inside the freeze: ${record.readInsideFreeze}`);
+        if (m.mode !== 'consistent' || m.pauseMs === null) problems.push(`pause ${step}, ${c.name}: mode ${m.mode}, pauseMs ${m.pauseMs}: nothing was frozen`);
+        if (!record.readInsideFreeze) problems.push(`pause ${step}, ${c.name}: the tree was snapshotted (${pauseFilesystem}), not read inside the freeze`);
+        if (gap === undefined) problems.push(`pause ${step}, ${c.name}: the writer wrote nothing during the backup`);
+        if (pauseCgroupFrozen()) problems.push(`pause ${step}, ${c.name}: the writer's cgroup is still frozen after the backup`);
+        if (e.warnings.length) problems.push(`${m.id}: ${e.warnings.length} warnings: ${JSON.stringify(e.warnings).slice(0, 300)}`);
+      }
+    }
+  } finally {
+    await stopWriter(writer);
+  }
+  for (const dir of [paths.storePauseRepo, paths.storePauseArchive]) rmSync(dir, { recursive: true, force: true }); // ~2 GiB at 1g
+}
+
 // ------------------------------------------------------------------ report
 
 function rowFor(where: Where, section: Section, key: string): Row | undefined {
@@ -684,6 +863,7 @@ const SECTION_TITLES: Record<Section, string> = {
   change: '3. 2 % mod., 1 % add., 1 % del.',
   days: '4. daily backups',
   restore: '5. restore (first backup)',
+  pause: '6. pause of consistent backups',
 };
 
 function title(where: Where, section: Section): string {
@@ -724,8 +904,7 @@ function report(started: number, load: number[], tree: TreeInfo | undefined): st
   }
   const headers = ['section', 'contender', 'wall s', 'CPU s', 'cores', 'RSS MiB', 'stored MiB', 'time ×', 'stored ×', 'load'];
   if (rgwRows) headers.push('RGW+OSD CPU s');
-  out.push(table(headers, body));
-  out.push('');
+  if (body.length) out.push(table(headers, body), ''); // none with --only days or pause
 
   if (dayRecords.length) {
     const full = dayRecords[0]!;
@@ -747,6 +926,24 @@ function report(started: number, load: number[], tree: TreeInfo | undefined): st
     out.push(`4. Daily backups (fs): ${dayRecords.length} backups into fresh stores, 2 % of the files appended to (4 KiB each) before each but the first:`);
     out.push('');
     out.push(table(['contender', 'day 1 (full) MiB', `after day ${last.day} MiB`, 'total / full', 'added/day MiB (mean)', 'wall s (mean)', 'CPU s (mean)', 'RSS MiB (max)'], lines, 1));
+    out.push('');
+  }
+
+  if (pauseRecords.length) {
+    out.push(
+      `6. Pause of consistent backups on ${pauseFilesystem} (no snapshot: the tree is read inside the freeze) with a writer in a frozen cgroup v2; ` +
+        "pause = the manifest's pauseMs; writer gap = the longest silence of the writer (a line every ~5 ms) during the command:",
+    );
+    out.push('');
+    const lines = pauseRecords.map((p) => [
+      PAUSE_STEPS[p.step],
+      p.contender,
+      p.pauseMs === null ? 'n/a' : p.pauseMs.toFixed(0),
+      p.writerGapMs === null ? 'n/a' : p.writerGapMs.toFixed(0),
+      p.wall.toFixed(2),
+      p.unchangedFiles === null ? '' : `${p.unchangedFiles} of ${p.files}`,
+    ]);
+    out.push(table(['section', 'contender', 'pause ms', 'writer gap ms', 'wall s', 'unchanged files'], lines));
     out.push('');
   }
 
@@ -799,18 +996,21 @@ function report(started: number, load: number[], tree: TreeInfo | undefined): st
     goal(`peak RSS of our backups${at} (MiB)`, rssOf(['first', 'second', 'change']), (v) => v.toFixed(0), `≤ ${RSS_GOAL_MIB}`, (v) => v <= RSS_GOAL_MIB);
     goal(`peak RSS of our restore${at} (MiB)`, rssOf(['restore']), (v) => v.toFixed(0), `≤ ${RSS_GOAL_MIB}`, (v) => v <= RSS_GOAL_MIB);
   }
-  out.push('Goals of issue #13:');
-  out.push('');
-  out.push(table(['goal', 'value', 'target', ''], goals, 1));
-  out.push('');
+  if (pauseRecords.length) {
+    const pauseOf = (key: string) => pauseRecords.find((p) => p.step === 'second' && p.key === key)?.pauseMs ?? undefined;
+    const ms = (v: number) => `${v.toFixed(0)} ms`;
+    goal(`second consistent backup on ${pauseFilesystem}: pause`, pauseOf('ours'), ms, '(measure)');
+    goal(`second consistent backup on ${pauseFilesystem}: pause, archive mode (information)`, pauseOf('ours-archive'), ms, '');
+  }
+  if (goals.length) out.push('Goals of issue #13:', '', table(['goal', 'value', 'target', ''], goals, 1), '');
 
   // One note per measured run, in order: the one of the run that counts.
   const notes = rows.filter((r) => r.notes.length).map((r) => `- ${title(r.where, r.section)}, ${r.name}: ${r.notes[r.samples.indexOf(pick(r.samples))] ?? r.notes.at(-1)}`);
   if (notes.length || facts.length) out.push('Details:', '', ...facts.map((f) => `- ${f}`), ...notes, '');
   out.push('Commands (CFG: the config written to the work dir; TREE: the copy of the tree; REPO: the restic repository, a directory or s3:ENDPOINT/bucket/restic):', '');
   const seen = new Set<string>();
-  for (const r of rows.filter((x) => x.samples.length)) {
-    const line = `- ${r.name}: \`${r.command}\``;
+  for (const { name, command } of [...rows.filter((x) => x.samples.length), ...pauseRecords.map((p) => ({ name: `${p.contender} (pause)`, command: p.command }))]) {
+    const line = `- ${name}: \`${command}\``;
     if (!seen.has(line)) out.push(line);
     seen.add(line);
   }
@@ -840,9 +1040,9 @@ async function main(): Promise<void> {
   try {
     tree = ensureTree(path.join(benchDir, `tree-${sizeName}`), parseTreeSize(sizeName), log);
     writeConfig();
-    // fs: 1, 2, 3, 5 on one tree (5 restores the first backups), then 4 on a fresh copy.
-    copyTree(tree.dir);
+    // fs: 1, 2, 3, 5 on one tree (5 restores the first backups), then 4 and 6 each on a fresh copy.
     if (only.has('first')) {
+      copyTree(tree.dir);
       const ids = await first(fsTarget, tree);
       if (only.has('second')) await second(fsTarget);
       if (only.has('change')) await change(fsTarget);
@@ -868,13 +1068,14 @@ async function main(): Promise<void> {
       problems.push('section rgw skipped: no --rgw-env (scripts/bench.sh repository with BENCH_RGW=1 starts the RGW and passes it)');
     }
     if (only.has('days')) await dailyBackups(tree.dir);
+    if (only.has('pause')) await pauseSection(tree.dir);
   } catch (error) {
     problems.push(`the run stopped: ${(error as Error).message.split('\n').slice(0, 6).join(' | ').slice(0, 1500)}`);
     process.exitCode = 1;
   } finally {
     const text = report(started, load, tree);
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
-    const json = { agent: process.env.BENCH_AGENT_VERSION ?? null, statistic, runs, warmup, tree, rows: rows.map((r) => ({ ...r, samples: r.samples.map(({ stdout: _, ...s }) => s) })), days: dayRecords, facts, problems };
+    const json = { agent: process.env.BENCH_AGENT_VERSION ?? null, statistic, runs, warmup, tree, rows: rows.map((r) => ({ ...r, samples: r.samples.map(({ stdout: _, ...s }) => s) })), days: dayRecords, pause: { filesystem: pauseFilesystem ?? null, cgroup: PAUSE_CGROUP, records: pauseRecords }, facts, problems };
     writeFileSync(path.join(benchDir, `results-repository-${stamp}.json`), `${JSON.stringify(json, null, 2)}\n`);
     writeFileSync(path.join(benchDir, `results-repository-${stamp}.txt`), `${text}\n`);
     console.log(text);
