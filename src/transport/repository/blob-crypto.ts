@@ -1,3 +1,4 @@
+import { freeOwned } from '../../chunk-recycling.ts';
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, type KeyObject } from 'node:crypto';
 
 /**
@@ -38,7 +39,11 @@ export function seal(key: Buffer | KeyObject, parts: readonly Uint8Array[], asso
   const length = parts.reduce((sum, part) => sum + part.length, 0);
   const sealed = Buffer.allocUnsafeSlow(NONCE_BYTES + length + TAG_BYTES);
   let at = nonce.copy(sealed, 0);
-  for (const part of parts) at += cipher.update(part).copy(sealed, at);
+  for (const part of parts) {
+    const encrypted = cipher.update(part);
+    at += encrypted.copy(sealed, at);
+    freeOwned(encrypted); // copied: freed now, not at the next GC of a worker whose heap is small
+  }
   at += cipher.final().copy(sealed, at);
   cipher.getAuthTag().copy(sealed, at);
   return sealed;

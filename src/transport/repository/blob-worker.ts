@@ -62,12 +62,16 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
         ids.push(id);
         sealed.push(Buffer.from(sealBlob(keys, request.kind, id, data, request.level)));
       }
-      const all = Buffer.allocUnsafeSlow(sealed.reduce((sum, b) => sum + b.length, 0));
+      const lengths = sealed.map((b) => b.length);
+      const all = Buffer.allocUnsafeSlow(lengths.reduce((sum, length) => sum + length, 0));
       let offset = 0;
-      for (const blob of sealed) offset += blob.copy(all, offset);
+      for (const blob of sealed) {
+        offset += blob.copy(all, offset);
+        freeOwned(blob); // copied: freed now, not at this thread's next GC (its heap is small)
+      }
       request.memory.transfer(0); // a copy made for this message: nobody reads it again
       const memory = all.buffer as ArrayBuffer;
-      return { result: { op: 'identify-seal', ids, sealed: memory, lengths: sealed.map((b) => b.length) }, transfer: [memory] };
+      return { result: { op: 'identify-seal', ids, sealed: memory, lengths }, transfer: [memory] };
     }
     case 'open': {
       const opened = openRead(keys, request.kind, request.memory, request.blobs);
@@ -132,7 +136,9 @@ function sealBlob(keys: WorkerKeys, kind: BlobKind, id: string, data: Uint8Array
   // Incompressible data (media, archives) is stored as it is: no expansion, no decode cost.
   const stored = compressed.length < data.length ? [Uint8Array.of(STORED_ZSTD), compressed] : [Uint8Array.of(STORED_RAW), data];
   const sealed = seal(keys.encryption, stored, blobAssociatedData(kind, id));
-  freeOwned(compressed);
+  // zlib's one output buffer (≥ 64 KiB: never Node's shared pool) holds only this frame, whose
+  // view is shorter than it: freed now, not at this thread's next GC (~60 MiB per worker waited).
+  if (compressed.buffer instanceof ArrayBuffer && compressed.buffer.byteLength >= 64 << 10) compressed.buffer.transfer(0);
   return sealed.buffer as ArrayBuffer;
 }
 
