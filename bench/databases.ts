@@ -56,7 +56,7 @@ const MARIADB_PORT = 13326;
 const MARIADB_SOCKET = path.join(MARIADB_DIR, 'mysqld.sock');
 const CGROUP_ROOT = '/sys/fs/cgroup/unified';
 /** Bump when the generated data changes, so cached data is made again. */
-const GENERATOR_VERSION = 1;
+export const GENERATOR_VERSION = 1;
 const REDIS_VALUE_BYTES = 1024;
 const MIB = 1024 ** 2;
 const PAUSE_GOAL_MS = 1000;
@@ -177,7 +177,7 @@ function median(values: number[]): number {
 // ------------------------------------------------------------------ data generation
 
 /** xorshift32: fast, seeded, the same data every time. */
-class Random {
+export class Random {
   #s: number;
   constructor(seed: number) {
     this.#s = seed >>> 0 || 1;
@@ -215,7 +215,7 @@ for (let i = 0; i < 400; i++) {
   for (let j = 0; j < 4 + (i % 5); j++) words.push(WORDS[(i * 31 + j * 17 + ((i * j) % 13)) % WORDS.length]!);
   PHRASES.push(words.join(' '));
 }
-const STATUSES = ['pending', 'paid', 'shipped', 'delivered', 'cancelled', 'refunded'];
+export const STATUSES = ['pending', 'paid', 'shipped', 'delivered', 'cancelled', 'refunded'];
 const CURRENCIES = ['EUR', 'USD', 'GBP'];
 const DOMAINS = ['example.com', 'mail.test', 'shop.example', 'corp.test'];
 const COUNTRIES = ['DE', 'FR', 'GB', 'US', 'NL', 'ES', 'IT', 'PL', 'SE', 'CH', 'AT', 'BE', 'DK', 'NO', 'FI', 'IE', 'PT', 'CZ', 'CA', 'AU'];
@@ -226,7 +226,7 @@ const pad = (n: number, width: number) => String(n).padStart(width, '0');
 function dateTime(r: Random): string {
   return `2024-${pad(1 + r.below(12), 2)}-${pad(1 + r.below(28), 2)} ${pad(r.below(24), 2)}:${pad(r.below(60), 2)}:${pad(r.below(60), 2)}`;
 }
-function word(r: Random): string {
+export function word(r: Random): string {
   return WORDS[r.below(WORDS.length)]!;
 }
 function note(r: Random, parts: number): string {
@@ -291,26 +291,37 @@ function orderRows(r: Random, first: number, targetBytes: number, customers: num
 }
 
 /** root over the socket: loading with sql_log_bin=0 (no binlog) and LOCAL INFILE. */
-function rootSql(query: string, database?: string): string {
-  return run('mariadb', ['--no-defaults', `--socket=${MARIADB_SOCKET}`, '-uroot', '--batch', '--skip-column-names', ...(database ? [database] : []), '-e', query]);
+function rootSql(query: string, database?: string, socket = MARIADB_SOCKET): string {
+  return run('mariadb', ['--no-defaults', `--socket=${socket}`, '-uroot', '--batch', '--skip-column-names', ...(database ? [database] : []), '-e', query]);
 }
 
-function rootSqlAsync(query: string, database: string): Promise<string> {
-  return runAsync('mariadb', ['--no-defaults', `--socket=${MARIADB_SOCKET}`, '-uroot', '--batch', '--local-infile=1', database, '-e', query]);
+function rootSqlAsync(query: string, database: string, socket = MARIADB_SOCKET): Promise<string> {
+  return runAsync('mariadb', ['--no-defaults', `--socket=${socket}`, '-uroot', '--batch', '--local-infile=1', database, '-e', query]);
+}
+
+/** The server generateDatabase loads into (root over its socket), and where it writes its TSV files. */
+export interface GeneratorTarget {
+  socket: string;
+  scratch: string;
 }
 
 /**
  * Fills `database` with customers and orders whose mysqldump is about `targetBytes`, by LOAD DATA
  * LOCAL INFILE of 128 MiB TSV chunks: the next chunk is generated while the server loads one.
  */
-async function generateDatabase(database: string, targetBytes: number, seed: number): Promise<{ orders: number; customers: number }> {
+export async function generateDatabase(
+  database: string,
+  targetBytes: number,
+  seed: number,
+  target: GeneratorTarget = { socket: MARIADB_SOCKET, scratch: path.join(work, 'gen') },
+): Promise<{ orders: number; customers: number }> {
   const started = performance.now();
-  rootSql(`DROP DATABASE IF EXISTS ${database}; CREATE DATABASE ${database}; USE ${database}; ${ORDERS_DDL}; ${CUSTOMERS_DDL}; ${TICKS_DDL}`);
+  rootSql(`DROP DATABASE IF EXISTS ${database}; CREATE DATABASE ${database}; USE ${database}; ${ORDERS_DDL}; ${CUSTOMERS_DDL}; ${TICKS_DDL}`, undefined, target.socket);
   const r = new Random(seed);
-  const gen = path.join(work, 'gen');
+  const gen = target.scratch;
   mkdirSync(gen, { recursive: true });
   const load = (file: string, table: string) =>
-    rootSqlAsync(`SET SESSION sql_log_bin = 0, unique_checks = 0, foreign_key_checks = 0; LOAD DATA LOCAL INFILE '${file}' INTO TABLE ${table}`, database).finally(() =>
+    rootSqlAsync(`SET SESSION sql_log_bin = 0, unique_checks = 0, foreign_key_checks = 0; LOAD DATA LOCAL INFILE '${file}' INTO TABLE ${table}`, database, target.socket).finally(() =>
       rmSync(file, { force: true }),
     );
   // The dump adds quotes, commas and parentheses to the TSV: ~6 % more bytes.
@@ -1057,26 +1068,29 @@ function cleanup(): Promise<void> {
   return cleaning;
 }
 
-for (const [signal, code] of [
-  ['SIGINT', 130],
-  ['SIGTERM', 143],
-] as const) {
-  process.once(signal, () => {
-    log(`${signal}: cleaning up`);
-    void cleanup().finally(() => process.exit(code));
+// Only when run as the benchmark: bench/mysql-dedup.ts imports the data generator from here.
+if (import.meta.main) {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
+    process.once(signal, () => {
+      log(`${signal}: cleaning up`);
+      void cleanup().finally(() => process.exit(code));
+    });
+  }
+  // Last resort (an exception past main): nothing of ours keeps running.
+  process.once('exit', () => {
+    if (writer) {
+      try {
+        writeFileSync(path.join(writer.cgroup, 'cgroup.kill'), '1');
+      } catch {
+        writer.child.kill('SIGKILL');
+      }
+    }
+    redis?.child.kill('SIGKILL');
   });
 }
-// Last resort (an exception past main): nothing of ours keeps running.
-process.once('exit', () => {
-  if (writer) {
-    try {
-      writeFileSync(path.join(writer.cgroup, 'cgroup.kill'), '1');
-    } catch {
-      writer.child.kill('SIGKILL');
-    }
-  }
-  redis?.child.kill('SIGKILL');
-});
 
 async function main(): Promise<void> {
   const started = performance.now();
@@ -1142,4 +1156,4 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+if (import.meta.main) await main();

@@ -6,7 +6,7 @@ import { clientArgs, clientProcessOptions, type DefaultsFile } from './connectio
 import { dumpHeaderLine } from './dump-format.ts';
 
 /** mysqldump's options; --verbose is for us: it tells when the snapshot is open (see below). */
-const DUMP_OPTIONS = [
+export const DUMP_OPTIONS = [
   '--verbose',
   '--single-transaction',
   '--quick',
