@@ -3,7 +3,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import type { BackupSummary } from '../src/agent/catalog.ts';
+import type { BackupSummary } from '../src/snapshot/pipeline/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import type { PruneResult } from '../src/agent/prune.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';

@@ -12,7 +12,7 @@ import { environmentLockFile, tryLock } from '../src/agent/jobs/lock.ts';
 import { processStartTime } from '../src/liveness.ts';
 import { recoverAtStart } from '../src/agent/jobs/recovery.ts';
 import { JobStore } from '../src/agent/jobs/store.ts';
-import type { JobRecord, JobSpec } from '../src/agent/jobs/types.ts';
+import type { JobRecord, JobSpec } from '../src/jobs-wire.ts';
 import { fullTmpfs } from './support/full-disk.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { buffer, text } from 'node:stream/consumers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BackupSummary } from '../src/agent/catalog.ts';
+import type { BackupSummary } from '../src/snapshot/pipeline/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import type { PruneResult } from '../src/agent/prune.ts';
 import { defaultKeyId } from '../src/agent/keys.ts';

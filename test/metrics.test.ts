@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { JobRecord } from '../src/agent/jobs/types.ts';
+import type { JobRecord } from '../src/jobs-wire.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { createCgroup, type TestCgroup } from './support/cgroup.ts';
 import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MysqlServiceConfig } from '../src/agent/config.ts';
+import type { MysqlServiceConfig } from '../src/snapshot/mysql/service-config.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { MysqlDriver } from '../src/snapshot/mysql/driver.ts';
 import { cli, cliJson, createSandbox, startCli } from './support/cli.ts';

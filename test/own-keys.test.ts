@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/agent/config.ts';
 import { ProgressTracker } from '../src/agent/jobs/progress.ts';
-import { parseDuration, parseSize } from '../src/agent/units.ts';
+import { parseDuration, parseSize } from '../src/units.ts';
 
 /**
  * Names and suffixes from outside (service names, units in the config) looked up in plain

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BackupSummary } from '../src/agent/catalog.ts';
+import type { BackupSummary } from '../src/snapshot/pipeline/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import { describeOwner, ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';

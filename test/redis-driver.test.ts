@@ -6,7 +6,7 @@ import { performance } from 'node:perf_hooks';
 import { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RedisServiceConfig } from '../src/agent/config.ts';
+import type { RedisServiceConfig } from '../src/snapshot/redis/service-config.ts';
 import { isAgentError } from '../src/errors.ts';
 import type { Capture } from '../src/snapshot/driver.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';

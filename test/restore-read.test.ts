@@ -12,7 +12,7 @@ import { buffer } from 'node:stream/consumers';
 import { finished, pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { consumeElement, readDecompressed } from '../src/agent/artifacts.ts';
+import { consumeElement, readDecompressed } from '../src/snapshot/pipeline/artifacts.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { AgentError } from '../src/errors.ts';
@@ -23,8 +23,8 @@ import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/c
 import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
 import { describeTree, MiB } from './support/tree.ts';
 
-const ARTIFACTS = path.resolve(import.meta.dirname, '../src/agent/artifacts.ts');
-const CATALOG = path.resolve(import.meta.dirname, '../src/agent/catalog.ts');
+const ARTIFACTS = path.resolve(import.meta.dirname, '../src/snapshot/pipeline/artifacts.ts');
+const CATALOG = path.resolve(import.meta.dirname, '../src/snapshot/pipeline/catalog.ts');
 const CONFIG = path.resolve(import.meta.dirname, '../src/agent/config.ts');
 const STORES = path.resolve(import.meta.dirname, '../src/agent/stores.ts');
 const KEYS = path.resolve(import.meta.dirname, '../src/agent/keys.ts');

@@ -1,286 +1,58 @@
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
-import { reachedPhase } from '../phase-hook.ts';
-import { newBackupId } from '../snapshot/backup-id.ts';
-import { compressionExtension, createCompressor } from '../snapshot/compression.ts';
-import { ByteCounter } from '../snapshot/counter.ts';
-import { DigestStream } from '../snapshot/digest.ts';
-import type { Capture, CaptureOptions, ServiceDriver } from '../snapshot/driver.ts';
-import { FreezeJournal } from '../snapshot/freeze/journal.ts';
-import { freezeWriters } from '../snapshot/freeze/lease.ts';
-import { cgroupTarget, filesystemTarget } from '../snapshot/freeze/targets.ts';
-import { backupPrefix, elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../snapshot/manifest.ts';
-import { signManifest, type KeyRing } from '../snapshot/manifest-mac.ts';
+import { AgentError } from '../errors.ts';
+import type { JobRecord } from '../jobs-wire.ts';
+import type { Manifest } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
-import { openRepository, type Repository } from '../transport/repository/repository.ts';
-import { catalogOf, loadParent, NO_PARENT, repositoryItems, type ParentSnapshot } from '../snapshot/files/parent-snapshot.ts';
-import { reportOrphanUploadsAborted } from '../transport/store-telemetry.ts';
-import { putSegmented } from '../transport/segments.ts';
-import { backupObjectKeys, deleteBackup, listBackups, type BackupSummary, type WrittenManifest } from './catalog.ts';
+import { runBackup, type BackupRequest } from '../snapshot/pipeline/backup.ts';
+import { openRepository } from '../transport/repository/repository.ts';
 import { environmentOf, type Config } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { JobStore } from './jobs/store.ts';
-import type { JobRecord } from './jobs/types.ts';
 import { loadKeyRing } from './keys.ts';
 import { nodeIdOf } from './node-id.ts';
 import { ensureOwner } from './ownership.ts';
 import { environmentStoreName, openEnvironmentStore } from './stores.ts';
 import { AGENT_VERSION, HOST } from './version.ts';
 
-export interface CreateBackupOptions {
-  env: string;
-  live?: boolean;
+export interface CreateBackupOptions extends BackupRequest {
   /** Element (service) names; all of the environment's when absent. */
   elements?: readonly string[];
-  keepForMs?: number;
-  codeRef?: string;
-  trigger?: Manifest['trigger'];
-  /** Set by callers that must know the id before the backup ends (the job engine). */
-  id?: string;
-  /** A manual backup over the environment's limit replaces the oldest manual one. */
-  replaceOldest?: boolean;
 }
 
 /**
- * Captures each element through compress → hash → store, then writes the manifest, the
- * commit point. A backup that fails or is cancelled deletes what it wrote: no manifest,
- * no objects, no multipart parts.
+ * A backup of a configured environment: what the pipeline (snapshot/pipeline/backup.ts) runs
+ * with — store, keys, repository, drivers and settings — is built here from the config, once
+ * the node is known to own the environment.
  */
 export async function createBackup(ctx: OperationContext, options: CreateBackupOptions): Promise<Manifest> {
-  const { config, logger, signal } = ctx;
+  const { config, logger } = ctx;
+  const { elements, ...request } = options;
   const env = checkName('environment', options.env);
-  const services = selectServices(config, env, options.elements);
+  const services = selectServices(config, env, elements);
   const store = await openEnvironmentStore(config, env);
-  const id = options.id ?? newBackupId();
-  const log = logger.child({ env, backupId: id });
-  const createdAt = new Date();
   // Before any work: a backup that could not be signed could never be restored.
   const keys = await loadKeyRing(config, logger);
   // Only the environment's owner writes its backups (ownership.ts): another node's prune and
   // limits must never act on ours, nor ours on theirs.
   await ensureOwner(config, store, env, logger);
 
+  const environment = environmentOf(config, env);
   // Opened (and made, the first time) before anything is captured: a key problem fails now.
-  const repository = environmentOf(config, env).repository ? await openRepository(store, env, keys, { create: true, level: config.compression.level }) : undefined;
-  const destination: Destination = { store, repository };
-
-  // One listing for the manual limit and the parent snapshots (the catalog makes it a LIST and a GET).
-  const listing = (options.trigger ?? 'manual') === 'manual' || repository ? listBackups(store, env, keys, new Date(), { updateCatalog: true }) : undefined;
-  listing?.catch(() => {}); // awaited below, after other awaits: never an unhandled rejection meanwhile
-  const replaced = await checkManualLimit(config, env, options, listing);
-  await sweepOrphans(ctx, store, env);
-  ctx.onProgress?.({ phase: 'prepare' });
-  log.info({ phase: 'start', mode: options.live ? 'live' : 'consistent', elements: services.map(([name]) => name), store: store.description }, 'backup started');
-  // A safety backup keeps whatever part of the target exists (some of a service's databases).
-  const partial = options.trigger === 'safety';
-  const previous = await previousElementSizes(ctx.config.stateDir, env);
-  // Files elements into a repository skip what their parent snapshot holds unchanged; read
-  // now, before any freeze.
-  const parents = repository && listing ? await parentSnapshots(ctx, env, repository, services, await listing) : new Map<string, ParentSnapshot>();
-  const plan = services.map(([name, service]) => ({
-    name,
-    partial,
-    driver: createDriver(name, service, { env, stateDir: ctx.config.stateDir }),
-    previousBytes: previous.get(name),
-    parent: parents.get(name),
-  }));
-  const captures: Started[] = [];
-  try {
-    const { elements, pauseMs } = options.live
-      ? await captureLive(ctx, destination, env, id, plan, captures)
-      : await captureConsistent(ctx, destination, env, id, plan, captures);
-    // The index of the chunks stored, before the manifest that names them.
-    await repository?.commit({ signal });
-    // Signed like every backup, safety backups included (manifest-mac.ts: what the MAC covers).
-    const manifest: Manifest = signManifest({
-      schema: 'storage-agent/manifest',
-      version: MANIFEST_VERSION,
-      id,
-      env,
-      createdAt: createdAt.toISOString(),
-      completedAt: new Date().toISOString(),
-      mode: options.live ? 'live' : 'consistent',
-      pauseMs,
-      trigger: options.trigger ?? 'manual',
-      keepUntil: options.keepForMs === undefined ? null : new Date(createdAt.getTime() + options.keepForMs).toISOString(),
-      codeRef: options.codeRef ?? null,
-      agent: { version: AGENT_VERSION, host: HOST, nodeId: nodeIdOf(config) },
-      // In the environment's service order, whatever order they were stored in.
-      elements: plan.map(({ name }) => elements.find((e) => e.name === name)!),
-    } satisfies Manifest, keys);
-    throwIfCancelled(signal);
-    ctx.onProgress?.({ phase: 'manifest' });
-    await reachedPhase('backup:stored');
-    await checkObjectsStored(store, manifest);
-    await reachedPhase('backup:manifest');
-    const manifestText = JSON.stringify(manifest, null, 2);
-    await store.put(manifestKey(env, id), Readable.from([Buffer.from(manifestText)]), { signal });
-    log.info({ phase: 'done', durationMs: Date.now() - createdAt.getTime(), pauseMs }, 'backup completed');
-    await refreshCatalog(store, env, keys, { id, text: manifestText }, log);
-    for (const old of replaced) {
-      try {
-        await deleteBackup(store, env, old);
-        log.info({ phase: 'replaced', replacedBackupId: old }, 'oldest manual backup replaced');
-      } catch (error) {
-        // The new backup is committed: its success stands; the old one is deleted by hand or replaced next time.
-        log.warn({ phase: 'replaced', replacedBackupId: old, err: toAgentError(error).message }, 'could not delete the replaced manual backup');
-      }
-    }
-    return manifest;
-  } catch (error) {
-    const failure = toAgentError(error, 'E_CAPTURE_FAILED');
-    log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'backup failed; removing what it wrote');
-    for (const { capture } of captures) capture.stream.destroy();
-    await removePartialBackup(store, env, id, log);
-    throw failure;
-  } finally {
-    await Promise.all(captures.map(({ capture }) => capture.release().catch(() => {})));
-  }
-}
-
-/** Where elements go: archives into the store, or chunks into the environment's repository. */
-interface Destination {
-  store: ObjectStore;
-  repository: Repository | undefined;
-}
-
-interface Planned {
-  name: string;
-  driver: ServiceDriver;
-  partial: boolean;
-  /** The element's raw size in this node's last backup of the environment: the progress total where the driver has no estimate. */
-  previousBytes: number | undefined;
-  /** A files element into a repository: the parent snapshot (NO_PARENT for the first). */
-  parent: ParentSnapshot | undefined;
-}
-interface Started {
-  name: string;
-  driver: ServiceDriver;
-  capture: Capture;
-  previousBytes: number | undefined;
-  parent: ParentSnapshot | undefined;
-}
-interface Captured {
-  elements: ElementRecord[];
-  pauseMs: number | null;
-}
-
-/** Live: each service is read on its own, one after the other, nothing frozen. */
-async function captureLive(ctx: OperationContext, destination: Destination, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
-  const elements: ElementRecord[] = [];
-  for (const planned of plan) {
-    throwIfCancelled(ctx.signal);
-    const started = await startCapture(planned, { signal: ctx.signal, consistent: false, partial: planned.partial });
-    captures.push(started);
-    elements.push(await storeElement(ctx, destination, env, id, started, ctx.signal));
-  }
-  return { elements, pauseMs: null };
-}
-
-/**
- * Consistent: freeze the writers, fix every service's point in time (snapshot open, fork
- * done, mount snapshotted), thaw, then stream. Services that can only be read live (a mount
- * without snapshots) are streamed before the thaw, and the pause says what that cost.
- */
-async function captureConsistent(ctx: OperationContext, destination: Destination, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
-  const { config, logger, signal } = ctx;
-  const freeze = environmentOf(config, env).freeze;
-  const targets = freeze ? [...(await Promise.all(freeze.cgroups.map(cgroupTarget))), ...freeze.filesystems.map(filesystemTarget)] : [];
-  const lease =
-    targets.length > 0
-      ? await freezeWriters({ env, targets, journal: new FreezeJournal(config.stateDir), deadlineMs: freeze!.deadline, signal, logger })
-      : undefined;
-  const frozenSignal = lease ? AbortSignal.any([signal, lease.signal]) : signal;
-  const elements: ElementRecord[] = [];
-  let pauseMs: number | null = null;
-  try {
-    for (const planned of plan) {
-      throwIfCancelled(frozenSignal);
-      captures.push(await startCapture(planned, { signal: frozenSignal, consistent: true, partial: planned.partial }));
-    }
-    if (lease) await reachedPhase('freeze:capturing');
-    for (const started of captures.filter((c) => !c.capture.pointInTime)) {
-      // A store that retries through an outage must not hold the job past the deadline (or a
-      // cancel): the upload is told to stop and ends on its own; the backup fails now.
-      const element = await settleOrAbandon(storeElement(ctx, destination, env, id, started, frozenSignal), frozenSignal);
-      elements.push(lease ? { ...element, readInsideFreeze: true } : element);
-    }
-  } finally {
-    if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
-  }
-  if (elements.length > 0 && lease) {
-    logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name) }, 'the pause includes reading elements that could not be snapshotted');
-  }
-  throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
-  // Stored side by side: a producer kept waiting behind another element's upload would time
-  // out (mysqldump's server connection gives up after net_write_timeout). The first failure
-  // stops the others.
-  const sibling = new AbortController();
-  const storing = AbortSignal.any([signal, sibling.signal]);
-  const settled = await Promise.allSettled(
-    captures
-      .filter((c) => c.capture.pointInTime)
-      .map((started) =>
-        storeElement(ctx, destination, env, id, started, storing).catch((error: unknown) => {
-          sibling.abort(error);
-          throw error;
-        }),
-      ),
-  );
-  // Every upload has ended (or been aborted) before the caller cleans up after a failure.
-  const failed = settled.find((result) => result.status === 'rejected');
-  if (failed) throw sibling.signal.reason ?? failed.reason;
-  return { elements: [...elements, ...settled.map((result) => (result as PromiseFulfilledResult<ElementRecord>).value)], pauseMs };
-}
-
-/**
- * The parent snapshot of each files service: its element in the newest restorable backup of the
- * environment that has a catalog for it. None (NO_PARENT) the first time, or when the parent
- * cannot be read: the backup then reads every file, as a first one does, and says so.
- */
-async function parentSnapshots(ctx: OperationContext, env: string, repository: Repository, services: [string, { kind: string }][], listed: readonly BackupSummary[]): Promise<Map<string, ParentSnapshot>> {
-  const parents = new Map<string, ParentSnapshot>();
-  const files = services.filter(([, service]) => service.kind === 'files').map(([name]) => name);
-  if (files.length === 0) return parents;
-  for (const name of files) {
-    const backup = listed.find((b) => b.restorable && b.manifest?.elements.some((e) => e.name === name && e.kind === 'files' && e.repository?.files));
-    const element = backup?.manifest?.elements.find((e) => e.name === name);
-    let parent = NO_PARENT;
-    if (backup && element?.repository?.files) {
-      try {
-        parent = await loadParent(repository, element.repository.root, element.repository.files, ctx.signal);
-      } catch (error) {
-        ctx.logger.warn({ env, element: name, parentBackupId: backup.id, err: toAgentError(error).message }, 'cannot read the parent snapshot: every file is read');
-      }
-    }
-    parents.set(name, parent);
-  }
-  return parents;
-}
-
-/**
- * Manual backups are limited per environment (safety and scheduled ones are not). Over the
- * limit, a new one fails before any work — or, with replaceOldest, names the oldest manual
- * backups to delete once the new one is committed (never before: a failed backup replaces none).
- * Expired manual backups do not count (prune deletes them).
- */
-async function checkManualLimit(config: Config, env: string, options: CreateBackupOptions, listing: Promise<BackupSummary[]> | undefined): Promise<string[]> {
-  if ((options.trigger ?? 'manual') !== 'manual') return [];
-  const limit = environmentOf(config, env).manualLimit;
-  const listed = await listing!;
-  const manual = listed.filter((b) => b.restorable && b.manifest?.trigger === 'manual');
-  if (manual.length < limit) return [];
-  if (!options.replaceOldest) {
-    throw new AgentError(
-      'E_MANUAL_LIMIT',
-      `environment ${env} already has ${manual.length} manual backups, its limit (manualLimit: ${limit}); delete one ('backup delete'), or pass --replace-oldest`,
-      { details: { env, limit, manual: manual.length } },
-    );
-  }
-  return manual.slice(limit - 1).map((b) => b.id); // newest first: the oldest are at the end
+  const repository = environment.repository ? await openRepository(store, env, keys, { create: true, level: config.compression.level }) : undefined;
+  return runBackup(ctx, { ...request, env }, {
+    store,
+    storeName: environmentStoreName(config, env),
+    repository,
+    keys,
+    elements: services.map(([name, service]) => ({ name, driver: createDriver(name, service, { env, stateDir: config.stateDir }) })),
+    freeze: environment.freeze,
+    manualLimit: environment.manualLimit,
+    compression: config.compression,
+    orphanUploadAge: config.orphanUploadAge,
+    stateDir: config.stateDir,
+    agent: { version: AGENT_VERSION, host: HOST, nodeId: nodeIdOf(config) },
+    previousSizes: () => previousElementSizes(config.stateDir, env),
+  });
 }
 
 function selectServices(config: Config, env: string, elements: readonly string[] | undefined) {
@@ -297,16 +69,6 @@ function selectServices(config: Config, env: string, elements: readonly string[]
   });
 }
 
-async function startCapture({ name, driver, previousBytes, parent }: Planned, options: CaptureOptions): Promise<Started> {
-  const capture = await driver.capture(parent ? { ...options, segments: { parent: parent.signatures } } : options);
-  // Awaited when the element is stored, which may come after the producer already failed; the
-  // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
-  // 'error' without a listener would take the whole process down. The failure still reaches
-  // the pipeline that consumes the stream, and `result`.
-  capture.result.catch(() => {});
-  capture.stream.on('error', () => {});
-  return { name, driver, capture, previousBytes, parent };
-}
 
 /**
  * Each element's raw size in this node's newest successful backup of `env`, from the local job
@@ -326,155 +88,4 @@ async function previousElementSizes(stateDir: string, env: string): Promise<Map<
   }
   const elements = (last?.result as Partial<Manifest> | undefined)?.elements;
   return new Map(Array.isArray(elements) ? elements.filter((e) => typeof e?.name === 'string' && Number.isFinite(e.rawBytes)).map((e) => [e.name, e.rawBytes]) : []);
-}
-
-/** Streams one started capture through compress → hash → store, or into the repository. */
-async function storeElement(ctx: OperationContext, { store, repository }: Destination, env: string, id: string, started: Started, signal: AbortSignal): Promise<ElementRecord> {
-  const { config } = ctx;
-  const { name, driver, capture } = started;
-  const begun = Date.now();
-  const totalBytes = (await driver.estimateBytes(signal)) ?? started.previousBytes;
-  const { algorithm, level } = config.compression;
-  // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
-  const progress = (bytes: number) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) });
-  let stored: Pick<ElementRecord, 'objects' | 'storedBytes' | 'sha256' | 'repository' | 'compression' | 'rawBytes'>;
-  let feeding: Promise<void> = Promise.resolve();
-  try {
-    if (repository) {
-      // Chunks are compressed with zstd one by one; `get` writes a .zst of the whole element.
-      const { parent } = started;
-      const written = await repository.writeStream(parent ? repositoryItems(capture.stream, parent) : capture.stream, { signal, onBytes: progress });
-      const catalog = parent ? await repository.writeStream(catalogOf(written.segments), { signal }) : undefined;
-      stored = {
-        objects: [],
-        storedBytes: written.newBytes + (catalog?.newBytes ?? 0),
-        rawBytes: written.rawBytes,
-        compression: 'zstd',
-        repository: { root: written.root, chunks: written.chunks, newChunks: written.newChunks, ...(catalog ? { files: catalog.root } : {}) },
-      };
-    } else {
-      const raw = new ByteCounter(progress);
-      const digest = new DigestStream();
-      feeding = pipeline(capture.stream, raw, createCompressor(algorithm, { level }), digest, { signal });
-      feeding.catch(() => {}); // joined below
-      const key = elementKey(env, id, name, `.${driver.format}${compressionExtension[algorithm]}`);
-      const objects = await putSegmented(store, key, digest, signal);
-      await feeding;
-      stored = { objects, storedBytes: digest.bytes, rawBytes: raw.bytes, sha256: digest.sha256, compression: algorithm };
-    }
-  } catch (error) {
-    capture.stream.destroy(); // stop the producer; its own failure, if any, explains more
-    await feeding.catch(() => {});
-    throw await producerFailure(capture.result, error);
-  }
-  const result = await capture.result;
-  return {
-    name,
-    kind: driver.kind,
-    format: driver.format,
-    ...stored,
-    durationMs: Date.now() - begun,
-    warnings: result.warnings,
-    facts: result.facts,
-  };
-}
-
-/**
- * `work`, or the signal's reason as soon as it fires, whichever comes first. Abandoned work is
- * already aborted by the same signal; its own failure is expected and dropped.
- */
-async function settleOrAbandon<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  work.catch(() => {});
-  if (signal.aborted) throw signal.reason;
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  try {
-    return await Promise.race([work, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
-}
-
-/** The producer's error when it failed (a dump that died explains an upload that stopped). */
-async function producerFailure(result: Promise<unknown>, uploadError: unknown): Promise<unknown> {
-  try {
-    await result;
-    return uploadError;
-  } catch (producerError) {
-    const upload = toAgentError(uploadError);
-    return upload.code === 'E_CANCELLED' || upload.code.startsWith('E_STORE') ? upload : producerError;
-  }
-}
-
-/**
- * The commit point checks what it commits: every object the manifest names is in the store
- * with its size (one listing of the backup's prefix). Something else may have deleted one
- * since it was stored — a prune elsewhere, an operator, a lifecycle rule — and a manifest
- * naming it would list a backup as Restorable that no restore can read.
- */
-async function checkObjectsStored(store: ObjectStore, manifest: Manifest): Promise<void> {
-  const stored = new Map<string, number>();
-  for await (const object of store.list(backupPrefix(manifest.env, manifest.id))) stored.set(object.key, object.size);
-  for (const element of manifest.elements) {
-    for (const object of element.objects) {
-      const size = stored.get(object.key);
-      if (size === object.bytes) continue;
-      throw new AgentError(
-        'E_BACKUP_INCOMPLETE',
-        `object ${object.key} of element ${element.name} ${size === undefined ? 'is no longer in the store' : `has ${size} bytes in the store, not the ${object.bytes} written`}: something deleted or replaced it before the backup was committed (a prune by another node, an operator, a lifecycle rule); the backup is abandoned — run it again`,
-        { details: { env: manifest.env, id: manifest.id, element: element.name, key: object.key, storedSize: size ?? null, expected: object.bytes } },
-      );
-    }
-  }
-}
-
-/**
- * After the commit: the environment catalog learns the new backup, so the next listing is one
- * LIST and one GET. Never fails the backup, which is committed: a catalog left behind only
- * costs the next listing a read of the manifests it lacks.
- */
-async function refreshCatalog(store: ObjectStore, env: string, keys: KeyRing, written: WrittenManifest, log: OperationContext['logger']): Promise<void> {
-  try {
-    await listBackups(store, env, keys, new Date(), { updateCatalog: true, written });
-  } catch (error) {
-    log.warn({ phase: 'catalog', err: toAgentError(error).message }, 'could not refresh the environment catalog after the commit; the next listing reads the manifests');
-  }
-}
-
-async function sweepOrphans(ctx: OperationContext, store: ObjectStore, env: string): Promise<void> {
-  try {
-    const swept = await store.sweepIncomplete(`${env}/`, new Date(Date.now() - ctx.config.orphanUploadAge));
-    if (swept > 0) {
-      ctx.logger.warn({ env, swept }, 'aborted incomplete uploads left by an earlier run');
-      reportOrphanUploadsAborted({ store: environmentStoreName(ctx.config, env), count: swept });
-    }
-  } catch (error) {
-    ctx.logger.warn({ env, err: toAgentError(error).message }, 'could not sweep incomplete uploads; will retry next run');
-  }
-}
-
-/**
- * How long a failed backup waits for its objects to be deleted before it reports its failure:
- * a store that is down would otherwise hold the result (and the environment's lock) for its
- * whole retry budget. The delete goes on in the background; prune removes what it misses.
- */
-const CLEANUP_WAIT_MS = 2_000;
-
-async function removePartialBackup(store: ObjectStore, env: string, id: string, log: OperationContext['logger']): Promise<void> {
-  const removing = (async () => {
-    try {
-      await store.delete(await backupObjectKeys(store, env, id));
-    } catch (error) {
-      // The objects stay, but without a manifest they are never Restorable; prune removes them.
-      log.warn({ err: toAgentError(error).message }, 'could not remove the objects of a failed backup');
-    }
-  })();
-  let timer: NodeJS.Timeout | undefined;
-  const waited = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), CLEANUP_WAIT_MS).unref()));
-  const done = await Promise.race([removing.then(() => true), waited]);
-  clearTimeout(timer);
-  if (!done) log.warn({ waitedMs: CLEANUP_WAIT_MS }, 'the store is slow to delete the objects of the failed backup: left to finish in the background (prune removes what remains)');
 }

@@ -1,7 +1,7 @@
 import type { Writable } from 'node:stream';
 import { AgentError } from '../errors.ts';
-import type { ProgressEvent } from './context.ts';
-import { formatBytes } from './units.ts';
+import type { ProgressEvent } from '../progress.ts';
+import { formatBytes } from '../units.ts';
 
 /** A plain text table: columns padded to their widest cell. */
 export function renderTable(headers: readonly string[], rows: readonly (readonly string[])[]): string {

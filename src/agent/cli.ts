@@ -3,8 +3,8 @@ import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
 import { logStoreRetries } from '../transport/store-telemetry.ts';
-import { downloadElement, findElement } from './artifacts.ts';
-import { readManifest, type BackupSummary } from './catalog.ts';
+import { downloadElement, findElement } from '../snapshot/pipeline/artifacts.ts';
+import { readManifest, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';
 import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { confirmDestructive } from './confirm.ts';
@@ -14,14 +14,14 @@ import { createLogger, LOG_LEVELS } from './logger.ts';
 import { loadKeyRing } from './keys.ts';
 import { adoptEnvironment, describeOwner, type OwnerView } from './ownership.ts';
 import { backupStorage, openEnvironmentStore } from './stores.ts';
-import { formatBytes, parseDuration } from './units.ts';
+import { formatBytes, parseDuration } from '../units.ts';
 import { AGENT_VERSION } from './version.ts';
 // Jobs, the daemon and --remote (issue #4).
 import type { Manifest } from '../snapshot/manifest.ts';
-import type { ElementCheck } from './artifacts.ts';
+import type { ElementCheck } from '../snapshot/pipeline/artifacts.ts';
 import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
 import type { PruneResult } from './prune.ts';
-import type { RestoreSummary } from './restore.ts';
+import type { RestoreSummary } from '../snapshot/pipeline/restore.ts';
 
 /** restore, get, url and verify: the one way past E_MANIFEST_UNAUTHENTICATED, for backups made before keys existed. */
 const ALLOW_UNAUTHENTICATED = '--allow-unauthenticated';

@@ -2,13 +2,17 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
+import { absolutePath, duration, secret, type SecretRef } from '../config-fields.ts';
 import { AgentError } from '../errors.ts';
 import { readSecretFile } from '../secret-file.ts';
 import { compileExcludes } from '../snapshot/files/excludes.ts';
+import { freezeSchema } from '../snapshot/freeze/config.ts';
+import { mysqlServiceSchema } from '../snapshot/mysql/service-config.ts';
 import { namePattern } from '../snapshot/names.ts';
+import { redisServiceSchema } from '../snapshot/redis/service-config.ts';
+import { parseSize } from '../units.ts';
 import { parseRules } from './retention.ts';
 import { parseSchedule } from './schedule.ts';
-import { parseDuration, parseSize } from './units.ts';
 
 export const DEFAULT_CONFIG_PATH = '/etc/storage-agent/config.yaml';
 
@@ -42,32 +46,6 @@ const size = (min: number) =>
     }
     return bytes;
   });
-
-/**
- * A duration always carries its unit: a bare number would be seconds to some readers and
- * milliseconds to others (`shutdownGrace: 60000` read as seconds is 16.7 h).
- */
-const duration = z.union([z.string(), z.number()]).transform((value, ctx) => {
-  const ms = typeof value === 'string' ? parseDuration(value) : undefined;
-  if (ms === undefined) {
-    const message =
-      typeof value === 'number'
-        ? `must be a duration with its unit, such as "${value}s" or "${value}ms": a bare number is ambiguous`
-        : 'must be a duration such as "30s", "5m" or "1h"';
-    ctx.addIssue({ code: 'custom', message });
-    return z.NEVER;
-  }
-  return ms;
-});
-
-/** Secrets never sit in the config itself: they are read from a file or the environment. */
-const secret = z.union([
-  z.object({ file: z.string().min(1) }).strict(),
-  z.object({ env: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be an environment variable name') }).strict(),
-]);
-export type SecretRef = z.infer<typeof secret>;
-
-const absolutePath = z.string().refine((p) => path.isAbsolute(p), 'must be an absolute path');
 
 const fsStore = z.object({ type: z.literal('fs'), path: absolutePath }).strict();
 
@@ -107,63 +85,13 @@ const filesService = z
   })
   .strict();
 
-/** How to reach a server: TCP host/port, or a unix socket (which wins when both are given). */
-const serverAddress = {
-  host: z.string().min(1).default('127.0.0.1'),
-  port: z.number().int().min(1).max(65535),
-  socket: absolutePath.optional(),
-};
-
-const mysqlService = z
-  .object({
-    kind: z.literal('mysql'),
-    ...serverAddress,
-    port: z.number().int().min(1).max(65535).default(3306),
-    user: z.string().min(1),
-    password: secret.optional(),
-    databases: z.array(z.string().regex(/^[A-Za-z0-9_$]{1,48}$/, 'must be a database name of 1-48 characters (A-Z, a-z, 0-9, _ and $)')).min(1),
-    /** FLUSH TABLES WITH READ LOCK waits at most this long for other locks (lock_wait_timeout). */
-    lockWaitTimeout: duration.default(5_000),
-    /** A query running longer than this makes the consistent capture fail rather than stall writers behind FTWRL. */
-    longQueryThreshold: duration.default(10_000),
-  })
-  .strict();
-export type MysqlServiceConfig = z.infer<typeof mysqlService>;
-
-const redisService = z
-  .object({
-    kind: z.literal('redis'),
-    ...serverAddress,
-    port: z.number().int().min(1).max(65535).default(6379),
-    password: secret.optional(),
-    /** How long a BGSAVE may take before the capture fails. */
-    saveTimeout: duration.default(600_000),
-    /** An RDB with function libraries (code) is refused at restore unless `keep` (issue #10). */
-    functions: z.enum(['refuse', 'keep']).default('refuse'),
-  })
-  .strict();
-export type RedisServiceConfig = z.infer<typeof redisService>;
-
-const service = z.discriminatedUnion('kind', [filesService, mysqlService, redisService]);
+const service = z.discriminatedUnion('kind', [filesService, mysqlServiceSchema, redisServiceSchema]);
 export type ServiceConfig = z.infer<typeof service>;
-
-/** The writers frozen for a consistent backup's point in time (SPEC §3). */
-const freeze = z
-  .object({
-    /** cgroup directories: v1 (with freezer.state) or v2 (with cgroup.freeze). */
-    cgroups: z.array(absolutePath.refine((p) => p.startsWith('/sys/fs/cgroup/') && !p.includes('..'), 'must be a cgroup directory under /sys/fs/cgroup')).default([]),
-    /** Mount points to fsfreeze. */
-    filesystems: z.array(absolutePath).default([]),
-    /** Whatever happens, writers are thawed after this long. */
-    deadline: duration.default(30_000),
-  })
-  .strict();
-export type FreezeConfig = z.infer<typeof freeze>;
 
 const environment = z
   .object({
     store: name.optional(),
-    freeze: freeze.optional(),
+    freeze: freezeSchema.optional(),
     services: namedRecord(service).refine((s) => Object.keys(s).length > 0, 'an environment needs at least one service'),
     /**
      * New backups go into the environment's deduplicating, encrypted repository (issue #13,

@@ -110,7 +110,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
     ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readPem(tls.key, 'daemon.tls.key') })
     : http.createServer();
   server.on('request', (request, response) =>
-    void serveHttp(request, response, { metrics, agent, tokens: () => tokens, metricsNeedToken: () => config.daemon.metrics.requireToken, draining: () => draining }),
+    void serveHttp(request, response, { metrics, agent, version: AGENT_VERSION, tokens: () => tokens, metricsNeedToken: () => config.daemon.metrics.requireToken, draining: () => draining }),
   );
   server.on('upgrade', (request, socket, head) => protocol.handleUpgrade(request, socket, head));
   server.on('clientError', (_error, socket) => socket.destroy());

@@ -1,4 +1,5 @@
-import { readSecret, type SecretRef, type ServiceConfig } from './config.ts';
+import type { SecretRef } from '../config-fields.ts';
+import { readSecret, type ServiceConfig } from './config.ts';
 import type { ServiceDriver } from '../snapshot/driver.ts';
 import { FilesDriver } from '../snapshot/files/driver.ts';
 import { MysqlDriver } from '../snapshot/mysql/driver.ts';

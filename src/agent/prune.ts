@@ -5,7 +5,7 @@ import type { ObjectStore } from '../transport/object-store.ts';
 import type { CollectResult } from '../transport/repository/garbage.ts';
 import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
 import { openRepository } from '../transport/repository/repository.ts';
-import { deleteBackup, listBackups, type BackupSummary } from './catalog.ts';
+import { deleteBackup, listBackups, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
 import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { loadKeyRing } from './keys.ts';

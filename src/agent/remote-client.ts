@@ -2,10 +2,10 @@ import { WebSocket } from 'ws';
 import { AgentError, toAgentError } from '../errors.ts';
 import type { Manifest } from '../snapshot/manifest.ts';
 import { agentErrorOf, paramsOfJobRequest, PROTOCOL_PATH, type MethodInput, type MethodName } from '../transport/ws/protocol.ts';
-import type { BackupSummary } from './catalog.ts';
+import type { BackupSummary } from '../snapshot/pipeline/catalog.ts';
 import { errorOfRecord, type AgentApi, type AgentStatus, type EnvSummary, type JobTicket, type UrlResult } from './jobs/api.ts';
-import type { JobEvent, JobFilter } from './jobs/engine.ts';
-import type { JobRecord, JobRequest } from './jobs/types.ts';
+import type { JobEvent, JobRecord, JobRequest } from '../jobs-wire.ts';
+import type { JobFilter } from './jobs/engine.ts';
 
 export interface RemoteOptions {
   /** ws://HOST:PORT or wss://HOST:PORT; the path defaults to /v1. */

@@ -1,208 +1,40 @@
-import { AgentError, throwIfCancelled, toAgentError } from '../errors.ts';
-import { reachedPhase } from '../phase-hook.ts';
-import type { StagedRestore } from '../snapshot/driver.ts';
-import { newBackupId } from '../snapshot/backup-id.ts';
-import type { Manifest } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
-import { consumeElement, findElement } from './artifacts.ts';
+import { runRestore, type RestoreRequest, type RestoreSummary } from '../snapshot/pipeline/restore.ts';
 import { createBackup } from './backup.ts';
-import { readManifest } from './catalog.ts';
-import { environmentOf, type Config } from './config.ts';
+import { environmentOf } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
 import { nodeIdOf } from './node-id.ts';
-import { RestoreJournal } from './restore-journal.ts';
 import { backupStorage, openEnvironmentStore } from './stores.ts';
 
-export interface RestoreOptions {
-  env: string;
-  id: string;
+export interface RestoreOptions extends Omit<RestoreRequest, 'target'> {
   /** Environment to restore into; `env` itself when absent. Elements map by service name. */
   target?: string;
-  elements?: readonly string[];
-  /** Back up the target's restored elements first (default true; `--no-safety-backup`). */
-  safetyBackup?: boolean;
-  /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
-  allowUnauthenticated?: boolean;
-  /** The node that made the backup, when not this one: the explicit choice to bring its data here. */
-  fromNode?: string;
-}
-
-export interface SafetyBackupSummary {
-  /** The safety backup's id, or null when none was taken (nothing to keep, or skipped). */
-  id: string | null;
-  keepUntil: string | null;
-  elements: string[];
-  /** Elements left out because their target does not exist yet (nothing to keep). */
-  skipped: string[];
-}
-
-export interface RestoreSummary {
-  env: string;
-  id: string;
-  target: string;
-  elements: { name: string; facts: StagedRestore['facts'] }[];
-  /** Absent when the restore was run with --no-safety-backup. */
-  safetyBackup?: SafetyBackupSummary;
 }
 
 /**
- * Another node's backup (same env name on two hosts, or an environment moved here) is restored
- * only when the caller names that node: a listing merged from two nodes must never bring the
- * other's data in by mistake. Manifests from before node ids carry none, and pass.
- */
-function checkMadeHere(config: Config, manifest: Manifest, target: string, fromNode: string | undefined): void {
-  const madeBy = manifest.agent.nodeId;
-  if (madeBy === undefined || madeBy === nodeIdOf(config) || madeBy === fromNode) return;
-  throw new AgentError(
-    'E_FOREIGN_BACKUP',
-    `backup ${manifest.env}/${manifest.id} was made by node ${madeBy} (host ${manifest.agent.host}), not this node (${nodeIdOf(config)}); restoring it brings that node's data into ${target}: if that is what you want, pass --from-node ${madeBy}`,
-    { details: { env: manifest.env, id: manifest.id, madeBy, nodeId: nodeIdOf(config) } },
-  );
-}
-
-/**
- * Restores in two phases: every element is downloaded, verified and staged beside its target
- * first; only when all are staged are they swapped in. A failure or cancel before the swap
- * leaves every target exactly as it was.
+ * A restore of a backup of a configured environment into one (snapshot/pipeline/restore.ts runs
+ * it): the source's store and keys, the target's drivers and its safety backup come from the
+ * config here.
  */
 export async function restoreBackup(ctx: OperationContext, options: RestoreOptions): Promise<RestoreSummary> {
-  const { config, logger, signal } = ctx;
+  const { config } = ctx;
   const env = checkName('environment', options.env);
   const target = checkName('environment', options.target ?? env);
-  const targetServices = environmentOf(config, target).services;
+  const targetEnv = environmentOf(config, target);
   const store = await openEnvironmentStore(config, env);
-  const manifest = await readManifest(store, env, options.id, { keys: await loadKeyRing(config), allowUnauthenticated: options.allowUnauthenticated });
-  checkMadeHere(config, manifest, target, options.fromNode);
-  // Elements in a repository are read from the source environment's, whatever the target.
-  const storage = backupStorage(config, store, env);
-  const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
-  const plan = selected.map((element) => {
-    const service = targetServices[element.name];
-    if (!service) {
-      throw new AgentError('E_UNKNOWN_ELEMENT', `target environment ${target} has no service "${element.name}" to restore element ${element.name} into`, {
-        details: { env: target, element: element.name },
-      });
-    }
-    if (service.kind !== element.kind) {
-      throw new AgentError('E_RESTORE_FAILED', `element ${element.name} is a ${element.kind} backup but service ${element.name} of ${target} is ${service.kind}`);
-    }
-    return { element, driver: createDriver(element.name, service, { env: target, stateDir: config.stateDir }) };
+  const keys = await loadKeyRing(config);
+  return runRestore(ctx, { ...options, env, target }, {
+    // Elements in a repository are read from the source environment's, whatever the target.
+    storage: backupStorage(config, store, env),
+    keys,
+    nodeId: nodeIdOf(config),
+    stateDir: config.stateDir,
+    driverOf: (element) => {
+      const service = targetEnv.services[element];
+      return service && createDriver(element, service, { env: target, stateDir: config.stateDir });
+    },
+    safetyBackup: (elements, id) => createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: targetEnv.safetyKeepFor }),
   });
-  const log = logger.child({ env, backupId: manifest.id, target });
-  log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
-
-  // Journaled before anything is written (restore-journal.ts): a crash during the safety
-  // backup or while staging leaves every target as it was (and the safety backup's partial
-  // objects are removed); one while committing is rolled forward by the next start.
-  const safetyBackupId = options.safetyBackup === false ? undefined : newBackupId();
-  const journal = await RestoreJournal.begin(config.stateDir, { jobId: ctx.jobId, env, target, backupId: manifest.id, safetyBackupId });
-  let safety: SafetyBackupSummary | undefined;
-  try {
-    if (safetyBackupId) safety = await takeSafetyBackup(ctx, target, plan, safetyBackupId);
-  } catch (error) {
-    await journal.finish().catch(() => {});
-    throw error;
-  }
-  const staged: { name: string; restore: StagedRestore }[] = [];
-  try {
-    for (const { element, driver } of plan) {
-      throwIfCancelled(signal);
-      ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
-      const restore = await consumeElement(
-        storage,
-        manifest,
-        element,
-        signal,
-        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, facts: element.facts, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
-        { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
-      );
-      staged.push({ name: element.name, restore });
-      log.info({ phase: 'staged', element: element.name }, 'element staged');
-      if (typeof restore.facts.warning === 'string') log.warn({ phase: 'staged', element: element.name, warning: restore.facts.warning }, `element ${element.name}: ${restore.facts.warning}`);
-      await reachedPhase(`restore:staged:${element.name}`);
-    }
-    throwIfCancelled(signal);
-    journal.record.phase = 'committing';
-    await journal.save();
-  } catch (error) {
-    const discarded = await Promise.allSettled(staged.map((s) => s.restore.discard()));
-    // What could not be removed now stays journaled: the next start removes it.
-    if (discarded.every((d) => d.status === 'fulfilled')) await journal.finish().catch(() => {});
-    const failure = toAgentError(error, 'E_RESTORE_FAILED');
-    log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'restore failed before any change to the target');
-    throw failure;
-  }
-  await reachedPhase('restore:committing');
-  // Past this point the swap runs to the end: a cancel now would leave elements half swapped.
-  for (const [index, { name, restore }] of staged.entries()) {
-    ctx.onProgress?.({ phase: 'commit', element: name });
-    try {
-      await restore.commit();
-    } catch (error) {
-      const done = staged.slice(0, index).map((s) => s.name);
-      const left = staged.slice(index).map((s) => s.name);
-      throw new AgentError(
-        'E_RESTORE_FAILED',
-        // The driver's message says what state this element's target was left in.
-        `could not swap in element ${name}: ${toAgentError(error).message}; ${done.length ? `already restored: ${done.join(', ')}; ` : ''}` +
-          `the restore stays journaled and the next start of the agent (any storage-agent command, or the daemon) finishes swapping in ${left.join(', ')}`,
-        { cause: error },
-      );
-    }
-    journal.record.elements.find((e) => e.name === name)!.committed = true;
-    await journal.save();
-    await reachedPhase(`restore:committed:${name}`);
-  }
-  await journal.finish();
-  log.info({ phase: 'done' }, 'restore completed');
-  return {
-    env,
-    id: manifest.id,
-    target,
-    elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })),
-    ...(safety ? { safetyBackup: safety } : {}),
-  };
-}
-
-/**
- * The pre-restore safety backup (SPEC §7): an ordinary backup of the target's elements about to
- * be overwritten, trigger 'safety', expiring after the target's `safetyKeepFor`, not counted
- * against manualLimit. An element whose target holds nothing yet (a mount path or a database
- * that does not exist) has nothing to keep and is left out; when none is left, no backup is
- * taken. A failed safety backup fails the restore before anything is touched.
- */
-async function takeSafetyBackup(
-  ctx: OperationContext,
-  target: string,
-  plan: { element: { name: string }; driver: { targetExists(signal: AbortSignal): Promise<boolean> } }[],
-  id: string,
-): Promise<SafetyBackupSummary> {
-  const elements: string[] = [];
-  const skipped: string[] = [];
-  for (const { element, driver } of plan) {
-    throwIfCancelled(ctx.signal);
-    if (await driver.targetExists(ctx.signal)) elements.push(element.name);
-    else skipped.push(element.name);
-  }
-  const log = ctx.logger.child({ env: target });
-  if (elements.length === 0) {
-    log.info({ phase: 'safety', skipped }, 'no safety backup: the target holds nothing yet');
-    return { id: null, keepUntil: null, elements, skipped };
-  }
-  log.info({ phase: 'safety', elements, skipped }, 'taking the pre-restore safety backup');
-  let manifest;
-  try {
-    manifest = await createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: environmentOf(ctx.config, target).safetyKeepFor });
-  } catch (error) {
-    const failure = toAgentError(error, 'E_RESTORE_FAILED');
-    if (failure.code === 'E_CANCELLED') throw failure;
-    throw new AgentError(
-      'E_RESTORE_FAILED',
-      `the pre-restore safety backup of ${target} failed (${failure.code}), so nothing was restored: ${failure.message} (--no-safety-backup restores without one)`,
-      { cause: error, details: { ...failure.details, env: target, safetyBackupError: failure.code } },
-    );
-  }
-  return { id: manifest.id, keepUntil: manifest.keepUntil, elements, skipped };
 }

@@ -1,6 +1,6 @@
 import { Cron } from 'croner';
 import { AgentError } from '../errors.ts';
-import { parseDuration } from './units.ts';
+import { parseDuration } from '../units.ts';
 
 /**
  * An environment's automated backup schedule (config `schedule:`): a fixed interval

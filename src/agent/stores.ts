@@ -5,7 +5,7 @@ import { FsObjectStore } from '../transport/fs-store.ts';
 import type { ObjectStore } from '../transport/object-store.ts';
 import { openRepository, type Repository } from '../transport/repository/repository.ts';
 import { UploadJournal } from '../transport/upload-journal.ts';
-import type { BackupStorage } from './artifacts.ts';
+import type { BackupStorage } from '../snapshot/pipeline/artifacts.ts';
 import { loadKeyRing } from './keys.ts';
 
 /** The store of a configured environment (E_UNKNOWN_ENV otherwise). Secrets are read now. */

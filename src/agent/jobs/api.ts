@@ -1,13 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AgentError, isErrorCode } from '../../errors.ts';
+import { isFinished, type JobEvent, type JobRecord, type JobRequest, type JobState } from '../../jobs-wire.ts';
 import { isProcessAlive } from '../../liveness.ts';
 import { downloadKey, type Manifest } from '../../snapshot/manifest.ts';
-import { findElement, materializeElement } from '../artifacts.ts';
-import { listBackups, readManifest, type BackupSummary } from '../catalog.ts';
+import { findElement, materializeElement } from '../../snapshot/pipeline/artifacts.ts';
+import { listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
 import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
 import type { ObjectStore } from '../../transport/object-store.ts';
+import type { ServedAgent } from '../../transport/ws/server.ts';
 import { environmentOf } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
 import { backupStorage, openStore } from '../stores.ts';
@@ -15,9 +17,8 @@ import { ManifestCache } from './read-cache.ts';
 import { scheduleStates, type ScheduleState } from '../scheduler.ts';
 import { nodeIdOf } from '../node-id.ts';
 import { AGENT_VERSION, HOST } from '../version.ts';
-import type { JobEngine, JobEvent, JobFilter } from './engine.ts';
+import type { JobEngine, JobFilter } from './engine.ts';
 import { hostFacts, type HostFacts } from './host.ts';
-import { isFinished, type JobRecord, type JobRequest, type JobState } from './types.ts';
 
 export interface AgentStatus {
   agent: { version: string; host: string; nodeId: string; program: 'daemon' | 'cli'; pid: number; startedAt: string; uptimeSeconds: number; accepting: boolean };
@@ -94,8 +95,8 @@ export function errorOfRecord(job: JobRecord): AgentError {
 }
 
 
-/** The agent in this process: the job engine for jobs, the stores for reads. */
-export class LocalAgent implements AgentApi {
+/** The agent in this process: the job engine for jobs, the stores for reads; the daemon serves it (ServedAgent). */
+export class LocalAgent implements AgentApi, ServedAgent {
   readonly mode = 'local' as const;
   readonly engine: JobEngine;
   readonly program: 'daemon' | 'cli';
@@ -201,6 +202,16 @@ export class LocalAgent implements AgentApi {
 
   jobCancel(jobId: string): Promise<JobRecord> {
     return this.engine.cancel(jobId);
+  }
+
+  /** The control plane's job.subscribe (transport/ws/server.ts): the job's events until it finishes. */
+  watch(jobId: string, listener: (event: JobEvent) => void): () => void {
+    return this.engine.watch(jobId, listener);
+  }
+
+  /** Jobs running and queued in this process (the daemon's /healthz). */
+  jobCounts(): { running: number; queued: number } {
+    return this.engine.summary();
   }
 
   async follow(jobId: string, onEvent?: (event: JobEvent) => void): Promise<JobRecord> {

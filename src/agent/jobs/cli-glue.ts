@@ -1,17 +1,17 @@
 import { Option, type Command } from 'commander';
 import { AgentError } from '../../errors.ts';
+import { JOB_STATES, type JobEvent, type JobProgress, type JobRecord, type JobRequest } from '../../jobs-wire.ts';
+import type { ProgressEvent } from '../../progress.ts';
 import { logStoreRetries } from '../../transport/store-telemetry.ts';
 import { readTokenFile } from '../../transport/ws/auth.ts';
 import { createProgressLine, printJson, renderTable } from '../cli-output.ts';
 import { loadConfig } from '../config.ts';
-import type { ProgressEvent } from '../context.ts';
 import { createLogger } from '../logger.ts';
-import { formatBytes } from '../units.ts';
+import { formatBytes } from '../../units.ts';
 import { errorOfRecord, LocalAgent, type AgentApi, type AgentStatus, type JobTicket } from './api.ts';
-import { JobEngine, type JobEvent } from './engine.ts';
+import { JobEngine } from './engine.ts';
 import { recoverAtStart } from './recovery.ts';
 import { validateRequest } from './runners.ts';
-import { JOB_STATES, type JobProgress, type JobRecord, type JobRequest } from './types.ts';
 
 /**
  * The CLI's side of jobs and of --remote: every command talks to an AgentApi — this process

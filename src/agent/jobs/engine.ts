@@ -1,18 +1,18 @@
 import type { Logger } from 'pino';
 import { AgentError, toAgentError } from '../../errors.ts';
 import { newBackupId } from '../../snapshot/backup-id.ts';
+import { isFinished, type JobEvent, type JobKind, type JobRecord, type JobRequest, type JobSpec, type JobState } from '../../jobs-wire.ts';
+import type { ProgressEvent } from '../../progress.ts';
 import type { Config } from '../config.ts';
-import type { ProgressEvent } from '../context.ts';
 import { admissionProblem, hostResources } from './host.ts';
 import { currentProcess, isAlive } from '../../liveness.ts';
-import { recoverRestoresOf, RestoreJournal } from '../restore-journal.ts';
+import { RestoreJournal } from '../../snapshot/pipeline/restore-journal.ts';
+import { recoverRestoresOf } from '../restore-recovery.ts';
 import { environmentLockFile, tryLock, tryLockSlot, type LockHolder } from './lock.ts';
 import { ProgressTracker } from './progress.ts';
 import { runOperation, validateRequest } from './runners.ts';
 import { JobStore } from './store.ts';
-import { isFinished, lockedEnvironment, type JobKind, type JobRecord, type JobRequest, type JobSpec, type JobState } from './types.ts';
 
-export type JobEvent = { type: 'changed' | 'progress' | 'finished'; job: JobRecord };
 export type JobListener = (event: JobEvent) => void;
 
 export interface JobFilter {
@@ -638,4 +638,9 @@ function canonical(value: unknown): string {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The environment a job locks: a restore changes its target. */
+function lockedEnvironment(spec: JobRequest): string {
+  return spec.kind === 'backup.restore' ? (spec.target ?? spec.env) : spec.env;
 }

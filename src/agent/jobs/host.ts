@@ -1,7 +1,7 @@
 import { statfs } from 'node:fs/promises';
 import os from 'node:os';
 import si from 'systeminformation';
-import { formatBytes } from '../units.ts';
+import { formatBytes } from '../../units.ts';
 
 /** What the agent knows about its host (systeminformation), for admission and `status`. */
 export interface HostFacts {

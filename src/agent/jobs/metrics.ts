@@ -6,7 +6,7 @@ import { onOrphanUploadsAborted, onStoreRequestFailure } from '../../transport/s
 import { effectiveStores } from '../config.ts';
 import type { JobEngine } from './engine.ts';
 import { JobTally, type Labels, type TallyWriter } from './tally.ts';
-import { JOB_KINDS, type JobRecord } from './types.ts';
+import { JOB_KINDS, type JobRecord } from '../../jobs-wire.ts';
 
 /** Metrics folded in from the job records (tally.ts): they count every process's jobs and survive restarts. */
 const TALLIED = {

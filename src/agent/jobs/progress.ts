@@ -1,5 +1,5 @@
-import type { ProgressEvent } from '../context.ts';
-import type { JobProgress } from './types.ts';
+import type { JobProgress } from '../../jobs-wire.ts';
+import type { ProgressEvent } from '../../progress.ts';
 
 /** Rate is measured over windows of at least this long, smoothed. */
 const WINDOW_MS = 1_000;

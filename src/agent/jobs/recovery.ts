@@ -6,7 +6,7 @@ import { thawLeftovers } from '../../snapshot/freeze/recovery.ts';
 import type { RedisDriver } from '../../snapshot/redis/driver.ts';
 import { RedisRestoreJournal } from '../../snapshot/redis/restore-journal.ts';
 import { manifestKey } from '../../snapshot/manifest.ts';
-import { backupObjectKeys, readManifest } from '../catalog.ts';
+import { backupObjectKeys, readManifest } from '../../snapshot/pipeline/catalog.ts';
 import { effectiveStores, type Config, type EnvironmentConfig } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
 import { ownsEnvironment } from '../ownership.ts';
@@ -15,13 +15,13 @@ import { reportOrphanUploadsAborted } from '../../transport/store-telemetry.ts';
 import { UploadJournal } from '../../transport/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { removeDeadSnapshots } from '../../snapshot/files/snapshot.ts';
-import { removeDeadDownloads } from '../download-journal.ts';
-import { recoverRestores, type RecoveredRestore } from '../restore-journal.ts';
+import { removeDeadDownloads } from '../../snapshot/pipeline/download-journal.ts';
+import { recoverRestores, type RecoveredRestore } from '../restore-recovery.ts';
 import { isAlive } from '../../liveness.ts';
 import { removeDeadTempFiles } from '../../state-file.ts';
 import { removeStaleLocks } from './lock.ts';
 import { JobStore } from './store.ts';
-import { isFinished, type JobRecord } from './types.ts';
+import { isFinished, type JobRecord } from '../../jobs-wire.ts';
 
 export interface RecoveryReport {
   thawed: number;
@@ -36,7 +36,7 @@ export interface RecoveryReport {
  * power) leaves nothing behind:
  *   1. thaws every cgroup and filesystem a dead agent froze (its freeze journal);
  *   2. promotes a Redis a dead restore left a replica of the agent;
- *   3. finishes or undoes the restores dead processes left (restore-journal.ts);
+ *   3. finishes or undoes the restores dead processes left (restore-recovery.ts);
  *   4. aborts the multipart uploads journaled by dead processes; with `sweepStores` (the
  *      daemon) also those older than `orphanUploadAge` under each store's prefix;
  *   5. marks the jobs of dead agent processes failed (E_INTERRUPTED), saying what 3 and 4 did,

@@ -1,8 +1,9 @@
 import { AgentError, throwIfCancelled } from '../../errors.ts';
+import type { JobRequest, JobSpec } from '../../jobs-wire.ts';
 import { checkBackupId, checkName } from '../../snapshot/names.ts';
-import { verifyBackup } from '../artifacts.ts';
+import { verifyBackup } from '../../snapshot/pipeline/artifacts.ts';
 import { createBackup } from '../backup.ts';
-import { deleteBackup, readManifest } from '../catalog.ts';
+import { deleteBackup, readManifest } from '../../snapshot/pipeline/catalog.ts';
 import { ensureOwner } from '../ownership.ts';
 import { environmentOf, type Config } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
@@ -10,7 +11,6 @@ import type { OperationContext } from '../context.ts';
 import { restoreBackup } from '../restore.ts';
 import { pruneBackups } from '../prune.ts';
 import { backupStorage, openEnvironmentStore } from '../stores.ts';
-import type { JobRequest, JobSpec } from './types.ts';
 
 /**
  * Checks a request against the node's config before it is queued, so that a bad name, an

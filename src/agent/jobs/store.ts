@@ -1,7 +1,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { writeStateFile } from '../../state-file.ts';
-import { JOB_ID_PATTERN, type JobRecord } from './types.ts';
+import { JOB_ID_PATTERN, type JobRecord } from '../../jobs-wire.ts';
 
 /**
  * Job records, one JSON file per job in `<stateDir>/jobs/`, written by the process that owns

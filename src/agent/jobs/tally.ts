@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { toAgentError } from '../../errors.ts';
 import { writeStateFile } from '../../state-file.ts';
 import type { JobStore } from './store.ts';
-import { isFinished, type JobRecord } from './types.ts';
+import { isFinished, type JobRecord } from '../../jobs-wire.ts';
 
 export type Labels = Record<string, string>;
 

@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
-import type { MysqlServiceConfig } from '../../agent/config.ts';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
 import type { Capture, CaptureOptions, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
 import { privateTempDir } from '../private-temp.ts';
@@ -11,6 +10,7 @@ import { startDump, type RunningDump } from './dump.ts';
 import { loadDump } from './load.ts';
 import { retarget, StagingRewriter } from './rewrite.ts';
 import { binlogPosition, checkLongQueries, flushTablesWithReadLock, serverVersion, type BinlogPosition } from './server.ts';
+import type { MysqlServiceConfig } from './service-config.ts';
 import { readSchema, swapDatabase, type Schema, type SwapPlan } from './swap.ts';
 
 export interface MysqlDriverOptions {

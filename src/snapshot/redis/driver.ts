@@ -5,7 +5,6 @@ import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Redis } from 'ioredis';
-import type { RedisServiceConfig } from '../../agent/config.ts';
 import { AgentError, throwIfCancelled, toAgentError, type ErrorCode } from '../../errors.ts';
 import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
 import { requireFreeSpace } from '../free-space.ts';
@@ -16,6 +15,7 @@ import { checkRdb, readRdbVersion } from './rdb-file.ts';
 import { rdbFunctionLibraries } from './rdb-functions.ts';
 import { checkTarget, loadThroughReplication, undoInterruptedLoad } from './replica-load.ts';
 import { RedisRestoreJournal, tokenDigest, type InterruptedLoad } from './restore-journal.ts';
+import type { RedisServiceConfig } from './service-config.ts';
 
 export interface RedisDriverOptions {
   /** The service (element) name, for messages. */

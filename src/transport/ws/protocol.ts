@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { AgentError, isErrorCode, type ErrorCode } from '../../errors.ts';
+import { JOB_ID_PATTERN, JOB_KINDS, JOB_STATES, type JobRequest } from '../../jobs-wire.ts';
 import { backupIdPattern, namePattern } from '../../snapshot/names.ts';
-import { parseDuration } from '../../agent/units.ts';
-import { JOB_ID_PATTERN, JOB_KINDS, JOB_STATES, type JobRequest } from '../../agent/jobs/types.ts';
+import { parseDuration } from '../../units.ts';
 
 /**
  * The control-plane protocol: JSON-RPC 2.0 over one WebSocket at /v1 (docs/protocol.md).

@@ -5,10 +5,7 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
 import { AgentError, toAgentError } from '../../errors.ts';
-import type { LocalAgent } from '../../agent/jobs/api.ts';
-import type { JobEvent } from '../../agent/jobs/engine.ts';
-import { isFinished, type JobRecord } from '../../agent/jobs/types.ts';
-import { AGENT_VERSION } from '../../agent/version.ts';
+import { isFinished, type JobEvent, type JobRecord, type JobRequest } from '../../jobs-wire.ts';
 import type { TokenRing } from './auth.ts';
 import {
   describeIssues,
@@ -26,8 +23,28 @@ import {
   type RpcId,
 } from './protocol.ts';
 
+/**
+ * What the control plane serves: one call per protocol method (the agent's AgentApi calls, which
+ * the daemon's LocalAgent implements), the events of a job for job.subscribe, and the job counts
+ * /healthz shows. Results go onto the wire as they are: only jobs' records are looked into.
+ */
+export interface ServedAgent {
+  status(): Promise<unknown>;
+  envList(): Promise<unknown>;
+  backupList(params: MethodParams<'backup.list'>): Promise<unknown>;
+  backupShow(params: MethodParams<'backup.show'>): Promise<unknown>;
+  backupUrl(params: MethodParams<'backup.url'>): Promise<unknown>;
+  submit(request: JobRequest, options: { requestId?: string }): Promise<{ jobId: string }>;
+  jobGet(jobId: string): Promise<JobRecord>;
+  jobList(filter: MethodParams<'job.list'>): Promise<JobRecord[]>;
+  jobCancel(jobId: string): Promise<JobRecord>;
+  /** Calls `listener` with the job's events until it finishes; the function returned stops it sooner. */
+  watch(jobId: string, listener: (event: JobEvent) => void): () => void;
+  jobCounts(): { running: number; queued: number };
+}
+
 export interface ProtocolOptions {
-  agent: LocalAgent;
+  agent: ServedAgent;
   /** The current tokens (replaced on SIGHUP). */
   tokens: () => TokenRing;
   logger: Logger;
@@ -37,7 +54,9 @@ export interface ProtocolOptions {
 
 export interface HttpContext {
   metrics: Registry;
-  agent: LocalAgent;
+  agent: ServedAgent;
+  /** The agent's version, which /healthz shows a client with a token. */
+  version: string;
   /** The current tokens (replaced on SIGHUP). */
   tokens: () => TokenRing;
   /** daemon.metrics.requireToken of the current config. */
@@ -62,8 +81,8 @@ export async function serveHttp(request: IncomingMessage, response: ServerRespon
       const draining = context.draining();
       const status = { status: draining ? 'stopping' : 'ok' };
       const known = context.tokens().authenticate(request.headers.authorization) !== undefined;
-      const jobs = context.agent.engine.summary();
-      const body = known ? { ...status, version: AGENT_VERSION, jobs: { running: jobs.running, queued: jobs.queued } } : status;
+      const jobs = context.agent.jobCounts();
+      const body = known ? { ...status, version: context.version, jobs: { running: jobs.running, queued: jobs.queued } } : status;
       response.writeHead(draining ? 503 : 200, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' }).end(`${JSON.stringify(body)}\n`);
     } else if (path === '/metrics') {
       if (context.metricsNeedToken() && context.tokens().authenticate(request.headers.authorization) === undefined) {
@@ -271,7 +290,7 @@ export class ProtocolServer {
       if (session.subscriptions.get(jobId) === subscription) session.subscriptions.delete(jobId);
     };
     if (isFinished(current.state)) return finish(current);
-    subscription.off = agent.engine.watch(jobId, (event: JobEvent) => {
+    subscription.off = agent.watch(jobId, (event: JobEvent) => {
       if (event.type === 'finished') finish(event.job);
       else this.#notify(session, 'job.progress', progressOf(event.job), true);
     });

@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { CrashJournal } from '../snapshot/crash-journal.ts';
+import { CrashJournal } from '../crash-journal.ts';
 
 const recordSchema = z.object({
   pid: z.number().int(),

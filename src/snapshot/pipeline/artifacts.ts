@@ -4,16 +4,16 @@ import { rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { addAbortSignal, Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { AgentError, isAgentError, toAgentError } from '../errors.ts';
-import { reachedPhase } from '../phase-hook.ts';
-import { compressionExtension, createCompressor, createDecompressor } from '../snapshot/compression.ts';
-import { LengthCheck, VerifyStream } from '../snapshot/digest.ts';
-import type { ElementRecord, Manifest } from '../snapshot/manifest.ts';
-import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../snapshot/mysql/single-database.ts';
-import { checkName } from '../snapshot/names.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
-import type { Repository } from '../transport/repository/repository.ts';
-import { readSegmented } from '../transport/segments.ts';
+import { AgentError, isAgentError, toAgentError } from '../../errors.ts';
+import { reachedPhase } from '../../phase-hook.ts';
+import { compressionExtension, createCompressor, createDecompressor } from '../compression.ts';
+import { LengthCheck, VerifyStream } from '../digest.ts';
+import type { ElementRecord, Manifest } from '../manifest.ts';
+import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../mysql/single-database.ts';
+import { checkName } from '../names.ts';
+import type { ObjectStore } from '../../transport/object-store.ts';
+import type { Repository } from '../../transport/repository/repository.ts';
+import { readSegmented } from '../../transport/segments.ts';
 import { DownloadJournal } from './download-journal.ts';
 
 /**

@@ -1,8 +1,8 @@
 import { Readable } from 'node:stream';
 import { z } from 'zod';
-import { isAgentError } from '../errors.ts';
-import { backupIdPattern } from '../snapshot/names.ts';
-import type { ObjectInfo, ObjectStore } from '../transport/object-store.ts';
+import { isAgentError } from '../../errors.ts';
+import { backupIdPattern } from '../names.ts';
+import type { ObjectInfo, ObjectStore } from '../../transport/object-store.ts';
 
 /**
  * The environment catalog (issue #11): one object, `<env>/catalog.json`, holding the raw text

@@ -1,11 +1,11 @@
 import { text } from 'node:stream/consumers';
 import pLimit from 'p-limit';
-import { AgentError, isAgentError } from '../errors.ts';
-import { backupIdTime } from '../snapshot/backup-id.ts';
-import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestJson, manifestKey, parseManifest, type Manifest } from '../snapshot/manifest.ts';
-import { checkManifestMac, unauthenticated, type KeyRing } from '../snapshot/manifest-mac.ts';
-import { checkBackupId } from '../snapshot/names.ts';
-import type { ObjectInfo, ObjectStore } from '../transport/object-store.ts';
+import { AgentError, isAgentError } from '../../errors.ts';
+import { backupIdTime } from '../backup-id.ts';
+import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestJson, manifestKey, parseManifest, type Manifest } from '../manifest.ts';
+import { checkManifestMac, unauthenticated, type KeyRing } from '../manifest-mac.ts';
+import { checkBackupId } from '../names.ts';
+import type { ObjectInfo, ObjectStore } from '../../transport/object-store.ts';
 import { catalogEntry, catalogKey, dropCatalogEntry, entryMatches, readCatalog, updateCatalog, type CatalogEntry } from './env-catalog.ts';
 
 /** Manifests above this size are not ours: refuse before reading them into memory. */

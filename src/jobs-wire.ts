@@ -1,8 +1,10 @@
-import type { Phase } from '../context.ts';
+import type { Phase } from './progress.ts';
 
 /**
- * Jobs: every operation that changes or reads a whole backup is a job with an id, persisted in
- * `<stateDir>/jobs/` by the process that runs it (the daemon, or an SRE's CLI run).
+ * Jobs as they cross process boundaries: the records in `<stateDir>/jobs/` (every agent process
+ * of the node reads them) and what the control-plane protocol carries (requests, records, events).
+ * Every operation that changes or reads a whole backup is a job with an id, persisted by the
+ * process that runs it (the daemon, or an SRE's CLI run).
  */
 export const JOB_KINDS = ['backup.create', 'backup.restore', 'backup.delete', 'backup.verify', 'backup.prune'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
@@ -103,11 +105,9 @@ export interface JobRecord {
   error?: JobError;
 }
 
+/** What a job's watchers see: a change of its state or place in the queue, its progress, its end. */
+export type JobEvent = { type: 'changed' | 'progress' | 'finished'; job: JobRecord };
+
 export function isFinished(state: JobState): boolean {
   return FINISHED_STATES.includes(state);
-}
-
-/** The environment a job locks: a restore changes its target. */
-export function lockedEnvironment(spec: JobRequest): string {
-  return spec.kind === 'backup.restore' ? (spec.target ?? spec.env) : spec.env;
 }

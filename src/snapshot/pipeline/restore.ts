@@ -1,0 +1,219 @@
+import { AgentError, throwIfCancelled, toAgentError } from '../../errors.ts';
+import { reachedPhase } from '../../phase-hook.ts';
+import { newBackupId } from '../backup-id.ts';
+import type { ServiceDriver, StagedRestore } from '../driver.ts';
+import type { Manifest } from '../manifest.ts';
+import type { KeyRing } from '../manifest-mac.ts';
+import { consumeElement, findElement, type BackupStorage } from './artifacts.ts';
+import { readManifest } from './catalog.ts';
+import type { RunContext } from './context.ts';
+import { RestoreJournal } from './restore-journal.ts';
+
+/** What to restore: a backup of `env` (its name checked), into `target`, and how. */
+export interface RestoreRequest {
+  env: string;
+  id: string;
+  /** Environment to restore into (its name checked). Elements map by service name. */
+  target: string;
+  elements?: readonly string[];
+  /** Back up the target's restored elements first (default true; `--no-safety-backup`). */
+  safetyBackup?: boolean;
+  /** Accept a manifest without a MAC (made before keys existed); an invalid MAC is always refused. */
+  allowUnauthenticated?: boolean;
+  /** The node that made the backup, when not this one: the explicit choice to bring its data here. */
+  fromNode?: string;
+}
+
+/**
+ * What a restore runs with, built by the caller from the config (agent/restore.ts): the
+ * pipeline opens, reads and decides nothing of the config itself.
+ */
+export interface RestoreSetup {
+  /** Where the backup is read from: `env`'s store and repository, whatever the target. */
+  storage: BackupStorage;
+  /** The keys the manifest must verify under. */
+  keys: KeyRing;
+  /** This node's id: a backup another node made is restored only when the request names it (fromNode). */
+  nodeId: string;
+  /** The state directory: the restore journal's. */
+  stateDir: string;
+  /** The driver of the target's service named so; undefined when the target has none. */
+  driverOf(element: string): ServiceDriver | undefined;
+  /** The pre-restore safety backup of those of the target's elements under that id (an ordinary backup, trigger 'safety'). */
+  safetyBackup(elements: string[], id: string): Promise<Manifest>;
+}
+
+export interface SafetyBackupSummary {
+  /** The safety backup's id, or null when none was taken (nothing to keep, or skipped). */
+  id: string | null;
+  keepUntil: string | null;
+  elements: string[];
+  /** Elements left out because their target does not exist yet (nothing to keep). */
+  skipped: string[];
+}
+
+export interface RestoreSummary {
+  env: string;
+  id: string;
+  target: string;
+  elements: { name: string; facts: StagedRestore['facts'] }[];
+  /** Absent when the restore was run with --no-safety-backup. */
+  safetyBackup?: SafetyBackupSummary;
+}
+
+/**
+ * Another node's backup (same env name on two hosts, or an environment moved here) is restored
+ * only when the caller names that node: a listing merged from two nodes must never bring the
+ * other's data in by mistake. Manifests from before node ids carry none, and pass.
+ */
+function checkMadeHere(nodeId: string, manifest: Manifest, target: string, fromNode: string | undefined): void {
+  const madeBy = manifest.agent.nodeId;
+  if (madeBy === undefined || madeBy === nodeId || madeBy === fromNode) return;
+  throw new AgentError(
+    'E_FOREIGN_BACKUP',
+    `backup ${manifest.env}/${manifest.id} was made by node ${madeBy} (host ${manifest.agent.host}), not this node (${nodeId}); restoring it brings that node's data into ${target}: if that is what you want, pass --from-node ${madeBy}`,
+    { details: { env: manifest.env, id: manifest.id, madeBy, nodeId } },
+  );
+}
+
+/**
+ * Restores in two phases: every element is downloaded, verified and staged beside its target
+ * first; only when all are staged are they swapped in. A failure or cancel before the swap
+ * leaves every target exactly as it was.
+ */
+export async function runRestore(ctx: RunContext, options: RestoreRequest, setup: RestoreSetup): Promise<RestoreSummary> {
+  const { logger, signal } = ctx;
+  const { env, target } = options;
+  const { storage } = setup;
+  const manifest = await readManifest(storage.store, env, options.id, { keys: setup.keys, allowUnauthenticated: options.allowUnauthenticated });
+  checkMadeHere(setup.nodeId, manifest, target, options.fromNode);
+  const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
+  const plan = selected.map((element) => {
+    const driver = setup.driverOf(element.name);
+    if (!driver) {
+      throw new AgentError('E_UNKNOWN_ELEMENT', `target environment ${target} has no service "${element.name}" to restore element ${element.name} into`, {
+        details: { env: target, element: element.name },
+      });
+    }
+    if (driver.kind !== element.kind) {
+      throw new AgentError('E_RESTORE_FAILED', `element ${element.name} is a ${element.kind} backup but service ${element.name} of ${target} is ${driver.kind}`);
+    }
+    return { element, driver };
+  });
+  const log = logger.child({ env, backupId: manifest.id, target });
+  log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
+
+  // Journaled before anything is written (restore-journal.ts): a crash during the safety
+  // backup or while staging leaves every target as it was (and the safety backup's partial
+  // objects are removed); one while committing is rolled forward by the next start.
+  const safetyBackupId = options.safetyBackup === false ? undefined : newBackupId();
+  const journal = await RestoreJournal.begin(setup.stateDir, { jobId: ctx.jobId, env, target, backupId: manifest.id, safetyBackupId });
+  let safety: SafetyBackupSummary | undefined;
+  try {
+    if (safetyBackupId) safety = await takeSafetyBackup(ctx, setup, target, plan, safetyBackupId);
+  } catch (error) {
+    await journal.finish().catch(() => {});
+    throw error;
+  }
+  const staged: { name: string; restore: StagedRestore }[] = [];
+  try {
+    for (const { element, driver } of plan) {
+      throwIfCancelled(signal);
+      ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
+      const restore = await consumeElement(
+        storage,
+        manifest,
+        element,
+        signal,
+        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, facts: element.facts, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
+        { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
+      );
+      staged.push({ name: element.name, restore });
+      log.info({ phase: 'staged', element: element.name }, 'element staged');
+      if (typeof restore.facts.warning === 'string') log.warn({ phase: 'staged', element: element.name, warning: restore.facts.warning }, `element ${element.name}: ${restore.facts.warning}`);
+      await reachedPhase(`restore:staged:${element.name}`);
+    }
+    throwIfCancelled(signal);
+    journal.record.phase = 'committing';
+    await journal.save();
+  } catch (error) {
+    const discarded = await Promise.allSettled(staged.map((s) => s.restore.discard()));
+    // What could not be removed now stays journaled: the next start removes it.
+    if (discarded.every((d) => d.status === 'fulfilled')) await journal.finish().catch(() => {});
+    const failure = toAgentError(error, 'E_RESTORE_FAILED');
+    log.error({ phase: 'failed', code: failure.code, err: failure.message }, 'restore failed before any change to the target');
+    throw failure;
+  }
+  await reachedPhase('restore:committing');
+  // Past this point the swap runs to the end: a cancel now would leave elements half swapped.
+  for (const [index, { name, restore }] of staged.entries()) {
+    ctx.onProgress?.({ phase: 'commit', element: name });
+    try {
+      await restore.commit();
+    } catch (error) {
+      const done = staged.slice(0, index).map((s) => s.name);
+      const left = staged.slice(index).map((s) => s.name);
+      throw new AgentError(
+        'E_RESTORE_FAILED',
+        // The driver's message says what state this element's target was left in.
+        `could not swap in element ${name}: ${toAgentError(error).message}; ${done.length ? `already restored: ${done.join(', ')}; ` : ''}` +
+          `the restore stays journaled and the next start of the agent (any storage-agent command, or the daemon) finishes swapping in ${left.join(', ')}`,
+        { cause: error },
+      );
+    }
+    journal.record.elements.find((e) => e.name === name)!.committed = true;
+    await journal.save();
+    await reachedPhase(`restore:committed:${name}`);
+  }
+  await journal.finish();
+  log.info({ phase: 'done' }, 'restore completed');
+  return {
+    env,
+    id: manifest.id,
+    target,
+    elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })),
+    ...(safety ? { safetyBackup: safety } : {}),
+  };
+}
+
+/**
+ * The pre-restore safety backup (SPEC §7): an ordinary backup of the target's elements about to
+ * be overwritten, trigger 'safety', expiring after the target's `safetyKeepFor`, not counted
+ * against manualLimit. An element whose target holds nothing yet (a mount path or a database
+ * that does not exist) has nothing to keep and is left out; when none is left, no backup is
+ * taken. A failed safety backup fails the restore before anything is touched.
+ */
+async function takeSafetyBackup(
+  ctx: RunContext,
+  setup: RestoreSetup,
+  target: string,
+  plan: { element: { name: string }; driver: { targetExists(signal: AbortSignal): Promise<boolean> } }[],
+  id: string,
+): Promise<SafetyBackupSummary> {
+  const elements: string[] = [];
+  const skipped: string[] = [];
+  for (const { element, driver } of plan) {
+    throwIfCancelled(ctx.signal);
+    if (await driver.targetExists(ctx.signal)) elements.push(element.name);
+    else skipped.push(element.name);
+  }
+  const log = ctx.logger.child({ env: target });
+  if (elements.length === 0) {
+    log.info({ phase: 'safety', skipped }, 'no safety backup: the target holds nothing yet');
+    return { id: null, keepUntil: null, elements, skipped };
+  }
+  log.info({ phase: 'safety', elements, skipped }, 'taking the pre-restore safety backup');
+  let manifest;
+  try {
+    manifest = await setup.safetyBackup(elements, id);
+  } catch (error) {
+    const failure = toAgentError(error, 'E_RESTORE_FAILED');
+    if (failure.code === 'E_CANCELLED') throw failure;
+    throw new AgentError(
+      'E_RESTORE_FAILED',
+      `the pre-restore safety backup of ${target} failed (${failure.code}), so nothing was restored: ${failure.message} (--no-safety-backup restores without one)`,
+      { cause: error, details: { ...failure.details, env: target, safetyBackupError: failure.code } },
+    );
+  }
+  return { id: manifest.id, keepUntil: manifest.keepUntil, elements, skipped };
+}
