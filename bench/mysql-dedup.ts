@@ -46,7 +46,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify as toYaml } from 'yaml';
 import { DUMP_OPTIONS } from '../src/snapshot/mysql/dump.ts';
-import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
 import { DEFAULT_CHUNKER, type ChunkerParams } from '../src/transport/repository/chunker.ts';
 import { openRepository } from '../src/transport/repository/repository.ts';
 import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';

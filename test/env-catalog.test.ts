@@ -15,7 +15,7 @@ import { openStore } from '../src/agent/stores.ts';
 import { newBackupId } from '../src/snapshot/backup-id.ts';
 import { elementKey, manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
 import type { KeyRing } from '../src/snapshot/manifest-mac.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { CountingStore, openedStores, type StoreMethod } from './support/counting-store.ts';
 import { putSigned, TINY_ELEMENT, tinyManifest } from './support/manifest-keys.ts';

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { freeNow, offerForRecycling } from '../src/chunk-recycling.ts';
-import { FileSink } from '../src/transport/file-sink.ts';
+import { FileSink } from '../src/transport/stores/file-sink.ts';
 import { tempDir, type TempDir } from './support/tree.ts';
 
 let work: TempDir;

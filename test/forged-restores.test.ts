@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/agent/config.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { forgeElement as forge } from './support/forge.ts';
 import { checksums, connect, mariadbServer, mysqlServiceConfig, rows, uniqueName } from './support/mysql.ts';

@@ -2,7 +2,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
 import { objectStoreContract } from './object-store.contract.ts';
 
 const roots: string[] = [];

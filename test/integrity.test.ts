@@ -11,7 +11,7 @@ import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { createCompressor } from '../src/snapshot/compression.ts';
 import { encodeHeader } from '../src/snapshot/files/tar-header.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { putSigned } from './support/manifest-keys.ts';
 import { createTestBucket } from './support/s3.ts';

@@ -12,7 +12,7 @@ import { defaultKeyId } from '../src/agent/keys.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { signManifest } from '../src/snapshot/manifest-mac.ts';
 import { elementKey, manifestKey, type Manifest } from '../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, TestClient, writeTokens, type RunningDaemon } from './support/daemon.ts';
 import { createTestBucket } from './support/s3.ts';

@@ -3,8 +3,8 @@ import { PassThrough, Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
 import { AgentError } from '../src/errors.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
-import { putSegmented, readSegmented } from '../src/transport/segments.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
+import { putSegmented, readSegmented } from '../src/transport/stores/segments.ts';
 
 export interface ContractSubject {
   store: ObjectStore;
@@ -37,7 +37,7 @@ function failingStream(bytesBeforeFailure: number): Readable {
 }
 
 /**
- * One suite, every store: the ObjectStore contract (src/transport/object-store.ts) checked
+ * One suite, every store: the ObjectStore contract (src/transport/stores/object-store.ts) checked
  * against the fs store and the real Ceph RGW alike.
  */
 export function objectStoreContract(name: string, subject: () => Promise<ContractSubject>): void {

@@ -10,7 +10,7 @@ import type { RedisServiceConfig } from '../src/snapshot/redis/service-config.ts
 import { isAgentError } from '../src/errors.ts';
 import type { Capture } from '../src/snapshot/driver.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
 import { RedisDriver } from '../src/snapshot/redis/driver.ts';
 import { RedisRestoreJournal, tokenDigest } from '../src/snapshot/redis/restore-journal.ts';
 import { cli, cliJson, createSandbox, killCliAt, startCli, type Sandbox } from './support/cli.ts';

@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
 import { packsPrefix } from '../src/transport/repository/layout.ts';
 import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { checksums, connect, createDatabase, createFixture, mariadbServer, mysqlServiceConfig } from './support/mysql.ts';

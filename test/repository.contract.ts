@@ -2,7 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { indexPrefix, packsPrefix, repositoryKeysPrefix } from '../src/transport/repository/layout.ts';
 import { openRepository, type Repository, type RepositoryOptions } from '../src/transport/repository/repository.ts';
 import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';

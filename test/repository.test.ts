@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll } from 'vitest';
-import { FsObjectStore } from '../src/transport/fs-store.ts';
+import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
 import { repositoryContract } from './repository.contract.ts';
 import { createS3Store, createTestBucket } from './support/s3.ts';
 

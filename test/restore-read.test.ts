@@ -18,7 +18,7 @@ import { openEnvironmentStore } from '../src/agent/stores.ts';
 import { AgentError } from '../src/errors.ts';
 import { LengthCheck } from '../src/snapshot/digest.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../src/transport/object-store.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
 import { describeTree, MiB } from './support/tree.ts';

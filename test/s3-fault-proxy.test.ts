@@ -18,7 +18,7 @@ import type { JobEngine } from '../src/agent/jobs/engine.ts';
 import { createMetrics } from '../src/agent/jobs/metrics.ts';
 import { JobStore } from '../src/agent/jobs/store.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { onStoreRequestFailure, type StoreRequestFailure } from '../src/transport/store-telemetry.ts';
+import { onStoreRequestFailure, type StoreRequestFailure } from '../src/transport/stores/store-telemetry.ts';
 import { cli, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { createS3Store, createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
 import { startFaultProxy, type FaultProxy, type ProxiedRequest } from './support/s3-fault-proxy.ts';

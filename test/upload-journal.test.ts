@@ -2,7 +2,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UploadJournal } from '../src/transport/upload-journal.ts';
+import { UploadJournal } from '../src/transport/stores/upload-journal.ts';
 import { fullTmpfs } from './support/full-disk.ts';
 
 describe('upload journal in a full state directory', () => {

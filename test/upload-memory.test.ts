@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { freeNow, offerForRecycling } from '../src/chunk-recycling.ts';
-import { UploadMemory } from '../src/transport/upload-memory.ts';
+import { UploadMemory } from '../src/transport/stores/upload-memory.ts';
 
 const PART = 100;
 

@@ -2,7 +2,7 @@ import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
-import { logStoreRetries } from '../transport/store-telemetry.ts';
+import { logStoreRetries } from '../transport/stores/store-telemetry.ts';
 import { downloadElement, findElement } from '../snapshot/pipeline/artifacts.ts';
 import { readManifest, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
 import { createProgressLine, errorJson, printJson, renderTable } from './cli-output.ts';

@@ -9,7 +9,7 @@ import { childEnv } from '../child-env.ts';
 import { AgentError, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { watchFreezes } from '../snapshot/freeze/watch.ts';
-import { logStoreRetries } from '../transport/store-telemetry.ts';
+import { logStoreRetries } from '../transport/stores/store-telemetry.ts';
 import { TokenRing } from '../transport/ws/auth.ts';
 import { PROTOCOL_PATH } from '../transport/ws/protocol.ts';
 import { ProtocolServer, serveHttp } from '../transport/ws/server.ts';

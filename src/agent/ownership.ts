@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { AgentError, isAgentError } from '../errors.ts';
 import { namePattern } from '../snapshot/names.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
+import type { ObjectStore } from '../transport/stores/object-store.ts';
 import { environmentOf, type Config } from './config.ts';
 import { nodeIdOf } from './node-id.ts';
 import { HOST } from './version.ts';

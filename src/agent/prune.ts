@@ -1,7 +1,7 @@
 import { text } from 'node:stream/consumers';
 import { downloadExpiry, downloadsPrefix, manifestKey } from '../snapshot/manifest.ts';
 import { checkName } from '../snapshot/names.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
+import type { ObjectStore } from '../transport/stores/object-store.ts';
 import type { CollectResult } from '../transport/repository/garbage.ts';
 import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
 import { openRepository } from '../transport/repository/repository.ts';

@@ -1,10 +1,10 @@
 import { checkName } from '../snapshot/names.ts';
 import { effectiveStores, environmentOf, readSecret, type Config } from './config.ts';
 import { AgentError } from '../errors.ts';
-import { FsObjectStore } from '../transport/fs-store.ts';
-import type { ObjectStore } from '../transport/object-store.ts';
+import { FsObjectStore } from '../transport/stores/fs-store.ts';
+import type { ObjectStore } from '../transport/stores/object-store.ts';
 import { openRepository, type Repository } from '../transport/repository/repository.ts';
-import { UploadJournal } from '../transport/upload-journal.ts';
+import { UploadJournal } from '../transport/stores/upload-journal.ts';
 import type { BackupStorage } from '../snapshot/pipeline/artifacts.ts';
 import { loadKeyRing } from './keys.ts';
 
@@ -23,7 +23,7 @@ export async function openStore(config: Config, name: string): Promise<ObjectSto
   if (!settings) throw new AgentError('E_CONFIG_INVALID', `store "${name}" is not defined under stores`);
   if (settings.type === 'fs') return new FsObjectStore(settings.path);
   // The AWS SDK (~35 MiB) loads only for an s3 store.
-  const { S3ObjectStore } = await import('../transport/s3-store.ts');
+  const { S3ObjectStore } = await import('../transport/stores/s3-store.ts');
   return new S3ObjectStore({
     name,
     endpoint: settings.endpoint,

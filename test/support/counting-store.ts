@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../src/transport/object-store.ts';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../src/transport/stores/object-store.ts';
 
 export type StoreMethod = 'put' | 'get' | 'getRange' | 'head' | 'list' | 'delete' | 'sweepIncomplete' | 'presignGet';
 

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { createCompressor, createDecompressor } from '../../src/snapshot/compression.ts';
 import type { Manifest } from '../../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../../src/transport/object-store.ts';
+import type { ObjectStore } from '../../src/transport/stores/object-store.ts';
 import { cliJson } from './cli.ts';
 import { putSigned } from './manifest-keys.ts';
 

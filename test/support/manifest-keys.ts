@@ -5,7 +5,7 @@ import { loadKeyRing } from '../../src/agent/keys.ts';
 import { signManifest } from '../../src/snapshot/manifest-mac.ts';
 import { backupIdTime } from '../../src/snapshot/backup-id.ts';
 import { elementKey, manifestKey, type Manifest } from '../../src/snapshot/manifest.ts';
-import type { ObjectStore } from '../../src/transport/object-store.ts';
+import type { ObjectStore } from '../../src/transport/stores/object-store.ts';
 
 /**
  * Writes `manifest` as its backup's manifest.json, signed with the keys the sandbox's config

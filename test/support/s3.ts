@@ -1,8 +1,8 @@
 import { CreateBucketCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
 import { inject } from 'vitest';
-import { S3ObjectStore, type S3StoreOptions } from '../../src/transport/s3-store.ts';
-import { UploadJournal } from '../../src/transport/upload-journal.ts';
+import { S3ObjectStore, type S3StoreOptions } from '../../src/transport/stores/s3-store.ts';
+import { UploadJournal } from '../../src/transport/stores/upload-journal.ts';
 
 export function s3Client(): S3Client {
   const s3 = inject('s3');

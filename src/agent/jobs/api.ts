@@ -8,7 +8,7 @@ import { findElement, materializeElement } from '../../snapshot/pipeline/artifac
 import { listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
 import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
-import type { ObjectStore } from '../../transport/object-store.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import type { ServedAgent } from '../../transport/ws/server.ts';
 import { environmentOf } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';

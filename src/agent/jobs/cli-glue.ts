@@ -2,7 +2,7 @@ import { Option, type Command } from 'commander';
 import { AgentError } from '../../errors.ts';
 import { JOB_STATES, type JobEvent, type JobProgress, type JobRecord, type JobRequest } from '../../jobs-wire.ts';
 import type { ProgressEvent } from '../../progress.ts';
-import { logStoreRetries } from '../../transport/store-telemetry.ts';
+import { logStoreRetries } from '../../transport/stores/store-telemetry.ts';
 import { readTokenFile } from '../../transport/ws/auth.ts';
 import { createProgressLine, printJson, renderTable } from '../cli-output.ts';
 import { loadConfig } from '../config.ts';

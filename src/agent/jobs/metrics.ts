@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
 import { currentProcess, isAlive } from '../../liveness.ts';
 import type { Manifest } from '../../snapshot/manifest.ts';
-import { onOrphanUploadsAborted, onStoreRequestFailure } from '../../transport/store-telemetry.ts';
+import { onOrphanUploadsAborted, onStoreRequestFailure } from '../../transport/stores/store-telemetry.ts';
 import { effectiveStores } from '../config.ts';
 import type { JobEngine } from './engine.ts';
 import { JobTally, type Labels, type TallyWriter } from './tally.ts';
@@ -145,7 +145,7 @@ export function createMetrics(engine: JobEngine, logger: Logger): Registry {
     },
   });
 
-  // Store requests, per attempt (src/transport/store-telemetry.ts): a store that needs retries
+  // Store requests, per attempt (src/transport/stores/store-telemetry.ts): a store that needs retries
   // shows here long before a backup fails.
   const storeFailures = new Counter({
     name: 'storage_agent_store_request_failures_total',

@@ -1,6 +1,6 @@
 import { buffer } from 'node:stream/consumers';
 import { Readable } from 'node:stream';
-import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../transport/object-store.ts';
+import type { GetOptions, ObjectInfo, ObjectStore, PutOptions } from '../../transport/stores/object-store.ts';
 
 const MANIFEST_SUFFIX = '/manifest.json';
 const MAX_ENTRIES = 4096;

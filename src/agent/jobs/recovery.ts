@@ -11,8 +11,8 @@ import { effectiveStores, type Config, type EnvironmentConfig } from '../config.
 import { loadKeyRing } from '../keys.ts';
 import { ownsEnvironment } from '../ownership.ts';
 import { openEnvironmentStore, openStore } from '../stores.ts';
-import { reportOrphanUploadsAborted } from '../../transport/store-telemetry.ts';
-import { UploadJournal } from '../../transport/upload-journal.ts';
+import { reportOrphanUploadsAborted } from '../../transport/stores/store-telemetry.ts';
+import { UploadJournal } from '../../transport/stores/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { removeDeadSnapshots } from '../../snapshot/files/snapshot.ts';
 import { removeDeadDownloads } from '../../snapshot/pipeline/download-journal.ts';

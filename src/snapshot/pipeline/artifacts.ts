@@ -11,9 +11,9 @@ import { LengthCheck, VerifyStream } from '../digest.ts';
 import type { ElementRecord, Manifest } from '../manifest.ts';
 import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../mysql/single-database.ts';
 import { checkName } from '../names.ts';
-import type { ObjectStore } from '../../transport/object-store.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import type { Repository } from '../../transport/repository/repository.ts';
-import { readSegmented } from '../../transport/segments.ts';
+import { readSegmented } from '../../transport/stores/segments.ts';
 import { DownloadJournal } from './download-journal.ts';
 
 /**

@@ -14,10 +14,10 @@ import { freezeWriters } from '../freeze/lease.ts';
 import { cgroupTarget, filesystemTarget } from '../freeze/targets.ts';
 import { backupPrefix, elementKey, manifestKey, MANIFEST_VERSION, type ElementRecord, type Manifest } from '../manifest.ts';
 import { signManifest, type KeyRing } from '../manifest-mac.ts';
-import type { ObjectStore } from '../../transport/object-store.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import type { Repository } from '../../transport/repository/repository.ts';
-import { putSegmented } from '../../transport/segments.ts';
-import { reportOrphanUploadsAborted } from '../../transport/store-telemetry.ts';
+import { putSegmented } from '../../transport/stores/segments.ts';
+import { reportOrphanUploadsAborted } from '../../transport/stores/store-telemetry.ts';
 import { backupObjectKeys, deleteBackup, listBackups, type BackupSummary, type WrittenManifest } from './catalog.ts';
 import type { RunContext } from './context.ts';
 

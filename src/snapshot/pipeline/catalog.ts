@@ -5,7 +5,7 @@ import { backupIdTime } from '../backup-id.ts';
 import { backupIdOfManifestKey, backupPrefix, isRestorable, manifestJson, manifestKey, parseManifest, type Manifest } from '../manifest.ts';
 import { checkManifestMac, unauthenticated, type KeyRing } from '../manifest-mac.ts';
 import { checkBackupId } from '../names.ts';
-import type { ObjectInfo, ObjectStore } from '../../transport/object-store.ts';
+import type { ObjectInfo, ObjectStore } from '../../transport/stores/object-store.ts';
 import { catalogEntry, catalogKey, dropCatalogEntry, entryMatches, readCatalog, updateCatalog, type CatalogEntry } from './env-catalog.ts';
 
 /** Manifests above this size are not ours: refuse before reading them into memory. */

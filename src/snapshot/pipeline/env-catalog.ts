@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { isAgentError } from '../../errors.ts';
 import { backupIdPattern } from '../names.ts';
-import type { ObjectInfo, ObjectStore } from '../../transport/object-store.ts';
+import type { ObjectInfo, ObjectStore } from '../../transport/stores/object-store.ts';
 
 /**
  * The environment catalog (issue #11): one object, `<env>/catalog.json`, holding the raw text

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
-import type { ObjectStore } from '../object-store.ts';
+import type { ObjectStore } from '../stores/object-store.ts';
 import type { BlobIndex, IndexEntry } from './blob-index.ts';
 import { sealIndex } from './blob-index.ts';
 import { indexKey, indexPrefix, packIdOfKey, packKey, packsPrefix } from './layout.ts';

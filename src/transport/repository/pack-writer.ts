@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { freeOwned } from '../../chunk-recycling.ts';
-import type { ObjectStore } from '../object-store.ts';
+import type { ObjectStore } from '../stores/object-store.ts';
 import type { IndexEntry } from './blob-index.ts';
 import type { BlobKind } from './blob-pool.ts';
 import { packKey } from './layout.ts';

@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
 import { z } from 'zod';
 import { AgentError } from '../../errors.ts';
-import type { ObjectStore } from '../object-store.ts';
+import type { ObjectStore } from '../stores/object-store.ts';
 import { deriveRepositoryKeys, MASTER_BYTES, open, seal, type RepositoryKeys } from './blob-crypto.ts';
 import { repositoryKeyKey, repositoryKeysPrefix } from './layout.ts';
 

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { buffer as collect } from 'node:stream/consumers';
 import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
-import type { ObjectStore } from '../object-store.ts';
+import type { ObjectStore } from '../stores/object-store.ts';
 import type { RepositoryKeys } from './blob-crypto.ts';
 import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
 import { sharedBlobPool, type BlobKind, type BlobPool, type SealedBlob } from './blob-pool.ts';

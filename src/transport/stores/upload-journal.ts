@@ -2,8 +2,8 @@ import { createHash } from 'node:crypto';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { isProcessAlive } from '../liveness.ts';
-import { writeStateFile } from '../state-file.ts';
+import { isProcessAlive } from '../../liveness.ts';
+import { writeStateFile } from '../../state-file.ts';
 
 export const journalEntrySchema = z.object({
   store: z.string(),

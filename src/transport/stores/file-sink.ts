@@ -1,6 +1,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import { recycle } from '../chunk-recycling.ts';
+import { recycle } from '../../chunk-recycling.ts';
 
 /**
  * A new file as a stream's destination: created exclusively (mode 0600), fsynced before it

@@ -1,5 +1,5 @@
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
-import { recycle } from '../chunk-recycling.ts';
+import { recycle } from '../../chunk-recycling.ts';
 
 /**
  * The memory of one multipart upload, freed as soon as no part can need it instead of at V8's

@@ -17,7 +17,7 @@ import type { FinalizeRequestMiddleware } from '@smithy/types';
 import { ConfiguredRetryStrategy } from '@smithy/util-retry';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AgentError, cancelled, throwIfCancelled } from '../errors.ts';
+import { AgentError, cancelled, throwIfCancelled } from '../../errors.ts';
 import { checkRange, objectNotFound, objectRangeError, type GetOptions, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.ts';
 import { reportStoreRequestFailure } from './store-telemetry.ts';
 import { UploadMemory } from './upload-memory.ts';

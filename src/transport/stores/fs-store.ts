@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
-import { AgentError, cancelled, throwIfCancelled } from '../errors.ts';
+import { AgentError, cancelled, throwIfCancelled } from '../../errors.ts';
 import { FileSink } from './file-sink.ts';
 import { checkRange, objectNotFound, objectRangeError, type GetOptions, type ObjectInfo, type ObjectStore, type PutOptions } from './object-store.ts';
 

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import { AgentError } from '../errors.ts';
+import { AgentError } from '../../errors.ts';
 
 export interface ObjectInfo {
   key: string;
