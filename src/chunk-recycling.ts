@@ -38,6 +38,16 @@ export function freeOwned(buffer: Uint8Array): void {
   if (memory instanceof ArrayBuffer && !memory.detached && memory.byteLength > 0 && buffer.byteOffset === 0 && buffer.byteLength === memory.byteLength) memory.transfer(0);
 }
 
+/**
+ * Frees all the memory behind `view` at once, beyond the view itself, when it is too big to be
+ * Node's shared pool of small buffers. Only for memory nothing else uses, whose view is shorter
+ * than it: a zlib output (one buffer per call, with room to spare) or a cipher's.
+ */
+export function freeBehind(view: Uint8Array): void {
+  const memory = view.buffer;
+  if (memory instanceof ArrayBuffer && !memory.detached && memory.byteLength > Buffer.poolSize) memory.transfer(0);
+}
+
 /** Frees the memory of a recyclable chunk at once (detaching it), rather than at the next GC. */
 export const freeNow: GiveBack = (memory) => void memory.transfer(0);
 

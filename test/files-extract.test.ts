@@ -233,6 +233,17 @@ describe('extractTree of broken streams', () => {
     ]);
   }
 
+  it('a file that cannot be created fails the restore with its own error, not as a forged hard link to a file of its batch', async () => {
+    // ENAMETOOLONG stands for any failure to create one file (ENOSPC, EDQUOT, EACCES): the files
+    // after it in its batch are not written, and a hard link to one of them must say why.
+    const archive = await buildArchive([
+      { header: { name: 'x'.repeat(300) }, content: 'a' },
+      { header: { name: 't.txt' }, content: 'target' },
+      { header: { name: 'h', type: 'link', linkname: 't.txt' } },
+    ]);
+    await expect(extract(archive)).rejects.toMatchObject({ code: 'E_RESTORE_FAILED', message: /ENAMETOOLONG/ });
+  });
+
   it('fails with E_ARCHIVE_CORRUPT on an archive cut in half', async () => {
     const archive = await validArchive();
     await expect(extract(archive.subarray(0, archive.length / 2))).rejects.toMatchObject({ code: 'E_ARCHIVE_CORRUPT' });

@@ -30,9 +30,17 @@ function writeBatch({ memory, files }: FileBatch): FileBatchResult {
     try {
       writeFile(fd, file, content);
     } catch (error) {
+      try {
+        closeSync(fd);
+      } catch {
+        // the write's failure is the one to report
+      }
       return failure(index, 'write', error);
-    } finally {
-      closeSync(fd);
+    }
+    try {
+      closeSync(fd); // NFS reports EIO, EDQUOT or ENOSPC here: this file's failure, with its errno
+    } catch (error) {
+      return failure(index, 'write', error);
     }
   }
   return {};

@@ -127,6 +127,8 @@ export class StagingWriter {
     const parents = parentsOf(target);
     if (target === '' || !parents.every((parent) => this.#directories.has(parent))) throw notRestored;
     await this.#writing.get(target);
+    // A target whose batch failed was never written: the batch's failure is the error, not this link.
+    this.#throwBackgroundFailure();
     const targetStats = await lstat(this.#absolute(target)).catch(() => undefined);
     if (targetStats === undefined || !targetStats.isFile()) throw notRestored;
     await this.#ensureParents(path);

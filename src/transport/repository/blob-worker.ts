@@ -7,7 +7,7 @@ import { createSecretKey, type KeyObject } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { zstdBound } from '../../zstd-bound.ts';
-import { freeOwned } from '../../chunk-recycling.ts';
+import { freeBehind, freeOwned } from '../../chunk-recycling.ts';
 import type { WorkerReply } from '../../worker-pool.ts';
 import { blobIdOf, open, seal, type RepositoryKeys } from './blob-crypto.ts';
 import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type SealedBlob } from './blob-pool.ts';
@@ -99,7 +99,9 @@ function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: 
   let at = 0;
   for (const plain of plains) {
     at += plain.copy(all, at);
-    freeOwned(plain); // copied: freed now, not at this thread's next GC (its heap is small, its buffers big)
+    // Copied: the zstd output (or the cipher's, for a blob stored raw) is freed now, not at this
+    // thread's next GC (its heap is small, its buffers big).
+    freeBehind(plain);
   }
   return { plain: all };
 }
@@ -114,9 +116,10 @@ function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: numbe
     try {
       // Never more than the index says: an authenticated blob is the agent's own, but the
       // bound costs nothing and keeps a bug from filling memory. One output buffer of that
-      // length: zlib's default 16 KiB ones are concatenated at the end (a copy of every byte).
+      // length and a byte (zlib's default 16 KiB ones are concatenated at the end, a copy of
+      // every byte; one of exactly the length makes zlib allocate a second to look for more).
       const size = Math.max(1, rawLength);
-      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: size, chunkSize: Math.max(64, size) });
+      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: size, chunkSize: Math.max(64, size + 1) });
     } catch (error) {
       return `does not decompress (${(error as Error).message})`;
     } finally {
@@ -136,9 +139,9 @@ function sealBlob(keys: WorkerKeys, kind: BlobKind, id: string, data: Uint8Array
   // Incompressible data (media, archives) is stored as it is: no expansion, no decode cost.
   const stored = compressed.length < data.length ? [Uint8Array.of(STORED_ZSTD), compressed] : [Uint8Array.of(STORED_RAW), data];
   const sealed = seal(keys.encryption, stored, blobAssociatedData(kind, id));
-  // zlib's one output buffer (≥ 64 KiB: never Node's shared pool) holds only this frame, whose
-  // view is shorter than it: freed now, not at this thread's next GC (~60 MiB per worker waited).
-  if (compressed.buffer instanceof ArrayBuffer && compressed.buffer.byteLength >= 64 << 10) compressed.buffer.transfer(0);
+  // zlib's one output buffer holds only this frame, whose view is shorter than it: freed now,
+  // not at this thread's next GC (~60 MiB per worker waited).
+  freeBehind(compressed);
   return sealed.buffer as ArrayBuffer;
 }
 
