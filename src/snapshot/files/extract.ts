@@ -62,6 +62,11 @@ export async function extractTree(source: Readable, dest: string, options: Extra
   extractor.on('entry', (parsed, stream, next) => {
     const header = parsed as ParsedHeader;
     const content = stream as EntryContent;
+    // When the source fails, tar-stream destroys the current entry with its error, maybe before
+    // applyEntry has begun to read it (it first creates the entry's parents): without a
+    // listener that 'error' would crash the process. The failure still reaches the restore,
+    // through the pipeline and through the entry's reader.
+    stream.on('error', () => {});
     // NaN, should tar-stream stop reporting byteOffset, makes every archive fail the end check.
     end.entry(header.byteOffset ?? Number.NaN, header.type === 'directory' ? 0 : header.size);
     applying = applyEntry(writer, header, content, stats, keepSetuid).then(
@@ -104,9 +109,11 @@ export async function extractTree(source: Readable, dest: string, options: Extra
     await applying;
     await writer.settled();
     if (signal?.aborted) throw cancelled(signal);
+    // The source failed first (a damaged repository, a store gone): what the entry being
+    // written saw ("stream was destroyed") is only its consequence.
+    if (sourceError !== undefined) throw toAgentError(sourceError, 'E_RESTORE_FAILED');
     if (entryFailure) throw entryFailure;
     if (error instanceof AgentError) throw error;
-    if (error === sourceError) throw toAgentError(error, 'E_RESTORE_FAILED');
     throw new AgentError(
       'E_ARCHIVE_CORRUPT',
       `cannot restore into ${dest}: the archive is corrupt or truncated (${(error as Error).message}); restore another backup`,
