@@ -6,6 +6,9 @@ import type { Phase } from './progress.ts';
  * Every operation that changes or reads a whole backup is a job with an id, persisted by the
  * process that runs it (the daemon, or an SRE's CLI run).
  */
+/** The backup id of `backup verify ENV all`: no backup id has this form. */
+export const VERIFY_ALL = 'all';
+
 export const JOB_KINDS = ['backup.create', 'backup.restore', 'backup.delete', 'backup.verify', 'backup.prune'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
@@ -44,6 +47,7 @@ export type JobRequest =
       fromNode?: string;
     }
   | { kind: 'backup.delete'; env: string; id: string }
+  /** id: a backup's, or VERIFY_ALL for every backup of the environment (a damaged chunk names each backup that holds it). */
   | { kind: 'backup.verify'; env: string; id: string; allowUnauthenticated?: boolean; readData?: boolean }
   | { kind: 'backup.prune'; env: string; dryRun?: boolean };
 

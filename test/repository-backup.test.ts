@@ -207,6 +207,51 @@ describe('repository backups: archives from before, damage, databases', () => {
     expect(await readdir(copy)).not.toContain('.storage-agent-staging');
   });
 
+  it("verify ENV all --read-data: a damaged pack fails exactly the backups that need it (each restores if and only if verify says ok); the older ones stay ok", async () => {
+    const tree = path.join(sandbox.dir, 'ledger');
+    await mkdir(tree);
+    await writeFile(path.join(tree, 'x.bin'), randomBytes(3 << 20));
+    const envs = { ledger: { ...filesEnv({ uploads: tree }), repository: true }, copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy') }) };
+    await sandbox.writeConfig({ environments: envs });
+    const store = new FsObjectStore(path.join(sandbox.stateDir, 'backups'));
+    const packs = async () => {
+      const keys: string[] = [];
+      for await (const pack of store.list(packsPrefix('ledger'))) keys.push(pack.key);
+      return keys;
+    };
+    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger']);
+    const packsOfFirst = new Set(await packs());
+    await writeFile(path.join(tree, 'y.bin'), randomBytes(3 << 20));
+    const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger']);
+    const packsOfSecond = (await packs()).filter((k) => !packsOfFirst.has(k));
+    await rmFile(path.join(tree, 'x.bin'));
+    const third = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger']);
+    const whole = await cliJson<{ ok: boolean; backups: { id: string; ok: boolean }[] }>([...args(), 'backup', 'verify', 'ledger', 'all', '--read-data']);
+    // As backup list orders them: newest first.
+    expect(whole).toMatchObject({ ok: true, backups: [{ id: third.id, ok: true }, { id: second.id, ok: true }, { id: first.id, ok: true }] });
+
+    // Every pack the second backup wrote loses a byte of its first blob.
+    for (const key of packsOfSecond) {
+      const bytes = await readFile(path.join(sandbox.stateDir, 'backups', key));
+      bytes[20]! ^= 0xff;
+      await store.put(key, Readable.from([bytes]));
+    }
+    const verify = await cli([...args(), 'backup', 'verify', 'ledger', 'all', '--read-data', '--json']);
+    expect(verify.exitCode).toBe(5);
+    const report = JSON.parse(verify.stdout) as { ok: boolean; backups: { id: string; ok: boolean; elements: { ok: boolean; code?: string }[] }[] };
+    expect(report.backups.map((b) => b.id)).toEqual([third.id, second.id, first.id]);
+    expect(report.backups.map((b) => b.ok).slice(1)).toEqual([false, true]);
+    expect(report.backups[1]!.elements[0]).toMatchObject({ ok: false, code: 'E_REPOSITORY_CORRUPT' });
+    for (const backup of report.backups) {
+      const restore = await cli([...args(), 'backup', 'restore', 'ledger', backup.id, '--target', 'copy', '--yes', '--no-safety-backup', '--json']);
+      expect(restore.exitCode, `backup ${backup.id}: verify said ${backup.ok ? 'ok' : 'damaged'}: ${restore.stdout}${restore.stderr}`).toBe(backup.ok ? 0 : 5);
+    }
+    // The table names each backup, and the failure.
+    const table = await cli([...args(), 'backup', 'verify', 'ledger', 'all', '--read-data']);
+    expect(table.stdout).toContain(first.id);
+    expect(table.stdout).toMatch(new RegExp(`${second.id}.*FAILED E_REPOSITORY_CORRUPT`));
+  });
+
   it('round-trips a MySQL database and Redis keys through the repository, consistent mode', async () => {
     const root = await connect(server, { root: true });
     const db = await createDatabase(root, 'repo');

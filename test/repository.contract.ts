@@ -198,6 +198,40 @@ export function repositoryContract(name: string, makeStore: () => Promise<Object
       await expect((await reader()).check(written.root)).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /missing/ });
     });
 
+    it('checks many streams at once, each chunk read once: a damaged chunk fails exactly the streams that hold it', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const parts = { a: content(1 << 18), b: content(1 << 18), c: content(1 << 18), d: content(1 << 18) };
+      // Each part a segment (cut before and after): its chunks are the same in every stream. Each
+      // writer's new chunks go to packs of its own: the second's holds c's (b's are known), first.
+      const packsBefore = new Set<string>();
+      const write = async (...names: (keyof typeof parts)[]) => {
+        const repository = await openRepository(store, 'shop', keys, { create: true, ...SMALL });
+        // Copies: writeStream takes the buffers it is given over (they move to the workers).
+        const written = await repository.writeStream(Readable.from(names.flatMap((n) => [{ segment: n, bytes: parts[n].length }, Buffer.from(parts[n])])));
+        await repository.commit();
+        const added = (await keysUnder(store, packsPrefix('shop'))).filter((k) => !packsBefore.has(k));
+        for (const k of added) packsBefore.add(k);
+        return { root: written.root, packs: added };
+      };
+      const first = await write('a', 'b');
+      const second = await write('b', 'c');
+      const third = await write('c', 'd');
+      const reader = async () => openRepository(store, 'shop', keys, { create: false, ...SMALL });
+      expect([...(await (await reader()).checkMany([first.root, second.root, third.root], { readData: true })).values()]).toEqual([undefined, undefined, undefined]);
+
+      // A byte of the second writer's first blob (c's first chunk): past the nonce, in the ciphertext.
+      await rewrite(store, second.packs[0]!, (bytes) => {
+        bytes[20]! ^= 0x01;
+        return bytes;
+      });
+      const damaged = await (await reader()).checkMany([first.root, second.root, third.root], { readData: true });
+      expect(damaged.get(first.root)).toBeUndefined();
+      for (const root of [second.root, third.root]) expect(damaged.get(root)).toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /does not authenticate/ });
+      // Without readData only structure is checked: indexed, packs there and long enough.
+      expect([...(await (await reader()).checkMany([first.root, second.root, third.root])).values()]).toEqual([undefined, undefined, undefined]);
+    });
+
     it('leaves a forged index out, and a stream without its index is not readable', async () => {
       const store = await makeStore();
       const keys = platformKey('k');

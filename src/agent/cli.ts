@@ -1,6 +1,7 @@
 import { inspect } from 'node:util';
 import { Command, CommanderError, Option } from 'commander';
 import { AgentError, ExitCode, toAgentError } from '../errors.ts';
+import { VERIFY_ALL } from '../jobs-wire.ts';
 import { checkBackupId, checkName } from '../snapshot/names.ts';
 import { logStoreRetries } from '../transport/stores/store-telemetry.ts';
 import { downloadElement, findElement } from '../snapshot/pipeline/artifacts.ts';
@@ -267,18 +268,35 @@ function buildProgram(): Command {
     .command('verify')
     .description("read back every object of a backup and check its sha256; for elements in the environment's repository, that every chunk is indexed and its pack there")
     .argument('<env>', 'environment')
-    .argument('<id>', 'backup id')
+    .argument('<id>', `backup id, or ${VERIFY_ALL}: every backup of the environment (repository chunks read once; a damaged chunk names each backup that holds it)`)
     .option('--read-data', "repository elements: also read every chunk and authenticate it (as a restore would)")
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .exitOverride()
     .action(async (env: string, id: string, opts: { allowUnauthenticated?: boolean; readData?: boolean }, cmd: Command) => {
-      const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, {
-        kind: 'backup.verify',
+      const request = {
+        kind: 'backup.verify' as const,
         env,
         id,
         ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}),
         ...(opts.readData ? { readData: true } : {}),
-      });
+      };
+      if (id === VERIFY_ALL) {
+        const result = await runJob<{ ok: boolean; backups: { id: string; ok: boolean; elements: ElementCheck[]; code?: string; message?: string }[] }>(cmd, request);
+        output(cmd, result, () =>
+          renderTable(
+            ['Backup', 'Element', 'Result', 'Size'],
+            result.backups.flatMap((b) =>
+              b.elements.length === 0
+                ? [[b.id, '-', `FAILED ${b.code}: ${b.message}`, '-']]
+                : b.elements.map((c) => [b.id, c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, formatBytes(c.bytes)]),
+            ),
+          ),
+        );
+        const failed = result.backups.flatMap((b): { code?: string | undefined }[] => (b.elements.length === 0 ? [{ code: b.code }] : b.elements.filter((c) => !c.ok)))[0];
+        if (failed) process.exitCode = new AgentError(failed.code as 'E_CHECKSUM_MISMATCH', '').exitCode;
+        return;
+      }
+      const { elements: checks } = await runJob<{ id: string; ok: boolean; elements: ElementCheck[] }>(cmd, request);
       output(cmd, { id, ok: checks.every((c) => c.ok), elements: checks }, () =>
         renderTable(['Element', 'Result', 'Size'], checks.map((c) => [c.element, c.ok ? 'ok' : `FAILED ${c.code}: ${c.message}`, formatBytes(c.bytes)])),
       );

@@ -1,9 +1,11 @@
 import { AgentError, throwIfCancelled } from '../../errors.ts';
-import type { JobRequest, JobSpec } from '../../jobs-wire.ts';
+import { VERIFY_ALL, type JobRequest, type JobSpec } from '../../jobs-wire.ts';
+import type { KeyRing } from '../../snapshot/manifest-mac.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import { checkBackupId, checkName } from '../../snapshot/names.ts';
-import { verifyBackup } from '../../snapshot/pipeline/artifacts.ts';
+import { verifyBackup, verifyBackups } from '../../snapshot/pipeline/artifacts.ts';
 import { createBackup } from '../backup.ts';
-import { deleteBackup, readManifest } from '../../snapshot/pipeline/catalog.ts';
+import { deleteBackup, listBackups, readManifest } from '../../snapshot/pipeline/catalog.ts';
 import { ensureOwner } from '../ownership.ts';
 import { environmentOf, type Config } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
@@ -41,8 +43,10 @@ export function validateRequest(config: Config, request: JobRequest): JobRequest
       return request;
     }
     case 'backup.delete':
-    case 'backup.verify':
       checkBackupId(request.id);
+      return request;
+    case 'backup.verify':
+      if (request.id !== VERIFY_ALL) checkBackupId(request.id);
       return request;
     case 'backup.prune':
       return request;
@@ -84,13 +88,36 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
     }
     case 'backup.verify': {
       const store = await openEnvironmentStore(ctx.config, spec.env);
-      const manifest = await readManifest(store, spec.env, spec.id, { keys: await loadKeyRing(ctx.config), allowUnauthenticated: spec.allowUnauthenticated === true });
+      const keys = await loadKeyRing(ctx.config);
+      const options = { readData: spec.readData === true };
+      if (spec.id === VERIFY_ALL) return verifyEveryBackup(ctx, store, spec.env, keys, spec.allowUnauthenticated === true, options);
+      const manifest = await readManifest(store, spec.env, spec.id, { keys, allowUnauthenticated: spec.allowUnauthenticated === true });
       ctx.onProgress?.({ phase: 'verify' });
-      const checks = await verifyBackup(backupStorage(ctx.config, store, spec.env), manifest, ctx.signal, { readData: spec.readData === true });
+      const checks = await verifyBackup(backupStorage(ctx.config, store, spec.env), manifest, ctx.signal, options);
       return { id: spec.id, ok: checks.every((c) => c.ok), elements: checks };
     }
     case 'backup.prune':
       ctx.onProgress?.({ phase: 'delete' });
       return pruneBackups(ctx, spec.env, spec.dryRun === true);
   }
+}
+
+/**
+ * `backup verify ENV all`: every backup listed, each chunk of the repository read once, so that
+ * a damaged chunk names every backup that holds it. A backup whose manifest cannot be trusted
+ * (incomplete, invalid, unauthenticated without the flag) fails with what its listing says.
+ */
+async function verifyEveryBackup(ctx: OperationContext, store: ObjectStore, env: string, keys: KeyRing, allowUnauthenticated: boolean, options: { readData: boolean }) {
+  // An incomplete backup (objects, no manifest) is no backup: an orphan for prune, not a failure.
+  const listed = (await listBackups(store, env, keys)).filter((b) => b.status !== 'incomplete');
+  ctx.onProgress?.({ phase: 'verify' });
+  const trusted = listed.filter((b) => b.manifest && b.status !== 'invalid' && (b.authenticated || allowUnauthenticated));
+  const checked = new Map((await verifyBackups(backupStorage(ctx.config, store, env), trusted.map((b) => b.manifest!), ctx.signal, options)).map((r) => [r.id, r.elements]));
+  const backups = listed.map((b) => {
+    const elements = checked.get(b.id);
+    if (elements) return { id: b.id, ok: elements.every((c) => c.ok), elements };
+    const why = b.problem ?? (b.authenticated ? `its manifest is ${b.status}` : 'its manifest carries no MAC: pass --allow-unauthenticated to check it anyway');
+    return { id: b.id, ok: false, elements: [], code: b.authenticated ? 'E_MANIFEST_INVALID' : 'E_MANIFEST_UNAUTHENTICATED', message: why };
+  });
+  return { id: VERIFY_ALL, ok: backups.every((b) => b.ok), backups };
 }

@@ -384,16 +384,49 @@ export async function verifyElement(storage: BackupStorage, manifest: Manifest, 
 
 /** Reads back every object of the backup and checks sizes and sha256 against the manifest. */
 export async function verifyBackup(storage: BackupStorage, manifest: Manifest, signal: AbortSignal, options: { readData: boolean }): Promise<ElementCheck[]> {
-  const checks: ElementCheck[] = [];
-  for (const element of manifest.elements) {
+  return (await verifyBackups(storage, [manifest], signal, options))[0]!.elements;
+}
+
+/**
+ * verifyBackup of several backups of one environment. Their repository elements are checked
+ * together, each chunk read once: a damaged chunk fails every backup that holds it, and only
+ * those (`backup verify ENV all`).
+ */
+export async function verifyBackups(
+  storage: BackupStorage,
+  manifests: readonly Manifest[],
+  signal: AbortSignal,
+  options: { readData: boolean },
+): Promise<{ id: string; elements: ElementCheck[] }[]> {
+  const rootsOf = (element: ElementRecord) => (element.repository ? [element.repository.root, ...(element.repository.files ? [element.repository.files] : [])] : []);
+  const roots = manifests.flatMap((m) => m.elements.flatMap(rootsOf));
+  let damaged = new Map<string, AgentError | undefined>();
+  let unreadable: AgentError | undefined; // the repository itself: its key, its index
+  if (roots.length > 0) {
     try {
-      await verifyElement(storage, manifest, element, signal, options);
-      checks.push({ element: element.name, ok: true, bytes: element.storedBytes });
+      damaged = await (await storage.repository()).checkMany(roots, { signal, readData: options.readData });
     } catch (error) {
-      const failure = toAgentError(error);
-      if (failure.code === 'E_CANCELLED') throw failure;
-      checks.push({ element: element.name, ok: false, bytes: element.storedBytes, code: failure.code, message: failure.message });
+      unreadable = toAgentError(error, 'E_STORE_IO');
+      if (unreadable.code === 'E_CANCELLED') throw unreadable;
     }
   }
-  return checks;
+  const results: { id: string; elements: ElementCheck[] }[] = [];
+  for (const manifest of manifests) {
+    const checks: ElementCheck[] = [];
+    for (const element of manifest.elements) {
+      let failure: AgentError | undefined;
+      if (element.repository) failure = unreadable ?? rootsOf(element).map((root) => damaged.get(root)).find((f) => f !== undefined);
+      else {
+        try {
+          await verifyElement(storage, manifest, element, signal, options);
+        } catch (error) {
+          failure = toAgentError(error);
+          if (failure.code === 'E_CANCELLED') throw failure;
+        }
+      }
+      checks.push(failure ? { element: element.name, ok: false, bytes: element.storedBytes, code: failure.code, message: failure.message } : { element: element.name, ok: true, bytes: element.storedBytes });
+    }
+    results.push({ id: manifest.id, elements: checks });
+  }
+  return results;
 }

@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import pLimit from 'p-limit';
 import { buffer as collect } from 'node:stream/consumers';
 import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
 import type { ObjectStore } from '../stores/object-store.ts';
@@ -83,6 +84,11 @@ export interface Repository {
   chunksOf(root: string, options?: StreamOptions): Promise<TreeEntry[]>;
   /** Checks every chunk of a stream is indexed and its pack present; with readData, reads and authenticates each. */
   check(root: string, options?: StreamOptions & { readData?: boolean }): Promise<{ chunks: number; bytes: number }>;
+  /**
+   * check() of many streams at once, each chunk read once: for each root, undefined when it is
+   * whole, or the error of its first damaged chunk (a damaged chunk fails every stream that has it).
+   */
+  checkMany(roots: Iterable<string>, options?: StreamOptions & { readData?: boolean }): Promise<Map<string, AgentError | undefined>>;
   /** Index objects that did not open (forged or damaged), kept out of the index: verify reports them. */
   readonly rejectedIndexes: readonly { key: string; why: string }[];
   /** Deletes and repacks what no stream under `liveRoots` needs (garbage.ts: the order that keeps it safe under a kill). */
@@ -133,6 +139,14 @@ interface StoredBlob {
 interface Added {
   chunks: number;
   bytes: number;
+}
+
+/** One ranged read: `length` bytes at `offset` of a pack, holding these blobs back to back. */
+interface ReadRun {
+  pack: string;
+  offset: number;
+  length: number;
+  blobs: (TreeEntry & IndexEntry)[];
 }
 
 /** A ranged GET takes adjacent blobs of one pack up to this size: one request, not one per chunk. */
@@ -434,8 +448,8 @@ class PackedRepository implements Repository {
   }
 
   /** Runs of chunks that sit side by side in one pack, each fetched with one ranged GET. */
-  #planReads(chunks: TreeEntry[]): { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }[] {
-    const runs: { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }[] = [];
+  #planReads(chunks: readonly TreeEntry[]): ReadRun[] {
+    const runs: ReadRun[] = [];
     for (const chunk of chunks) {
       const entry = this.#index.get(chunk.id);
       if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) throw this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id);
@@ -448,7 +462,7 @@ class PackedRepository implements Repository {
     return runs;
   }
 
-  async #readRun(run: { pack: string; offset: number; length: number; blobs: (TreeEntry & IndexEntry)[] }, signal: AbortSignal | undefined): Promise<Buffer[]> {
+  async #readRun(run: ReadRun, signal: AbortSignal | undefined): Promise<Buffer[]> {
     const bytes = await this.#readRange(run.pack, run.offset, run.length, signal);
     return this.#openBlobs('data', bytes, run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length })));
   }
@@ -481,17 +495,93 @@ class PackedRepository implements Repository {
 
   async check(root: string, options: StreamOptions & { readData?: boolean } = {}): Promise<{ chunks: number; bytes: number }> {
     const chunks = await this.chunksOf(root, options);
-    const runs = this.#planReads(chunks);
-    const packs = new Set(runs.map((r) => r.pack));
-    for (const pack of packs) {
-      throwIfCancelled(options.signal);
-      const info = await this.#store.head(packKey(this.env, pack));
-      const end = Math.max(...runs.filter((r) => r.pack === pack).map((r) => r.offset + r.length));
-      if (!info) throw this.#corrupt(`pack ${pack} is missing`, pack);
-      if (info.size < end) throw this.#corrupt(`pack ${pack} is shorter than its index says (${info.size} < ${end} bytes)`, pack);
-    }
-    if (options.readData) for await (const _ of this.readStream(root, options)); // every chunk opened and authenticated
+    const damaged = await this.#damaged(chunks, options);
+    const first = chunks.find((c) => damaged.has(c.id));
+    if (first) throw damaged.get(first.id)!;
     return { chunks: chunks.length, bytes: chunks.reduce((sum, c) => sum + c.bytes, 0) };
+  }
+
+  async checkMany(roots: Iterable<string>, options: StreamOptions & { readData?: boolean } = {}): Promise<Map<string, AgentError | undefined>> {
+    const results = new Map<string, AgentError | undefined>();
+    const lists = new Map<string, TreeEntry[]>();
+    for (const root of new Set(roots)) {
+      try {
+        lists.set(root, await this.chunksOf(root, options));
+      } catch (error) {
+        if (!isAgentError(error, 'E_REPOSITORY_CORRUPT')) throw error;
+        results.set(root, error);
+      }
+    }
+    // Each chunk once, however many streams share it.
+    const unique = new Map<string, TreeEntry>();
+    for (const list of lists.values()) for (const chunk of list) unique.set(chunk.id, chunk);
+    const damaged = await this.#damaged([...unique.values()], options);
+    for (const [root, list] of lists) {
+      const first = list.find((c) => damaged.has(c.id));
+      results.set(root, first && damaged.get(first.id));
+    }
+    return results;
+  }
+
+  /**
+   * The chunks that are not indexed, lie past the end of their pack or in a missing one, or
+   * (readData) do not open as themselves, each with what is wrong. Read in pack order, adjacent
+   * blobs in one ranged read; a read that fails is read again blob by blob, so that every
+   * damaged chunk is named, not only the first.
+   */
+  async #damaged(chunks: readonly TreeEntry[], options: StreamOptions & { readData?: boolean }): Promise<Map<string, AgentError>> {
+    const { signal } = options;
+    const damaged = new Map<string, AgentError>();
+    const byPack = new Map<string, TreeEntry[]>();
+    for (const chunk of chunks) {
+      const entry = this.#index.get(chunk.id);
+      if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) {
+        damaged.set(chunk.id, this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id));
+        continue;
+      }
+      const inPack = byPack.get(entry.pack) ?? [];
+      byPack.set(entry.pack, inPack);
+      inPack.push(chunk);
+    }
+    const readable: TreeEntry[] = [];
+    for (const [pack, inPack] of byPack) {
+      throwIfCancelled(signal);
+      const info = await this.#store.head(packKey(this.env, pack));
+      const endOf = (chunk: TreeEntry) => this.#index.get(chunk.id)!.offset + this.#index.get(chunk.id)!.length;
+      const end = Math.max(...inPack.map(endOf));
+      const failure = !info ? this.#corrupt(`pack ${pack} is missing`, pack) : info.size < end ? this.#corrupt(`pack ${pack} is shorter than its index says (${info.size} < ${end} bytes)`, pack) : undefined;
+      for (const chunk of inPack) {
+        if (failure && (!info || endOf(chunk) > info.size)) damaged.set(chunk.id, failure);
+        else readable.push(chunk);
+      }
+    }
+    if (!options.readData) return damaged;
+    readable.sort((a, b) => {
+      const [x, y] = [this.#index.get(a.id)!, this.#index.get(b.id)!];
+      return x.pack < y.pack ? -1 : x.pack > y.pack ? 1 : x.offset - y.offset;
+    });
+    const limit = pLimit(this.#options.readsInFlight);
+    const readOne = async (run: ReadRun): Promise<AgentError | undefined> => {
+      try {
+        await this.#readRun(run, signal);
+        return undefined;
+      } catch (error) {
+        if (!isAgentError(error, 'E_REPOSITORY_CORRUPT')) throw error;
+        return error;
+      }
+    };
+    await Promise.all(
+      this.#planReads(readable).map((run) =>
+        limit(async () => {
+          if ((await readOne(run)) === undefined) return;
+          for (const blob of run.blobs) {
+            const failure = await readOne({ pack: run.pack, offset: blob.offset, length: blob.length, blobs: [blob] });
+            if (failure) damaged.set(blob.id, failure);
+          }
+        }),
+      ),
+    );
+    return damaged;
   }
 
   #corrupt(why: string, blob: string, cause?: unknown): AgentError {

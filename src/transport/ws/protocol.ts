@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { AgentError, isErrorCode, type ErrorCode } from '../../errors.ts';
-import { JOB_ID_PATTERN, JOB_KINDS, JOB_STATES, type JobRequest } from '../../jobs-wire.ts';
+import { JOB_ID_PATTERN, JOB_KINDS, JOB_STATES, VERIFY_ALL, type JobRequest } from '../../jobs-wire.ts';
 import { backupIdPattern, namePattern } from '../../snapshot/names.ts';
 import { parseDuration } from '../../units.ts';
 
@@ -66,7 +66,7 @@ export const methods = {
   },
   'backup.prune': { role: 'admin', params: z.object({ env, dryRun: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'backup.delete': { role: 'admin', params: z.object({ env, id: backupId, requestId: requestId.optional() }).strict() },
-  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId, allowUnauthenticated, readData: z.boolean().optional(), requestId: requestId.optional() }).strict() },
+  'backup.verify': { role: 'admin', params: z.object({ env, id: backupId.or(z.literal(VERIFY_ALL)), allowUnauthenticated, readData: z.boolean().optional(), requestId: requestId.optional() }).strict() },
   'job.get': { role: 'viewer', params: z.object({ jobId }).strict() },
   'job.list': {
     role: 'viewer',
