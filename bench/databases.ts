@@ -37,7 +37,7 @@
  * CPU (mariadbd, from /proc) is reported beside it: a restore's work is mostly there.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { agentCommand, closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
 import { randomBytes } from 'node:crypto';
 import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -47,8 +47,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify as toYaml } from 'yaml';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const NODE = process.execPath;
-const MAIN = path.join(ROOT, 'src/agent/main.ts');
+/** The agent's CLI, as installed (its Node flags). */
+const AGENT = agentCommand(ROOT);
 /** scripts/bench.sh runs a copy of src/ and bench/ only: then the checkout's (the cwd's) script. */
 const MARIADB_SH = [path.join(ROOT, 'scripts/mariadb.sh'), path.resolve('scripts/mariadb.sh')].find((f) => existsSync(f)) ?? path.join(ROOT, 'scripts/mariadb.sh');
 const MARIADB_DIR = '/tmp/storage-agent-bench-mariadb';
@@ -702,7 +702,7 @@ function writeAgentConfig(mount: string, cgroup: string | undefined): void {
 }
 
 function agent(...argv: string[]): string[] {
-  return [NODE, MAIN, '--config', configFile(), '--json', ...argv];
+  return [...AGENT, '--config', configFile(), '--json', ...argv];
 }
 
 interface ElementLike {

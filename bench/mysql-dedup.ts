@@ -51,11 +51,11 @@ import { DEFAULT_CHUNKER, type ChunkerParams } from '../src/transport/repository
 import { openRepository } from '../src/transport/repository/repository.ts';
 import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';
 import { GENERATOR_VERSION, generateDatabase, Random, STATUSES, word } from './databases.ts';
-import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { agentCommand, closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const NODE = process.execPath;
-const MAIN = path.join(ROOT, 'src/agent/main.ts');
+/** The agent's CLI, as installed (its Node flags). */
+const AGENT = agentCommand(ROOT);
 /** As bench/databases.ts: scripts/bench.sh runs a copy of src/ and bench/ only, then the checkout's (the cwd's) script. */
 const MARIADB_SH = [path.join(ROOT, 'scripts/mariadb.sh'), path.resolve('scripts/mariadb.sh')].find((f) => existsSync(f)) ?? path.join(ROOT, 'scripts/mariadb.sh');
 // A server of its own: the test suite's is on 13306, bench/databases.ts' on 13326.
@@ -359,7 +359,7 @@ function writeConfig(): void {
 }
 
 function agent(...argv: string[]): string[] {
-  return [NODE, MAIN, '--config', paths.config, '--json', ...argv];
+  return [...AGENT, '--config', paths.config, '--json', ...argv];
 }
 
 interface ElementLike {

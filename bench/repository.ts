@@ -54,11 +54,11 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, Rng, type TreeInfo } from './tree.ts';
-import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { agentCommand, closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const NODE = process.execPath;
-const MAIN = path.join(ROOT, 'src/agent/main.ts');
+/** The agent's CLI, as installed (its Node flags). */
+const AGENT = agentCommand(ROOT);
 const MIB = 1024 ** 2;
 const RSS_GOAL_MIB = 256;
 const BUCKET = 'bench-repository';
@@ -376,7 +376,7 @@ function oursCreate(env: string, bytes: () => Promise<number>): Command {
     key: archive ? 'ours-archive' : 'ours',
     name: archive ? 'ours, archive (repository: false)' : 'ours, repository',
     command: `storage-agent --config CFG backup create ${env} --json`,
-    argv: [NODE, MAIN, '--config', paths.config, 'backup', 'create', env, '--json'],
+    argv: [...AGENT, '--config', paths.config, 'backup', 'create', env, '--json'],
     env: agentEnv,
     bytes,
   };
@@ -616,7 +616,7 @@ async function restore(t: Target, ids: FirstBackups, pristine: string): Promise<
         key: 'ours',
         name: 'ours, repository',
         command: `storage-agent --config CFG backup restore ${t.env} ID --target bench-restore --yes --no-safety-backup --json`,
-        argv: [NODE, MAIN, '--config', paths.config, 'backup', 'restore', t.env, ids.ours, '--target', 'bench-restore', '--yes', '--no-safety-backup', '--json'],
+        argv: [...AGENT, '--config', paths.config, 'backup', 'restore', t.env, ids.ours, '--target', 'bench-restore', '--yes', '--no-safety-backup', '--json'],
         env: agentEnv,
       },
       measured,

@@ -32,11 +32,12 @@ import { loadavg } from 'node:os';
 import path from 'node:path';
 import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, type TreeInfo } from './tree.ts';
-import { closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { agentCommand, closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const NODE = process.execPath;
-const MAIN = path.join(ROOT, 'src/agent/main.ts');
+/** The agent's CLI, as installed (its Node flags). */
+const AGENT = agentCommand(ROOT);
 const PACK_SINK = path.join(ROOT, 'bench/pack-sink.ts');
 const RSS_GOAL_MIB = 256;
 const RGW_MAX_RUNS = 3;
@@ -282,7 +283,7 @@ async function fsEndToEnd(size: string, tree: TreeInfo, withLevels: boolean): Pr
   let checked = false;
   const ours = (level: 1 | 3): Contender => ({
     row: { section: level === 1 ? 'fs' : 'levels', key: 'ours', size, name: `ours: backup create → fs store (zstd level ${level})`, inputBytes: tree.bytes },
-    argv: () => [NODE, MAIN, '--config', configs[level], 'backup', 'create', 'bench-fs', '--json'],
+    argv: () => [...AGENT, '--config', configs[level], 'backup', 'create', 'bench-fs', '--json'],
     after: (sample) => {
       const manifest = manifestOf(sample);
       const element = manifest.elements[0]!;
@@ -334,7 +335,7 @@ async function restore(size: string, tree: TreeInfo, backupId: string): Promise<
     [
       {
         row: { section: 'restore', key: 'ours', size, name: 'ours: backup restore (fs store) → DIR', inputBytes: tree.bytes },
-        argv: () => [NODE, MAIN, '--config', path.join(work, 'config-l1.yaml'), 'backup', 'restore', 'bench-fs', backupId, '--target', 'bench-restore', '--yes', '--json'],
+        argv: () => [...AGENT, '--config', path.join(work, 'config-l1.yaml'), 'backup', 'restore', 'bench-fs', backupId, '--target', 'bench-restore', '--yes', '--json'],
         before: () => rmSync(oursTarget, { recursive: true, force: true }),
         after: () => {
           if (!checked) {
@@ -383,7 +384,7 @@ async function rgw(size: string, tree: TreeInfo): Promise<void> {
     [
       {
         row: { section: 'rgw', key: 'ours', size, name: 'ours: backup create → RGW (s3 store)', inputBytes: tree.bytes },
-        argv: () => [NODE, MAIN, '--config', config, 'backup', 'create', 'bench-s3', '--json'],
+        argv: () => [...AGENT, '--config', config, 'backup', 'create', 'bench-s3', '--json'],
         env: agentEnv,
         serverPids: () => s3.pids,
         after: afterEach('our backup'),

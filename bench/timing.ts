@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
+import path from 'node:path';
 
 export interface TimedRun {
   wall: number;
@@ -78,4 +79,16 @@ export function option(name: string): string | undefined {
   const args = process.argv.slice(2);
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
+}
+
+/**
+ * How the benchmarks run the agent's CLI: as installed — Node with the flags of the installed
+ * entry (the shebang of src/agent/bin.ts, which /usr/bin/storage-agent passes too) — on the
+ * sources' main.ts under `root`.
+ */
+export function agentCommand(root: string): string[] {
+  const shebang = readFileSync(path.join(root, 'src/agent/bin.ts'), 'utf8').split('\n', 1)[0]!;
+  const prefix = '#!/usr/bin/env -S node';
+  const flags = shebang.startsWith(prefix) ? shebang.slice(prefix.length).trim().split(/\s+/).filter(Boolean) : [];
+  return [process.execPath, ...flags, path.join(root, 'src/agent/main.ts')];
 }
