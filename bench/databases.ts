@@ -37,9 +37,11 @@
  * CPU (mariadbd, from /proc) is reported beside it: a restore's work is mostly there.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { agentCommand, closingLines, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { removeCgroup } from './cgroup.ts';
+import { BenchMariadb } from './mariadb.ts';
+import { agentCommand, cleanUpOnSignals, closingLines, processCpuSeconds, runChecked, timed as timedRun } from './timing.ts';
 import { randomBytes } from 'node:crypto';
-import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { loadavg } from 'node:os';
 import path from 'node:path';
@@ -50,10 +52,8 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 /** The agent's CLI, as installed (its Node flags). */
 const AGENT = agentCommand(ROOT);
 /** scripts/bench.sh runs a copy of src/ and bench/ only: then the checkout's (the cwd's) script. */
-const MARIADB_SH = [path.join(ROOT, 'scripts/mariadb.sh'), path.resolve('scripts/mariadb.sh')].find((f) => existsSync(f)) ?? path.join(ROOT, 'scripts/mariadb.sh');
-const MARIADB_DIR = '/tmp/storage-agent-bench-mariadb';
-const MARIADB_PORT = 13326;
-const MARIADB_SOCKET = path.join(MARIADB_DIR, 'mysqld.sock');
+const mariadb = new BenchMariadb('/tmp/storage-agent-bench-mariadb', 13326);
+const MARIADB_SOCKET = mariadb.socket;
 const CGROUP_ROOT = '/sys/fs/cgroup/unified';
 /** Bump when the generated data changes, so cached data is made again. */
 export const GENERATOR_VERSION = 1;
@@ -101,12 +101,7 @@ function log(line: string): void {
 }
 
 /** Runs a command to completion; throws with its stderr when it fails. */
-function run(command: string, argv: string[], options: { input?: string; env?: NodeJS.ProcessEnv; quiet?: boolean } = {}): string {
-  const result = spawnSync(command, argv, { cwd: ROOT, encoding: 'utf8', maxBuffer: 256 << 20, input: options.input, env: options.env ?? process.env });
-  if (result.error) throw new Error(`${command}: ${result.error.message}`);
-  if (result.status !== 0) throw new Error(`${command} ${argv.join(' ')} failed (${result.status ?? result.signal}): ${(result.stderr || result.stdout).trim().slice(-2000)}`);
-  return result.stdout;
-}
+const run = runChecked;
 
 /** Like run(), asynchronous (the event loop keeps going: timers, other children). */
 function runAsync(command: string, argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
@@ -143,7 +138,7 @@ let current: ChildProcess | undefined;
 
 /** Runs argv under /usr/bin/time; rejects with its stderr if it fails. */
 async function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Sample> {
-  const serverPid = mariadbPid();
+  const serverPid = mariadb.pid();
   const cpuBefore = processCpuSeconds(serverPid);
   try {
     const run = await timedRun(argv, { cwd: ROOT, timeFile: path.join(work, 'time.out'), env, onSpawn: (child) => (current = child) });
@@ -153,16 +148,6 @@ async function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Prom
   }
 }
 
-
-/** True while process `pid` exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
-  } catch {
-    return false;
-  }
-}
 
 function mbps(bytes: number, seconds: number): number {
   return bytes / 1e6 / seconds;
@@ -357,42 +342,6 @@ interface MysqlInfo {
   tables: Record<string, { orders: number; customers: number }>;
 }
 
-let mariadbStarted = false;
-let mysqlPassword = '';
-
-function mariadbPid(): number | undefined {
-  try {
-    const pid = Number(readFileSync(path.join(MARIADB_DIR, 'mariadbd.pid'), 'utf8').trim());
-    return pid > 0 ? pid : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function mariadbScript(command: 'start' | 'stop'): string {
-  return run('bash', [MARIADB_SH, command], { env: { ...process.env, MARIADB_DIR, MARIADB_PORT: String(MARIADB_PORT) } });
-}
-
-function startMariadb(): void {
-  mariadbStarted = true;
-  const env = Object.fromEntries(
-    mariadbScript('start')
-      .split('\n')
-      .filter((l) => l.includes('='))
-      .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
-  );
-  mysqlPassword = env.MYSQL_PASSWORD ?? '';
-  if (!mysqlPassword) throw new Error('scripts/mariadb.sh start printed no MYSQL_PASSWORD');
-}
-
-/** A clean shutdown that keeps the datadir (mariadb.sh stop would remove it). */
-async function shutdownMariadbKeepingData(): Promise<void> {
-  const pid = mariadbPid();
-  run('mariadb-admin', ['--no-defaults', `--socket=${MARIADB_SOCKET}`, '-uroot', 'shutdown']);
-  for (let i = 0; pid && alive(pid) && i < 600; i++) await sleep(100);
-  if (pid && alive(pid)) throw new Error(`mariadbd ${pid} did not stop within 60 s of mariadb-admin shutdown`);
-}
-
 function mariadbVersion(): string {
   return run('mariadbd', ['--version']).trim();
 }
@@ -411,32 +360,23 @@ async function prepareMariadb(): Promise<MysqlInfo> {
   } catch {
     // no cache, or an unreadable marker: generate
   }
-  mariadbScript('stop'); // a server left by an interrupted run; removes MARIADB_DIR
+  mariadb.stop(); // a server left by an interrupted run
   if (info) {
     const started = performance.now();
-    mkdirSync(path.join(MARIADB_DIR, 'tmp'), { recursive: true });
-    writeFileSync(path.join(MARIADB_DIR, '.storage-agent-mariadb'), '');
-    run('cp', ['-a', cachedData, path.join(MARIADB_DIR, 'data')]);
-    startMariadb();
+    mariadb.startOn(cachedData);
     log(`MariaDB started on the cached datadir in ${((performance.now() - started) / 1000).toFixed(1)} s`);
     return info;
   }
   log(`generating the MySQL data (${(mysqlTargetBytes / MIB).toFixed(0)} + ${(restoreTargetBytes / MIB).toFixed(0)} MiB of dump; cached in ${cacheDir})`);
   rmSync(marker, { force: true });
   rmSync(cachedData, { recursive: true, force: true });
-  startMariadb();
+  mariadb.start();
   const tables: MysqlInfo['tables'] = {};
   tables[DB_MAIN] = await generateDatabase(DB_MAIN, mysqlTargetBytes, 0x5eed0001);
   tables[DB_SMALL] = await generateDatabase(DB_SMALL, restoreTargetBytes, 0x5eed0002);
-  await shutdownMariadbKeepingData();
-  mkdirSync(cacheDir, { recursive: true });
-  const temporary = `${cachedData}.tmp`;
-  rmSync(temporary, { recursive: true, force: true });
-  run('cp', ['-a', path.join(MARIADB_DIR, 'data'), temporary]);
-  renameSync(temporary, cachedData);
+  await mariadb.saveDatadir(cachedData);
   info = { ...wanted, tables };
   writeFileSync(marker, `${JSON.stringify(info, null, 2)}\n`);
-  startMariadb();
   return info;
 }
 
@@ -655,29 +595,20 @@ async function stopWriter(): Promise<void> {
     child.kill('SIGKILL');
   }
   await Promise.race([exited, sleep(5000)]);
-  for (let i = 0; i < 100; i++) {
-    try {
-      rmdirSync(cgroup);
-      return;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-      await sleep(50);
-    }
-  }
-  problems.push(`could not remove the writer's cgroup ${cgroup}`);
+  if (!(await removeCgroup(cgroup))) problems.push(`could not remove the writer's cgroup ${cgroup}`);
 }
 
 // ------------------------------------------------------------------ the agent
 
 const configFile = () => path.join(work, 'config.yaml');
 const storeDir = () => path.join(work, 'state', 'backups');
-const agentEnv = (): NodeJS.ProcessEnv => ({ ...process.env, BENCH_MYSQL_PASSWORD: mysqlPassword });
+const agentEnv = (): NodeJS.ProcessEnv => ({ ...process.env, BENCH_MYSQL_PASSWORD: mariadb.password });
 
 function writeAgentConfig(mount: string, cgroup: string | undefined): void {
   const mysql = (databases: string[]) => ({
     kind: 'mysql',
     host: '127.0.0.1',
-    port: MARIADB_PORT,
+    port: mariadb.port,
     user: 'agent',
     password: { env: 'BENCH_MYSQL_PASSWORD' },
     databases,
@@ -1056,13 +987,7 @@ function cleanup(): Promise<void> {
     }
     await stopWriter().catch((error: unknown) => log(`stopping the writer: ${(error as Error).message}`));
     await stopRedis().catch((error: unknown) => log(`stopping redis: ${(error as Error).message}`));
-    if (mariadbStarted) {
-      try {
-        mariadbScript('stop');
-      } catch (error) {
-        log(`mariadb.sh stop: ${(error as Error).message}`);
-      }
-    }
+    mariadb.stopIfStarted(log);
     rmSync(work, { recursive: true, force: true });
   })();
   return cleaning;
@@ -1070,15 +995,7 @@ function cleanup(): Promise<void> {
 
 // Only when run as the benchmark: bench/mysql-dedup.ts imports the data generator from here.
 if (import.meta.main) {
-  for (const [signal, code] of [
-    ['SIGINT', 130],
-    ['SIGTERM', 143],
-  ] as const) {
-    process.once(signal, () => {
-      log(`${signal}: cleaning up`);
-      void cleanup().finally(() => process.exit(code));
-    });
-  }
+  cleanUpOnSignals(cleanup, log);
   // Last resort (an exception past main): nothing of ours keeps running.
   process.once('exit', () => {
     if (writer) {
@@ -1111,7 +1028,7 @@ async function main(): Promise<void> {
     const redisReady = needRedis ? prepareRedis() : undefined;
     redisReady?.catch(() => {});
     ctx.mysql = await prepareMariadb();
-    writeFileSync(defaultsFile(), `[client]\nhost=127.0.0.1\nport=${MARIADB_PORT}\nuser=agent\npassword=${mysqlPassword}\n`, { mode: 0o600 });
+    writeFileSync(defaultsFile(), `[client]\nhost=127.0.0.1\nport=${mariadb.port}\nuser=agent\npassword=${mariadb.password}\n`, { mode: 0o600 });
     ctx.redis = await redisReady;
     if (redis) ctx.redisMemory = Number(/used_memory:(\d+)/.exec(redisCli('INFO', 'memory'))?.[1] ?? 0);
     ctx.mainBytes = databaseBytes(DB_MAIN);

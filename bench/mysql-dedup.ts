@@ -40,7 +40,7 @@
  */
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cpSync, createReadStream, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, createReadStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -51,17 +51,16 @@ import { DEFAULT_CHUNKER, type ChunkerParams } from '../src/transport/repository
 import { openRepository } from '../src/transport/repository/repository.ts';
 import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';
 import { GENERATOR_VERSION, generateDatabase, Random, STATUSES, word } from './databases.ts';
-import { agentCommand, closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { BenchMariadb } from './mariadb.ts';
+import { agentCommand, cleanUpOnSignals, closingLines, integerEnv, option, processCpuSeconds, runChecked, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 /** The agent's CLI, as installed (its Node flags). */
 const AGENT = agentCommand(ROOT);
 /** As bench/databases.ts: scripts/bench.sh runs a copy of src/ and bench/ only, then the checkout's (the cwd's) script. */
-const MARIADB_SH = [path.join(ROOT, 'scripts/mariadb.sh'), path.resolve('scripts/mariadb.sh')].find((f) => existsSync(f)) ?? path.join(ROOT, 'scripts/mariadb.sh');
 // A server of its own: the test suite's is on 13306, bench/databases.ts' on 13326.
-const MARIADB_DIR = '/tmp/sa-dedup-mariadb';
-const MARIADB_PORT = 13451;
-const MARIADB_SOCKET = path.join(MARIADB_DIR, 'mysqld.sock');
+const mariadb = new BenchMariadb('/tmp/sa-dedup-mariadb', 13451);
+const MARIADB_SOCKET = mariadb.socket;
 const MIB = 1024 ** 2;
 const DB = 'bench';
 const DB_RESTORE = 'bench_restore';
@@ -75,14 +74,6 @@ const UPDATED_SHARE = 0.01;
 const GOAL = 0.1;
 
 // ------------------------------------------------------------------ options
-
-function numberEnv(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min) throw new Error(`${name}=${raw}: expected an integer ≥ ${min}`);
-  return value;
-}
 
 /** `2k`, `64k`, `1m`: a mean chunk size (a power of two), cut as the agent's default is (min avg/2, max 8 × avg). */
 function chunkerOf(text: string): ChunkerParams {
@@ -98,7 +89,7 @@ for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw ne
 const benchDir = path.resolve(process.env.BENCH_DIR || '/var/tmp/storage-agent-bench');
 const work = path.join(benchDir, 'mysql-dedup');
 const cacheDir = path.join(benchDir, 'mysql-dedup-cache');
-const sizeMiB = numberEnv('BENCH_DEDUP_MB', 1024, 8);
+const sizeMiB = integerEnv('BENCH_DEDUP_MB', 1024, 8);
 const chunkers = (process.env.BENCH_DEDUP_CHUNKERS || '1m,64k,8k,2k').split(',').map(chunkerOf);
 const keep = process.env.BENCH_KEEP === '1';
 
@@ -130,13 +121,7 @@ function log(line: string): void {
   process.stderr.write(`bench-dedup: ${line}\n`);
 }
 
-/** Runs a command to completion; throws with its stderr when it fails. */
-function run(command: string, argv: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): string {
-  const result = spawnSync(command, argv, { cwd: ROOT, encoding: 'utf8', maxBuffer: 256 << 20, input: options.input, env: options.env ?? process.env });
-  if (result.error) throw new Error(`${command}: ${result.error.message}`);
-  if (result.status !== 0) throw new Error(`${command} ${argv.join(' ')} failed (${result.status ?? result.signal}): ${(result.stderr || result.stdout).trim().slice(-2000)}`);
-  return result.stdout;
-}
+const run = runChecked;
 
 function sh(script: string, ...params: string[]): string[] {
   return ['bash', '-c', `set -o pipefail; ${script}`, 'bench', ...params];
@@ -167,7 +152,7 @@ let current: ChildProcess | undefined;
 
 /** Runs argv under GNU time: its figures, mariadbd's CPU meanwhile, and its stdout. */
 async function timed(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ sample: Sample; stdout: string }> {
-  const server = mariadbPid();
+  const server = mariadb.pid();
   const serverBefore = processCpuSeconds(server);
   const load = loadavg()[0]!;
   try {
@@ -194,46 +179,6 @@ function percent(share: number): string {
 
 // ------------------------------------------------------------------ MariaDB
 
-let mariadbStarted = false;
-let mysqlPassword = '';
-
-function mariadbPid(): number | undefined {
-  try {
-    const pid = Number(readFileSync(path.join(MARIADB_DIR, 'mariadbd.pid'), 'utf8').trim());
-    return pid > 0 ? pid : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function mariadbScript(command: 'start' | 'stop'): string {
-  return run('bash', [MARIADB_SH, command], { env: { ...process.env, MARIADB_DIR, MARIADB_PORT: String(MARIADB_PORT) } });
-}
-
-function startMariadb(): void {
-  mariadbStarted = true;
-  mysqlPassword = /^MYSQL_PASSWORD=(.*)$/m.exec(mariadbScript('start'))?.[1] ?? '';
-  if (!mysqlPassword) throw new Error('scripts/mariadb.sh start printed no MYSQL_PASSWORD');
-}
-
-/** True while process `pid` exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
-  } catch {
-    return false;
-  }
-}
-
-/** A clean shutdown that keeps the datadir (mariadb.sh stop would remove it). */
-async function shutdownKeepingData(): Promise<void> {
-  const pid = mariadbPid();
-  rootSql('SHUTDOWN');
-  for (let i = 0; pid && alive(pid) && i < 600; i++) await sleep(100);
-  if (pid && alive(pid)) throw new Error(`mariadbd ${pid} did not stop within 60 s of SHUTDOWN`);
-}
-
 /** root over the socket (unix_socket authentication: we are root). */
 function rootSql(query: string): string {
   return run('mariadb', ['--no-defaults', `--socket=${MARIADB_SOCKET}`, '-uroot', '--batch', '--skip-column-names', '-e', query]);
@@ -251,40 +196,32 @@ interface DatabaseInfo {
   customers: number;
 }
 
-/** MariaDB on MARIADB_PORT with database `bench`: from the cached datadir, or generated (and cached). */
+/** MariaDB on its own port with database `bench`: from the cached datadir, or generated (and cached). */
 async function prepareMariadb(): Promise<DatabaseInfo> {
   const cachedData = path.join(cacheDir, `mariadb-${sizeMiB}m`);
   const marker = `${cachedData}.ready`;
-  const mariadb = run('mariadbd', ['--version']).trim();
+  const version = run('mariadbd', ['--version']).trim();
   let info: DatabaseInfo | undefined;
   try {
     const found = JSON.parse(readFileSync(marker, 'utf8')) as DatabaseInfo;
-    if (found.generator === GENERATOR_VERSION && found.sizeMiB === sizeMiB && found.mariadb === mariadb && existsSync(cachedData)) info = found;
+    if (found.generator === GENERATOR_VERSION && found.sizeMiB === sizeMiB && found.mariadb === version && existsSync(cachedData)) info = found;
   } catch {
     // no cache, or an unreadable marker: generate
   }
-  mariadbScript('stop'); // a server left by an interrupted run; removes MARIADB_DIR
+  mariadb.stop(); // a server left by an interrupted run
   if (info) {
-    // What mariadb.sh start needs to restart on a datadir instead of initialising one.
-    mkdirSync(path.join(MARIADB_DIR, 'tmp'), { recursive: true });
-    writeFileSync(path.join(MARIADB_DIR, '.storage-agent-mariadb'), '');
-    run('cp', ['-a', cachedData, path.join(MARIADB_DIR, 'data')]);
-    startMariadb();
+    mariadb.startOn(cachedData);
     log(`MariaDB started on the cached datadir ${cachedData}`);
     return info;
   }
   log(`generating the database (${sizeMiB} MiB of dump; cached in ${cacheDir})`);
   rmSync(marker, { force: true });
   rmSync(cachedData, { recursive: true, force: true });
-  startMariadb();
+  mariadb.start();
   const counts = await generateDatabase(DB, sizeMiB * MIB, GENERATOR_SEED, { socket: MARIADB_SOCKET, scratch: path.join(work, 'gen') });
-  await shutdownKeepingData();
-  mkdirSync(cacheDir, { recursive: true });
-  run('cp', ['-a', path.join(MARIADB_DIR, 'data'), `${cachedData}.tmp`]);
-  renameSync(`${cachedData}.tmp`, cachedData);
-  info = { generator: GENERATOR_VERSION, sizeMiB, mariadb, ...counts };
+  await mariadb.saveDatadir(cachedData);
+  info = { generator: GENERATOR_VERSION, sizeMiB, mariadb: version, ...counts };
   writeFileSync(marker, `${JSON.stringify(info, null, 2)}\n`);
-  startMariadb();
   return info;
 }
 
@@ -340,10 +277,10 @@ function updateRows(): UpdateInfo[] {
 
 // ------------------------------------------------------------------ the agent (section agent)
 
-const agentEnv = (): NodeJS.ProcessEnv => ({ ...process.env, BENCH_MYSQL_PASSWORD: mysqlPassword });
+const agentEnv = (): NodeJS.ProcessEnv => ({ ...process.env, BENCH_MYSQL_PASSWORD: mariadb.password });
 
 function writeConfig(): void {
-  const mysql = (database: string) => ({ kind: 'mysql', host: '127.0.0.1', port: MARIADB_PORT, user: 'agent', password: { env: 'BENCH_MYSQL_PASSWORD' }, databases: [database] });
+  const mysql = (database: string) => ({ kind: 'mysql', host: '127.0.0.1', port: mariadb.port, user: 'agent', password: { env: 'BENCH_MYSQL_PASSWORD' }, databases: [database] });
   // No freeze section: the default (consistent) mode pauses nothing but takes FTWRL for the snapshot.
   const config = {
     stateDir: paths.state,
@@ -643,27 +580,13 @@ function cleanup(): Promise<void> {
       current.kill('SIGTERM');
       await sleep(2000);
     }
-    if (mariadbStarted) {
-      try {
-        mariadbScript('stop');
-      } catch (error) {
-        log(`mariadb.sh stop: ${(error as Error).message}`);
-      }
-    }
+    mariadb.stopIfStarted(log);
     if (!keep) rmSync(work, { recursive: true, force: true });
   })();
   return cleaning;
 }
 
-for (const [signal, code] of [
-  ['SIGINT', 130],
-  ['SIGTERM', 143],
-] as const) {
-  process.once(signal, () => {
-    log(`${signal}: cleaning up`);
-    void cleanup().finally(() => process.exit(code));
-  });
-}
+cleanUpOnSignals(cleanup, log);
 
 async function main(): Promise<void> {
   const started = performance.now();
@@ -677,7 +600,7 @@ async function main(): Promise<void> {
   log(`BENCH_DIR=${benchDir} size=${sizeMiB} MiB chunkers=${chunkers.map(chunkerLabel).join(', ')} sections=${[...only].join(',')}`);
   try {
     results.database = await prepareMariadb();
-    writeFileSync(paths.defaults, `[client]\nuser=agent\npassword=${mysqlPassword}\nprotocol=TCP\nhost=127.0.0.1\nport=${MARIADB_PORT}\n`, { mode: 0o600 });
+    writeFileSync(paths.defaults, `[client]\nuser=agent\npassword=${mariadb.password}\nprotocol=TCP\nhost=127.0.0.1\nport=${mariadb.port}\n`, { mode: 0o600 });
     writeConfig();
     const options = [...DUMP_OPTIONS];
     results.dumpOptions = options;

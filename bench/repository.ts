@@ -48,13 +48,14 @@
 import { CreateBucketCommand, DeleteObjectsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { removeCgroup } from './cgroup.ts';
 import { rcloneRemoteEnv, readRgwEnv, rgwStoreLines, type S3Settings } from './rgw-env.ts';
 import { ensureTree, parseTreeSize, Rng, type TreeInfo } from './tree.ts';
-import { agentCommand, closingLines, option, processCpuSeconds, timed as timedRun } from './timing.ts';
+import { agentCommand, closingLines, integerEnv, option, processCpuSeconds, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 /** The agent's CLI, as installed (its Node flags). */
@@ -67,22 +68,15 @@ const PAUSE_CGROUP = path.join(existsSync('/sys/fs/cgroup/cgroup.controllers') ?
 
 // ------------------------------------------------------------------ options
 
-function numberEnv(name: string, fallback: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < min) throw new Error(`${name}=${raw}: expected an integer ≥ ${min}`);
-  return value;
-}
 /** In report order. */
 const SECTIONS = ['first', 'second', 'change', 'days', 'restore', 'pause'] as const;
 type Section = (typeof SECTIONS)[number];
 const benchDir = path.resolve(process.env.BENCH_DIR || '/var/tmp/storage-agent-bench');
 const work = path.join(benchDir, 'repository');
 const sizeName = process.env.BENCH_REPO_SIZE || '1g';
-const runs = numberEnv('BENCH_RUNS', 1, 1);
+const runs = integerEnv('BENCH_RUNS', 1, 1);
 const warmup = process.env.BENCH_WARMUP !== '0';
-const days = Math.min(numberEnv('BENCH_REPO_DAYS', 21, 2), 90);
+const days = Math.min(integerEnv('BENCH_REPO_DAYS', 21, 2), 90);
 const resticDays = process.env.BENCH_REPO_RESTIC_DAYS !== '0';
 const keep = process.env.BENCH_KEEP === '1';
 const statistic = process.env.BENCH_STAT === 'median' ? 'median' : 'best';
@@ -732,16 +726,7 @@ async function removePauseCgroup(): Promise<void> {
       // absent (an older kernel) or the cgroup is gone already
     }
   }
-  for (let i = 0; i < 100; i++) {
-    try {
-      rmdirSync(PAUSE_CGROUP);
-      return;
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-      await sleep(50);
-    }
-  }
-  throw new Error(`cannot remove the writer's cgroup ${PAUSE_CGROUP}: a process is still in it`);
+  if (!(await removeCgroup(PAUSE_CGROUP))) throw new Error(`cannot remove the writer's cgroup ${PAUSE_CGROUP}: a process is still in it`);
 }
 
 function pauseCgroupFrozen(): boolean {

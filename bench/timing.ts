@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
@@ -91,4 +91,36 @@ export function agentCommand(root: string): string[] {
   const prefix = '#!/usr/bin/env -S node';
   const flags = shebang.startsWith(prefix) ? shebang.slice(prefix.length).trim().split(/\s+/).filter(Boolean) : [];
   return [process.execPath, ...flags, path.join(root, 'src/agent/main.ts')];
+}
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+
+/** Runs a command to completion in the checkout; throws with the end of its stderr when it fails. */
+export function runChecked(command: string, argv: string[], options: { input?: string; env?: NodeJS.ProcessEnv } = {}): string {
+  const result = spawnSync(command, argv, { cwd: ROOT, encoding: 'utf8', maxBuffer: 256 << 20, input: options.input, env: options.env ?? process.env });
+  if (result.error) throw new Error(`${command}: ${result.error.message}`);
+  if (result.status !== 0) throw new Error(`${command} ${argv.join(' ')} failed (${result.status ?? result.signal}): ${(result.stderr || result.stdout).trim().slice(-2000)}`);
+  return result.stdout;
+}
+
+/** An integer setting from the environment (`fallback` when unset), at least `min`. */
+export function integerEnv(name: string, fallback: number, min: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min) throw new Error(`${name}=${raw}: expected an integer ≥ ${min}`);
+  return value;
+}
+
+/** On SIGINT and SIGTERM: `cleanup`, then exit as a shell would (130, 143). */
+export function cleanUpOnSignals(cleanup: () => Promise<void>, log: (line: string) => void): void {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const) {
+    process.once(signal, () => {
+      log(`${signal}: cleaning up`);
+      void cleanup().finally(() => process.exit(code));
+    });
+  }
 }
