@@ -532,7 +532,7 @@ class PackedRepository implements Repository {
   async #damaged(chunks: readonly TreeEntry[], options: StreamOptions & { readData?: boolean }): Promise<Map<string, AgentError>> {
     const { signal } = options;
     const damaged = new Map<string, AgentError>();
-    const byPack = new Map<string, TreeEntry[]>();
+    const byPack = new Map<string, (TreeEntry & IndexEntry)[]>();
     for (const chunk of chunks) {
       const entry = this.#index.get(chunk.id);
       if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) {
@@ -541,25 +541,21 @@ class PackedRepository implements Repository {
       }
       const inPack = byPack.get(entry.pack) ?? [];
       byPack.set(entry.pack, inPack);
-      inPack.push(chunk);
+      inPack.push({ ...chunk, ...entry });
     }
-    const readable: TreeEntry[] = [];
+    const readable: (TreeEntry & IndexEntry)[] = [];
     for (const [pack, inPack] of byPack) {
       throwIfCancelled(signal);
       const info = await this.#store.head(packKey(this.env, pack));
-      const endOf = (chunk: TreeEntry) => this.#index.get(chunk.id)!.offset + this.#index.get(chunk.id)!.length;
-      const end = Math.max(...inPack.map(endOf));
+      const end = Math.max(...inPack.map((blob) => blob.offset + blob.length));
       const failure = !info ? this.#corrupt(`pack ${pack} is missing`, pack) : info.size < end ? this.#corrupt(`pack ${pack} is shorter than its index says (${info.size} < ${end} bytes)`, pack) : undefined;
-      for (const chunk of inPack) {
-        if (failure && (!info || endOf(chunk) > info.size)) damaged.set(chunk.id, failure);
-        else readable.push(chunk);
+      for (const blob of inPack) {
+        if (failure && (!info || blob.offset + blob.length > info.size)) damaged.set(blob.id, failure);
+        else readable.push(blob);
       }
     }
     if (!options.readData) return damaged;
-    readable.sort((a, b) => {
-      const [x, y] = [this.#index.get(a.id)!, this.#index.get(b.id)!];
-      return x.pack < y.pack ? -1 : x.pack > y.pack ? 1 : x.offset - y.offset;
-    });
+    readable.sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
     const limit = pLimit(this.#options.readsInFlight);
     const readOne = async (run: ReadRun): Promise<AgentError | undefined> => {
       try {
