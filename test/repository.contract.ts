@@ -21,6 +21,24 @@ function content(bytes: number): Buffer {
   return Buffer.concat([randomBytes(bytes / 2), text]).subarray(0, bytes);
 }
 
+/** Rows of a mysqldump-like INSERT, each of random values: a chunk dedups against nothing but itself. */
+function dumpLike(bytes: number, generation: number): Buffer {
+  const rows: string[] = [];
+  let length = 0;
+  for (let i = 0; length < bytes; i++) {
+    const row = `(${i},'${randomBytes(6).toString('hex')}',${generation},'2026-12-0${(i % 9) + 1}')`;
+    rows.push(row);
+    length += row.length + 1;
+  }
+  return Buffer.from(`INSERT INTO orders VALUES ${rows.join(',')};\n`).subarray(0, bytes);
+}
+
+/** The dump with one row in a hundred changed in place (its generation field). */
+function editRows(dump: Buffer, generation: number): Buffer {
+  const edited = dump.toString('latin1').replace(/\((\d+),'([0-9a-f]+)',\d,/g, (row, i: string, hex: string) => (Number(i) % 100 === 7 ? `(${i},'${hex}',${generation},` : row));
+  return Buffer.from(edited, 'latin1');
+}
+
 async function keysUnder(store: ObjectStore, prefix: string): Promise<string[]> {
   const keys: string[] = [];
   for await (const info of store.list(prefix)) keys.push(info.key);
@@ -102,6 +120,52 @@ export function repositoryContract(name: string, makeStore: () => Promise<Object
       // The chunk holding the edit, its neighbour at most, and the tree listing them.
       expect(next.newChunks).toBeLessThanOrEqual(4);
       expect(sha(await buffer((await openRepository(store, 'shop', keys, { create: false, ...SMALL })).readStream(next.root)))).toBe(sha(edited));
+    });
+
+    it('stores a dump dumped again with rows changed here and there as deltas against its parent, through generations and a collection', async () => {
+      const store = await makeStore();
+      const keys = platformKey('k');
+      const open = (create = true) => openRepository(store, 'shop', keys, { create, ...SMALL });
+      const first = dumpLike(4 << 20, 0);
+      const second = editRows(first, 1);
+      const third = editRows(second, 2);
+      const a = await stored(await open(), Buffer.from(first));
+      const write = async (data: Buffer, parent: string) => {
+        const repository = await open();
+        // In pieces of their own, as a dump arrives: chunks spanning pieces are buffers of their own too, which move to the workers.
+        const pieces = Array.from({ length: Math.ceil(data.length / 4096) }, (_, i) => Buffer.from(data.subarray(i * 4096, (i + 1) * 4096)));
+        const written = await repository.writeStream(Readable.from(pieces), { parent });
+        await repository.commit();
+        return written;
+      };
+      const b = await write(second, a.root);
+      // Without deltas every chunk is new (each holds changed rows): a few hundred bytes each instead.
+      expect(b.newChunks).toBe(b.chunks);
+      expect(b.newBytes).toBeLessThan(a.newBytes * 0.05);
+      const c = await write(third, b.root);
+      expect(c.newBytes).toBeLessThan(a.newBytes * 0.05);
+      const reader = await open(false);
+      expect(sha(await buffer(reader.readStream(b.root)))).toBe(sha(second));
+      expect(sha(await buffer(reader.readStream(c.root)))).toBe(sha(third));
+      await expect(reader.check(c.root, { readData: true })).resolves.toEqual({ chunks: c.chunks, bytes: third.length });
+
+      // Only the third is live: its bases (the first's chunks) are kept, the second's deltas go.
+      await (await open()).collectGarbage([c.root], { repackUnused: 0.05, orphanAgeMs: 0 });
+      const collected = await open(false);
+      expect(sha(await buffer(collected.readStream(c.root)))).toBe(sha(third));
+      await expect(collected.check(b.root)).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT' });
+
+      // A damaged base fails the delta that needs it, in verify and in a read.
+      const packs = await keysUnder(store, packsPrefix('shop'));
+      for (const pack of packs) {
+        await rewrite(store, pack, (bytes) => {
+          bytes[20]! ^= 0x01;
+          return bytes;
+        });
+      }
+      const damaged = await open(false);
+      expect((await damaged.checkMany([c.root], { readData: true })).get(c.root)).toMatchObject({ code: 'E_REPOSITORY_CORRUPT', message: /does not authenticate/ });
+      await expect(buffer(damaged.readStream(c.root))).rejects.toMatchObject({ code: 'E_REPOSITORY_CORRUPT' });
     });
 
     it('cuts at segment marks, and puts a reused segment\'s chunks in place of its bytes', async () => {

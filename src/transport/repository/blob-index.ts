@@ -9,6 +9,8 @@ export interface IndexEntry {
   offset: number;
   length: number;
   rawLength: number;
+  /** A delta blob: the id of the data blob whose content it was compressed against (never itself a delta). */
+  base?: string | undefined;
 }
 
 /**
@@ -32,6 +34,8 @@ export class BlobIndex {
   #rawLengths = new Uint32Array(1024);
   /** Record number + 1 per slot, 0 when empty; a power of two, at most half full. */
   #slots = new Uint32Array(2048);
+  /** Record → base id, for the delta blobs only (a database's chunks; a tree's files have none). */
+  readonly #bases = new Map<number, string>();
   readonly #packNames: string[] = [];
   readonly #packNumbers = new Map<string, number>();
 
@@ -43,13 +47,23 @@ export class BlobIndex {
     const bytes = idBytes(id);
     const record = bytes ? this.#find(bytes) : -1;
     if (record < 0) return undefined;
+    const base = this.#bases.get(record);
     return {
       kind: KINDS[this.#kinds[record]!]!,
       pack: this.#packNames[this.#packOf[record]!]!,
       offset: this.#offsets[record]!,
       length: this.#lengths[record]!,
       rawLength: this.#rawLengths[record]!,
+      ...(base ? { base } : {}),
     };
+  }
+
+  /** The base of a delta blob; undefined for any other. */
+  baseOf(id: string): string | undefined {
+    if (this.#bases.size === 0) return undefined;
+    const bytes = idBytes(id);
+    const record = bytes ? this.#find(bytes) : -1;
+    return record < 0 ? undefined : this.#bases.get(record);
   }
 
   has(id: string): boolean {
@@ -79,6 +93,8 @@ export class BlobIndex {
     this.#offsets[record] = entry.offset;
     this.#lengths[record] = entry.length;
     this.#rawLengths[record] = entry.rawLength;
+    if (entry.base) this.#bases.set(record, entry.base);
+    else this.#bases.delete(record);
   }
 
   *entries(): IterableIterator<[string, IndexEntry]> {
@@ -151,8 +167,15 @@ function hashOf(id: Uint8Array): number {
   return (id[0]! | (id[1]! << 8) | (id[2]! << 16) | (id[3]! << 24)) >>> 0;
 }
 
+/**
+ * An index object: its packs, then fixed-size entries. Version 2 adds, after them, the base of
+ * each delta blob (entry number, base id); an index without deltas is still written as version
+ * 1, which agents from before deltas read.
+ */
 const MAGIC = Buffer.from('SAI1');
+const MAGIC_DELTAS = Buffer.from('SAI2');
 const ENTRY_BYTES = 32 + 1 + 4 + 4 + 4 + 4;
+const DELTA_BYTES = 4 + 32;
 const KINDS: readonly BlobKind[] = ['data', 'tree'];
 const indexAssociatedData = (env: string) => Buffer.from(`storage-agent/index/v1\n${env}`);
 
@@ -160,8 +183,9 @@ const indexAssociatedData = (env: string) => Buffer.from(`storage-agent/index/v1
 export function sealIndex(encryption: Buffer, env: string, entries: ReadonlyMap<string, IndexEntry>): { id: string; body: Buffer } {
   const packs = [...new Set([...entries.values()].map((e) => e.pack))];
   const packNumber = new Map(packs.map((pack, i) => [pack, i]));
-  const plain = Buffer.alloc(MAGIC.length + 4 + packs.length * 32 + 4 + entries.size * ENTRY_BYTES);
-  let at = MAGIC.copy(plain, 0);
+  const deltas = [...entries.values()].flatMap((entry, i) => (entry.base ? [[i, entry.base] as const] : []));
+  const plain = Buffer.alloc(MAGIC.length + 4 + packs.length * 32 + 4 + entries.size * ENTRY_BYTES + (deltas.length > 0 ? 4 + deltas.length * DELTA_BYTES : 0));
+  let at = (deltas.length > 0 ? MAGIC_DELTAS : MAGIC).copy(plain, 0);
   at = plain.writeUInt32BE(packs.length, at);
   for (const pack of packs) at += Buffer.from(pack, 'hex').copy(plain, at);
   at = plain.writeUInt32BE(entries.size, at);
@@ -173,6 +197,13 @@ export function sealIndex(encryption: Buffer, env: string, entries: ReadonlyMap<
     at = plain.writeUInt32BE(entry.length, at);
     at = plain.writeUInt32BE(entry.rawLength, at);
   }
+  if (deltas.length > 0) {
+    at = plain.writeUInt32BE(deltas.length, at);
+    for (const [i, base] of deltas) {
+      at = plain.writeUInt32BE(i, at);
+      at += Buffer.from(base, 'hex').copy(plain, at);
+    }
+  }
   const body = seal(encryption, [plain], indexAssociatedData(env));
   return { id: createHash('sha256').update(body).digest('hex'), body };
 }
@@ -182,7 +213,8 @@ export function openIndex(encryption: Buffer, env: string, body: Buffer): Map<st
   const plain = open(encryption, body, indexAssociatedData(env));
   if (!plain) return 'it does not authenticate under the repository key';
   try {
-    if (!plain.subarray(0, 4).equals(MAGIC)) return 'it is not an index';
+    const withDeltas = plain.subarray(0, 4).equals(MAGIC_DELTAS);
+    if (!withDeltas && !plain.subarray(0, 4).equals(MAGIC)) return 'it is not an index';
     let at = 4;
     const packCount = plain.readUInt32BE(at);
     at += 4;
@@ -190,19 +222,29 @@ export function openIndex(encryption: Buffer, env: string, body: Buffer): Map<st
     for (let i = 0; i < packCount; i++, at += 32) packs.push(plain.subarray(at, at + 32).toString('hex'));
     const count = plain.readUInt32BE(at);
     at += 4;
-    if (plain.length !== at + count * ENTRY_BYTES) return 'its length does not match its entry count';
+    const entriesEnd = at + count * ENTRY_BYTES;
+    const deltaCount = withDeltas ? plain.readUInt32BE(entriesEnd) : 0;
+    if (plain.length !== entriesEnd + (withDeltas ? 4 + deltaCount * DELTA_BYTES : 0)) return 'its length does not match its entry count';
+    const ids: string[] = [];
     const entries = new Map<string, IndexEntry>();
     for (let i = 0; i < count; i++, at += ENTRY_BYTES) {
       const kind = KINDS[plain.readUInt8(at + 32)];
       const pack = packs[plain.readUInt32BE(at + 33)];
       if (kind === undefined || pack === undefined) return `entry ${i} names an unknown kind or pack`;
-      entries.set(plain.subarray(at, at + 32).toString('hex'), {
+      const id = plain.subarray(at, at + 32).toString('hex');
+      ids.push(id);
+      entries.set(id, {
         kind,
         pack,
         offset: plain.readUInt32BE(at + 37),
         length: plain.readUInt32BE(at + 41),
         rawLength: plain.readUInt32BE(at + 45),
       });
+    }
+    for (let i = 0, delta = entriesEnd + 4; i < deltaCount; i++, delta += DELTA_BYTES) {
+      const entry = entries.get(ids[plain.readUInt32BE(delta)] ?? '');
+      if (!entry || entry.kind !== 'data') return `delta ${i} names no data entry`;
+      entry.base = plain.subarray(delta + 4, delta + DELTA_BYTES).toString('hex');
     }
     return entries;
   } catch (error) {

@@ -17,11 +17,13 @@ type WireKeys = Record<keyof RepositoryKeys, Uint8Array>;
 export type BlobRequest =
   | { op: 'identify'; keys: WireKeys; memory: ArrayBuffer; length: number }
   | { op: 'seal'; keys: WireKeys; kind: BlobKind; id: string; level: number; memory: ArrayBuffer; length: number }
+  | { op: 'seal-delta'; keys: WireKeys; id: string; level: number; memory: ArrayBuffer; length: number; base: ArrayBuffer; baseLength: number }
   | { op: 'identify-seal'; keys: WireKeys; kind: BlobKind; level: number; memory: ArrayBuffer; lengths: number[] }
-  | { op: 'open'; keys: WireKeys; kind: BlobKind; memory: ArrayBuffer; blobs: SealedBlob[] };
+  | { op: 'open'; keys: WireKeys; kind: BlobKind; memory: ArrayBuffer; blobs: SealedBlob[]; bases?: ArrayBuffer | undefined };
 export type BlobResult =
   | { op: 'identify'; id: string; memory: ArrayBuffer }
   | { op: 'seal'; sealed: ArrayBuffer; memory: ArrayBuffer }
+  | { op: 'seal-delta'; sealed: ArrayBuffer; delta: boolean }
   | { op: 'identify-seal'; ids: string[]; sealed: ArrayBuffer; lengths: number[] }
   | { op: 'open'; plain: ArrayBuffer; lengths: number[]; failure?: undefined }
   | { op: 'open'; failure: string; id: string; plain?: undefined };
@@ -32,6 +34,8 @@ export interface SealedBlob {
   rawLength: number;
   offset: number;
   length: number;
+  /** A delta blob: where its base's content is in the read's `bases` (blob-worker.ts). */
+  base?: { offset: number; length: number } | undefined;
 }
 
 const WORKER_URL = siblingModule(import.meta.url, 'blob-worker');
@@ -77,6 +81,21 @@ export class BlobPool {
   }
 
   /**
+   * The sealed blob of a data chunk (whose id `identify` gave) as a delta against `base`, the
+   * content of another data blob (the chunk a stream's previous version had in its place), or
+   * whole when the delta saves too little: `delta` says which. Both buffers are taken over.
+   */
+  async sealDelta(keys: RepositoryKeys, id: string, chunk: Buffer, base: Buffer, level: number): Promise<{ sealed: Buffer; delta: boolean }> {
+    const { length } = chunk;
+    const baseLength = base.length;
+    const memory = ownMemory(chunk);
+    const baseMemory = ownMemory(base);
+    const result = await this.#pool.run({ op: 'seal-delta', keys: wire(keys), id, level, memory, length, base: baseMemory, baseLength }, [memory, baseMemory]);
+    if (result.op !== 'seal-delta') throw new Error('unexpected reply');
+    return { sealed: Buffer.from(result.sealed), delta: result.delta };
+  }
+
+  /**
    * Ids and sealed blobs of several small chunks in one round trip: a round trip costs more
    * than sealing a few KiB the repository may already hold, and a tree of small files is tens
    * of thousands of them. The chunks are copied (back to back) into the message.
@@ -105,10 +124,12 @@ export class BlobPool {
   /**
    * The contents of the sealed blobs in `bytes` (one ranged read: its blobs opened in one round
    * trip), in order; or `{ failure, id }` saying which blob is not what it claims and why.
+   * `bases`: the contents of the delta blobs' bases, back to back (SealedBlob.base), taken over.
    */
-  async open(keys: RepositoryKeys, kind: BlobKind, bytes: Buffer, blobs: SealedBlob[]): Promise<{ plains: Buffer[] } | { failure: string; id: string }> {
+  async open(keys: RepositoryKeys, kind: BlobKind, bytes: Buffer, blobs: SealedBlob[], bases?: Buffer): Promise<{ plains: Buffer[] } | { failure: string; id: string }> {
     const memory = ownMemory(bytes);
-    const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, memory, blobs }, [memory]);
+    const baseMemory = bases && ownMemory(bases);
+    const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, memory, blobs, bases: baseMemory }, baseMemory ? [memory, baseMemory] : [memory]);
     if (result.op !== 'open') throw new Error('unexpected reply');
     if (result.failure !== undefined) return { failure: result.failure, id: result.id };
     let at = 0;

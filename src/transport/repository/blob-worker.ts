@@ -18,6 +18,17 @@ const port = parentPort;
 /** The first plaintext byte of a sealed blob says how the rest is stored. */
 const STORED_RAW = 0;
 const STORED_ZSTD = 1;
+/** One zstd frame made with another blob's content (its base, named by the index) as dictionary. */
+const STORED_DELTA = 2;
+
+/**
+ * A delta is kept only when it is at most this share of its chunk: past it, the chunk changed
+ * too much for the base to be worth reading at restore, and it is stored whole (and becomes a
+ * base itself). Level 3: at level 1, zstd found none of a 1 MiB dictionary's matches (a chunk
+ * with 100 scattered edits: 107 KB at level 1, 471 bytes at level 3, ~2.3 ms either way).
+ */
+const DELTA_SHARE = 1 / 4;
+const DELTA_LEVEL = 3;
 
 interface WorkerKeys {
   encryption: KeyObject;
@@ -50,6 +61,13 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       const memory = sealBlob(keys, request.kind, request.id, new Uint8Array(request.memory, 0, request.length), request.level);
       return { result: { op: 'seal', sealed: memory, memory: request.memory }, transfer: [memory, request.memory] };
     }
+    case 'seal-delta': {
+      const data = new Uint8Array(request.memory, 0, request.length);
+      const { sealed, delta } = sealDelta(keys, request.id, data, new Uint8Array(request.base, 0, request.baseLength), request.level);
+      request.memory.transfer(0); // the chunk and its base, read: freed now rather than at a GC
+      request.base.transfer(0);
+      return { result: { op: 'seal-delta', sealed, delta }, transfer: [sealed] };
+    }
     case 'identify-seal': {
       // Several small blobs back to back in one message; sealed back to back in one reply.
       const ids: string[] = [];
@@ -74,9 +92,10 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       return { result: { op: 'identify-seal', ids, sealed: memory, lengths }, transfer: [memory] };
     }
     case 'open': {
-      const opened = openRead(keys, request.kind, request.memory, request.blobs);
+      const opened = openRead(keys, request.kind, request.memory, request.blobs, request.bases);
       if ('failure' in opened) return { result: { op: 'open', failure: opened.failure, id: opened.id }, transfer: [] };
-      request.memory.transfer(0); // the sealed bytes, read
+      request.memory.transfer(0); // the sealed bytes (and the bases), read
+      request.bases?.transfer(0);
       const memory = opened.plain.buffer as ArrayBuffer;
       return { result: { op: 'open', plain: memory, lengths: request.blobs.map((b) => b.rawLength) }, transfer: [memory] };
     }
@@ -88,10 +107,11 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
  * memory of its own, or which blob is not what it claims and why. One zstd call per blob: Node's
  * zstd decompressor stops at the end of the first frame, so runs of frames cannot share a call.
  */
-function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[]): { plain: Buffer } | { failure: string; id: string } {
+function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[], bases: ArrayBuffer | undefined): { plain: Buffer } | { failure: string; id: string } {
   const plains: Buffer[] = [];
   for (const blob of blobs) {
-    const opened = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length));
+    const base = blob.base && bases ? new Uint8Array(bases, blob.base.offset, blob.base.length) : undefined;
+    const opened = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length), base);
     if (typeof opened === 'string') return { failure: opened, id: blob.id };
     plains.push(opened);
   }
@@ -107,19 +127,21 @@ function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: 
 }
 
 /** A blob's content, or why the sealed bytes are not that blob. */
-function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: number, sealed: Uint8Array): Buffer | string {
+function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: number, sealed: Uint8Array, base: Uint8Array | undefined): Buffer | string {
   const stored = open(keys.encryption, sealed, blobAssociatedData(kind, id));
   if (!stored || stored.length === 0) return 'does not authenticate (changed, truncated, or sealed for another blob)';
+  if (stored[0] === STORED_DELTA && !base) return 'is a delta, yet its index names no base';
   let plain: Buffer;
   if (stored[0] === STORED_RAW) plain = stored.subarray(1);
-  else if (stored[0] === STORED_ZSTD) {
+  else if (stored[0] === STORED_ZSTD || stored[0] === STORED_DELTA) {
     try {
       // Never more than the index says: an authenticated blob is the agent's own, but the
       // bound costs nothing and keeps a bug from filling memory. One output buffer of that
       // length and a byte (zlib's default 16 KiB ones are concatenated at the end, a copy of
       // every byte; one of exactly the length makes zlib allocate a second to look for more).
       const size = Math.max(1, rawLength);
-      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: size, chunkSize: Math.max(64, size + 1) });
+      // A wrong base (a forged index) decodes to garbage or fails: the id check below catches both.
+      plain = zlib.zstdDecompressSync(stored.subarray(1), { maxOutputLength: size, chunkSize: Math.max(64, size + 1), ...(stored[0] === STORED_DELTA ? { dictionary: base } : {}) });
     } catch (error) {
       return `does not decompress (${(error as Error).message})`;
     } finally {
@@ -130,6 +152,30 @@ function openBlob(keys: WorkerKeys, kind: BlobKind, id: string, rawLength: numbe
   // The id is the keyed hash of the content: recomputing it proves the bytes are the blob's.
   if (blobIdOf(keys, plain).toString('hex') !== id) return 'holds content of another id';
   return plain;
+}
+
+/** The sealed delta of `data` against `base`, or the sealed whole chunk when the delta saves too little. */
+function sealDelta(keys: WorkerKeys, id: string, data: Uint8Array, base: Uint8Array, level: number): { sealed: ArrayBuffer; delta: boolean } {
+  const compressed = zlib.zstdCompressSync(data, {
+    dictionary: base,
+    chunkSize: Math.max(zstdBound(data.length), 64 << 10),
+    maxOutputLength: Math.max(zstdBound(data.length), 64 << 10),
+    params: {
+      [zlib.constants.ZSTD_c_compressionLevel]: Math.max(level, DELTA_LEVEL),
+      // zstd indexes only the last 2^(hashLog+3) bytes of a dictionary (1 MiB at level 3), and
+      // matches only within its window: both sized to the base, or a 1.9 MB chunk's delta was
+      // 218 KB instead of 1.3 KB (a 1 % row update, measured by hand).
+      [zlib.constants.ZSTD_c_hashLog]: Math.max(17, Math.ceil(Math.log2(base.length + 1)) - 3),
+      [zlib.constants.ZSTD_c_windowLog]: Math.min(27, Math.max(10, Math.ceil(Math.log2(base.length + data.length + 1)))),
+    },
+  });
+  if (compressed.length > data.length * DELTA_SHARE) {
+    freeBehind(compressed);
+    return { sealed: sealBlob(keys, 'data', id, data, level), delta: false };
+  }
+  const sealed = seal(keys.encryption, [Uint8Array.of(STORED_DELTA), compressed], blobAssociatedData('data', id));
+  freeBehind(compressed);
+  return { sealed: sealed.buffer as ArrayBuffer, delta: true };
 }
 
 /** The sealed blob, in memory of its own (transferable). */

@@ -42,7 +42,7 @@ export interface CollectableRepository {
   readonly index: BlobIndex;
   /** Index objects that did not open: left for inspection, never deleted. */
   readonly rejectedIndexes: readonly { key: string }[];
-  /** Visits the root and every tree and data blob under it (E_REPOSITORY_CORRUPT if one is missing). */
+  /** Visits the root and every tree and data blob under it, and the bases of its deltas (E_REPOSITORY_CORRUPT if one is missing). */
   walk(root: string, visit: (id: string) => void, signal: AbortSignal | undefined): Promise<void>;
 }
 
@@ -117,7 +117,7 @@ export async function collectGarbage(repository: CollectableRepository, liveRoot
           details: { env, blob: id },
         });
       }
-      await writer.add(id, entry.kind, sealed, entry.rawLength);
+      await writer.add(id, entry.kind, sealed, entry.rawLength, entry.base);
     }
   }
   const moved = await writer.finish();

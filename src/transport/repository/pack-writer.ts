@@ -20,6 +20,7 @@ interface Pending {
   offset: number;
   length: number;
   rawLength: number;
+  base?: string | undefined;
 }
 
 /**
@@ -45,10 +46,10 @@ export class PackWriter {
     this.#options = options;
   }
 
-  /** Appends a sealed blob; resolves once there is room for the next one. */
-  async add(id: string, kind: BlobKind, sealed: Buffer, rawLength: number): Promise<void> {
+  /** Appends a sealed blob (a delta: `base` names the blob it decodes against); resolves once there is room for the next one. */
+  async add(id: string, kind: BlobKind, sealed: Buffer, rawLength: number, base?: string): Promise<void> {
     if (this.#failure) throw this.#failure;
-    this.#pending.push({ id, kind, offset: this.#bytes, length: sealed.length, rawLength });
+    this.#pending.push({ id, kind, offset: this.#bytes, length: sealed.length, rawLength, ...(base ? { base } : {}) });
     this.#buffers.push(sealed);
     this.#bytes += sealed.length;
     if (this.#bytes >= this.#options.packBytes) this.#close();

@@ -9,6 +9,7 @@ import { sharedBlobPool, type BlobKind, type BlobPool, type SealedBlob } from '.
 import { ChunkCutter, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
 import { readExactly } from './read-exactly.ts';
 import { collectGarbage, type CollectOptions, type CollectResult } from './garbage.ts';
+import { DeltaParent } from './delta-parent.ts';
 import { indexKey, indexPrefix, packKey } from './layout.ts';
 import { PackWriter } from './pack-writer.ts';
 import { openRepositoryKeys, type PlatformKeys } from './repository-keys.ts';
@@ -34,6 +35,12 @@ export interface StreamOptions {
 export interface WriteOptions extends StreamOptions {
   /** The stream's bytes stored so far (reused segments included), after each item. */
   onBytes?: (bytes: number) => void;
+  /**
+   * The root of the stream's previous version (a database's last dump): a new chunk is stored
+   * as a delta against the parent's chunk in its place when that saves most of it. A parent
+   * that cannot be read only costs the deltas.
+   */
+  parent?: string | undefined;
 }
 
 /** Between a stream's bytes: the next `bytes` bytes are one segment, with a chunk boundary before and after it. */
@@ -130,6 +137,12 @@ const BATCH_BYTES = 1 << 20;
 const MAX_IN_FLIGHT = 4 * BATCH_BLOBS;
 const MAX_IN_FLIGHT_BYTES = 16 << 20;
 
+/** Where a data chunk is in a stream that has a parent (WriteOptions.parent). */
+interface DeltaPlace {
+  parent: DeltaParent;
+  offset: number;
+}
+
 /** A blob identified (and, when new to the repository, sealed, with what puts it in a pack). */
 interface StoredBlob {
   entry: TreeEntry;
@@ -141,16 +154,22 @@ interface Added {
   bytes: number;
 }
 
-/** One ranged read: `length` bytes at `offset` of a pack, holding these blobs back to back. */
+/** One ranged read: `length` bytes at `offset` of a pack, holding these blobs back to back (`raw` bytes once opened, bases included). */
 interface ReadRun {
   pack: string;
   offset: number;
   length: number;
+  raw: number;
   blobs: (TreeEntry & IndexEntry)[];
 }
 
-/** A ranged GET takes adjacent blobs of one pack up to this size: one request, not one per chunk. */
+/**
+ * A ranged GET takes adjacent blobs of one pack up to this size: one request, not one per chunk;
+ * and up to COALESCE_RAW_BYTES once opened, their deltas' bases included (a run of deltas of a
+ * few hundred bytes each would otherwise open to gigabytes).
+ */
 const COALESCE_BYTES = 8 << 20;
+const COALESCE_RAW_BYTES = 32 << 20;
 
 export async function openRepository(store: ObjectStore, env: string, platform: PlatformKeys, options: RepositoryOptions): Promise<Repository> {
   const keys = await openRepositoryKeys(store, env, platform, { create: options.create });
@@ -168,7 +187,6 @@ class PackedRepository implements Repository {
   readonly #options: Required<Omit<RepositoryOptions, 'create'>>;
   readonly #gear: Uint32Array;
   readonly #index = new BlobIndex();
-  /** Blobs this writer is sealing or has sealed, until they are in the index. */
   /** Blobs this writer has claimed (sealed or sealing, to be added to a pack), until they are in the index. */
   readonly #written = new Set<string>();
   #packs: PackWriter | undefined;
@@ -205,6 +223,7 @@ class PackedRepository implements Repository {
 
   async writeStream(source: AsyncIterable<StreamItem> | Readable, options: WriteOptions = {}): Promise<StoredStream> {
     const { signal } = options;
+    const parent = options.parent === undefined ? undefined : await this.#deltaParent(options.parent, signal);
     const cutter = new ChunkCutter(this.#gear, this.#options.chunker);
     const added = { chunks: 0, bytes: 0 };
     const entries: TreeEntry[] = [];
@@ -217,6 +236,8 @@ class PackedRepository implements Repository {
     const position = () => entries.length + inFlight.length;
     let open: { key: string; left: number; first: number } | undefined;
     let bytes = 0;
+    // Where the next chunk cut begins in the stream (bytes counts what was given, not yet cut).
+    let cutAt = 0;
     // Blobs go into packs in stream order, whatever order the workers sealed them in: a restore
     // then reads runs of adjacent blobs with one request each (out of order, a first backup's
     // restore made ~10,000 ranged reads of 32 packs).
@@ -228,8 +249,10 @@ class PackedRepository implements Repository {
     };
     const store = async () => {
       for (const chunk of cut) {
-        inFlightBytes += chunk.length;
-        const stored = this.#storeBlob('data', chunk, signal, added);
+        const { length } = chunk; // before #storeBlob hands the chunk's memory to a worker
+        inFlightBytes += length;
+        const stored = this.#storeBlob('data', chunk, signal, added, parent && { parent, offset: cutAt });
+        cutAt += length;
         stored.catch(() => {}); // surfaced in order below
         inFlight.push(stored);
         while (inFlight.length >= MAX_IN_FLIGHT || inFlightBytes >= MAX_IN_FLIGHT_BYTES) await settleOldest();
@@ -271,6 +294,7 @@ class PackedRepository implements Repository {
             inFlight.push(Promise.resolve({ entry: chunk }));
             inFlightBytes += chunk.bytes; // settled at once: only so that the count stays right
             bytes += chunk.bytes;
+            cutAt += chunk.bytes;
           }
           segments.push({ key: item.reuse, first, count: item.chunks.length });
         }
@@ -312,38 +336,76 @@ class PackedRepository implements Repository {
    * it and claims it: `add` then puts it in a pack (the caller calls it in stream order), and
    * counts it in `added` (data chunks, and sealed bytes of every kind).
    */
-  async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added): Promise<StoredBlob> {
+  async #storeBlob(kind: BlobKind, content: Buffer, signal: AbortSignal | undefined, added: Added, place?: DeltaPlace): Promise<StoredBlob> {
     throwIfCancelled(signal);
     const bytes = content.length;
     let id: string;
-    let sealing: () => Promise<Buffer>;
-    if (bytes <= ONE_TRIP_BYTES || this.#knownShare < MOSTLY_KNOWN) {
+    let sealing: () => Promise<{ sealed: Buffer; base?: string | undefined }>;
+    if (place) {
+      // Identified first: only a new chunk is worth reading its base for.
+      const identified = await this.#pool.identify(this.#keys, content);
+      id = identified.id;
+      if (this.#index.has(id)) place.parent.unchanged(id, place.offset);
+      sealing = () => this.#sealAgainstParent(id, identified.chunk, place, signal);
+    } else if (bytes <= ONE_TRIP_BYTES || this.#knownShare < MOSTLY_KNOWN) {
       // One round trip: the content is sealed before the index is asked whether it is new.
       const done = bytes <= ONE_TRIP_BYTES ? await this.#batched(kind, content) : (await this.#pool.identifyAndSeal(this.#keys, kind, [content], this.#options.level))[0]!;
       id = done.id;
-      sealing = async () => done.sealed;
+      sealing = async () => ({ sealed: done.sealed });
     } else {
       // Most chunks are known (a database dumped again): identify first, seal only new ones.
       const identified = await this.#pool.identify(this.#keys, content);
       id = identified.id;
-      sealing = () => this.#pool.seal(this.#keys, kind, id, identified.chunk, this.#options.level);
+      sealing = async () => ({ sealed: await this.#pool.seal(this.#keys, kind, id, identified.chunk, this.#options.level) });
     }
     const entry = { id, bytes };
     const known = this.#index.has(id) || this.#written.has(id);
     this.#knownShare += ((known ? 1 : 0) - this.#knownShare) / 16;
     if (known) return { entry };
     this.#written.add(id);
-    const sealed = await sealing();
+    const { sealed, base } = await sealing();
     return {
       entry,
       add: async () => {
         if (kind === 'data') added.chunks++;
         added.bytes += sealed.length;
-        await this.#packWriter(signal).add(id, kind, sealed, bytes);
+        await this.#packWriter(signal).add(id, kind, sealed, bytes, base);
       },
     };
   }
 
+  /**
+   * A new chunk sealed as a delta against the parent's chunk in its place — or against that
+   * chunk's own base when it is a delta: a base is always whole, so a restore reads at most one
+   * base per chunk — or whole, when the delta saves too little or there is no base to read.
+   */
+  async #sealAgainstParent(id: string, chunk: Buffer, place: DeltaPlace, signal: AbortSignal | undefined): Promise<{ sealed: Buffer; base?: string }> {
+    const whole = async () => ({ sealed: await this.#pool.seal(this.#keys, 'data', id, chunk, this.#options.level) });
+    const inPlace = place.parent.chunkAt(place.offset, chunk.length);
+    const base = inPlace === undefined ? undefined : (this.#index.get(inPlace)?.base ?? inPlace);
+    const entry = base === undefined ? undefined : this.#index.get(base);
+    if (!entry || entry.kind !== 'data' || entry.base) return whole();
+    let content: Buffer;
+    try {
+      content = await this.#readBlob('data', base!, signal);
+    } catch (error) {
+      // A damaged base costs this chunk its delta, nothing more; verify names the damage.
+      if (isAgentError(error, 'E_REPOSITORY_CORRUPT')) return whole();
+      throw error;
+    }
+    const { sealed, delta } = await this.#pool.sealDelta(this.#keys, id, chunk, content, this.#options.level);
+    return delta ? { sealed, base: base! } : { sealed };
+  }
+
+  /** The parent of a stream being written, laid out for deltas; none when it cannot be read. */
+  async #deltaParent(root: string, signal: AbortSignal | undefined): Promise<DeltaParent | undefined> {
+    try {
+      return new DeltaParent(await this.chunksOf(root, { signal }));
+    } catch (error) {
+      if (isAgentError(error, 'E_REPOSITORY_CORRUPT')) return undefined;
+      throw error;
+    }
+  }
 
 
   /** A small blob, identified and sealed with others in one worker round trip (sent once BATCH_BYTES or BATCH_BLOBS gather, or at the next turn of the event loop). */
@@ -416,7 +478,18 @@ class PackedRepository implements Repository {
         encryption: this.#keys.encryption,
         index: this.#index,
         rejectedIndexes: this.rejectedIndexes,
-        walk: (root, visit, signal) => this.#walkTrees(root, signal, (entries) => entries.forEach((e) => visit(e.id)), visit),
+        walk: (root, visit, signal) =>
+          this.#walkTrees(
+            root,
+            signal,
+            (entries) =>
+              entries.forEach((e) => {
+                visit(e.id);
+                const base = this.#index.baseOf(e.id);
+                if (base) visit(base);
+              }),
+            visit,
+          ),
       },
       liveRoots,
       options,
@@ -453,18 +526,43 @@ class PackedRepository implements Repository {
     for (const chunk of chunks) {
       const entry = this.#index.get(chunk.id);
       if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) throw this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id);
+      const raw = entry.rawLength + (entry.base ? (this.#index.get(entry.base)?.rawLength ?? 0) : 0);
       const last = runs.at(-1);
-      if (last && last.pack === entry.pack && last.offset + last.length === entry.offset && last.length + entry.length <= COALESCE_BYTES) {
+      if (last && last.pack === entry.pack && last.offset + last.length === entry.offset && last.length + entry.length <= COALESCE_BYTES && last.raw + raw <= COALESCE_RAW_BYTES) {
         last.length += entry.length;
+        last.raw += raw;
         last.blobs.push({ ...chunk, ...entry });
-      } else runs.push({ pack: entry.pack, offset: entry.offset, length: entry.length, blobs: [{ ...chunk, ...entry }] });
+      } else runs.push({ pack: entry.pack, offset: entry.offset, length: entry.length, raw, blobs: [{ ...chunk, ...entry }] });
     }
     return runs;
   }
 
   async #readRun(run: ReadRun, signal: AbortSignal | undefined): Promise<Buffer[]> {
-    const bytes = await this.#readRange(run.pack, run.offset, run.length, signal);
-    return this.#openBlobs('data', bytes, run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length })));
+    const [bytes, bases] = await Promise.all([this.#readRange(run.pack, run.offset, run.length, signal), this.#readBases(run, signal)]);
+    const blobs = run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length, base: blob.base === undefined ? undefined : bases?.places.get(blob.base) }));
+    return this.#openBlobs('data', bytes, blobs, bases?.contents);
+  }
+
+  /**
+   * The contents of the bases of a run's deltas, back to back, and where each is; read (and
+   * authenticated) like any chunk, before the deltas that need them. A base is never a delta.
+   */
+  async #readBases(run: ReadRun, signal: AbortSignal | undefined): Promise<{ contents: Buffer; places: Map<string, { offset: number; length: number }> } | undefined> {
+    const ids = [...new Set(run.blobs.flatMap((blob) => (blob.base === undefined ? [] : [blob.base])))];
+    if (ids.length === 0) return undefined;
+    const bases = ids.map((id) => {
+      const entry = this.#index.get(id);
+      if (!entry || entry.kind !== 'data' || entry.base) throw this.#corrupt(`base ${id} of a delta in pack ${run.pack} is not in its index as a whole data blob`, id);
+      return { id, bytes: entry.rawLength };
+    });
+    const opened = (await Promise.all(this.#planReads(bases).map((baseRun) => this.#readRun(baseRun, signal)))).flat();
+    const places = new Map<string, { offset: number; length: number }>();
+    let at = 0;
+    for (const [i, base] of bases.entries()) {
+      places.set(base.id, { offset: at, length: opened[i]!.length });
+      at += opened[i]!.length;
+    }
+    return { contents: Buffer.concat(opened, at), places };
   }
 
   async #readBlob(kind: BlobKind, id: string, signal: AbortSignal | undefined): Promise<Buffer> {
@@ -487,8 +585,8 @@ class PackedRepository implements Repository {
     }
   }
 
-  async #openBlobs(kind: BlobKind, bytes: Buffer, blobs: SealedBlob[]): Promise<Buffer[]> {
-    const opened = await this.#pool.open(this.#keys, kind, bytes, blobs);
+  async #openBlobs(kind: BlobKind, bytes: Buffer, blobs: SealedBlob[], bases?: Buffer): Promise<Buffer[]> {
+    const opened = await this.#pool.open(this.#keys, kind, bytes, blobs, bases);
     if ('failure' in opened) throw this.#corrupt(`${kind} blob ${opened.id} ${opened.failure}`, opened.id);
     return opened.plains;
   }
@@ -533,10 +631,22 @@ class PackedRepository implements Repository {
     const { signal } = options;
     const damaged = new Map<string, AgentError>();
     const byPack = new Map<string, (TreeEntry & IndexEntry)[]>();
+    // A delta is whole only if its base is: the bases are checked too, once each.
+    const deltas = new Map<string, string>();
+    const listed = new Set(chunks.map((c) => c.id));
+    const bases: TreeEntry[] = [];
     for (const chunk of chunks) {
+      const base = this.#index.baseOf(chunk.id);
+      if (base === undefined) continue;
+      deltas.set(chunk.id, base);
+      if (listed.has(base)) continue;
+      listed.add(base);
+      bases.push({ id: base, bytes: this.#index.get(base)?.rawLength ?? -1 }); // -1: not indexed, damaged below
+    }
+    for (const chunk of [...chunks, ...bases]) {
       const entry = this.#index.get(chunk.id);
       if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) {
-        damaged.set(chunk.id, this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id));
+        damaged.set(chunk.id, this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob${chunk.bytes < 0 ? '' : ` of ${chunk.bytes} bytes`}`, chunk.id));
         continue;
       }
       const inPack = byPack.get(entry.pack) ?? [];
@@ -554,7 +664,16 @@ class PackedRepository implements Repository {
         else readable.push(blob);
       }
     }
-    if (!options.readData) return damaged;
+    if (options.readData) await this.#readDamaged(readable, damaged, signal);
+    for (const [delta, base] of deltas) {
+      const failure = damaged.get(base);
+      if (failure && !damaged.has(delta)) damaged.set(delta, failure);
+    }
+    return damaged;
+  }
+
+  /** Reads and opens every blob of `readable`, adding to `damaged` each that does not open as itself. */
+  async #readDamaged(readable: (TreeEntry & IndexEntry)[], damaged: Map<string, AgentError>, signal: AbortSignal | undefined): Promise<void> {
     readable.sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
     const limit = pLimit(this.#options.readsInFlight);
     const readOne = async (run: ReadRun): Promise<AgentError | undefined> => {
@@ -571,13 +690,12 @@ class PackedRepository implements Repository {
         limit(async () => {
           if ((await readOne(run)) === undefined) return;
           for (const blob of run.blobs) {
-            const failure = await readOne({ pack: run.pack, offset: blob.offset, length: blob.length, blobs: [blob] });
+            const failure = await readOne({ pack: run.pack, offset: blob.offset, length: blob.length, raw: 0, blobs: [blob] });
             if (failure) damaged.set(blob.id, failure);
           }
         }),
       ),
     );
-    return damaged;
   }
 
   #corrupt(why: string, blob: string, cause?: unknown): AgentError {
