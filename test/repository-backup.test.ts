@@ -274,6 +274,34 @@ describe('repository backups: archives from before, damage, databases', () => {
     expect([...(await readAll(redis)).keys()].sort()).toEqual([...keysBefore.keys()].sort());
     await root.end();
   });
+
+  it('stores a database dumped again after 1 % of its rows changed as deltas of its last dump; both restore, and the second after the first is pruned', async () => {
+    const root = await connect(server, { root: true });
+    const db = await createDatabase(root, 'deltas');
+    // ~4 MiB of dump, random values: without deltas every chunk of the second dump is new.
+    await root.query(`CREATE TABLE \`${db}\`.orders (id INT PRIMARY KEY, ref CHAR(64), amount INT, placed DATETIME)`);
+    await root.query(`INSERT INTO \`${db}\`.orders SELECT seq, SHA2(RAND(seq), 256), seq % 1000, '2026-12-01' + INTERVAL seq SECOND FROM \`${db}\`.seq_1_to_40000`);
+    process.env.TEST_MYSQL_PASSWORD = server.password;
+    await sandbox.writeConfig({ environments: { ledger2: { services: { db: mysqlServiceConfig(server, [db], 'TEST_MYSQL_PASSWORD') }, repository: true } } });
+    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger2', '--keep-for', '1s']);
+    const before = await checksums(root, db);
+    await root.query(`UPDATE \`${db}\`.orders SET amount = amount + 1 WHERE id % 100 = 7`);
+    const after = await checksums(root, db);
+    const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger2']);
+    const [full, delta] = [first.elements[0]!, second.elements[0]!];
+    expect(delta.repository!.newChunks).toBe(delta.repository!.chunks); // every chunk changed...
+    expect(delta.storedBytes).toBeLessThan(full.storedBytes * 0.1); // ...yet stored as small deltas
+
+    await cliJson([...args(), 'backup', 'restore', 'ledger2', first.id, '--yes', '--no-safety-backup']);
+    expect(await checksums(root, db)).toEqual(before);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const pruned = await cliJson<{ deleted: { id: string }[] }>([...args(), 'backup', 'prune', 'ledger2']);
+    expect(pruned.deleted.map((d) => d.id)).toEqual([first.id]);
+    expect((await cliJson<{ ok: boolean }>([...args(), 'backup', 'verify', 'ledger2', second.id, '--read-data'])).ok).toBe(true);
+    await cliJson([...args(), 'backup', 'restore', 'ledger2', second.id, '--yes', '--no-safety-backup']);
+    expect(await checksums(root, db)).toEqual(after);
+    await root.end();
+  });
 });
 
 describe('prune collects the repository, and a prune killed at any phase leaves every remaining backup restorable', () => {

@@ -94,12 +94,14 @@ export async function runBackup(ctx: RunContext, options: BackupRequest, setup: 
   // Files elements into a repository skip what their parent snapshot holds unchanged; read
   // now, before any freeze.
   const parents = repository && listing ? await parentSnapshots(ctx, env, repository, setup.elements, await listing) : new Map<string, ParentSnapshot>();
+  const previousRoots = repository && listing ? lastVersions(setup.elements, await listing) : new Map<string, string>();
   const plan = setup.elements.map(({ name, driver }) => ({
     name,
     partial,
     driver,
     previousBytes: previous.get(name),
     parent: parents.get(name),
+    previousRoot: previousRoots.get(name),
   }));
   const captures: Started[] = [];
   try {
@@ -163,14 +165,10 @@ interface Planned {
   previousBytes: number | undefined;
   /** A files element into a repository: the parent snapshot (NO_PARENT for the first). */
   parent: ParentSnapshot | undefined;
+  /** A dump into a repository: the root of its last version, which its changed chunks are stored as deltas against. */
+  previousRoot: string | undefined;
 }
-interface Started {
-  name: string;
-  driver: ServiceDriver;
-  capture: Capture;
-  previousBytes: number | undefined;
-  parent: ParentSnapshot | undefined;
-}
+type Started = Omit<Planned, 'partial'> & { capture: Capture };
 interface Captured {
   elements: ElementRecord[];
   pauseMs: number | null;
@@ -270,6 +268,26 @@ async function parentSnapshots(ctx: RunContext, env: string, repository: Reposit
 }
 
 /**
+ * The root of each dump element (mysql, redis) in the newest restorable backup that stored it
+ * in the repository: a database dumped again is mostly its last dump with rows changed here
+ * and there, so each changed chunk is stored as a delta against the last dump's (issue #13).
+ */
+function lastVersions(elements: BackupSetup['elements'], listed: readonly BackupSummary[]): Map<string, string> {
+  const roots = new Map<string, string>();
+  for (const { name, driver } of elements) {
+    if (driver.kind === 'files') continue;
+    for (const backup of listed) {
+      const element = backup.restorable ? backup.manifest?.elements.find((e) => e.name === name && e.kind === driver.kind && e.repository) : undefined;
+      if (element?.repository) {
+        roots.set(name, element.repository.root);
+        break;
+      }
+    }
+  }
+  return roots;
+}
+
+/**
  * Manual backups are limited per environment (safety and scheduled ones are not). Over the
  * limit, a new one fails before any work — or, with replaceOldest, names the oldest manual
  * backups to delete once the new one is committed (never before: a failed backup replaces none).
@@ -290,7 +308,7 @@ async function checkManualLimit(env: string, options: BackupRequest, limit: numb
   return manual.slice(limit - 1).map((b) => b.id); // newest first: the oldest are at the end
 }
 
-async function startCapture({ name, driver, previousBytes, parent }: Planned, options: CaptureOptions): Promise<Started> {
+async function startCapture({ name, driver, previousBytes, parent, previousRoot }: Planned, options: CaptureOptions): Promise<Started> {
   const capture = await driver.capture(parent ? { ...options, segments: { parent: parent.signatures } } : options);
   // Awaited when the element is stored, which may come after the producer already failed; the
   // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
@@ -298,7 +316,7 @@ async function startCapture({ name, driver, previousBytes, parent }: Planned, op
   // the pipeline that consumes the stream, and `result`.
   capture.result.catch(() => {});
   capture.stream.on('error', () => {});
-  return { name, driver, capture, previousBytes, parent };
+  return { name, driver, capture, previousBytes, parent, previousRoot };
 }
 
 /** Streams one started capture through compress → hash → store, or into the repository. */
@@ -315,7 +333,7 @@ async function storeElement(ctx: RunContext, { store, repository, compression }:
     if (repository) {
       // Chunks are compressed with zstd one by one; `get` writes a .zst of the whole element.
       const { parent } = started;
-      const written = await repository.writeStream(parent ? repositoryItems(capture.stream, parent) : capture.stream, { signal, onBytes: progress });
+      const written = await repository.writeStream(parent ? repositoryItems(capture.stream, parent) : capture.stream, { signal, onBytes: progress, parent: started.previousRoot });
       const catalog = parent ? await repository.writeStream(catalogOf(written.segments), { signal }) : undefined;
       stored = {
         objects: [],
