@@ -2,6 +2,8 @@
 # The benchmark: `npm run bench` (or scripts/bench.sh [bench/run.ts options]).
 # The repository benchmark (issue #13: ours vs restic vs tar | zstd, docs/benchmarks-repository.md):
 # `scripts/bench.sh repository [bench/repository.ts options]` (`npm run bench -- repository`).
+# MySQL dumps in the repository (issue #13: the second dump after 1 % of rows updated, deltas):
+# `scripts/bench.sh mysql-dedup [bench/mysql-dedup.ts options]` (no RGW; its own MariaDB).
 #
 # Backs generated trees up with the agent's real CLI to the fs store and to a Ceph RGW, next
 # to `tar | zstd`, `tar | zstd | rclone rcat` and `zstd -dc | tar -x` on the same data, and
@@ -39,6 +41,10 @@ if [[ "${1:-}" == repository ]]; then
   shift
   export BENCH_RUNS="${BENCH_RUNS:-1}"
   BENCH_RGW="${BENCH_RGW:-0}"
+elif [[ "${1:-}" == mysql-dedup ]]; then
+  mode=mysql-dedup
+  shift
+  BENCH_RGW=0
 fi
 
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
@@ -117,6 +123,8 @@ started=$SECONDS
 # No `exec`: the EXIT trap must still stop the RGW.
 if [[ "$mode" == repository ]]; then
   "$NODE" "$snapshot/bench/repository.ts" "${rgw_args[@]}" "$@"
+elif [[ "$mode" == mysql-dedup ]]; then
+  "$NODE" "$snapshot/bench/mysql-dedup.ts" "$@"
 else
   "$NODE" "$snapshot/bench/run.ts" "${rgw_args[@]}" "$@"
   if [[ "${BENCH_REPOSITORY:-0}" == 1 ]]; then
