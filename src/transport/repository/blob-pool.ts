@@ -25,8 +25,15 @@ export type BlobResult =
   | { op: 'seal'; sealed: ArrayBuffer; memory: ArrayBuffer }
   | { op: 'seal-delta'; sealed: ArrayBuffer; delta: boolean }
   | { op: 'identify-seal'; ids: string[]; sealed: ArrayBuffer; lengths: number[] }
-  | { op: 'open'; plain: ArrayBuffer; lengths: number[]; failure?: undefined }
-  | { op: 'open'; failure: string; id: string; plain?: undefined };
+  | { op: 'open'; plains: OpenedPlain[]; failure?: undefined }
+  | { op: 'open'; failure: string; id: string; plains?: undefined };
+
+/** Where an opened blob's content is: `length` bytes at `offset` of `memory` (memory may hold several). */
+export interface OpenedPlain {
+  memory: ArrayBuffer;
+  offset: number;
+  length: number;
+}
 
 /** Where a sealed blob is in the bytes of a read, and what it must open to. */
 export interface SealedBlob {
@@ -132,14 +139,7 @@ export class BlobPool {
     const result = await this.#pool.run({ op: 'open', keys: wire(keys), kind, memory, blobs, bases: baseMemory }, baseMemory ? [memory, baseMemory] : [memory]);
     if (result.op !== 'open') throw new Error('unexpected reply');
     if (result.failure !== undefined) return { failure: result.failure, id: result.id };
-    let at = 0;
-    return {
-      plains: result.lengths.map((length) => {
-        const plain = Buffer.from(result.plain, at, length);
-        at += length;
-        return plain;
-      }),
-    };
+    return { plains: result.plains.map(({ memory, offset, length }) => Buffer.from(memory, offset, length)) };
   }
 }
 

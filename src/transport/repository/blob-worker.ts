@@ -10,7 +10,7 @@ import { zstdBound } from '../../zstd-bound.ts';
 import { freeBehind, freeOwned } from '../../chunk-recycling.ts';
 import type { WorkerReply } from '../../worker-pool.ts';
 import { blobIdOf, open, seal, type RepositoryKeys } from './blob-crypto.ts';
-import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type SealedBlob } from './blob-pool.ts';
+import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type OpenedPlain, type SealedBlob } from './blob-pool.ts';
 
 if (parentPort === null) throw new Error('blob-worker.ts runs as a worker thread started by BlobPool');
 const port = parentPort;
@@ -96,34 +96,42 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
       if ('failure' in opened) return { result: { op: 'open', failure: opened.failure, id: opened.id }, transfer: [] };
       request.memory.transfer(0); // the sealed bytes (and the bases), read
       request.bases?.transfer(0);
-      const memory = opened.plain.buffer as ArrayBuffer;
-      return { result: { op: 'open', plain: memory, lengths: request.blobs.map((b) => b.rawLength) }, transfer: [memory] };
+      return { result: { op: 'open', plains: opened.plains }, transfer: [...new Set(opened.plains.map((p) => p.memory))] };
     }
   }
 }
 
 /**
- * The blobs of one ranged read, opened one after the other: their contents back to back in
- * memory of its own, or which blob is not what it claims and why. One zstd call per blob: Node's
- * zstd decompressor stops at the end of the first frame, so runs of frames cannot share a call.
+ * The blobs of one ranged read, opened one after the other, each in memory that can move to the
+ * caller; or which blob is not what it claims and why. One zstd call per blob: Node's zstd
+ * decompressor stops at the end of the first frame, so runs of frames cannot share a call.
+ *
+ * A big blob's content moves in the memory zstd (or the cipher) wrote it to: copying every
+ * blob into one reply cost ~1.6 CPU-s per GiB restored, mostly faulting in the fresh pages.
+ * Small ones, which may sit in Node's shared pool of small buffers, are copied together.
  */
-function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[], bases: ArrayBuffer | undefined): { plain: Buffer } | { failure: string; id: string } {
-  const plains: Buffer[] = [];
+function openRead(keys: WorkerKeys, kind: BlobKind, memory: ArrayBuffer, blobs: readonly SealedBlob[], bases: ArrayBuffer | undefined): { plains: OpenedPlain[] } | { failure: string; id: string } {
+  const opened: Buffer[] = [];
   for (const blob of blobs) {
     const base = blob.base && bases ? new Uint8Array(bases, blob.base.offset, blob.base.length) : undefined;
-    const opened = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length), base);
-    if (typeof opened === 'string') return { failure: opened, id: blob.id };
-    plains.push(opened);
+    const plain = openBlob(keys, kind, blob.id, blob.rawLength, new Uint8Array(memory, blob.offset, blob.length), base);
+    if (typeof plain === 'string') return { failure: plain, id: blob.id };
+    opened.push(plain);
   }
-  const all = Buffer.allocUnsafeSlow(plains.reduce((sum, p) => sum + p.length, 0));
+  const ownsMemory = (plain: Buffer) => plain.buffer instanceof ArrayBuffer && plain.buffer.byteLength > Buffer.poolSize && plain.buffer.byteLength - plain.length <= 1;
+  const smallBytes = opened.reduce((sum, p) => sum + (ownsMemory(p) ? 0 : p.length), 0);
+  // Never Node's one shared empty ArrayBuffer, which the transfer would detach.
+  const small = Buffer.from(smallBytes > 0 ? Buffer.allocUnsafeSlow(smallBytes).buffer : new ArrayBuffer(0));
   let at = 0;
-  for (const plain of plains) {
-    at += plain.copy(all, at);
-    // Copied: the zstd output (or the cipher's, for a blob stored raw) is freed now, not at this
-    // thread's next GC (its heap is small, its buffers big).
-    freeBehind(plain);
-  }
-  return { plain: all };
+  return {
+    plains: opened.map((plain) => {
+      if (ownsMemory(plain)) return { memory: plain.buffer as ArrayBuffer, offset: plain.byteOffset, length: plain.length };
+      const place = { memory: small.buffer as ArrayBuffer, offset: at, length: plain.length };
+      at += plain.copy(small, at);
+      freeBehind(plain); // copied: freed now (when not the shared pool), not at this thread's next GC
+      return place;
+    }),
+  };
 }
 
 /** A blob's content, or why the sealed bytes are not that blob. */
