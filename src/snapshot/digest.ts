@@ -89,7 +89,10 @@ export class LengthCheck extends Transform {
   #bytes = 0;
 
   constructor(expected: number, what: string, onBytes?: (total: number) => void) {
-    super();
+    // Each chunk given out as it came, one per read: a byte stream concatenates what it holds
+    // on each read, a copy of every byte restored (~0.2 s of the main thread per GiB). Four
+    // chunks ahead of the reader, as few as a byte stream's 64 KiB for small chunks.
+    super({ readableObjectMode: true, readableHighWaterMark: 4 });
     this.#expected = expected;
     this.#what = what;
     this.#onBytes = onBytes;
