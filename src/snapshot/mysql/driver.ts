@@ -6,10 +6,12 @@ import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../err
 import type { Capture, CaptureOptions, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
 import { privateTempDir } from '../private-temp.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
-import { startDump, type RunningDump } from './dump.ts';
+import { dumpOptions, startDump, type RunningDump } from './dump.ts';
+import { dumpClient, serverFlavour } from './flavour.ts';
 import { loadDump } from './load.ts';
 import { retarget, StagingRewriter } from './rewrite.ts';
-import { binlogPosition, checkLongQueries, flushTablesWithReadLock, serverVersion, type BinlogPosition } from './server.ts';
+import { gtidPurgedWarning } from './dropped-statements.ts';
+import { binlogPosition, checkLongQueries, flushTablesWithReadLock, type BinlogPosition } from './server.ts';
 import type { MysqlServiceConfig } from './service-config.ts';
 import { readSchema, swapDatabase, type Schema, type SwapPlan } from './swap.ts';
 
@@ -115,6 +117,10 @@ export class MysqlDriver implements ServiceDriver {
 
   async capture({ signal, consistent, partial }: CaptureOptions): Promise<Capture> {
     throwIfCancelled(signal);
+    // Which mysqldump runs decides its options; asked beside the connecting, so that a capture
+    // inside a freeze waits for no extra round.
+    const probe = dumpClient(signal);
+    probe.catch(() => {}); // awaited below; a failed connection must not leave it unhandled
     const endpoint = await this.#endpoint();
     const connection = await openConnection(endpoint, 'E_CAPTURE_FAILED', this.#what());
     // Closing the session is what cancels a pending FTWRL and frees a held one.
@@ -125,7 +131,9 @@ export class MysqlDriver implements ServiceDriver {
     let locked = false;
     let facts: Facts;
     try {
-      const version = await serverVersion(connection);
+      // Both known before any lock is taken: the options follow from them (dumpOptions).
+      const server = await serverFlavour(connection);
+      const client = await probe;
       const databases = partial ? await this.#existingDatabases(connection) : await this.#checkDatabasesExist(connection);
       let binlog: BinlogPosition | undefined;
       let ftwrlMs: number | null = null;
@@ -139,7 +147,7 @@ export class MysqlDriver implements ServiceDriver {
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);
       defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
-      dump = startDump(defaults, databases, signal);
+      dump = startDump(defaults, dumpOptions(server, client), databases, signal);
       await withTimeout(dump.snapshotOpen, SNAPSHOT_TIMEOUT_MS, `mysqldump did not open its snapshot within ${SNAPSHOT_TIMEOUT_MS / 1000}s`);
       if (locked) {
         await connection.query('UNLOCK TABLES');
@@ -148,7 +156,9 @@ export class MysqlDriver implements ServiceDriver {
       }
       await defaults.remove(); // read by mysqldump at its start: the password leaves the disk now
       facts = {
-        serverVersion: version,
+        serverVersion: server.version,
+        serverFlavour: server.flavour,
+        mysqldump: `${client.flavour} ${client.version}`,
         databases: databases.join(','),
         binlogFile: binlog?.binlogFile ?? null,
         binlogPosition: binlog?.binlogPosition ?? null,
@@ -214,6 +224,7 @@ export class MysqlDriver implements ServiceDriver {
     // load creates any of them, so a crash while loading leaves nothing unnamed.
     const state: MysqlState = { tag, plans: [], staged: [] };
     let plans: DatabasePlan[] = [];
+    let gtidPurged: string | undefined;
     try {
       throwIfCancelled(signal);
       await options.journal?.(state);
@@ -231,6 +242,7 @@ export class MysqlDriver implements ServiceDriver {
         existing: existing.map((r) => r.name),
       });
       await loadDump(defaults, source, rewriter, signal);
+      gtidPurged = rewriter.gtidPurged;
       // What the swap recreates (triggers, views, routines, events), read now and journaled:
       // the swap drops the staged triggers before it moves the tables.
       const staged: Schema[] = [];
@@ -247,7 +259,10 @@ export class MysqlDriver implements ServiceDriver {
       await defaults?.remove();
     }
     return {
-      facts: { databases: plans.map((p) => (p.source === p.target ? p.target : `${p.source}->${p.target}`)).join(',') },
+      facts: {
+        databases: plans.map((p) => (p.source === p.target ? p.target : `${p.source}->${p.target}`)).join(','),
+        ...(gtidPurged !== undefined && { gtidPurgedDropped: gtidPurged, warning: gtidPurgedWarning(gtidPurged) }),
+      },
       commit: () => this.#commit(state),
       discard: () => this.#discard(tag),
     };

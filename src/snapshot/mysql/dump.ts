@@ -4,6 +4,7 @@ import { execa } from 'execa';
 import { AgentError, cancelled } from '../../errors.ts';
 import { clientArgs, clientProcessOptions, type DefaultsFile } from './connection.ts';
 import { dumpHeaderLine } from './dump-format.ts';
+import type { DumpClient, ServerFlavour } from './flavour.ts';
 
 /** mysqldump's options; --verbose is for us: it tells when the snapshot is open (see below). */
 export const DUMP_OPTIONS = [
@@ -19,6 +20,25 @@ export const DUMP_OPTIONS = [
   '--no-tablespaces',
   '--max-allowed-packet=1G',
 ];
+
+/**
+ * DUMP_OPTIONS and what this client and server need besides (MariaDB's client: nothing, so a
+ * MariaDB dump is as it always was). Oracle's mysqldump (Percona's too) writes, for a server
+ * with GTIDs, `SET @@SESSION.SQL_LOG_BIN= 0` and `SET @@GLOBAL.GTID_PURGED=…`: a restore into
+ * the same server would fail (its GTIDs are already executed) and its replicas would never see
+ * the restored writes. --set-gtid-purged=OFF writes neither (the restore drops them from older
+ * backups: dropped-statements.ts). Early 8.0 clients also add ANALYZE TABLE … UPDATE
+ * HISTOGRAM by default, which is not a statement a restore runs, and which fails against
+ * MariaDB and 5.7 (no COLUMN_STATISTICS): --column-statistics=0, an 8.0 client option.
+ */
+export function dumpOptions(server: ServerFlavour, client: DumpClient): string[] {
+  const options = [...DUMP_OPTIONS];
+  if (client.flavour === 'mysql') {
+    if (server.flavour !== 'mariadb') options.push('--set-gtid-purged=OFF');
+    if (Number(client.version.split('.')[0]) >= 8) options.push('--column-statistics=0');
+  }
+  return options;
+}
 
 const MAX_MESSAGES = 40;
 
@@ -37,14 +57,14 @@ export interface RunningDump {
 }
 
 /**
- * Starts `mysqldump --databases …` streaming to `stream`. Its stderr is read line by line:
- * with --verbose mysqldump prints "-- Starting transaction..." just before
- * START TRANSACTION WITH CONSISTENT SNAPSHOT and its next progress line only after it returned,
+ * Starts `mysqldump <options> --databases …` (options: dumpOptions) streaming to `stream`.
+ * Its stderr is read line by line: with --verbose mysqldump prints "-- Starting transaction..."
+ * just before START TRANSACTION WITH CONSISTENT SNAPSHOT and its next progress line only after it returned,
  * which is how the consistent capture knows when it may release FLUSH TABLES WITH READ LOCK
  * (information_schema.INNODB_TRX would do too, but it is refreshed only every 100 ms).
  */
-export function startDump(defaults: DefaultsFile, databases: readonly string[], signal: AbortSignal): RunningDump {
-  const subprocess = execa('mysqldump', [...clientArgs(defaults), ...DUMP_OPTIONS, '--databases', ...databases], {
+export function startDump(defaults: DefaultsFile, options: readonly string[], databases: readonly string[], signal: AbortSignal): RunningDump {
+  const subprocess = execa('mysqldump', [...clientArgs(defaults), ...options, '--databases', ...databases], {
     ...clientProcessOptions(signal),
     stdin: 'ignore',
     stdout: 'pipe',

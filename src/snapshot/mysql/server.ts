@@ -2,17 +2,12 @@ import type { Connection } from 'mysql2/promise';
 import { AgentError } from '../../errors.ts';
 import { queryRows } from './connection.ts';
 
-/** Server facts for the manifest: version and, when binary logging is on, the binlog position. */
+/** Server facts for the manifest: when binary logging is on, the binlog position (the version: flavour.ts). */
 export interface BinlogPosition {
   binlogFile: string;
   binlogPosition: number;
   /** MariaDB's GTID position (gtid_binlog_pos), or MySQL's gtid_executed; null when none. */
   gtid: string | null;
-}
-
-export async function serverVersion(connection: Connection): Promise<string> {
-  const [row] = await queryRows<{ version: string }>(connection, 'SELECT VERSION() AS version');
-  return row?.version ?? 'unknown';
 }
 
 /** `SHOW MASTER STATUS` (`SHOW BINARY LOG STATUS` on MySQL 8.4+); undefined without a binlog. */
