@@ -2,6 +2,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { AgentError } from '../../errors.ts';
 import { quoteIdent } from './connection.ts';
 import { DUMP_TRAILER, parseDumpHeader } from './dump-format.ts';
+import { droppedStatement } from './dropped-statements.ts';
 import type { Schema } from './swap.ts';
 import { SANDBOX_LINES, StatementPolicy, ValueScanner, unsafe } from './statement-check.ts';
 
@@ -65,7 +66,8 @@ export interface RewriteOptions {
  * checked as they stream (values only). A refused statement fails the stream with
  * E_UNSAFE_ARCHIVE_ENTRY before mysql receives it. Memory stays bounded by the largest DDL
  * statement. It also fails a dump that does not end with mysqldump's "-- Dump completed" line
- * (a truncated dump).
+ * (a truncated dump). Oracle mysqldump's SQL_LOG_BIN and GTID_PURGED statements, and Percona's
+ * MyRocks bulk-load ones, are dropped (dropped-statements.ts); `gtidPurged` tells the driver to warn.
  */
 export class StagingRewriter extends Transform {
   readonly #resolve: RewriteOptions['resolve'];
@@ -73,6 +75,7 @@ export class StagingRewriter extends Transform {
   #map: ReadonlyMap<string, string> | undefined;
   #policy: StatementPolicy | undefined;
   readonly #created = new Set<string>();
+  #gtidPurged: string | undefined;
   #header: Buffer[] | undefined = [];
   #headerBytes = 0;
   #carry: Buffer | undefined;
@@ -101,6 +104,11 @@ export class StagingRewriter extends Transform {
     super({ highWaterMark: 1 << 20 });
     this.#resolve = options.resolve;
     this.#existing = options.existing;
+  }
+
+  /** The GTID set of the dump's `SET @@GLOBAL.GTID_PURGED`, which was dropped; undefined when it had none. */
+  get gtidPurged(): string | undefined {
+    return this.#gtidPurged;
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
@@ -438,7 +446,14 @@ export class StagingRewriter extends Transform {
     const suffix = ends ? delimiter : '';
     // mysqldump's first line is the MariaDB client's sandbox command, with no delimiter of its own.
     const prefix = SANDBOX_LINES.find((line) => whole.startsWith(line)) ?? '';
-    return `${prefix}${this.#rewriteStatement(whole.slice(prefix.length))}${suffix}`;
+    const statement = whole.slice(prefix.length);
+    // Oracle and Percona mysqldump's binary log, GTID and bulk-load statements: dropped whole, delimiter and all.
+    const dropped = droppedStatement(statement);
+    if (dropped) {
+      if (dropped.kind === 'gtid_purged') this.#gtidPurged = dropped.gtids;
+      return prefix;
+    }
+    return `${prefix}${this.#rewriteStatement(statement)}${suffix}`;
   }
 
   #rewriteStatement(statement: string): string {
