@@ -7,7 +7,11 @@ const WORKER_URL = siblingModule(import.meta.url, 'file-write-worker');
 
 /** Two writers keep a disk's queue fed while one waits on it; more only contend for the cores. */
 const WORKERS = 2;
-/** A batch goes once it holds this many files or bytes (or at the next turn of the event loop). */
+/**
+ * A batch goes once it holds this many files or bytes, or at the next turn of the event loop
+ * when a worker is idle; while every worker is busy the batch keeps filling, and goes when one
+ * is done (sent at every turn, a restore's batches held ~16 files: 1,228 messages for 20,006).
+ */
 const BATCH_FILES = 128;
 const BATCH_BYTES = 1 << 20;
 /**
@@ -55,7 +59,15 @@ export class FileWriter {
       this.#queued.push({ file: { ...file, length }, content, resolve, reject });
       this.#queuedBytes += length;
       if (this.#queued.length >= BATCH_FILES || this.#queuedBytes >= BATCH_BYTES) this.#flush();
-      else this.#flushing ??= setImmediate(() => this.#flush());
+      else this.#flushSoon();
+    });
+  }
+
+  /** Sends the batch at the next turn of the event loop if a worker is idle then (else once one is). */
+  #flushSoon(): void {
+    this.#flushing ??= setImmediate(() => {
+      this.#flushing = undefined;
+      if (this.#inFlight.size < this.#pool.size) this.#flush();
     });
   }
 
@@ -96,6 +108,7 @@ export class FileWriter {
       this.#inFlight.delete(tracked);
       this.#inFlightBytes -= bytes;
       this.#inFlightFiles -= batch.length;
+      if (this.#queued.length > 0) this.#flushSoon(); // what filled meanwhile
     });
     this.#inFlight.add(tracked);
   }
