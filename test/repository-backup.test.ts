@@ -302,6 +302,32 @@ describe('repository backups: archives from before, damage, databases', () => {
     expect(await checksums(root, db)).toEqual(after);
     await root.end();
   });
+
+  it('Redis through three generations, each dumped with the last as parent: every one restores its keys', async () => {
+    await sandbox.writeConfig({ environments: { cache3: { services: { cache: { kind: 'redis', host: '127.0.0.1', port: redis.port } }, repository: true } } });
+    const client = redis.client();
+    await client.flushall();
+    // ~3 MiB of RDB: several chunks, each with keys changed in the next generations.
+    const pipe = client.pipeline();
+    for (let i = 0; i < 12_000; i++) pipe.set(`order:${i}`, randomBytes(128).toString('hex'));
+    await pipe.exec();
+    const generations: { id: string; keys: Awaited<ReturnType<typeof readAll>> }[] = [];
+    for (let generation = 0; generation < 3; generation++) {
+      if (generation > 0) {
+        const edits = client.pipeline();
+        for (let i = generation; i < 12_000; i += 100) edits.set(`order:${i}`, `changed in generation ${generation}`);
+        edits.del(`order:${11_999 - generation}`);
+        await edits.exec();
+      }
+      const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'cache3']);
+      generations.push({ id: manifest.id, keys: await readAll(redis) });
+    }
+    for (const { id, keys } of generations) {
+      await client.flushall();
+      await cliJson([...args(), 'backup', 'restore', 'cache3', id, '--yes', '--no-safety-backup']);
+      expect(await readAll(redis)).toEqual(keys);
+    }
+  });
 });
 
 describe('prune collects the repository, and a prune killed at any phase leaves every remaining backup restorable', () => {
