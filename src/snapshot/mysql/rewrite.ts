@@ -2,6 +2,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { AgentError } from '../../errors.ts';
 import { quoteIdent } from './connection.ts';
 import { DUMP_TRAILER, parseDumpHeader } from './dump-format.ts';
+import { DeferredKeys } from './deferred-keys.ts';
 import { droppedStatement } from './dropped-statements.ts';
 import type { Schema } from './swap.ts';
 import { SANDBOX_LINES, StatementPolicy, ValueScanner, unsafe } from './statement-check.ts';
@@ -76,6 +77,9 @@ export class StagingRewriter extends Transform {
   #policy: StatementPolicy | undefined;
   readonly #created = new Set<string>();
   #gtidPurged: string | undefined;
+  /** The staging database the dump's last USE chose. */
+  #database: string | undefined;
+  readonly #deferredKeys = new DeferredKeys();
   #header: Buffer[] | undefined = [];
   #headerBytes = 0;
   #carry: Buffer | undefined;
@@ -127,6 +131,8 @@ export class StagingRewriter extends Transform {
       if (this.#header) throw notADump('it has no header line');
       this.#feed(Buffer.alloc(0), true);
       if (this.#held) this.#endStatement();
+      const keys = this.#deferredKeys.take(); // a last table with no rows section
+      if (keys) this.push(Buffer.from(`\n${keys}${this.#delimiter.toString('latin1')}\n`, 'latin1'));
       const last = this.#tail.toString('latin1').trimEnd().split('\n').at(-1) ?? '';
       if (!last.startsWith(DUMP_TRAILER)) {
         throw new AgentError('E_ARCHIVE_CORRUPT', `the MySQL dump is truncated: it does not end with mysqldump's "${DUMP_TRAILER}" line`);
@@ -453,7 +459,19 @@ export class StagingRewriter extends Transform {
       if (dropped.kind === 'gtid_purged') this.#gtidPurged = dropped.gtids;
       return prefix;
     }
-    return `${prefix}${this.#rewriteStatement(statement)}${suffix}`;
+    const rewritten = this.#rewriteStatement(statement);
+    // Plain secondary keys are added once the table's rows are in (deferred-keys.ts).
+    const ending = (extra: string | undefined) => (extra ? `\n${extra}${delimiter}\n` : '');
+    const kind = stripVersion(rewritten.trimStart());
+    if (/^CREATE\s+TABLE\s/i.test(kind) && kind === rewritten.trimStart()) {
+      const { before, statement: create } = this.#deferredKeys.create(rewritten, this.#database);
+      return `${prefix}${ending(before)}${create}${suffix}`;
+    }
+    if (/^UNLOCK\s+TABLES\s*$/i.test(kind)) return `${prefix}${rewritten}${suffix}${ending(this.#deferredKeys.take())}`;
+    // A table without a rows section: its keys before the next object, and before its
+    // database's section ends (`backup get` cuts the dump by section, at CREATE DATABASE).
+    if (/^(?:CREATE|DROP|USE|ALTER\s+DATABASE)\b/i.test(kind)) return `${prefix}${ending(this.#deferredKeys.take())}${rewritten}${suffix}`;
+    return `${prefix}${rewritten}${suffix}`;
   }
 
   #rewriteStatement(statement: string): string {
@@ -463,7 +481,8 @@ export class StagingRewriter extends Transform {
     if (word === 'USE') {
       const match = USE.exec(trimmed);
       if (!match) throw refuse(statement);
-      return `USE ${quoteIdent(this.#staging(match[1]!, statement))}`;
+      this.#database = this.#staging(match[1]!, statement);
+      return `USE ${quoteIdent(this.#database)}`;
     }
     if (!DATABASE_STATEMENT.test(head)) {
       const checked = this.#policy!.check(statement);
