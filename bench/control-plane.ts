@@ -21,6 +21,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { WebSocket } from 'ws';
 import { stringify } from 'yaml';
+import { percentile } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const args = process.argv.slice(2);
@@ -88,10 +89,6 @@ const sampler = setInterval(() => {
   }
 }, 50);
 
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? Number.NaN;
-}
 const summary = (values: number[]) => ({ n: values.length, p50: round(percentile(values, 50)), p99: round(percentile(values, 99)), max: round(Math.max(...values)) });
 const round = (ms: number) => Math.round(ms * 100) / 100;
 const mib = (bytes: number) => Math.round((bytes / 1024 ** 2) * 10) / 10;

@@ -66,6 +66,12 @@ export function processCpuSeconds(pid: number | undefined): number {
   }
 }
 
+/** The nearest-rank `p`th percentile of `values` (p 99 of 20 values is the largest). */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? Number.NaN;
+}
+
 /** The last lines of a report: how loaded the machine was, how long it took, what went wrong. */
 export function closingLines(loadAtStart: number[], startedAt: number, problems: readonly string[]): string[] {
   const load = (values: number[]) => values.map((l) => l.toFixed(2)).join(' ');

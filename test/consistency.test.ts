@@ -1,12 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, type TestCgroup } from './support/cgroup.ts';
 import { startRedis, type TestRedis } from './support/redis.ts';
+import { connectionsTo } from './support/sockets.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -54,6 +56,8 @@ describe('consistent backups across MySQL, Redis and a file mount', () => {
           freeze: { cgroups: [cgroup.path] },
           services: { db: mysqlService([db]), cache: redis.serviceConfig(), uploads: { kind: 'files', path: mount } },
         },
+        // A capture that cannot be made: its database does not exist.
+        broken: { freeze: { cgroups: [cgroup.path] }, services: { cache: redis.serviceConfig(), db: mysqlService([`${db}_missing`]) } },
         copy: {
           services: { db: mysqlService([dbCopy]), cache: redisCopy.serviceConfig(), uploads: { kind: 'files', path: path.join(sandbox.dir, 'copy') } },
         },
@@ -110,6 +114,68 @@ describe('consistent backups across MySQL, Redis and a file mount', () => {
     const now = Number(await sql(`SELECT MAX(n) FROM ${db}.t`));
     await sleep(300);
     expect(Number(await sql(`SELECT MAX(n) FROM ${db}.t`))).toBeGreaterThan(now);
+  });
+
+  /** The CLI started with `args`, stopped at `phase` (src/phase-hook.ts); resolves to its pid once there. */
+  async function stoppedAt(phase: string, argv: string[]) {
+    const pauseFile = path.join(sandbox.dir, `paused-${Date.now()}`);
+    const child = startCli(argv, { env: { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile } });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    for (let waited = 0; !existsSync(pauseFile) || (await readFile(pauseFile, 'utf8')).trim() === ''; waited += 20) {
+      if (child.exitCode !== null || waited > 60_000) throw new Error(`never reached ${phase}: ${stderr}`);
+      await sleep(20);
+    }
+    const pid = Number((await readFile(pauseFile, 'utf8')).trim());
+    return { child, pid, stderr: () => stderr, goOn: () => rm(pauseFile, { force: true }) };
+  }
+  const frozenEntries = () => readdir(path.join(sandbox.stateDir, 'frozen')).catch(() => [] as string[]);
+  const writerCount = async () => Number(await sql(`SELECT COALESCE(MAX(n), 0) FROM ${db}.t`));
+
+  it('connects to MySQL and Redis and checks them before the writers are frozen; a cancel there freezes nothing', async () => {
+    const mysql = inject('mysql');
+    const prepared = await stoppedAt('backup:prepared', [...args(), '--json', 'backup', 'create', 'app']);
+    // Every capture prepared, nothing frozen: the agent holds its connections while the writer still writes.
+    expect(await connectionsTo(mysql.port, prepared.pid)).toBe(1);
+    expect(await connectionsTo(redis.port, prepared.pid)).toBe(1);
+    expect(await cgroup.isFrozen()).toBe(false);
+    expect(await frozenEntries()).toEqual([]);
+    const before = await writerCount();
+    await sleep(300);
+    expect(await writerCount()).toBeGreaterThan(before);
+    await prepared.goOn();
+    const done = await prepared.child;
+    expect(done.exitCode, String(done.stderr)).toBe(0);
+    const manifest = JSON.parse(String(done.stdout)) as Manifest;
+    expect(manifest).toMatchObject({ mode: 'consistent', pauseMs: expect.any(Number) });
+    expect(manifest.elements.find((e) => e.name === 'cache')?.facts).toMatchObject({ forkUsec: expect.any(Number) });
+    expect(manifest.elements.find((e) => e.name === 'db')?.facts).toMatchObject({ ftwrlWaitMs: expect.any(Number), ftwrlMs: expect.any(Number) });
+
+    // Cancelled (SIGTERM) once prepared: E_CANCELLED, never journaled nor frozen, the connections closed with the process.
+    const cancelled = await stoppedAt('backup:prepared', [...args(), '--log-level', 'info', 'backup', 'create', 'app']);
+    cancelled.child.kill('SIGTERM');
+    await sleep(200);
+    await cancelled.goOn();
+    const stopped = await cancelled.child;
+    expect(stopped.exitCode, cancelled.stderr()).toBe(9);
+    expect(cancelled.stderr()).toMatch(/E_CANCELLED/);
+    expect(cancelled.stderr()).not.toMatch(/writers frozen/);
+    expect(await frozenEntries()).toEqual([]);
+    expect(await cgroup.isFrozen()).toBe(false);
+  });
+
+  it('a capture that fails while preparing (a missing database) fails the backup before anything is frozen', async () => {
+    // Stopped at the journal entry if it got that far: it must fail before.
+    const pauseFile = path.join(sandbox.dir, `journaled-${Date.now()}`);
+    const result = await startCli([...args(), '--log-level', 'info', 'backup', 'create', 'broken'], {
+      env: { STORAGE_AGENT_PAUSE_AT: 'freeze:journaled', STORAGE_AGENT_PAUSE_FILE: pauseFile },
+    });
+    expect(result.exitCode).not.toBe(0);
+    expect(String(result.stderr)).toMatch(/E_CAPTURE_FAILED.*_missing does not exist/);
+    expect(String(result.stderr)).not.toMatch(/writers frozen/);
+    expect(existsSync(pauseFile)).toBe(false);
+    expect(await frozenEntries()).toEqual([]);
+    expect(await cgroup.isFrozen()).toBe(false);
   });
 
   it('a --live backup pauses nothing and is still restorable', async () => {

@@ -10,6 +10,7 @@ import type { MysqlServiceConfig } from '../src/snapshot/mysql/service-config.ts
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { MysqlDriver } from '../src/snapshot/mysql/driver.ts';
 import { cli, cliJson, createSandbox, startCli } from './support/cli.ts';
+import { connectionsTo } from './support/sockets.ts';
 import {
   checksums,
   connect,
@@ -359,6 +360,87 @@ describe('mysql driver (real MariaDB)', () => {
       await db.query(`SET SESSION lock_wait_timeout = 2; INSERT INTO \`${crm}\`.contacts VALUES (99, 'w@example.org', 'b'); SET SESSION lock_wait_timeout = DEFAULT`);
       expect(Date.now() - writeStarted).toBeLessThan(500);
       await db.query(`DELETE FROM \`${crm}\`.contacts WHERE id = 99`);
+    } finally {
+      await db.query(`KILL ${sleeper.threadId}`).catch(() => {});
+      await sleeping;
+      sleeper.destroy();
+    }
+  });
+
+  it('prepare connects and checks before the freeze; the point in time is capture()\'s, and a prepare that fails, is cancelled or is released leaves no connection', async () => {
+    // The test's own sessions are root's, over the socket: the agent's come over TCP.
+    const baseline = await connectionsTo(server.port);
+    const open = async () => (await connectionsTo(server.port)) - baseline;
+    const closed = (what: string) => waitFor(async () => ((await open()) === 0 ? true : undefined), what);
+
+    // Prepared: connected and checked, nothing locked, and the snapshot not taken yet.
+    const prepared = await driver([crm]).prepare!({ signal: never(), consistent: true });
+    expect(await open()).toBe(1);
+    await db.query(`SET SESSION lock_wait_timeout = 2; INSERT INTO \`${crm}\`.contacts VALUES (70, 'prepared@example.org', 'a'); SET SESSION lock_wait_timeout = DEFAULT`);
+    const capture = await prepared.capture(never());
+    await db.query(`INSERT INTO \`${crm}\`.contacts VALUES (71, 'captured@example.org', 'a')`);
+    const dump = (await readAll(capture.stream)).toString();
+    const { facts } = await capture.result;
+    await capture.release();
+    await prepared.release(); // after capture: a no-op
+    expect(dump).toContain('prepared@example.org');
+    expect(dump).not.toContain('captured@example.org');
+    expect(facts).toMatchObject({ binlogExact: true, ftwrlWaitMs: expect.any(Number), ftwrlMs: expect.any(Number) });
+    await closed('the captured connection to close');
+
+    // Released without a capture (a freeze that failed): closed.
+    const unused = await driver([crm]).prepare!({ signal: never(), consistent: true });
+    expect(await open()).toBe(1);
+    await unused.release();
+    await closed('the released connection to close');
+
+    // A database that does not exist fails the prepare, with the connection closed.
+    await expect(driver([crm, 'sa_no_such_db']).prepare!({ signal: never(), consistent: true })).rejects.toMatchObject({
+      code: 'E_CAPTURE_FAILED',
+      message: expect.stringMatching(/database sa_no_such_db does not exist/),
+    });
+    await closed('the failed prepare\'s connection to close');
+
+    // Cancelled while connecting: E_CANCELLED, nothing left open.
+    const controller = new AbortController();
+    const cancelling = driver([crm]).prepare!({ signal: controller.signal, consistent: true });
+    controller.abort();
+    await expect(cancelling).rejects.toMatchObject({ code: 'E_CANCELLED' });
+    await closed('the cancelled prepare\'s connection to close');
+    await db.query(`DELETE FROM \`${crm}\`.contacts WHERE id IN (70, 71)`);
+  });
+
+  it('the long-query check runs in prepare (nothing frozen yet) and again right before FTWRL: a query started in between is caught', async () => {
+    const sleeper = await connect(server);
+    const longQuery = async () => {
+      const running = sleeper.query('SELECT SLEEP(30)').catch(() => {});
+      await waitFor(async () => {
+        const [row] = await rows<{ ms: string }>(db, "SELECT TIME_MS AS ms FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'");
+        return row && Number(row.ms) > 700 ? true : undefined;
+      }, 'the long query');
+      return { running };
+    };
+    const baseline = await connectionsTo(server.port); // the sleeper's
+    let sleeping: Promise<unknown> | undefined;
+    try {
+      // Already running at prepare: refused there.
+      ({ running: sleeping } = await longQuery());
+      await expect(driver([crm], { longQueryThreshold: 500 }).prepare!({ signal: never(), consistent: true })).rejects.toMatchObject({
+        code: 'E_CAPTURE_FAILED',
+        message: expect.stringMatching(/longer than 0\.5s.*SELECT SLEEP\(30\)/),
+      });
+      await db.query(`KILL QUERY ${sleeper.threadId}`);
+      await sleeping;
+      // Started after the prepare: refused by capture(), before FTWRL, with the session closed and nothing locked.
+      const prepared = await driver([crm], { longQueryThreshold: 500 }).prepare!({ signal: never(), consistent: true });
+      ({ running: sleeping } = await longQuery());
+      await expect(prepared.capture(never())).rejects.toMatchObject({ code: 'E_CAPTURE_FAILED', message: expect.stringMatching(/SELECT SLEEP\(30\)/) });
+      await prepared.release();
+      await waitFor(async () => ((await connectionsTo(server.port)) === baseline ? true : undefined), 'the refused capture\'s connection to close');
+      const writeStarted = Date.now();
+      await db.query(`SET SESSION lock_wait_timeout = 2; INSERT INTO \`${crm}\`.contacts VALUES (98, 'w@example.org', 'b'); SET SESSION lock_wait_timeout = DEFAULT`);
+      expect(Date.now() - writeStarted).toBeLessThan(500);
+      await db.query(`DELETE FROM \`${crm}\`.contacts WHERE id = 98`);
     } finally {
       await db.query(`KILL ${sleeper.threadId}`).catch(() => {});
       await sleeping;

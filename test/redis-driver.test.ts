@@ -129,6 +129,57 @@ describe('redis driver: capture and restore through the driver', () => {
       }
     });
   }
+
+  it('prepare connects and reads INFO and CONFIG GET before the freeze; the fork is capture()\'s; a prepare failed, cancelled or released leaves no connection', async () => {
+    const admin = source.client();
+    const agentClients = async () => String(await admin.call('CLIENT', 'LIST')).split('\n').filter((line) => / name=storage-agent /.test(line)).length;
+    const gone = async (what: string) => {
+      for (let waited = 0; (await agentClients()) > 0; waited += 10) {
+        if (waited > 5_000) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    await admin.config('RESETSTAT');
+    const prepared = await driverFor(source).prepare!({ signal: new AbortController().signal, consistent: true });
+    expect(await agentClients()).toBe(1);
+    const stats = String(await admin.info('commandstats'));
+    expect(stats).toMatch(/cmdstat_config\|get:calls=2,/); // dir and dbfilename
+    expect(stats).not.toMatch(/cmdstat_bgsave|cmdstat_client\|pause/);
+    // Written after the prepare, before the fork: in the snapshot.
+    await admin.set('after-prepare', '1');
+    const capture = await prepared.capture(new AbortController().signal);
+    await admin.set('after-capture', '1');
+    const rdb = await drain(capture);
+    const { facts } = await capture.result;
+    await capture.release();
+    await prepared.release(); // after capture: a no-op
+    expect(rdb.includes('after-prepare')).toBe(true);
+    expect(rdb.includes('after-capture')).toBe(false);
+    expect(facts).toMatchObject({ keys: keys + 1, forkUsec: expect.any(Number) });
+    await admin.del('after-prepare', 'after-capture');
+    await gone('the captured connection to close');
+
+    const unused = await driverFor(source).prepare!({ signal: new AbortController().signal, consistent: true });
+    expect(await agentClients()).toBe(1);
+    await unused.release();
+    await gone('the released connection to close');
+
+    const controller = new AbortController();
+    const cancelling = driverFor(source).prepare!({ signal: controller.signal, consistent: true });
+    controller.abort();
+    expect(isAgentError(await rejection(cancelling), 'E_CANCELLED')).toBe(true);
+    await gone('the cancelled prepare\'s connection to close');
+
+    const wrongPassword = new RedisDriver({
+      name: 'cache',
+      env: 'test',
+      stateDir: STATE_DIR,
+      config: { kind: 'redis', host: '127.0.0.1', port: source.port, saveTimeout: 30_000, functions: 'refuse' },
+      password: async () => 'not-the-password',
+    });
+    expect(isAgentError(await rejection(wrongPassword.prepare!({ signal: new AbortController().signal, consistent: true })), 'E_CAPTURE_FAILED')).toBe(true);
+    expect(await agentClients()).toBe(0);
+  });
 });
 
 describe('redis restores refuse function libraries unless the service keeps them (issue #10)', () => {
@@ -384,6 +435,7 @@ describe('redis faults', () => {
       await waitForNoSave(source);
     }
   });
+
 });
 
 async function waitForNoSave(server: TestRedis): Promise<void> {

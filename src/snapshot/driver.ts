@@ -23,6 +23,23 @@ export interface Capture {
   release(): Promise<void>;
 }
 
+/**
+ * A capture made ready before a consistent backup freezes the writers (issue #14 §4): the
+ * connections opened and authenticated, the versions, databases and paths checked — whatever
+ * does not need the writers paused — so that inside the freeze only the point-in-time work
+ * remains. Its caller releases it on every path; once `capture` has been called, what was
+ * prepared is the capture's, which closes it whether it resolves or rejects.
+ */
+export interface PreparedCapture {
+  /**
+   * Fixes the point in time on what was prepared (called at most once); `signal` is the
+   * freeze's (the backup's cancel and the lease's deadline), which may be another than prepare's.
+   */
+  capture(signal: AbortSignal): Promise<Capture>;
+  /** Closes what was prepared and not handed over to a Capture; safe at any point, more than once. */
+  release(): Promise<void>;
+}
+
 export interface CaptureOptions {
   signal: AbortSignal;
   /**
@@ -99,6 +116,13 @@ export interface ServiceDriver {
   estimateBytes(signal: AbortSignal): Promise<number | undefined>;
   /** Resolves once the service's point in time is fixed; the stream carries the data. */
   capture(options: CaptureOptions): Promise<Capture>;
+  /**
+   * The part of `capture` that needs no writers paused, run before a consistent backup's
+   * freeze; rejects (having closed what it opened) when the capture cannot be made. A driver
+   * without it does all of `capture` inside the freeze (files: its checks are of the mount
+   * being frozen).
+   */
+  prepare?(options: CaptureOptions): Promise<PreparedCapture>;
   stage(source: Readable, signal: AbortSignal, options?: StageOptions): Promise<StagedRestore>;
   /**
    * Finishes the commit of a staged restore that a crash (or a failed commit) interrupted,
@@ -112,4 +136,30 @@ export interface ServiceDriver {
    * elements whose target does not exist: a mount path or a database not created yet).
    */
   targetExists(signal: AbortSignal): Promise<boolean>;
+}
+
+/**
+ * A PreparedCapture whose `capture` takes over what was prepared (it closes it on every path)
+ * and whose `release` closes it only while nothing took it over.
+ */
+export function handOver(capture: (signal: AbortSignal) => Promise<Capture>, close: () => void | Promise<void>): PreparedCapture {
+  let handedOver = false;
+  return {
+    capture: (signal) => {
+      handedOver = true;
+      return capture(signal);
+    },
+    release: async () => {
+      if (!handedOver) await close();
+    },
+  };
+}
+
+/** `capture` as one step: what a driver with `prepare` captures with outside a freeze (live mode, tests). */
+export async function captureAtOnce(prepared: PreparedCapture, signal: AbortSignal): Promise<Capture> {
+  try {
+    return await prepared.capture(signal);
+  } finally {
+    await prepared.release();
+  }
 }

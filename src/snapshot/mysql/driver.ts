@@ -3,11 +3,11 @@ import { z } from 'zod';
 import type { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
-import type { Capture, CaptureOptions, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
+import { captureAtOnce, handOver, type Capture, type CaptureOptions, type Facts, type PreparedCapture, type ServiceDriver, type StagedRestore, type StagedState, type StageOptions } from '../driver.ts';
 import { privateTempDir } from '../private-temp.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
 import { dumpOptions, startDump, type RunningDump } from './dump.ts';
-import { dumpClient, serverFlavour } from './flavour.ts';
+import { dumpClient, serverFlavour, type DumpClient, type ServerFlavour } from './flavour.ts';
 import { loadDump } from './load.ts';
 import { retarget, StagingRewriter } from './rewrite.ts';
 import { gtidPurgedWarning } from './dropped-statements.ts';
@@ -29,6 +29,16 @@ export interface MysqlDriverOptions {
 const SNAPSHOT_TIMEOUT_MS = 15_000;
 /** MySQL's identifier limit; staging names are cut to fit. */
 const MAX_IDENTIFIER = 64;
+
+/** What prepare() made ready for the point-in-time work: an open session and what was learnt on it. */
+interface PreparedSession {
+  connection: Connection;
+  defaults: DefaultsFile;
+  server: ServerFlavour;
+  client: DumpClient;
+  databases: readonly string[];
+  consistent: boolean;
+}
 
 interface DatabasePlan extends SwapPlan {
   source: string;
@@ -72,10 +82,12 @@ type MysqlState = {
  * dump-format.ts), restored by replaying it into staging databases beside the targets and
  * swapping those in with one RENAME TABLE per database (swap.ts).
  *
- * Consistent mode: after checking that no long query would stall writers behind it, the agent's
- * own connection takes FLUSH TABLES WITH READ LOCK, records the binlog position, starts
- * mysqldump, and unlocks as soon as mysqldump's consistent snapshot is open; the lock dies with
- * the connection, and every error path unlocks. Live mode takes no lock.
+ * Consistent mode: the connection, versions, databases and option file are made ready before
+ * the writers are frozen (prepare); inside the freeze, after checking that no long query would
+ * stall writers behind it, the agent's own connection takes FLUSH TABLES WITH READ LOCK,
+ * records the binlog position, starts mysqldump, and unlocks as soon as mysqldump's consistent
+ * snapshot is open; the lock dies with the connection, and every error path unlocks. Live mode
+ * takes no lock.
  *
  * Restoring into another environment (--target): the backup's databases map onto the target
  * service's `databases` by name when they are the same set, otherwise by position (the i-th
@@ -115,38 +127,82 @@ export class MysqlDriver implements ServiceDriver {
     }
   }
 
-  async capture({ signal, consistent, partial }: CaptureOptions): Promise<Capture> {
+  async capture(options: CaptureOptions): Promise<Capture> {
+    return captureAtOnce(await this.prepare(options), options.signal);
+  }
+
+  /**
+   * Everything before the lock, run before a consistent backup's freeze: the connection, the
+   * server's and mysqldump's versions, the databases, the long-query check and the clients'
+   * option file. The check runs here so that a query already too long refuses the backup with
+   * nothing frozen, and again under the freeze right before FTWRL (docs/freeze.md says why).
+   */
+  async prepare({ signal, consistent, partial }: CaptureOptions): Promise<PreparedCapture> {
     throwIfCancelled(signal);
-    // Which mysqldump runs decides its options; asked beside the connecting, so that a capture
-    // inside a freeze waits for no extra round.
+    // Which mysqldump runs decides its options; asked beside the connecting.
     const probe = dumpClient(signal);
     probe.catch(() => {}); // awaited below; a failed connection must not leave it unhandled
     const endpoint = await this.#endpoint();
     const connection = await openConnection(endpoint, 'E_CAPTURE_FAILED', this.#what());
-    // Closing the session is what cancels a pending FTWRL and frees a held one.
     const onAbort = () => closeConnection(connection, { force: true });
     signal.addEventListener('abort', onAbort, { once: true });
     let defaults: DefaultsFile | undefined;
-    let dump: RunningDump | undefined;
-    let locked = false;
-    let facts: Facts;
+    let session: PreparedSession;
     try {
       // Both known before any lock is taken: the options follow from them (dumpOptions).
       const server = await serverFlavour(connection);
       const client = await probe;
       const databases = partial ? await this.#existingDatabases(connection) : await this.#checkDatabasesExist(connection);
+      if (consistent) await checkLongQueries(connection, this.#config.longQueryThreshold);
+      // The password is on disk (0600, the private temp dir) from here until mysqldump has read it, or the release.
+      defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
+      throwIfCancelled(signal);
+      session = { connection, defaults, server, client, databases, consistent };
+    } catch (error) {
+      closeConnection(connection);
+      await defaults?.remove();
+      if (signal.aborted) throw cancelled(signal);
+      throw serverError(error, 'E_CAPTURE_FAILED', this.#what());
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    // Once captured, the capture closes the connection and removes the file on every path.
+    return handOver(
+      (captureSignal) => this.#fixPointInTime(session, captureSignal),
+      async () => {
+        closeConnection(connection);
+        await session.defaults.remove();
+      },
+    );
+  }
+
+  /**
+   * The point-in-time work on a prepared session: consistent, FTWRL (after one more long-query
+   * check), the binlog position, mysqldump started, UNLOCK once its snapshot is open.
+   */
+  async #fixPointInTime({ connection, defaults, server, client, databases, consistent }: PreparedSession, signal: AbortSignal): Promise<Capture> {
+    // Closing the session is what cancels a pending FTWRL and frees a held one.
+    const onAbort = () => closeConnection(connection, { force: true });
+    signal.addEventListener('abort', onAbort, { once: true });
+    let dump: RunningDump | undefined;
+    let locked = false;
+    let facts: Facts;
+    try {
+      throwIfCancelled(signal);
       let binlog: BinlogPosition | undefined;
       let ftwrlMs: number | null = null;
+      let ftwrlWaitMs: number | null = null;
       let lockedAt = 0;
       if (consistent) {
         await checkLongQueries(connection, this.#config.longQueryThreshold);
+        const asked = performance.now();
         await flushTablesWithReadLock(connection, this.#config.lockWaitTimeout);
         locked = true;
         lockedAt = performance.now();
+        ftwrlWaitMs = Math.round((lockedAt - asked) * 100) / 100;
       }
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);
-      defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
       dump = startDump(defaults, dumpOptions(server, client), databases, signal);
       await withTimeout(dump.snapshotOpen, SNAPSHOT_TIMEOUT_MS, `mysqldump did not open its snapshot within ${SNAPSHOT_TIMEOUT_MS / 1000}s`);
       if (locked) {
@@ -166,13 +222,15 @@ export class MysqlDriver implements ServiceDriver {
         // Live: read just before the snapshot opened; commits in between are in the dump, after it.
         binlogExact: binlog ? consistent : null,
         ftwrlMs,
+        // How long FLUSH TABLES WITH READ LOCK took to get the lock (flushing tables, waiting for statements).
+        ftwrlWaitMs,
       };
     } catch (error) {
       dump?.kill();
       dump?.stream.destroy();
       if (locked) await connection.query('UNLOCK TABLES').catch(() => {});
       closeConnection(connection);
-      await defaults?.remove();
+      await defaults.remove();
       if (signal.aborted) throw cancelled(signal);
       throw serverError(error, 'E_CAPTURE_FAILED', this.#what());
     } finally {
@@ -188,7 +246,7 @@ export class MysqlDriver implements ServiceDriver {
       pointInTime: true, // one REPEATABLE READ snapshot, open now
       release: async () => {
         running.kill(); // a no-op once it has exited; stops an abandoned dump
-        await defaults?.remove();
+        await defaults.remove();
       },
     };
   }

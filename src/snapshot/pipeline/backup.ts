@@ -6,7 +6,7 @@ import { newBackupId } from '../backup-id.ts';
 import { compressionExtension, createCompressor, type Compression } from '../compression.ts';
 import { ByteCounter } from '../counter.ts';
 import { DigestStream } from '../digest.ts';
-import type { Capture, CaptureOptions, ServiceDriver } from '../driver.ts';
+import type { Capture, CaptureOptions, PreparedCapture, ServiceDriver } from '../driver.ts';
 import { catalogOf, loadParent, NO_PARENT, repositoryItems, type ParentSnapshot } from '../files/parent-snapshot.ts';
 import type { FreezeConfig } from '../freeze/config.ts';
 import { FreezeJournal } from '../freeze/journal.ts';
@@ -179,7 +179,7 @@ async function captureLive(ctx: RunContext, setup: BackupSetup, env: string, id:
   const elements: ElementRecord[] = [];
   for (const planned of plan) {
     throwIfCancelled(ctx.signal);
-    const started = await startCapture(planned, { signal: ctx.signal, consistent: false, partial: planned.partial });
+    const started = await startCapture(planned, planned.driver.capture(captureOptions(planned, { signal: ctx.signal, consistent: false, partial: planned.partial })));
     captures.push(started);
     elements.push(await storeElement(ctx, setup, env, id, started, ctx.signal));
   }
@@ -187,40 +187,54 @@ async function captureLive(ctx: RunContext, setup: BackupSetup, env: string, id:
 }
 
 /**
- * Consistent: freeze the writers, fix every service's point in time (snapshot open, fork
- * done, mount snapshotted), thaw, then stream. Services that can only be read live (a mount
- * without snapshots) are streamed before the thaw, and the pause says what that cost.
+ * Consistent: prepare every capture (connections, versions, checks: what needs no writers
+ * paused), freeze the writers, fix every service's point in time on what was prepared
+ * (snapshot open, fork done, mount snapshotted), thaw, then stream. Services that can only be
+ * read live (a mount without snapshots) are streamed before the thaw, and the pause says what
+ * that cost.
  */
 async function captureConsistent(ctx: RunContext, setup: BackupSetup, env: string, id: string, plan: Planned[], captures: Started[]): Promise<Captured> {
   const { logger, signal } = ctx;
   const { freeze } = setup;
-  const targets = freeze ? [...(await Promise.all(freeze.cgroups.map(cgroupTarget))), ...freeze.filesystems.map(filesystemTarget)] : [];
-  const lease =
-    targets.length > 0
-      ? await freezeWriters({ env, targets, journal: new FreezeJournal(setup.stateDir), deadlineMs: freeze!.deadline, signal, logger })
-      : undefined;
-  const frozenSignal = lease ? AbortSignal.any([signal, lease.signal]) : signal;
   const elements: ElementRecord[] = [];
   let pauseMs: number | null = null;
+  const prepared: PreparedCapture[] = [];
   try {
     for (const planned of plan) {
-      throwIfCancelled(frozenSignal);
-      captures.push(await startCapture(planned, { signal: frozenSignal, consistent: true, partial: planned.partial }));
+      throwIfCancelled(signal);
+      prepared.push(await prepareCapture(planned, captureOptions(planned, { signal, consistent: true, partial: planned.partial })));
     }
-    if (lease) await reachedPhase('freeze:capturing');
-    for (const started of captures.filter((c) => !c.capture.pointInTime)) {
-      // A store that retries through an outage must not hold the job past the deadline (or a
-      // cancel): the upload is told to stop and ends on its own; the backup fails now.
-      const element = await settleOrAbandon(storeElement(ctx, setup, env, id, started, frozenSignal), frozenSignal);
-      elements.push(lease ? { ...element, readInsideFreeze: true } : element);
+    await reachedPhase('backup:prepared');
+    throwIfCancelled(signal); // a cancel while the last one prepared: nothing is frozen
+    const targets = freeze ? [...(await Promise.all(freeze.cgroups.map(cgroupTarget))), ...freeze.filesystems.map(filesystemTarget)] : [];
+    const lease =
+      targets.length > 0
+        ? await freezeWriters({ env, targets, journal: new FreezeJournal(setup.stateDir), deadlineMs: freeze!.deadline, signal, logger })
+        : undefined;
+    const frozenSignal = lease ? AbortSignal.any([signal, lease.signal]) : signal;
+    try {
+      for (const [index, planned] of plan.entries()) {
+        throwIfCancelled(frozenSignal);
+        captures.push(await startCapture(planned, prepared[index]!.capture(frozenSignal)));
+      }
+      if (lease) await reachedPhase('freeze:capturing');
+      for (const started of captures.filter((c) => !c.capture.pointInTime)) {
+        // A store that retries through an outage must not hold the job past the deadline (or a
+        // cancel): the upload is told to stop and ends on its own; the backup fails now.
+        const element = await settleOrAbandon(storeElement(ctx, setup, env, id, started, frozenSignal), frozenSignal);
+        elements.push(lease ? { ...element, readInsideFreeze: true } : element);
+      }
+    } finally {
+      if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
     }
+    if (elements.length > 0 && lease) {
+      logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name) }, 'the pause includes reading elements that could not be snapshotted');
+    }
+    throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
   } finally {
-    if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
+    // What was prepared and never captured (a failure, a cancel, the deadline): its connection closes now.
+    await Promise.all(prepared.map((p) => p.release().catch(() => {})));
   }
-  if (elements.length > 0 && lease) {
-    logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name) }, 'the pause includes reading elements that could not be snapshotted');
-  }
-  throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
   // Stored side by side: a producer kept waiting behind another element's upload would time
   // out (mysqldump's server connection gives up after net_write_timeout). The first failure
   // stops the others.
@@ -308,8 +322,19 @@ async function checkManualLimit(env: string, options: BackupRequest, limit: numb
   return manual.slice(limit - 1).map((b) => b.id); // newest first: the oldest are at the end
 }
 
-async function startCapture({ name, driver, previousBytes, parent, previousRoot }: Planned, options: CaptureOptions): Promise<Started> {
-  const capture = await driver.capture(parent ? { ...options, segments: { parent: parent.signatures } } : options);
+/** The options of an element's capture: a files element into a repository marks its files against its parent snapshot. */
+function captureOptions({ parent }: Planned, options: CaptureOptions): CaptureOptions {
+  return parent ? { ...options, segments: { parent: parent.signatures } } : options;
+}
+
+/** The driver's prepare step, or — a driver without one — all of its capture left for the freeze. */
+async function prepareCapture({ driver }: Planned, options: CaptureOptions): Promise<PreparedCapture> {
+  if (driver.prepare) return driver.prepare(options);
+  return { capture: (signal) => driver.capture({ ...options, signal }), release: async () => {} };
+}
+
+async function startCapture({ name, driver, previousBytes, parent, previousRoot }: Planned, capturing: Promise<Capture>): Promise<Started> {
+  const capture = await capturing;
   // Awaited when the element is stored, which may come after the producer already failed; the
   // stream too may fail (a cancel destroys it) before its element's turn to be stored, and an
   // 'error' without a listener would take the whole process down. The failure still reaches

@@ -2,7 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
-import { backoff, info, infoNumber, keyspaceOf, logCursor, logSince, parseInfo, pause, replyText, warningsIn, type LogCursor } from './connection.ts';
+import { backoff, info, infoNumber, keyspaceOf, logCursor, logSince, parseInfo, pause, replyText, warningsIn, type Info, type LogCursor } from './connection.ts';
 
 /**
  * The write pause's own expiry. CLIENT PAUSE is sent in the same write as BGSAVE … UNPAUSE
@@ -19,6 +19,8 @@ export interface ForkedSave {
   savesAtFork: number | undefined;
   /** Time between CLIENT PAUSE and the UNPAUSE reply; null in live mode. */
   pauseMs: number | null;
+  /** How long Redis's fork took (INFO stats latest_fork_usec, right after ours); null when not reported. */
+  forkUsec: number | null;
   keys: number;
   keyspace: string;
   warnings: string[];
@@ -45,13 +47,12 @@ const BUSY = /already in progress|another child process is active|rewriting in p
  * the file we read is never one whose point in time predates the request. Consistent mode
  * holds `CLIENT PAUSE … WRITE` across the fork only: one pipeline — one write to the socket —
  * of CLIENT PAUSE, BGSAVE, INFO keyspace, INFO persistence and CLIENT UNPAUSE, which Redis runs
- * back to back. Nothing can stop the agent between the pause and the unpause: once the write
+ * back to back (then INFO stats, for the fork's time, after the pause has ended). Nothing can stop the agent between the pause and the unpause: once the write
  * is made, both reach Redis whatever becomes of the agent (it runs commands it has read even
  * from a client that has gone). Not in MULTI: there BGSAVE only schedules a fork for later.
  */
 export async function forkSave(client: Redis, options: SaveOptions): Promise<ForkedSave> {
   const { consistent, signal } = options;
-  if (consistent) await requirePauseWrite(client);
   for (;;) {
     await waitForNoChild(client, options);
     const log = await logCursor(client);
@@ -69,6 +70,7 @@ export async function forkSave(client: Redis, options: SaveOptions): Promise<For
           .call('INFO', 'keyspace')
           .call('INFO', 'persistence')
           .call('CLIENT', 'UNPAUSE')
+          .call('INFO', 'stats') // after the unpause: the fork's time, without lengthening the pause
           .exec();
         await reachedPhase('redis:paused'); // the pipeline is written: the pause and its end are on their way
         replies = ((await sent) ?? []) as [Error | null, unknown][];
@@ -83,9 +85,9 @@ export async function forkSave(client: Redis, options: SaveOptions): Promise<For
           cause: pauseError,
         });
       }
-      replies = replies.slice(1);
+      replies = [...replies.slice(1, 4), ...replies.slice(5)]; // BGSAVE, INFO keyspace, INFO persistence, INFO stats
     } else {
-      replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').exec()) ?? []) as [Error | null, unknown][];
+      replies = ((await client.pipeline().call('BGSAVE').call('INFO', 'keyspace').call('INFO', 'persistence').call('INFO', 'stats').exec()) ?? []) as [Error | null, unknown][];
     }
     const [saveError] = replies[0] ?? [new Error('no reply to BGSAVE')];
     if (saveError) {
@@ -94,16 +96,19 @@ export async function forkSave(client: Redis, options: SaveOptions): Promise<For
     }
     const { keys, keyspace } = keyspaceOf(parseInfo(String(replies[1]?.[1] ?? '')));
     const savesAtFork = infoNumber(parseInfo(String(replies[2]?.[1] ?? '')), 'rdb_saves');
-    return { log, savesAtFork, pauseMs: pauseMs === null ? null : Math.round(pauseMs * 1000) / 1000, keys, keyspace, warnings: [] };
+    // Ours: no other child can fork while our save runs.
+    const forkUsec = infoNumber(parseInfo(String(replies[3]?.[1] ?? '')), 'latest_fork_usec') ?? null;
+    return { log, savesAtFork, pauseMs: pauseMs === null ? null : Math.round(pauseMs * 1000) / 1000, forkUsec, keys, keyspace, warnings: [] };
   }
 }
 
 /**
- * CLIENT PAUSE … WRITE came with Redis 6.2. Checked before the pipeline: there, a refused
- * pause would not stop the BGSAVE behind it from running unpaused.
+ * CLIENT PAUSE … WRITE came with Redis 6.2. Checked before the pipeline (by the driver's
+ * prepare, before any freeze): there, a refused pause would not stop the BGSAVE behind it
+ * from running unpaused. `server` is INFO server.
  */
-async function requirePauseWrite(client: Redis): Promise<void> {
-  const version = (await info(client, 'server')).get('redis_version');
+export function requirePauseWrite(server: Info): void {
+  const version = server.get('redis_version');
   const [major = 0, minor = 0] = (version ?? '').split('.').map(Number);
   if (version !== undefined && (major < 6 || (major === 6 && minor < 2))) {
     throw new AgentError('E_CAPTURE_FAILED', `Redis ${version} has no CLIENT PAUSE … WRITE; a consistent Redis capture needs Redis 6.2 or later (or back up with --live)`);

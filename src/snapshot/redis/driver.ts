@@ -5,12 +5,12 @@ import path from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Redis } from 'ioredis';
-import { AgentError, throwIfCancelled, toAgentError, type ErrorCode } from '../../errors.ts';
-import type { Capture, CaptureOptions, CaptureResult, Facts, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
+import { AgentError, cancelled, throwIfCancelled, toAgentError, type ErrorCode } from '../../errors.ts';
+import { captureAtOnce, handOver, type Capture, type CaptureOptions, type CaptureResult, type Facts, type PreparedCapture, type ServiceDriver, type StagedRestore, type StagedState, type StageOptions } from '../driver.ts';
 import { requireFreeSpace } from '../free-space.ts';
 import { privateTempDir } from '../private-temp.ts';
-import { forkSave, waitForSave } from './bgsave.ts';
-import { configGet, connect, describeAddress, info, infoNumber, type RedisAddress } from './connection.ts';
+import { forkSave, requirePauseWrite, waitForSave } from './bgsave.ts';
+import { configGet, connect, describeAddress, info, infoNumber, type Info, type RedisAddress } from './connection.ts';
 import { checkRdb, readRdbVersion } from './rdb-file.ts';
 import { rdbFunctionLibraries } from './rdb-functions.ts';
 import { checkTarget, loadThroughReplication, undoInterruptedLoad } from './replica-load.ts';
@@ -59,15 +59,49 @@ export class RedisDriver implements ServiceDriver {
     }
   }
 
-  async capture({ signal, consistent }: CaptureOptions): Promise<Capture> {
+  async capture(options: CaptureOptions): Promise<Capture> {
+    return captureAtOnce(await this.prepare(options), options.signal);
+  }
+
+  /**
+   * Before a consistent backup's freeze: the connection, the server's version (CLIENT PAUSE …
+   * WRITE is refused before anything is frozen) and where it writes its RDB. What stays for the
+   * freeze is the wait for another child, the log's offset and the pause pipeline (forkSave).
+   */
+  async prepare({ signal, consistent }: CaptureOptions): Promise<PreparedCapture> {
     throwIfCancelled(signal);
+    const client = await this.#connect('E_CAPTURE_FAILED', 'capture');
+    // A cancel while preparing ends the connection, and so the command waiting on it.
+    const onAbort = () => client.disconnect();
+    signal.addEventListener('abort', onAbort, { once: true });
+    let server: Info;
+    let file: string;
+    try {
+      server = await info(client, 'server');
+      if (consistent) requirePauseWrite(server);
+      file = await rdbPath(client);
+      throwIfCancelled(signal);
+    } catch (error) {
+      client.disconnect();
+      if (signal.aborted) throw cancelled(signal);
+      throw captureError(error, this.#options.name);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+    // Once captured, the capture disconnects once it is done, on every path.
+    return handOver(
+      (captureSignal) => this.#fork(client, { server, file, consistent }, captureSignal),
+      () => client.disconnect(),
+    );
+  }
+
+  /** BGSAVE on the prepared connection (the point in time), then the RDB it wrote, streamed. */
+  async #fork(client: Redis, { server, file, consistent }: { server: Info; file: string; consistent: boolean }, signal: AbortSignal): Promise<Capture> {
     const timeoutMs = this.#options.config.saveTimeout;
     const deadline = Date.now() + timeoutMs;
-    const client = await this.#connect('E_CAPTURE_FAILED', 'capture');
     let handedOver = false;
     try {
-      const server = await info(client, 'server');
-      const file = await rdbPath(client);
+      throwIfCancelled(signal);
       const fork = await forkSave(client, {
         consistent,
         signal,
@@ -113,6 +147,7 @@ export class RedisDriver implements ServiceDriver {
             keys: fork.keys,
             keyspace: fork.keyspace,
             pauseMs: fork.pauseMs,
+            forkUsec: fork.forkUsec,
           };
           return { facts, warnings: fork.warnings };
         } catch (error) {
