@@ -5,10 +5,9 @@ import { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { splitPlainKeys } from '../src/snapshot/mysql/deferred-keys.ts';
-import { MysqlDriver } from '../src/snapshot/mysql/driver.ts';
 import { StagingRewriter } from '../src/snapshot/mysql/rewrite.ts';
 import { singleDatabaseStages } from '../src/snapshot/mysql/single-database.ts';
-import { connect, createDatabase, leftoverDatabases, mariadbServer, rows, uniqueName, type MariadbTestServer } from './support/mysql.ts';
+import { connect, createDatabase, leftoverDatabases, mariadbServer, rows, testMysqlDriver, uniqueName, type MariadbTestServer } from './support/mysql.ts';
 
 const ORDERS = [
   'CREATE TABLE `orders` (',
@@ -64,13 +63,7 @@ describe('deferred secondary keys: a restore into the real MariaDB', () => {
   let db: Connection;
   let stateDir: string;
   const created: string[] = [];
-  const driver = (databases: string[]) =>
-    new MysqlDriver({
-      name: 'db',
-      config: { kind: 'mysql', host: server.host, port: server.port, socket: undefined, user: server.user, databases, lockWaitTimeout: 5_000, longQueryThreshold: 10_000 },
-      stateDir,
-      password: async () => server.password,
-    });
+  const driver = (databases: string[]) => testMysqlDriver(server, databases, stateDir);
 
   beforeAll(async () => {
     server = mariadbServer();

@@ -4,11 +4,10 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MysqlDriver } from '../src/snapshot/mysql/driver.ts';
 import { DUMP_OPTIONS, dumpOptions } from '../src/snapshot/mysql/dump.ts';
 import { dumpClient, parseDumpClient, parseServerFlavour } from '../src/snapshot/mysql/flavour.ts';
 import { StagingRewriter } from '../src/snapshot/mysql/rewrite.ts';
-import { connect, createDatabase, leftoverDatabases, mariadbServer, rows, uniqueName, type MariadbTestServer } from './support/mysql.ts';
+import { connect, createDatabase, leftoverDatabases, mariadbServer, rows, testMysqlDriver, uniqueName, type MariadbTestServer } from './support/mysql.ts';
 
 /*
  * Oracle MySQL 8 (issue #14 §3). Debian 12 has no MySQL 8 server (its mysql-server is MariaDB's,
@@ -170,13 +169,7 @@ describe('MySQL 8: a mysqldump 8.0 dump restored into the real MariaDB', () => {
   const created: string[] = [];
   const track = (name: string) => (created.push(name), name);
   let stateDir: string;
-  const driver = (databases: string[]) =>
-    new MysqlDriver({
-      name: 'db',
-      config: { kind: 'mysql', host: server.host, port: server.port, socket: undefined, user: server.user, databases, lockWaitTimeout: 5_000, longQueryThreshold: 10_000 },
-      stateDir,
-      password: async () => server.password,
-    });
+  const driver = (databases: string[]) => testMysqlDriver(server, databases, stateDir);
 
   beforeAll(async () => {
     server = mariadbServer();

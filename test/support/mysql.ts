@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
 import { inject } from 'vitest';
+import { MysqlDriver } from '../../src/snapshot/mysql/driver.ts';
 
 /**
  * The test MariaDB started by scripts/mariadb.sh: the vitest global setup's (`inject('mysql')`),
@@ -21,6 +22,16 @@ export interface MariadbTestServer {
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const SCRIPT = path.join(ROOT, 'scripts/mariadb.sh');
+
+/** A driver of `databases` on the test server, as the agent's user, its state under `stateDir`. */
+export function testMysqlDriver(server: MariadbTestServer, databases: string[], stateDir: string): MysqlDriver {
+  return new MysqlDriver({
+    name: 'db',
+    config: { kind: 'mysql', host: server.host, port: server.port, socket: undefined, user: server.user, databases, lockWaitTimeout: 5_000, longQueryThreshold: 10_000 },
+    stateDir,
+    password: async () => server.password,
+  });
+}
 
 /** The global setup's server, else $MARIADB_DIR's (started unless it runs). */
 export function mariadbServer(): MariadbTestServer {
