@@ -36,6 +36,9 @@
 #                 also needs SUPER, or the server setting
 #                 log_bin_trust_function_creators=1 (set here, as on most
 #                 managed MySQL/MariaDB services).
+#   point-in-time restore (pitr: on a mysql service) adds: REPLICATION SLAVE
+#                 (the daemon streams the binary log as a replica would) and
+#                 BINLOG REPLAY (the restore replays ROW events, BINLOG '...').
 # The test user gets exactly those (global), not ALL.
 set -euo pipefail
 # shellcheck source=lib/bootstrap.sh
@@ -56,7 +59,7 @@ readonly TIMEOUT_S=60
 readonly PACKAGES=(mariadb-server mariadb-client)
 readonly GRANTS="SELECT, SHOW VIEW, TRIGGER, LOCK TABLES, EVENT, RELOAD, PROCESS, REPLICATION CLIENT,
   CREATE, DROP, ALTER, INSERT, UPDATE, DELETE, INDEX, CREATE VIEW, CREATE ROUTINE, ALTER ROUTINE, EXECUTE,
-  REFERENCES, SET USER"
+  REFERENCES, SET USER, REPLICATION SLAVE, BINLOG REPLAY"
 
 log() { printf 'mariadb.sh: %s\n' "$*" >&2; }
 die() {
