@@ -60,6 +60,12 @@ const catalogue = {
   E_REPOSITORY_KEY: ExitCode.integrity,
   /** A blob of the repository is missing, changed, truncated or not indexed. */
   E_REPOSITORY_CORRUPT: ExitCode.integrity,
+  /** Bytes that are not a well-formed binary log (v4): bad magic, an event size or end position that does not add up. */
+  E_BINLOG_CORRUPT: ExitCode.integrity,
+  /** The stored binlog of a point-in-time restore is missing a piece, or a piece does not verify (docs/pitr.md). */
+  E_BINLOG_CHAIN: ExitCode.integrity,
+  /** A point-in-time restore to a point the stored binlog and base backups do not cover. */
+  E_PITR_OUT_OF_WINDOW: ExitCode.notFound,
   E_STORE_UNAVAILABLE: ExitCode.storage,
   E_STORE_IO: ExitCode.storage,
   /** A multipart upload aborted by another party mid-upload (issue #11): the backup can be retried. */
@@ -67,6 +73,8 @@ const catalogue = {
   E_PRESIGN_UNSUPPORTED: ExitCode.storage,
   E_CAPTURE_FAILED: ExitCode.capture,
   E_FREEZE_TIMEOUT: ExitCode.capture,
+  /** The binary log stream (mariadb-binlog) cannot run or continue: client missing, server refuses, stream inconsistent. */
+  E_BINLOG_STREAM: ExitCode.capture,
   E_RESTORE_FAILED: ExitCode.restore,
   E_CANCELLED: ExitCode.cancelled,
   E_UNSAFE_ARCHIVE_ENTRY: ExitCode.unsafeArchive,

@@ -17,7 +17,11 @@ export interface BinlogSegment {
   lastEventMs: number | null;
   /** The last GTID seen in the segment (`domain-server-seq` on MariaDB), or null. */
   lastGtid: string | null;
-  /** True when this is the file's last segment: the server rotated to a new file after it. */
+  /**
+   * True when this is the file's last segment: the server rotated to a new file after it. Such a
+   * segment may hold no bytes (`offset = end`) when the file's end was learnt only after its last
+   * bytes were stored (a server that crashed writes no rotate event at the end of its file).
+   */
   closed: boolean;
 }
 
@@ -25,6 +29,8 @@ export interface BinlogSegment {
 export interface StreamPosition {
   file: string;
   end: number;
+  /** Whether storage holds the file's closing segment: the streamer then goes on with the next file. Absent means no. */
+  closed?: boolean;
 }
 
 /**
