@@ -42,8 +42,46 @@ const DOMAIN = 'storage-agent/manifest-mac/v1\n';
  * manifest.json whatever its indentation or key order.
  */
 export function canonicalManifestBytes(manifest: object): Buffer {
-  const { mac: _mac, ...rest } = manifest as { mac?: unknown };
-  return Buffer.from(DOMAIN + canonicalJson(rest), 'utf8');
+  return canonicalBytes(DOMAIN, manifest);
+}
+
+/** The same canonical form for another kind of signed record, under its own domain string. */
+export function canonicalBytes(domain: string, record: object): Buffer {
+  const { mac: _mac, ...rest } = record as { mac?: unknown };
+  return Buffer.from(domain + canonicalJson(rest), 'utf8');
+}
+
+/** The HMAC of a record (without its `mac`) under `secret`, in `domain`. */
+export function recordMac(domain: string, record: object, secret: Buffer): Buffer {
+  return createHmac('sha256', secret).update(canonicalBytes(domain, record)).digest();
+}
+
+/**
+ * Why a record's `mac` does not verify under the ring, or undefined when it does: the same
+ * checks as a manifest's (algorithm, a known key, a constant-time compare), for the caller to
+ * word its own error.
+ */
+export function macProblem(domain: string, raw: unknown, keys: KeyRing): string | undefined {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw) || !Object.hasOwn(raw, 'mac')) return 'it carries no MAC';
+  const mac = (raw as { mac: unknown }).mac as Partial<Record<keyof ManifestMac, unknown>> | null;
+  if (mac === null || typeof mac !== 'object' || mac.alg !== MAC_ALGORITHM || typeof mac.keyId !== 'string' || typeof mac.value !== 'string' || !/^[0-9a-f]{64}$/.test(mac.value)) {
+    return `its mac field is not an ${MAC_ALGORITHM} MAC with a keyId`;
+  }
+  const secret = keys.verifying.get(mac.keyId);
+  if (!secret) {
+    return `it is signed with key ${JSON.stringify(mac.keyId.slice(0, 80))}, which is not among this node's keys (${[...keys.verifying.keys()].join(', ')}); if that key is yours, add its file to keys: under that id`;
+  }
+  // Constant time: a forger learns nothing from how long a wrong MAC took to refuse.
+  if (!timingSafeEqual(recordMac(domain, raw, secret), Buffer.from(mac.value, 'hex'))) {
+    return `its MAC does not verify under key ${mac.keyId}: it was changed after it was signed, or was not written by an agent holding the key`;
+  }
+  return undefined;
+}
+
+/** The record with its `mac` under the ring's signing key. */
+export function signRecord<T extends object>(domain: string, record: T, keys: KeyRing): T & { mac: ManifestMac } {
+  const value = recordMac(domain, record, keys.signing.secret).toString('hex');
+  return { ...record, mac: { keyId: keys.signing.id, alg: MAC_ALGORITHM, value } };
 }
 
 function canonicalJson(value: unknown): string {
@@ -58,13 +96,12 @@ function canonicalJson(value: unknown): string {
 }
 
 function macOf(manifest: object, secret: Buffer): Buffer {
-  return createHmac('sha256', secret).update(canonicalManifestBytes(manifest)).digest();
+  return recordMac(DOMAIN, manifest, secret);
 }
 
 /** The manifest with its `mac` under the ring's signing key (any earlier `mac` replaced). */
 export function signManifest<T extends object>(manifest: T, keys: KeyRing): T & { mac: ManifestMac } {
-  const value = macOf(manifest, keys.signing.secret).toString('hex');
-  return { ...manifest, mac: { keyId: keys.signing.id, alg: MAC_ALGORITHM, value } };
+  return signRecord(DOMAIN, manifest, keys);
 }
 
 /**
@@ -75,22 +112,8 @@ export function signManifest<T extends object>(manifest: T, keys: KeyRing): T & 
  */
 export function checkManifestMac(raw: unknown, keys: KeyRing, env: string, id: string): 'authenticated' | 'unsigned' {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw) || !Object.hasOwn(raw, 'mac')) return 'unsigned';
-  const mac = (raw as { mac: unknown }).mac as Partial<Record<keyof ManifestMac, unknown>> | null;
-  if (mac === null || typeof mac !== 'object' || mac.alg !== MAC_ALGORITHM || typeof mac.keyId !== 'string' || typeof mac.value !== 'string' || !/^[0-9a-f]{64}$/.test(mac.value)) {
-    throw unauthenticated(env, id, `its mac field is not an ${MAC_ALGORITHM} MAC with a keyId`);
-  }
-  const secret = keys.verifying.get(mac.keyId);
-  if (!secret) {
-    throw unauthenticated(
-      env,
-      id,
-      `it is signed with key ${JSON.stringify(mac.keyId.slice(0, 80))}, which is not among this node's keys (${[...keys.verifying.keys()].join(', ')}); if that key is yours, add its file to keys: under that id`,
-    );
-  }
-  // Constant time: a forger learns nothing from how long a wrong MAC took to refuse.
-  if (!timingSafeEqual(macOf(raw, secret), Buffer.from(mac.value, 'hex'))) {
-    throw unauthenticated(env, id, `its MAC does not verify under key ${mac.keyId}: the manifest was changed after it was signed, or was not written by an agent holding the key`);
-  }
+  const problem = macProblem(DOMAIN, raw, keys);
+  if (problem !== undefined) throw unauthenticated(env, id, problem);
   return 'authenticated';
 }
 

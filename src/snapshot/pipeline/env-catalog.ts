@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { isAgentError } from '../../errors.ts';
 import { backupIdPattern } from '../names.ts';
+import { readAtMost } from '../read-at-most.ts';
 import type { ObjectInfo, ObjectStore } from '../../transport/stores/object-store.ts';
 
 /**
@@ -138,16 +139,4 @@ function sameEntries(stored: Catalog, entries: readonly [string, CatalogEntry][]
     const other = stored.get(id);
     return other !== undefined && other.size === entry.size && other.lastModified === entry.lastModified && other.manifest === entry.manifest;
   });
-}
-
-/** The body, or undefined as soon as it passes `limit` bytes (leaving the loop destroys the stream: the rest is not read). */
-async function readAtMost(body: Readable, limit: number): Promise<Buffer | undefined> {
-  const chunks: Buffer[] = [];
-  let bytes = 0;
-  for await (const chunk of body as AsyncIterable<Buffer>) {
-    bytes += chunk.length;
-    if (bytes > limit) return undefined;
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
 }

@@ -1,0 +1,266 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
+import { zstdCompress, zstdDecompress } from 'node:zlib';
+import { z } from 'zod';
+import { AgentError, throwIfCancelled } from '../../errors.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
+import { macProblem, signRecord, type KeyRing, type ManifestMac } from '../manifest-mac.ts';
+import { readAtMost } from '../read-at-most.ts';
+import type { BinlogSegment, SegmentSink, StreamPosition } from './segment.ts';
+
+/**
+ * The binary log of a mysql service as stored (docs/pitr.md):
+ *
+ *   <env>/pitr/<service>/<chain>/<seq>.json   a record: what segment <seq> holds, MACed
+ *   <env>/pitr/<service>/<chain>/<seq>.zst    the segment's bytes, one zstd frame
+ *
+ * A chain is an unbroken run of the server's binlog, from where the streamer started to where it
+ * is now: `<start, epoch ms, 13 digits>-<8 random hex>`, so that key order is time order. Each
+ * record names the MAC of the one before it, so a record removed or replaced from the middle
+ * breaks the chain where it happened, and the record binds its env, service, chain and seq, so
+ * it cannot be moved to another place of the bucket. A gap (the server purged a file the agent
+ * had not read) starts a new chain: no restore replays across it.
+ *
+ * `pitr/` sorts after `catalog.json`: a backup listing (catalog.ts) stops before it.
+ */
+const DOMAIN = 'storage-agent/binlog-record/v1\n';
+const RECORD_VERSION = 1;
+/** A record is a few hundred bytes; anything much larger is not ours. */
+const MAX_RECORD_BYTES = 64 * 1024;
+const SEQ_DIGITS = 10;
+const CHAIN_PATTERN = /^\d{13}-[0-9a-f]{8}$/;
+const FILE_PATTERN = /^[A-Za-z0-9._-]{1,200}\.\d{1,10}$/;
+
+export const pitrPrefix = (env: string, service: string): string => `${env}/pitr/${service}/`;
+const chainPrefix = (env: string, service: string, chain: string): string => `${pitrPrefix(env, service)}${chain}/`;
+const seqName = (seq: number): string => String(seq).padStart(SEQ_DIGITS, '0');
+export const recordKey = (env: string, service: string, chain: string, seq: number): string => `${chainPrefix(env, service, chain)}${seqName(seq)}.json`;
+export const segmentKey = (env: string, service: string, chain: string, seq: number): string => `${chainPrefix(env, service, chain)}${seqName(seq)}.zst`;
+
+const recordSchema = z
+  .object({
+    version: z.literal(RECORD_VERSION),
+    env: z.string(),
+    service: z.string(),
+    chain: z.string().regex(CHAIN_PATTERN),
+    seq: z.number().int().min(0),
+    file: z.string().regex(FILE_PATTERN),
+    offset: z.number().int().min(0),
+    end: z.number().int().min(0),
+    storedBytes: z.number().int().min(0),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    firstEventMs: z.number().int().nullable(),
+    lastEventMs: z.number().int().nullable(),
+    lastGtid: z.string().max(200).nullable(),
+    closed: z.boolean(),
+    /** The previous record's MAC value; null for a chain's first. */
+    previous: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
+    /** Why this chain began (the first record only): the first start, or the gap it follows. */
+    reason: z.string().max(500).nullable(),
+    writtenAt: z.string().datetime(),
+    mac: z.object({ keyId: z.string(), alg: z.literal('HMAC-SHA256'), value: z.string().regex(/^[0-9a-f]{64}$/) }),
+  })
+  .strict()
+  .refine((r) => r.end >= r.offset, 'end is before offset');
+export type BinlogRecord = z.infer<typeof recordSchema>;
+
+/** A place in a server's binlog: the file and the byte offset in it. */
+export interface BinlogPoint {
+  file: string;
+  position: number;
+}
+
+/** The binlog files are one base name with a growing number: order by the number. */
+export function compareFiles(a: string, b: string): number {
+  const na = Number(a.slice(a.lastIndexOf('.') + 1));
+  const nb = Number(b.slice(b.lastIndexOf('.') + 1));
+  return na - nb;
+}
+
+/** Whether a place in the binlog comes before another. */
+export function pointBefore(a: BinlogPoint, b: BinlogPoint): boolean {
+  const files = compareFiles(a.file, b.file);
+  return files < 0 || (files === 0 && a.position < b.position);
+}
+
+export function binlogChainError(message: string, details?: Record<string, unknown>): AgentError {
+  return new AgentError('E_BINLOG_CHAIN', message, details ? { details } : undefined);
+}
+
+const compress = promisify(zstdCompress);
+const decompress = promisify(zstdDecompress);
+
+/**
+ * The binlog of one service in one environment's store: written by the streamer (as its
+ * SegmentSink), read by restores and listings. One writer at a time (the node owning the
+ * environment runs its streamer), any number of readers.
+ */
+export class BinlogArchive implements SegmentSink {
+  readonly #store: ObjectStore;
+  readonly #env: string;
+  readonly #service: string;
+  readonly #keys: KeyRing;
+  /** The newest stored record (this writer's), once known. */
+  #head: BinlogRecord | undefined;
+  #headKnown = false;
+  /** Set by restart(): the next append starts a new chain, saying why. */
+  #restartReason: string | undefined;
+
+  constructor(store: ObjectStore, env: string, service: string, keys: KeyRing) {
+    this.#store = store;
+    this.#env = env;
+    this.#service = service;
+    this.#keys = keys;
+  }
+
+  get env(): string {
+    return this.#env;
+  }
+
+  get service(): string {
+    return this.#service;
+  }
+
+  /** Chains newest first, each with its records' seqs in order (from the listing: not yet verified). */
+  async chains(): Promise<{ chain: string; seqs: number[] }[]> {
+    const prefix = pitrPrefix(this.#env, this.#service);
+    const chains = new Map<string, number[]>();
+    for await (const object of this.#store.list(prefix)) {
+      const m = /^([^/]+)\/(\d{10})\.json$/.exec(object.key.slice(prefix.length));
+      if (!m || !CHAIN_PATTERN.test(m[1]!)) continue; // not ours: ignored, as in a backup listing
+      const seqs = chains.get(m[1]!) ?? [];
+      seqs.push(Number(m[2]));
+      chains.set(m[1]!, seqs);
+    }
+    return [...chains.entries()].sort(([a], [b]) => (a < b ? 1 : -1)).map(([chain, seqs]) => ({ chain, seqs }));
+  }
+
+  /** A record, authenticated and checked to be the one its key names. */
+  async readRecord(chain: string, seq: number, signal?: AbortSignal): Promise<BinlogRecord> {
+    const key = recordKey(this.#env, this.#service, chain, seq);
+    const bytes = await readAtMost(await this.#store.get(key, { signal }), MAX_RECORD_BYTES);
+    let raw: unknown;
+    try {
+      if (!bytes) throw new Error('too large');
+      raw = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      throw binlogChainError(`binlog record ${key} is not JSON (or is over 64 KiB): it was not written by the agent; restore to a point before it or after the next base backup`, { key });
+    }
+    const problem = macProblem(DOMAIN, raw, this.#keys);
+    if (problem) throw binlogChainError(`binlog record ${key} is not authenticated (${problem}); it is refused`, { key });
+    const parsed = recordSchema.safeParse(raw);
+    if (!parsed.success) throw binlogChainError(`binlog record ${key} is not a valid record: ${parsed.error.issues[0]?.message ?? 'invalid'}`, { key });
+    const record = parsed.data;
+    if (record.env !== this.#env || record.service !== this.#service || record.chain !== chain || record.seq !== seq) {
+      throw binlogChainError(`binlog record ${key} was signed for another place (${record.env}/${record.service}/${record.chain}/${record.seq}); it is refused`, { key });
+    }
+    return record;
+  }
+
+  /** The bytes of a record's segment, checked against it (size, sha256) before anyone uses them. */
+  async readSegment(record: BinlogRecord, signal?: AbortSignal): Promise<Buffer> {
+    const key = segmentKey(this.#env, this.#service, record.chain, record.seq);
+    const stored = (await readAtMost(await this.#store.get(key, { signal }), record.storedBytes)) ?? Buffer.alloc(0);
+    const rawBytes = record.end - record.offset;
+    let bytes: Buffer;
+    try {
+      // Bounded by the record: a forged frame cannot inflate past the bytes it claims.
+      bytes = stored.length === record.storedBytes ? await decompress(stored, { maxOutputLength: Math.max(1, rawBytes) }) : Buffer.alloc(0);
+    } catch {
+      bytes = Buffer.alloc(0);
+    }
+    if (stored.length !== record.storedBytes || bytes.length !== rawBytes || createHash('sha256').update(bytes).digest('hex') !== record.sha256) {
+      throw binlogChainError(
+        `binlog segment ${key} (${record.file} bytes ${record.offset}-${record.end}) does not match its record: it is damaged or was replaced; restore to a point before it`,
+        { key, file: record.file, offset: record.offset },
+      );
+    }
+    return bytes;
+  }
+
+  // ---------------------------------------------------------------- writing (SegmentSink)
+
+  async resume(signal: AbortSignal): Promise<StreamPosition | undefined> {
+    const head = await this.#findHead(signal);
+    return head ? { file: head.file, end: head.end, closed: head.closed } : undefined;
+  }
+
+  async restart(reason: string): Promise<void> {
+    this.#restartReason = reason;
+  }
+
+  async append(segment: BinlogSegment, signal: AbortSignal): Promise<void> {
+    throwIfCancelled(signal);
+    const head = await this.#findHead(signal);
+    const startsChain = head === undefined || this.#restartReason !== undefined;
+    if (!startsChain) checkContinues(head, segment);
+    const chain = startsChain ? `${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}` : head.chain;
+    const seq = startsChain ? 0 : head.seq + 1;
+    const stored = await compress(segment.bytes);
+    // The bytes first, their record last: a record is only ever written for stored bytes, and
+    // a crash in between leaves bytes the next append of the same seq overwrites.
+    await this.#store.put(segmentKey(this.#env, this.#service, chain, seq), Readable.from([stored]), { signal });
+    const record = signRecord(
+      DOMAIN,
+      {
+        version: RECORD_VERSION,
+        env: this.#env,
+        service: this.#service,
+        chain,
+        seq,
+        file: segment.file,
+        offset: segment.offset,
+        end: segment.end,
+        storedBytes: stored.length,
+        sha256: createHash('sha256').update(segment.bytes).digest('hex'),
+        firstEventMs: segment.firstEventMs,
+        lastEventMs: segment.lastEventMs,
+        lastGtid: segment.lastGtid,
+        closed: segment.closed,
+        previous: startsChain ? null : head.mac.value,
+        reason: startsChain ? (this.#restartReason ?? (head ? 'a new chain' : 'the first start of the stream')) : null,
+        writtenAt: new Date().toISOString(),
+      } as const,
+      this.#keys,
+    ) as BinlogRecord & { mac: ManifestMac };
+    await this.#store.put(recordKey(this.#env, this.#service, chain, seq), Readable.from([Buffer.from(JSON.stringify(record))]), { signal });
+    this.#head = record;
+    this.#restartReason = undefined;
+  }
+
+  /**
+   * The newest record of the newest chain. One that does not verify (damaged, forged) cannot be
+   * continued: the next append starts a new chain, and says why.
+   */
+  async #findHead(signal: AbortSignal): Promise<BinlogRecord | undefined> {
+    if (this.#headKnown) return this.#head;
+    const [newest] = await this.chains();
+    if (newest) {
+      const seq = newest.seqs[newest.seqs.length - 1]!;
+      try {
+        this.#head = await this.readRecord(newest.chain, seq, signal);
+      } catch (error) {
+        if (!(error instanceof AgentError) || error.code !== 'E_BINLOG_CHAIN') throw error;
+        this.#restartReason = `the newest stored record (${newest.chain}/${seq}) did not verify: ${error.message}`;
+        this.#head = undefined;
+      }
+    }
+    this.#headKnown = true;
+    return this.#head;
+  }
+}
+
+/** A segment continues the head: the same file from its end, or, once it is closed, a later file from byte 0. */
+function checkContinues(head: BinlogRecord, segment: BinlogSegment): void {
+  const same = segment.file === head.file && segment.offset === head.end;
+  const next = head.closed && compareFiles(segment.file, head.file) > 0 && segment.offset === 0;
+  if (!same && !next) {
+    throw new AgentError(
+      'E_INTERNAL',
+      `binlog segment ${segment.file}:${segment.offset} does not continue the stored stream (${head.file}:${head.end}${head.closed ? ', closed' : ''})`,
+    );
+  }
+  if (segment.end - segment.offset !== segment.bytes.length) throw new AgentError('E_INTERNAL', `binlog segment ${segment.file}:${segment.offset} holds ${segment.bytes.length} bytes, not ${segment.end - segment.offset}`);
+}
+
