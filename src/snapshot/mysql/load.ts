@@ -1,10 +1,9 @@
 import { createInterface } from 'node:readline';
-import type { Readable } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { execa } from 'execa';
 import { AgentError, cancelled, toAgentError } from '../../errors.ts';
 import { clientArgs, clientProcessOptions, type DefaultsFile } from './connection.ts';
-import type { StagingRewriter } from './rewrite.ts';
 
 const LOAD_OPTIONS = [
   '--default-character-set=utf8mb4',
@@ -21,11 +20,12 @@ const LOAD_OPTIONS = [
 const MAX_MESSAGES = 20;
 
 /**
- * Replays the dump into the staging databases: source → rewriter → `mysql` stdin, streamed.
+ * Replays the dump into the staging databases: source → rewriter → `mysql` stdin, streamed
+ * (the rewriter: rewrite.ts for a dump, binlog-replay.ts's filter for a binary log).
  * When the source or the rewriter fails (a checksum mismatch at the very end included), mysql is
  * killed before it can run a half-received statement; when mysql fails, its own message wins.
  */
-export async function loadDump(defaults: DefaultsFile, source: Readable, rewriter: StagingRewriter, signal: AbortSignal): Promise<void> {
+export async function loadDump(defaults: DefaultsFile, source: Readable, rewriter: Transform, signal: AbortSignal): Promise<void> {
   const subprocess = execa('mysql', [...clientArgs(defaults), ...LOAD_OPTIONS], {
     ...clientProcessOptions(signal),
     stdin: 'pipe',

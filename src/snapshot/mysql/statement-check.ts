@@ -11,7 +11,7 @@ import { quoteIdent } from './connection.ts';
  */
 
 type TokenType = 'word' | 'ident' | 'string' | 'number' | 'var' | 'punct';
-interface Token {
+export interface Token {
   type: TokenType;
   /** word: upper-cased; ident: unquoted; string: raw; var: as written. */
   value: string;
@@ -107,7 +107,7 @@ const REMOTE_ENGINES = new Set(['CONNECT', 'FEDERATED', 'FEDERATEDX', 'SPIDER', 
  * statements start). Plain comments are dropped. A backslash outside a string is refused: only
  * client commands start with one.
  */
-function tokenize(text: string, mode: LexMode): Token[] {
+export function tokenize(text: string, mode: LexMode): Token[] {
   const tokens: Token[] = [];
   let i = 0;
   let versioned = false;
