@@ -36,7 +36,11 @@ export type JobRequest =
   | {
       kind: 'backup.restore';
       env: string;
-      id: string;
+      /** Left out with toTime/toPosition: the newest base backup before that point. */
+      id?: string;
+      /** Point-in-time restore (docs/pitr.md): ISO 8601 time, or FILE:POSITION in the binlog. */
+      toTime?: string;
+      toPosition?: string;
       target?: string;
       elements?: string[];
       /** false: no safety backup of the target first. */

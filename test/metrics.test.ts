@@ -27,7 +27,7 @@ function samples(text: string): Map<string, number> {
 
 /** Only what the job records make: process metrics and this start's store requests move on their own. */
 function fromRecords(all: Map<string, number>): Map<string, number> {
-  return new Map([...all].filter(([series]) => !/^storage_agent_(process_|nodejs_|store_|jobs\{|queue_length|queue_oldest)/.test(series)));
+  return new Map([...all].filter(([series]) => !/^storage_agent_(process_|nodejs_|store_|jobs\{|queue_length|queue_oldest|binlog_lag)/.test(series)));
 }
 
 describe('/metrics from the job store', () => {

@@ -22,6 +22,7 @@ import type { Manifest } from '../snapshot/manifest.ts';
 import type { ElementCheck } from '../snapshot/pipeline/artifacts.ts';
 import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
 import type { PruneResult } from './prune.ts';
+import { describe, parsePoint } from '../snapshot/pipeline/point-in-time.ts';
 import type { RestoreSummary } from '../snapshot/pipeline/restore.ts';
 
 /** restore, get, url and verify: the one way past E_MANIFEST_UNAUTHENTICATED, for backups made before keys existed. */
@@ -150,6 +151,26 @@ function buildProgram(): Command {
     });
 
   backup
+    .command('window')
+    .description('the point-in-time restore window of each mysql service with pitr: (from the oldest base backup to the newest stored event)')
+    .argument('<env>', 'environment')
+    .exitOverride()
+    .action(async (env: string, _opts: unknown, cmd: Command) => {
+      const windows = await withAgent(cmd, (agent) => agent.backupWindow({ env }));
+      output(cmd, windows, () =>
+        windows.length === 0
+          ? `no mysql service of ${env} has pitr: set: only whole backups restore (see docs/pitr.md)\n`
+          : windows
+              .map((w) =>
+                w.to === null
+                  ? `${w.service}: nothing stored yet (is the daemon running?)\n`
+                  : `${w.service}: ${w.from ? `${shortTime(w.from)} (backup ${w.fromBackup})` : 'no base backup in the current chain yet: take a backup'} to ${shortTime(w.to)}; last stored ${shortTime(w.storedAt!)}\n`,
+              )
+              .join(''),
+      );
+    });
+
+  backup
     .command('show')
     .description("a backup's manifest")
     .argument('<env>', 'environment')
@@ -164,21 +185,27 @@ function buildProgram(): Command {
     .command('restore')
     .description('restore a backup into its environment or --target')
     .argument('<env>', 'environment the backup belongs to')
-    .argument('<id>', 'backup id')
+    .argument('[id]', 'backup id (with --to-time/--to-position: the base backup; by default the newest before that point)')
     .option('--target <env>', 'restore into this environment instead')
+    .option('--to-time <time>', 'point-in-time restore of the mysql services with pitr: to the end of this second (ISO 8601, e.g. 2026-12-01T10:15:30Z)')
+    .option('--to-position <file:pos>', 'point-in-time restore to this position of the binlog (e.g. binlog.000042:1234)')
     .option('--element <names>', 'comma-separated elements to restore', splitList)
     .option('--no-safety-backup', 'do not back up the target first (the pre-restore safety backup)')
     .option('--from-node <id>', "the backup was made by this other node (see 'backup list'): bring its data here all the same")
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
-    .action(async (env: string, id: string, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean; fromNode?: string }, cmd: Command) => {
+    .action(async (env: string, id: string | undefined, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean; fromNode?: string; toTime?: string; toPosition?: string }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
-      checkBackupId(id);
+      if (id !== undefined) checkBackupId(id);
+      const point = parsePoint(opts);
+      if (id === undefined && !point) throw new AgentError('E_USAGE', "backup restore needs a backup id (see 'backup list'), or --to-time/--to-position");
       const request = {
         kind: 'backup.restore' as const,
         env,
-        id,
+        ...(id !== undefined ? { id } : {}),
+        ...(opts.toTime !== undefined ? { toTime: opts.toTime } : {}),
+        ...(opts.toPosition !== undefined ? { toPosition: opts.toPosition } : {}),
         target,
         elements: opts.element,
         ...(opts.safetyBackup === false ? { safetyBackup: false } : {}),
@@ -186,7 +213,12 @@ function buildProgram(): Command {
         ...(opts.fromNode !== undefined ? { fromNode: checkName('node', opts.fromNode) } : {}),
       };
       const summary = await runJob<RestoreSummary>(cmd, request, {
-        confirm: () => confirmDestructive(`restoring backup ${id} overwrites the data of environment ${target}`, target, opts.yes),
+        confirm: () =>
+          confirmDestructive(
+            point ? `restoring ${env}'s databases to ${describe(point)} overwrites the data of environment ${target}` : `restoring backup ${id} overwrites the data of environment ${target}`,
+            target,
+            opts.yes,
+          ),
       });
       output(cmd, summary, () => {
         const s = summary.safetyBackup;
@@ -198,7 +230,13 @@ function buildProgram(): Command {
         // What a restore changed on the way in (a files element's cleared setuid/setgid bits):
         // said here as well as in the facts, or an operator at a terminal never reads it.
         const warnings = summary.elements.flatMap((e) => (typeof e.facts.warning === 'string' ? [`  warning: ${e.name}: ${e.facts.warning}\n`] : []));
-        return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n${warnings.join('')}`;
+        // A point-in-time restore says what it reached: the last transaction applied.
+        const replayed = summary.elements.flatMap((e) =>
+          e.facts.lastAppliedPosition !== undefined
+            ? [`  ${e.name}: replayed to ${e.facts.lastAppliedTime ?? 'the base backup (no transaction after it)'}${e.facts.lastAppliedGtid ? `, last transaction ${e.facts.lastAppliedGtid}` : ''}${e.facts.lastAppliedPosition ? ` at ${e.facts.lastAppliedPosition}` : ''}\n`]
+            : [],
+        );
+        return `${safety}restored backup ${summary.id} into ${summary.target}: ${summary.elements.map((e) => e.name).join(', ')}\n${replayed.join('')}${warnings.join('')}`;
       });
     });
 

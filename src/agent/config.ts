@@ -301,3 +301,8 @@ export function environmentOf(config: Config, env: string): EnvironmentConfig {
   }
   return found;
 }
+
+/** The mysql services of an environment whose binlog is streamed (pitr:), by name. */
+export function pitrServices(environment: EnvironmentConfig): string[] {
+  return Object.entries(environment.services).flatMap(([name, service]) => (service.kind === 'mysql' && service.pitr !== undefined ? [name] : []));
+}

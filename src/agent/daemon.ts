@@ -22,6 +22,7 @@ import { createLogger } from './logger.ts';
 import { renewOwnedEnvironments } from './ownership.ts';
 import { openEnvironmentStore } from './stores.ts';
 import { Scheduler } from './scheduler.ts';
+import { BinlogStreams } from './binlog-streams.ts';
 import { AGENT_VERSION } from './version.ts';
 import { writeStateFile } from '../state-file.ts';
 
@@ -84,7 +85,8 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
 
   const engine = new JobEngine({ config, logger, program: 'daemon' });
   // Before recovery, so that the orphan uploads its sweep aborts are counted.
-  const metrics = createMetrics(engine, logger);
+  const streams = new BinlogStreams(logger);
+  const metrics = createMetrics(engine, logger, () => streams.status());
   const recovery = await recoverAtStart(config, logger, { sweepStores: true });
   // From now on, a freeze whose owner dies (a CLI run, or this daemon's own job) is thawed
   // within a fraction of a second, even when its guard died too.
@@ -96,6 +98,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   const agent = new LocalAgent(config, engine, 'daemon');
   const scheduler = new Scheduler({ agent, logger, stateDir: config.stateDir });
   agent.schedules = () => scheduler.status();
+  agent.binlogStreams = () => streams.status();
   const protocol = new ProtocolServer({
     agent,
     tokens: () => tokens,
@@ -127,6 +130,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   await writeStateFile(config.stateDir, path.join(config.stateDir, 'daemon.json'), JSON.stringify({ pid: process.pid, url, startedAt: new Date().toISOString() }));
   logger.info({ host: address.address, port: address.port, tls: Boolean(tls), url, recovered: recovery }, 'daemon listening');
   await scheduler.start(config);
+  streams.start(config);
   const stopRenewing = renewOwnership(() => config, logger);
   await notifySystemd(['--ready', `--status=listening on ${url}`], logger);
 
@@ -156,6 +160,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
       tokens = nextTokens;
       agent.reload(config);
       await scheduler.reload(config);
+      streams.start(config);
       logger.info({ environments: Object.keys(config.environments).length, tokens: tokens.size }, 'SIGHUP: config reloaded');
       return true;
     },
@@ -163,6 +168,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
       stopping ??= (async () => {
         draining = true;
         scheduler.stop();
+        const streamsStopped = streams.stop();
         const grace = config.daemon.shutdownGrace;
         const running = engine.summary().running;
         logger.info({ reason, running, graceMs: grace }, 'stopping: no new work; running jobs get the grace period');
@@ -181,6 +187,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
           server.closeAllConnections();
         });
         await engine.close();
+        await streamsStopped;
         stopWatchingFreezes();
         stopRenewing();
         await rm(path.join(config.stateDir, 'daemon.json'), { force: true });

@@ -24,6 +24,6 @@ export function createDriver(name: string, service: ServiceConfig, context: Driv
 }
 
 /** Secrets are read when a driver needs them, never kept in the config object. */
-function secretReader(ref: SecretRef | undefined, what: string): () => Promise<string | undefined> {
+export function secretReader(ref: SecretRef | undefined, what: string): () => Promise<string | undefined> {
   return async () => (ref === undefined ? undefined : readSecret(ref, what));
 }

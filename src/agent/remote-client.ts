@@ -3,6 +3,7 @@ import { AgentError, toAgentError } from '../errors.ts';
 import type { Manifest } from '../snapshot/manifest.ts';
 import { agentErrorOf, paramsOfJobRequest, PROTOCOL_PATH, type MethodInput, type MethodName } from '../transport/ws/protocol.ts';
 import type { BackupSummary } from '../snapshot/pipeline/catalog.ts';
+import type { PitrWindow } from '../snapshot/pipeline/point-in-time.ts';
 import { errorOfRecord, type AgentApi, type AgentStatus, type EnvSummary, type JobTicket, type UrlResult } from './jobs/api.ts';
 import type { JobEvent, JobRecord, JobRequest } from '../jobs-wire.ts';
 import type { JobFilter } from './jobs/engine.ts';
@@ -74,6 +75,10 @@ export class RemoteAgent implements AgentApi {
 
   backupList(params: MethodInput<'backup.list'>): Promise<BackupSummary[]> {
     return this.call('backup.list', params) as Promise<BackupSummary[]>;
+  }
+
+  backupWindow(params: MethodInput<'backup.window'>): Promise<PitrWindow[]> {
+    return this.call('backup.window', params) as Promise<PitrWindow[]>;
   }
 
   backupShow(params: MethodInput<'backup.show'>): Promise<Manifest> {

@@ -1,7 +1,9 @@
+import { BinlogArchive } from '../snapshot/binlog/archive.ts';
+import { toAgentError } from '../errors.ts';
 import { checkName } from '../snapshot/names.ts';
 import { runRestore, type RestoreRequest, type RestoreSummary } from '../snapshot/pipeline/restore.ts';
 import { createBackup } from './backup.ts';
-import { environmentOf } from './config.ts';
+import { environmentOf, pitrServices } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { createDriver } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
@@ -23,13 +25,18 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const env = checkName('environment', options.env);
   const target = checkName('environment', options.target ?? env);
   const targetEnv = environmentOf(config, target);
+  const streamed = pitrServices(environmentOf(config, env));
   const store = await openEnvironmentStore(config, env);
   const keys = await loadKeyRing(config);
-  return runRestore(ctx, { ...options, env, target }, {
+  const targetStreamed = pitrServices(targetEnv);
+  const summary = await runRestore(ctx, { ...options, env, target }, {
     // Elements in a repository are read from the source environment's, whatever the target.
     storage: backupStorage(config, store, env),
     keys,
     nodeId: nodeIdOf(config),
+    // The binlog is the source environment's, like the backups.
+    binlogOf: (element) => (streamed.includes(element) ? new BinlogArchive(store, env, element, keys) : undefined),
+    streamedElements: () => streamed,
     stateDir: config.stateDir,
     driverOf: (element) => {
       const service = targetEnv.services[element];
@@ -37,4 +44,16 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     },
     safetyBackup: (elements, id) => createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: targetEnv.safetyKeepFor }),
   });
+  // The restore's own writes (staging loads, the swap) are in the target's binlog now, and a
+  // replay cannot cross them: points after the restore start from a base taken right after it.
+  const elements = summary.elements.map((e) => e.name).filter((name) => targetStreamed.includes(name));
+  if (elements.length === 0) return summary;
+  try {
+    const base = await createBackup(ctx, { env: target, elements, trigger: 'scheduled' });
+    return { ...summary, baseBackup: { id: base.id, elements } };
+  } catch (error) {
+    const failure = toAgentError(error);
+    ctx.logger.warn({ env: target, code: failure.code, err: failure.message }, 'the base backup after the restore failed: points after the restore are not restorable until the next backup');
+    return { ...summary, baseBackup: { id: null, elements, error: `${failure.code}: ${failure.message}` } };
+  }
 }

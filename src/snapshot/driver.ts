@@ -1,4 +1,6 @@
 import type { Readable } from 'node:stream';
+import type { BinlogPoint } from './binlog/archive.ts';
+import type { ReplayStop } from './binlog/gather.ts';
 
 export type Facts = Record<string, string | number | boolean | null>;
 
@@ -101,6 +103,15 @@ export interface StageOptions {
   stagingDir?: string;
   /** Journals `state`; awaited before the driver creates what it names. */
   journal?: (state: StagedState) => Promise<void>;
+  /** Point-in-time restore (mysql only): the binlog to replay on the staged copy before it is swapped in. */
+  replay?: BinlogReplayPlan;
+}
+
+/** A point-in-time restore's binlog, gathered and verified (binlog/gather.ts): the files, where the base backup starts in them, where to stop. */
+export interface BinlogReplayPlan {
+  files: string[];
+  start: BinlogPoint;
+  stop: ReplayStop;
 }
 
 /**

@@ -6,17 +6,20 @@ import { isProcessAlive } from '../../liveness.ts';
 import { downloadKey, type Manifest } from '../../snapshot/manifest.ts';
 import { findElement, materializeElement } from '../../snapshot/pipeline/artifacts.ts';
 import { listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
+import { pitrWindows, type PitrWindow } from '../../snapshot/pipeline/point-in-time.ts';
+import { BinlogArchive } from '../../snapshot/binlog/archive.ts';
 import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import type { ServedAgent } from '../../transport/ws/server.ts';
-import { environmentOf } from '../config.ts';
+import { environmentOf, pitrServices } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
 import { backupStorage, openStore } from '../stores.ts';
 import { ManifestCache } from './read-cache.ts';
 import { scheduleStates, type ScheduleState } from '../scheduler.ts';
 import { nodeIdOf } from '../node-id.ts';
 import { AGENT_VERSION, HOST } from '../version.ts';
+import type { BinlogStreamView } from '../binlog-streams.ts';
 import type { JobEngine, JobFilter } from './engine.ts';
 import { hostFacts, type HostFacts } from './host.ts';
 
@@ -30,6 +33,8 @@ export interface AgentStatus {
   active: JobRecord[];
   /** Automated backups per environment with a schedule: last and next run (the daemon's). */
   schedules: ScheduleState[];
+  /** The daemon's binlog streams (pitr:), with their lag; absent from a CLI without the daemon. */
+  binlogStreams?: BinlogStreamView[];
 }
 
 export interface EnvSummary {
@@ -64,6 +69,8 @@ export interface AgentApi {
   status(): Promise<AgentStatus>;
   envList(): Promise<EnvSummary[]>;
   backupList(params: { env: string }): Promise<BackupSummary[]>;
+  /** The restorable window of each mysql service with pitr: (docs/pitr.md). */
+  backupWindow(params: { env: string }): Promise<PitrWindow[]>;
   backupShow(params: { env: string; id: string }): Promise<Manifest>;
   backupUrl(params: { env: string; id: string; element: string; expiresSeconds: number; allowUnauthenticated?: boolean }): Promise<UrlResult>;
   submit(request: JobRequest, options?: { requestId?: string }): Promise<JobTicket>;
@@ -107,6 +114,8 @@ export class LocalAgent implements AgentApi, ServedAgent {
   readonly #manifests = new ManifestCache();
   /** Set by the daemon: its scheduler's live view (otherwise schedule.json is read). */
   schedules: (() => ScheduleState[]) | undefined;
+  /** Set by the daemon: its binlog streams. */
+  binlogStreams: (() => BinlogStreamView[]) | undefined;
 
   constructor(config: Config, engine: JobEngine, program: 'daemon' | 'cli') {
     this.#config = config;
@@ -148,6 +157,7 @@ export class LocalAgent implements AgentApi, ServedAgent {
       },
       active,
       schedules: this.schedules ? this.schedules() : await scheduleStates(this.#config),
+      ...(this.binlogStreams ? { binlogStreams: this.binlogStreams() } : {}),
     };
   }
 
@@ -162,6 +172,13 @@ export class LocalAgent implements AgentApi, ServedAgent {
 
   async backupList({ env }: { env: string }): Promise<BackupSummary[]> {
     return listBackups(await this.#readStore(env), env, await loadKeyRing(this.#config));
+  }
+
+  async backupWindow({ env }: { env: string }): Promise<PitrWindow[]> {
+    const streamed = pitrServices(environmentOf(this.#config, checkName('environment', env)));
+    const store = await this.#readStore(env);
+    const keys = await loadKeyRing(this.#config);
+    return pitrWindows(store, env, keys, streamed.map((name) => new BinlogArchive(store, env, name, keys)));
   }
 
   async backupShow({ env, id }: { env: string; id: string }): Promise<Manifest> {

@@ -157,6 +157,11 @@ function statusText(status: AgentStatus): string {
     ...(status.schedules ?? []).map(
       (s) => `backups ${s.env}: ${s.schedule}; next ${s.nextRunAt ? s.nextRunAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z') : '-'}${s.lastRunAt ? `, last ${s.lastRunAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}` : ''}`,
     ),
+    ...(status.binlogStreams ?? []).map(
+      (s) =>
+        `binlog  ${s.env}/${s.service}: ${s.state}${s.file ? ` at ${s.file}:${s.end}` : ''}, lag ${(s.lagMs / 1000).toFixed(1)} s` +
+        `${s.lastEventMs ? `, newest event ${new Date(s.lastEventMs).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z')}` : ''}${s.lastError ? `; last error: ${s.lastError}` : ''}`,
+    ),
   ].filter((l): l is string => l !== undefined);
   return `${lines.join('\n')}\n${status.active.length ? `\n${jobsTable(status.active)}` : ''}`;
 }

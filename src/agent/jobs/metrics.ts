@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import type { BinlogStreamView } from '../binlog-streams.ts';
 import { collectDefaultMetrics, Counter, Gauge, Registry, type Metric } from 'prom-client';
 import { currentProcess, isAlive } from '../../liveness.ts';
 import type { Manifest } from '../../snapshot/manifest.ts';
@@ -47,7 +48,7 @@ const BUCKETS = new Map<string, readonly number[]>([
  * jobs queued and running on the node. Plus the store's request failures (per attempt, since
  * this start) and prom-client's process metrics (RSS, CPU, event loop lag). Docs: docs/protocol.md "Metrics".
  */
-export function createMetrics(engine: JobEngine, logger: Logger): Registry {
+export function createMetrics(engine: JobEngine, logger: Logger, binlogStreams: () => BinlogStreamView[] = () => []): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'storage_agent_' });
   const tally = new JobTally({ stateDir: engine.config.stateDir, store: engine.store, logger, histograms: BUCKETS, fold: foldJob });
@@ -125,6 +126,16 @@ export function createMetrics(engine: JobEngine, logger: Logger): Registry {
       this.reset();
       for (const kind of JOB_KINDS) for (const status of ['queued', 'running']) this.set({ kind, status }, 0);
       for (const job of open) this.inc({ kind: job.kind, status: job.state });
+    },
+  });
+  new Gauge({
+    name: 'storage_agent_binlog_lag_seconds',
+    help: 'How far the stored binlog of a mysql service with pitr: may be behind its server (docs/pitr.md), by env and service',
+    labelNames: ['env', 'service'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const stream of binlogStreams()) this.set({ env: stream.env, service: stream.service }, stream.lagMs / 1000);
     },
   });
   new Gauge({

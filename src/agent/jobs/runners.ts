@@ -10,6 +10,7 @@ import { ensureOwner } from '../ownership.ts';
 import { environmentOf, type Config } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
 import type { OperationContext } from '../context.ts';
+import { parsePoint } from '../../snapshot/pipeline/point-in-time.ts';
 import { restoreBackup } from '../restore.ts';
 import { pruneBackups } from '../prune.ts';
 import { backupStorage, openEnvironmentStore } from '../stores.ts';
@@ -37,7 +38,9 @@ export function validateRequest(config: Config, request: JobRequest): JobRequest
       return request;
     }
     case 'backup.restore': {
-      checkBackupId(request.id);
+      if (request.id !== undefined) checkBackupId(request.id);
+      const point = parsePoint(request); // refuses a malformed point before the job is queued
+      if (request.id === undefined && !point) throw new AgentError('E_USAGE', 'a restore names a backup id, or a point in time (--to-time, --to-position)');
       if (request.target !== undefined) environmentOf(config, checkName('environment', request.target));
       for (const name of request.elements ?? []) checkName('element', name);
       return request;
@@ -70,7 +73,8 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
     case 'backup.restore':
       return restoreBackup(ctx, {
         env: spec.env,
-        id: spec.id,
+        ...(spec.id ? { id: spec.id } : {}),
+        ...(spec.toTime !== undefined || spec.toPosition !== undefined ? { toPoint: parsePoint(spec) } : {}),
         target: spec.target ?? spec.env,
         elements: spec.elements,
         safetyBackup: spec.safetyBackup !== false,

@@ -11,6 +11,7 @@ import { dumpClient, serverFlavour, type DumpClient, type ServerFlavour } from '
 import { loadDump } from './load.ts';
 import { retarget, StagingRewriter } from './rewrite.ts';
 import { gtidPurgedWarning } from './dropped-statements.ts';
+import { replayBinlog, type ReplayFacts } from './binlog-replay.ts';
 import { binlogPosition, checkLongQueries, flushTablesWithReadLock, type BinlogPosition } from './server.ts';
 import type { MysqlServiceConfig } from './service-config.ts';
 import { readSchema, swapDatabase, type Schema, type SwapPlan } from './swap.ts';
@@ -203,6 +204,7 @@ export class MysqlDriver implements ServiceDriver {
       }
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);
+      const binlogAt = new Date().toISOString();
       dump = startDump(defaults, dumpOptions(server, client), databases, signal);
       await withTimeout(dump.snapshotOpen, SNAPSHOT_TIMEOUT_MS, `mysqldump did not open its snapshot within ${SNAPSHOT_TIMEOUT_MS / 1000}s`);
       if (locked) {
@@ -219,6 +221,8 @@ export class MysqlDriver implements ServiceDriver {
         binlogFile: binlog?.binlogFile ?? null,
         binlogPosition: binlog?.binlogPosition ?? null,
         gtid: binlog?.gtid ?? null,
+        // When that position was read: a point-in-time restore takes this backup as its base for later points only.
+        binlogAt: binlog ? binlogAt : null,
         // Live: read just before the snapshot opened; commits in between are in the dump, after it.
         binlogExact: binlog ? consistent : null,
         ftwrlMs,
@@ -283,6 +287,7 @@ export class MysqlDriver implements ServiceDriver {
     const state: MysqlState = { tag, plans: [], staged: [] };
     let plans: DatabasePlan[] = [];
     let gtidPurged: string | undefined;
+    let replayed: ReplayFacts | undefined;
     try {
       throwIfCancelled(signal);
       await options.journal?.(state);
@@ -301,6 +306,11 @@ export class MysqlDriver implements ServiceDriver {
       });
       await loadDump(defaults, source, rewriter, signal);
       gtidPurged = rewriter.gtidPurged;
+      // Point in time: the binlog from the dump's position on, onto the same staging databases.
+      if (options.replay) {
+        const rewrites = new Map(plans.map((p) => [p.source, p.staging]));
+        replayed = await replayBinlog(defaults, options.replay, rewrites, existing.map((r) => r.name), signal);
+      }
       // What the swap recreates (triggers, views, routines, events), read now and journaled:
       // the swap drops the staged triggers before it moves the tables.
       const staged: Schema[] = [];
@@ -320,6 +330,13 @@ export class MysqlDriver implements ServiceDriver {
       facts: {
         databases: plans.map((p) => (p.source === p.target ? p.target : `${p.source}->${p.target}`)).join(','),
         ...(gtidPurged !== undefined && { gtidPurgedDropped: gtidPurged, warning: gtidPurgedWarning(gtidPurged) }),
+        ...(replayed && {
+          replayedStatements: replayed.statements,
+          replaySkipped: replayed.skipped,
+          lastAppliedGtid: replayed.last?.gtid ?? null,
+          lastAppliedTime: replayed.last?.time ?? null,
+          lastAppliedPosition: replayed.last ? `${replayed.last.file}:${replayed.last.position}` : null,
+        }),
       },
       commit: () => this.#commit(state),
       discard: () => this.#discard(tag),

@@ -1,18 +1,28 @@
+import path from 'node:path';
 import { AgentError, throwIfCancelled, toAgentError } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import { newBackupId } from '../backup-id.ts';
-import type { ServiceDriver, StagedRestore } from '../driver.ts';
+import type { BinlogArchive } from '../binlog/archive.ts';
+import { gatherBinlog, type ReplayStop } from '../binlog/gather.ts';
+import type { BinlogReplayPlan, ServiceDriver, StagedRestore } from '../driver.ts';
 import type { Manifest } from '../manifest.ts';
 import type { KeyRing } from '../manifest-mac.ts';
 import { consumeElement, findElement, type BackupStorage } from './artifacts.ts';
 import { readManifest } from './catalog.ts';
 import type { RunContext } from './context.ts';
+import { checkBase, chooseBase } from './point-in-time.ts';
 import { RestoreJournal } from './restore-journal.ts';
 
 /** What to restore: a backup of `env` (its name checked), into `target`, and how. */
 export interface RestoreRequest {
   env: string;
-  id: string;
+  /** The backup; with `toPoint` it may be left out: the newest base before that point. */
+  id?: string;
+  /**
+   * Point-in-time restore (docs/pitr.md): the mysql elements whose service streams its binlog,
+   * restored from a base backup and replayed to this point. Only those elements are restored.
+   */
+  toPoint?: ReplayStop;
   /** Environment to restore into (its name checked). Elements map by service name. */
   target: string;
   elements?: readonly string[];
@@ -39,6 +49,10 @@ export interface RestoreSetup {
   stateDir: string;
   /** The driver of the target's service named so; undefined when the target has none. */
   driverOf(element: string): ServiceDriver | undefined;
+  /** The stored binlog of `env`'s service named so, when it streams one (pitr:); undefined otherwise. */
+  binlogOf(element: string): BinlogArchive | undefined;
+  /** The names of `env`'s services with a binlog stream (pitr:). */
+  streamedElements(): string[];
   /** The pre-restore safety backup of those of the target's elements under that id (an ordinary backup, trigger 'safety'). */
   safetyBackup(elements: string[], id: string): Promise<Manifest>;
 }
@@ -59,6 +73,11 @@ export interface RestoreSummary {
   elements: { name: string; facts: StagedRestore['facts'] }[];
   /** Absent when the restore was run with --no-safety-backup. */
   safetyBackup?: SafetyBackupSummary;
+  /**
+   * Databases with pitr: restored: the base backup taken right after, since the binlog from
+   * before the restore cannot be replayed across it (docs/pitr.md). Its id, or why it failed.
+   */
+  baseBackup?: { id: string | null; elements: string[]; error?: string };
 }
 
 /**
@@ -85,9 +104,8 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
   const { logger, signal } = ctx;
   const { env, target } = options;
   const { storage } = setup;
-  const manifest = await readManifest(storage.store, env, options.id, { keys: setup.keys, allowUnauthenticated: options.allowUnauthenticated });
+  const { manifest, selected } = await chooseBackup(options, setup);
   checkMadeHere(setup.nodeId, manifest, target, options.fromNode);
-  const selected = options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements;
   const plan = selected.map((element) => {
     const driver = setup.driverOf(element.name);
     if (!driver) {
@@ -120,12 +138,21 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
     for (const { element, driver } of plan) {
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
+      const replay = options.toPoint && (await gatherReplay(setup, manifest, element, options.toPoint, journal.stagingDir, signal));
+      if (replay) log.info({ phase: 'binlog', element: element.name, files: replay.files.length, from: replay.start }, 'binlog gathered for the replay');
       const restore = await consumeElement(
         storage,
         manifest,
         element,
         signal,
-        (source) => driver.stage(source, signal, { rawBytes: element.rawBytes, facts: element.facts, stagingDir: journal.stagingDir, journal: journal.stagingOf(element.name, element.kind) }),
+        (source) =>
+          driver.stage(source, signal, {
+            rawBytes: element.rawBytes,
+            facts: element.facts,
+            stagingDir: journal.stagingDir,
+            journal: journal.stagingOf(element.name, element.kind),
+            ...(replay && { replay }),
+          }),
         { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
       );
       staged.push({ name: element.name, restore });
@@ -174,6 +201,45 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
     elements: staged.map((s) => ({ name: s.name, facts: s.restore.facts })),
     ...(safety ? { safetyBackup: safety } : {}),
   };
+}
+
+/**
+ * The backup and elements a restore reads: the named ones; for a point-in-time restore, the
+ * mysql elements with a binlog stream (all of them, or those named), from the named backup or
+ * else the newest that can start a replay to the point.
+ */
+async function chooseBackup(options: RestoreRequest, setup: RestoreSetup): Promise<{ manifest: Manifest; selected: Manifest['elements'] }> {
+  const { env, toPoint } = options;
+  const access = { keys: setup.keys, allowUnauthenticated: options.allowUnauthenticated };
+  if (!toPoint) {
+    if (!options.id) throw new AgentError('E_USAGE', 'a restore names a backup id (or a point in time: --to-time, --to-position)');
+    const manifest = await readManifest(setup.storage.store, env, options.id, access);
+    return { manifest, selected: options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements };
+  }
+  const streamed = (options.elements?.length ? [...options.elements] : undefined) ?? [];
+  if (streamed.length === 0) {
+    // Which elements stream is the config's: the services with pitr: that the source has.
+    const probe = options.id ? await readManifest(setup.storage.store, env, options.id, access) : undefined;
+    for (const name of probe ? probe.elements.map((e) => e.name) : setup.streamedElements()) if (setup.binlogOf(name)) streamed.push(name);
+  }
+  const unstreamed = streamed.filter((name) => !setup.binlogOf(name));
+  if (streamed.length === 0 || unstreamed.length) {
+    throw new AgentError(
+      'E_USAGE',
+      `a point-in-time restore replays the binlog of mysql services with pitr: in ${env}'s config; ${unstreamed.length ? `${unstreamed.join(', ')} has none` : 'none has it'}: restore a backup as it is (by its id, without --to-time/--to-position)`,
+    );
+  }
+  const manifest = options.id ? await readManifest(setup.storage.store, env, options.id, access) : await chooseBase(setup.storage.store, env, setup.keys, toPoint, streamed);
+  const selected = streamed.map((name) => findElement(manifest, name));
+  for (const element of selected) checkBase(manifest, element, toPoint);
+  return { manifest, selected };
+}
+
+/** A mysql element's binlog from its base position to the point, verified, under the restore's staging directory. */
+async function gatherReplay(setup: RestoreSetup, manifest: Manifest, element: Manifest['elements'][number], stop: ReplayStop, stagingDir: string, signal: AbortSignal): Promise<BinlogReplayPlan> {
+  const archive = setup.binlogOf(element.name)!;
+  const gathered = await gatherBinlog(archive, checkBase(manifest, element, stop), stop, path.join(stagingDir, `binlog-${element.name}`), signal);
+  return { files: gathered.files, start: gathered.start, stop };
 }
 
 /**

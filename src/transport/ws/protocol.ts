@@ -29,6 +29,7 @@ export const methods = {
   'agent.status': { role: 'viewer', params: noParams },
   'env.list': { role: 'viewer', params: noParams },
   'backup.list': { role: 'viewer', params: z.object({ env }).strict() },
+  'backup.window': { role: 'viewer', params: z.object({ env }).strict() },
   'backup.show': { role: 'viewer', params: z.object({ env, id: backupId }).strict() },
   'backup.url': {
     role: 'admin',
@@ -54,7 +55,9 @@ export const methods = {
     params: z
       .object({
         env,
-        id: backupId,
+        id: backupId.optional(),
+        toTime: z.string().max(64).optional(),
+        toPosition: z.string().max(240).optional(),
         target: env.optional(),
         elements: z.array(element).min(1).max(64).optional(),
         safetyBackup: z.boolean().optional(),
@@ -161,7 +164,9 @@ export function jobRequestOf(method: 'backup.create' | 'backup.restore' | 'backu
       return {
         kind: method,
         env: p.env,
-        id: p.id,
+        ...(p.id ? { id: p.id } : {}),
+        ...(p.toTime !== undefined ? { toTime: p.toTime } : {}),
+        ...(p.toPosition !== undefined ? { toPosition: p.toPosition } : {}),
         ...(p.target ? { target: p.target } : {}),
         ...(p.elements ? { elements: p.elements } : {}),
         ...(p.safetyBackup !== undefined ? { safetyBackup: p.safetyBackup } : {}),

@@ -32,6 +32,7 @@ export interface ServedAgent {
   status(): Promise<unknown>;
   envList(): Promise<unknown>;
   backupList(params: MethodParams<'backup.list'>): Promise<unknown>;
+  backupWindow(params: MethodParams<'backup.window'>): Promise<unknown>;
   backupShow(params: MethodParams<'backup.show'>): Promise<unknown>;
   backupUrl(params: MethodParams<'backup.url'>): Promise<unknown>;
   submit(request: JobRequest, options: { requestId?: string }): Promise<{ jobId: string }>;
@@ -242,6 +243,8 @@ export class ProtocolServer {
         return agent.envList();
       case 'backup.list':
         return agent.backupList(params as MethodParams<'backup.list'>);
+      case 'backup.window':
+        return agent.backupWindow(params as MethodParams<'backup.window'>);
       case 'backup.show':
         return agent.backupShow(params as MethodParams<'backup.show'>);
       case 'backup.url':

@@ -1,0 +1,151 @@
+import { AgentError } from '../../errors.ts';
+import { pointBefore, type BinlogArchive, type BinlogPoint } from '../binlog/archive.ts';
+import type { ReplayStop } from '../binlog/gather.ts';
+import type { Manifest, ElementRecord } from '../manifest.ts';
+import type { KeyRing } from '../manifest-mac.ts';
+import type { ObjectStore } from '../../transport/stores/object-store.ts';
+import { listBackups } from './catalog.ts';
+
+/**
+ * Where a base backup's mysql element starts in the binlog: the position recorded under FLUSH
+ * TABLES WITH READ LOCK, so that the dump holds exactly the transactions before it. A live
+ * backup's position is read just before its snapshot (commits in between would be replayed
+ * twice): never a base.
+ */
+export function basePoint(element: ElementRecord): BinlogPoint | undefined {
+  const { binlogFile, binlogPosition, binlogExact } = element.facts;
+  if (typeof binlogFile !== 'string' || typeof binlogPosition !== 'number' || binlogExact !== true) return undefined;
+  return { file: binlogFile, position: binlogPosition };
+}
+
+/**
+ * When the base's data is from: the time its position was taken (`binlogAt`), or, for backups
+ * made before that fact was recorded, the end of the backup (later than the snapshot, so a base
+ * is never taken for a point it is newer than).
+ */
+function baseTimeMs(manifest: Manifest, element: ElementRecord): number {
+  const at = element.facts.binlogAt;
+  return Date.parse(typeof at === 'string' ? at : manifest.completedAt);
+}
+
+function isBaseFor(manifest: Manifest, element: ElementRecord, stop: ReplayStop): boolean {
+  const point = basePoint(element);
+  if (!point) return false;
+  if (stop.kind === 'time') return baseTimeMs(manifest, element) < stop.ms;
+  return !pointBefore(stop.point, point);
+}
+
+/**
+ * The newest restorable, authenticated backup of `env` that can start a replay to `stop` for
+ * every one of `elements` (its mysql elements with a point-in-time stream).
+ */
+export async function chooseBase(store: ObjectStore, env: string, keys: KeyRing, stop: ReplayStop, elements: readonly string[]): Promise<Manifest> {
+  for (const summary of await listBackups(store, env, keys)) {
+    const manifest = summary.manifest;
+    if (!summary.restorable || !summary.authenticated || !manifest) continue;
+    const ok = elements.every((name) => {
+      const element = manifest.elements.find((e) => e.name === name);
+      return element !== undefined && isBaseFor(manifest, element, stop);
+    });
+    if (ok) return manifest;
+  }
+  throw new AgentError(
+    'E_PITR_OUT_OF_WINDOW',
+    `no authenticated backup of ${env} holding ${elements.join(', ')} with an exact binlog position (a consistent backup) is older than ${describe(stop)}: that point is before the restorable window (see 'backup list ${env}')`,
+    { details: { env, elements: [...elements] } },
+  );
+}
+
+/** The same check for a base the user named (`backup restore ENV ID --to-time …`). */
+export function checkBase(manifest: Manifest, element: ElementRecord, stop: ReplayStop): BinlogPoint {
+  const point = basePoint(element);
+  if (!point) {
+    throw new AgentError(
+      'E_PITR_OUT_OF_WINDOW',
+      `element ${element.name} of backup ${manifest.env}/${manifest.id} has no exact binlog position (a live backup, or binary logging was off): it cannot start a point-in-time restore; leave out the backup id to use the newest one that can`,
+    );
+  }
+  if (!isBaseFor(manifest, element, stop)) {
+    throw new AgentError('E_PITR_OUT_OF_WINDOW', `backup ${manifest.env}/${manifest.id} is not older than ${describe(stop)}: a replay only goes forward; name an older backup, or leave out the id`);
+  }
+  return point;
+}
+
+export function describe(stop: ReplayStop): string {
+  return stop.kind === 'time' ? new Date(stop.ms - 1000).toISOString() : `${stop.point.file}:${stop.point.position}`;
+}
+
+/**
+ * The point a request names: `toTime` (ISO 8601 with its zone; the whole second it names is
+ * included) or `toPosition` (`FILE:POSITION`, a binlog file of the server and a byte offset in
+ * it). Exactly one of them.
+ */
+export function parsePoint(request: { toTime?: string | undefined; toPosition?: string | undefined }): ReplayStop | undefined {
+  const { toTime, toPosition } = request;
+  if (toTime === undefined && toPosition === undefined) return undefined;
+  if (toTime !== undefined && toPosition !== undefined) throw new AgentError('E_USAGE', 'give one of --to-time and --to-position, not both');
+  if (toTime !== undefined) {
+    const ms = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/.test(toTime) ? Date.parse(toTime) : NaN;
+    if (Number.isNaN(ms)) throw new AgentError('E_USAGE', `--to-time ${JSON.stringify(toTime.slice(0, 60))} is not a time such as 2026-12-01T10:15:30Z (ISO 8601, with Z or an offset)`);
+    // Every transaction of that second is in; the replay stops at the first event of the next.
+    return { kind: 'time', ms: Math.floor(ms / 1000) * 1000 + 1000 };
+  }
+  const m = /^([A-Za-z0-9._-]{1,200}\.\d{1,10}):(\d{1,15})$/.exec(toPosition!);
+  if (!m) throw new AgentError('E_USAGE', `--to-position ${JSON.stringify(toPosition!.slice(0, 60))} is not FILE:POSITION, such as binlog.000042:1234 (SHOW BINARY LOGS names the files)`);
+  return { kind: 'position', point: { file: m[1]!, position: Number(m[2]) } };
+}
+
+/** What `backup window` shows of one service's point-in-time restores. */
+export interface PitrWindow {
+  service: string;
+  /** The oldest point restorable: the oldest base backup the current chain holds (its position's time); null when none does yet. */
+  from: string | null;
+  fromBackup: string | null;
+  /** The newest stored event: points up to the second before it are restorable. Null when nothing is stored. */
+  to: string | null;
+  /** When the newest segment was stored. */
+  storedAt: string | null;
+  /** The current chain, and why it began (the first start, or the gap it follows). */
+  chain: string | null;
+  chainReason: string | null;
+}
+
+/**
+ * The restorable window of each streamed service of `env`: from the oldest base backup inside
+ * the newest chain of its stored binlog to the newest event stored. Records read are
+ * authenticated (a forged one fails the listing with E_BINLOG_CHAIN).
+ */
+export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing, archives: readonly BinlogArchive[]): Promise<PitrWindow[]> {
+  if (archives.length === 0) return [];
+  const backups = (await listBackups(store, env, keys)).filter((b) => b.restorable && b.authenticated && b.manifest);
+  const windows: PitrWindow[] = [];
+  for (const archive of archives) {
+    const [newest] = await archive.chains();
+    if (!newest) {
+      windows.push({ service: archive.service, from: null, fromBackup: null, to: null, storedAt: null, chain: null, chainReason: null });
+      continue;
+    }
+    const first = await archive.readRecord(newest.chain, newest.seqs[0]!);
+    const last = await archive.readRecord(newest.chain, newest.seqs[newest.seqs.length - 1]!);
+    const inChain = (point: BinlogPoint) => !pointBefore(point, { file: first.file, position: first.offset }) && !pointBefore({ file: last.file, position: last.end }, point);
+    let oldest: { id: string; ms: number } | undefined;
+    for (const { manifest } of backups) {
+      const element = manifest!.elements.find((e) => e.name === archive.service);
+      const point = element && basePoint(element);
+      if (!element || !point || !inChain(point)) continue;
+      const ms = baseTimeMs(manifest!, element);
+      if (!oldest || ms < oldest.ms) oldest = { id: manifest!.id, ms };
+    }
+    windows.push({
+      service: archive.service,
+      from: oldest ? new Date(oldest.ms).toISOString() : null,
+      fromBackup: oldest?.id ?? null,
+      to: last.lastEventMs === null ? null : new Date(last.lastEventMs).toISOString(),
+      storedAt: last.writtenAt,
+      chain: newest.chain,
+      chainReason: first.reason,
+    });
+  }
+  return windows;
+}
+

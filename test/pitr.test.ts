@@ -1,0 +1,251 @@
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { ResultSetHeader } from 'mysql2';
+import type { Connection } from 'mysql2/promise';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
+import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { checksums, connect, createDatabase, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
+
+const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
+const ENV = 'pitr';
+
+/** The CLI's error line on stderr (`error [CODE]: message`), as code and message. */
+function errorOf(stderr: string): { code: string; message: string } {
+  const m = /^error \[(E_[A-Z_]+)\]: (.*)$/m.exec(stderr);
+  if (!m) throw new Error(`no error line on stderr: ${stderr}`);
+  return { code: m[1]!, message: m[2]! };
+}
+
+interface Order {
+  id: number;
+  note: string;
+  /** The server's second when it was written (UNIX_TIMESTAMP(), which the binlog event carries too). */
+  at: number;
+}
+
+/**
+ * Point-in-time restore (issue #14 §1) against the real MariaDB with binary logging: the real
+ * daemon streams the binlog into the fs store, the real CLI restores to chosen seconds.
+ */
+describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', () => {
+  let server: MariadbTestServer;
+  let db: Connection;
+  let sandbox: Sandbox;
+  let daemon: RunningDaemon | undefined;
+  let database: string;
+  let storeDir: string;
+  let args: string[];
+  /** Every row as the writer left it, by id; deleted ones removed. */
+  const written = new Map<number, Order>();
+  const history: { at: number; id: number; change: 'insert' | 'update' | 'delete'; note?: string }[] = [];
+
+  const restoreTo = (point: string[]) => cli([...args, 'backup', 'restore', ENV, ...point, '--yes', '--no-safety-backup', '--json']);
+  const currentRows = async () => (await rows<{ id: number; note: string }>(db, `SELECT id, note FROM \`${database}\`.orders ORDER BY id`)).map((r) => ({ id: r.id, note: r.note }));
+  /** The table as it was at the end of second `at`, from the writer's own history. */
+  const expectedAt = (at: number) => {
+    const state = new Map<number, string>();
+    for (const h of history) {
+      if (h.at > at) break;
+      if (h.change === 'delete') state.delete(h.id);
+      else state.set(h.id, h.note!);
+    }
+    return [...state].sort(([a], [b]) => a - b).map(([id, note]) => ({ id, note }));
+  };
+  const serverSecond = async () => Number((await rows<{ t: string }>(db, 'SELECT UNIX_TIMESTAMP() AS t'))[0]!.t);
+
+  /**
+   * Writes for `seconds`: inserts, with an update and a delete now and then, each remembered with
+   * the second its binlog event carries (UNIX_TIMESTAMP() of the statement itself: the event's
+   * time). A delete's second is read around it; one that straddles a second is marked, and no
+   * restore point is chosen there.
+   */
+  const write = async (seconds: number) => {
+    const until = Date.now() + seconds * 1000;
+    while (Date.now() < until) {
+      const note = `order ${history.length + 1}`;
+      const [result] = await db.query<ResultSetHeader>(`INSERT INTO \`${database}\`.orders (note, at) VALUES (?, UNIX_TIMESTAMP())`, [note]);
+      const at = await secondOf(result.insertId);
+      written.set(result.insertId, { id: result.insertId, note, at });
+      history.push({ at, id: result.insertId, change: 'insert', note });
+      if (history.length % 7 === 0) {
+        const ids = [...written.keys()];
+        const id = ids[history.length % ids.length]!;
+        await db.query(`UPDATE \`${database}\`.orders SET note = CONCAT(note, ' paid'), at = UNIX_TIMESTAMP() WHERE id = ?`, [id]);
+        const row = written.get(id)!;
+        row.note = `${row.note} paid`;
+        history.push({ at: await secondOf(id), id, change: 'update', note: row.note });
+      }
+      if (history.length % 11 === 0) {
+        const id = [...written.keys()][1]!;
+        const before = await serverSecond();
+        await db.query(`DELETE FROM \`${database}\`.orders WHERE id = ?`, [id]);
+        const after = await serverSecond();
+        if (before !== after) ambiguous.add(before);
+        written.delete(id);
+        history.push({ at: after, id, change: 'delete' });
+      }
+      await sleep(40);
+    }
+  };
+  const ambiguous = new Set<number>();
+  const secondOf = async (id: number) => Number((await rows<{ at: number }>(db, `SELECT at FROM \`${database}\`.orders WHERE id = ?`, [id]))[0]!.at);
+  /** A second at or before `at` where nothing straddled the boundary. */
+  const clearSecond = (at: number) => {
+    while (ambiguous.has(at)) at--;
+    return at;
+  };
+
+  /** The newest event time the stored records carry (read as files: the test trusts its own store). */
+  const storedUpTo = async (): Promise<number> => {
+    const root = path.join(storeDir, ENV, 'pitr', 'db');
+    let newest = 0;
+    for (const chain of await readdir(root).catch(() => [])) {
+      for (const name of await readdir(path.join(root, chain))) {
+        if (!name.endsWith('.json')) continue;
+        const record = JSON.parse(await readFile(path.join(root, chain, name), 'utf8')) as { lastEventMs: number | null };
+        newest = Math.max(newest, record.lastEventMs ?? 0);
+      }
+    }
+    return newest;
+  };
+  /** Waits until the stream has stored an event of a second after `at` (a marker row written now). */
+  const storedPast = async (at: number) => {
+    while ((await serverSecond()) <= at) await sleep(200);
+    await db.query(`INSERT INTO \`${database}\`.markers VALUES ()`);
+    await waitFor(`the stream to store past ${at}`, async () => (await storedUpTo()) > at * 1000, 30_000);
+  };
+
+  beforeAll(async () => {
+    server = mariadbServer();
+    process.env[PASSWORD_ENV] = server.password;
+    db = await connect(server, { root: true });
+    database = await createDatabase(db, 'sa_pitr');
+    await db.query(`CREATE TABLE \`${database}\`.orders (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(60) NOT NULL, at INT NOT NULL, KEY (note))`);
+    await db.query(`CREATE TABLE \`${database}\`.markers (id INT AUTO_INCREMENT PRIMARY KEY)`);
+    sandbox = await createSandbox();
+    storeDir = path.join(sandbox.dir, 'store');
+    const tokens = await writeTokens(sandbox);
+    await sandbox.writeConfig({
+      defaultStore: 'local',
+      stores: { local: { type: 'fs', path: storeDir } },
+      daemon: daemonSection(tokens),
+      environments: { [ENV]: { services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s' } }) } } },
+    });
+    args = ['--config', sandbox.configPath];
+    daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+    await daemon.waitForLog('the binlog stream', (l) => l.msg === 'binlog stream started');
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await db?.query(`DROP DATABASE IF EXISTS \`${database}\``).catch(() => {});
+    db?.destroy();
+    await sandbox?.cleanup();
+  });
+
+  let base: Manifest;
+  let firstSecond: number;
+  let lastSecond: number;
+
+  it('restores to chosen seconds: exactly the rows committed up to each, and says what it applied', async () => {
+    await write(1);
+    base = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
+    expect(base.elements[0]!.facts).toMatchObject({ binlogExact: true });
+    firstSecond = await serverSecond();
+    await write(4);
+    lastSecond = Math.max(...history.map((h) => h.at));
+    await storedPast(lastSecond);
+
+    // Three points: just after the base, the middle, the end.
+    // Three points: just after the base, the middle, the end (the last: every row, which leaves
+    // the table as the writer's history says for the tests after this one).
+    for (const at of [clearSecond(firstSecond), clearSecond(Math.floor((firstSecond + lastSecond) / 2)), lastSecond]) {
+      const time = new Date(at * 1000).toISOString();
+      const result = await restoreTo(['--to-time', time]);
+      expect(result.exitCode, result.stderr).toBe(0);
+      const summary = JSON.parse(result.stdout) as { id: string; elements: { name: string; facts: Record<string, unknown> }[] };
+      expect(summary.id).toBe(base.id);
+      expect(await currentRows()).toEqual(expectedAt(at));
+      const facts = summary.elements[0]!.facts;
+      expect(Date.parse(facts.lastAppliedTime as string)).toBeLessThanOrEqual(at * 1000);
+      expect(facts.lastAppliedGtid).toMatch(/^\d+-\d+-\d+$/);
+    }
+  }, 120_000);
+
+  it('backup window: from the oldest base backup in the stored chain to the newest stored event', async () => {
+    const [window] = await cliJson<{ service: string; from: string; fromBackup: string; to: string; chain: string }[]>([...args, 'backup', 'window', ENV]);
+    expect(window).toMatchObject({ service: 'db', fromBackup: base.id, from: base.elements[0]!.facts.binlogAt });
+    expect(Date.parse(window!.to)).toBeGreaterThan(lastSecond * 1000);
+    const text = await cli([...args, 'backup', 'window', ENV]);
+    expect(text.stdout).toContain(`(backup ${base.id})`);
+  });
+
+  it('a point the stored binlog does not reach, or one before every base, is refused with the target unchanged', async () => {
+    const before = await checksums(db, database);
+    const future = await restoreTo(['--to-time', new Date(Date.now() + 3_600_000).toISOString()]);
+    expect(future.exitCode).toBe(4);
+    expect(errorOf(future.stderr).code).toBe('E_PITR_OUT_OF_WINDOW');
+    const past = await restoreTo(['--to-time', new Date(Date.parse(base.createdAt) - 3_600_000).toISOString()]);
+    expect(past.exitCode).toBe(4);
+    expect(errorOf(past.stderr)).toMatchObject({ code: 'E_PITR_OUT_OF_WINDOW', message: expect.stringContaining('before the restorable window') });
+    const malformed = await restoreTo(['--to-time', 'yesterday']);
+    expect(malformed.exitCode).toBe(2);
+    expect(await checksums(db, database)).toEqual(before);
+  }, 60_000);
+
+  it('the daemon SIGKILLed while rows are written and started again: no gap, every row is restorable', async () => {
+    const writing = write(4);
+    await sleep(1500);
+    daemon!.child.kill('SIGKILL');
+    await daemon!.exited;
+    await writing;
+    daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+    await write(1);
+    lastSecond = Math.max(...history.map((h) => h.at));
+    await storedPast(lastSecond);
+    const result = await restoreTo(['--to-time', new Date(lastSecond * 1000).toISOString()]);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(await currentRows()).toEqual(expectedAt(lastSecond));
+  }, 120_000);
+
+  it('a damaged or missing piece of the stored binlog: E_BINLOG_CHAIN, target unchanged', async () => {
+    await daemon!.stop(); // nothing is appended while the store is tampered with
+    const [chain] = (await readdir(path.join(storeDir, ENV, 'pitr', 'db'))).sort().reverse();
+    const dir = path.join(storeDir, ENV, 'pitr', 'db', chain!);
+    // The newest record the replay to lastSecond reads: after the base it starts from, before the point.
+    const records = (await readdir(dir)).filter((n) => n.endsWith('.json')).sort();
+    const events = await Promise.all(records.map(async (n) => (JSON.parse(await readFile(path.join(dir, n), 'utf8')) as { lastEventMs: number | null }).lastEventMs ?? 0));
+    const middle = records[events.findLastIndex((ms) => ms > 0 && ms <= lastSecond * 1000)]!;
+    const point = ['--to-time', new Date(lastSecond * 1000).toISOString()];
+    const before = await checksums(db, database);
+
+    const segment = path.join(dir, middle.replace('.json', '.zst'));
+    const original = await readFile(segment);
+    const damaged = Buffer.from(original);
+    damaged[damaged.length - 5]! ^= 0xff;
+    await writeFile(segment, damaged);
+    const tampered = await restoreTo(point);
+    expect(tampered.exitCode).toBe(5);
+    expect(errorOf(tampered.stderr)).toMatchObject({ code: 'E_BINLOG_CHAIN', message: expect.stringContaining('does not match its record') });
+    expect(await checksums(db, database)).toEqual(before);
+    await writeFile(segment, original);
+
+    const record = path.join(dir, middle);
+    const text = await readFile(record, 'utf8');
+    await rm(record);
+    const missing = await restoreTo(point);
+    expect(missing.exitCode).toBe(5);
+    expect(errorOf(missing.stderr)).toMatchObject({ code: 'E_BINLOG_CHAIN', message: expect.stringContaining('is missing or was replaced') });
+
+    // A record re-signed by nobody: its MAC no longer verifies.
+    await writeFile(record, text.replace(/"end":(\d+)/, (_m, end: string) => `"end":${Number(end) + 1}`));
+    const forged = await restoreTo(point);
+    expect(forged.exitCode).toBe(5);
+    expect(errorOf(forged.stderr)).toMatchObject({ code: 'E_BINLOG_CHAIN', message: expect.stringContaining('is not authenticated') });
+    expect(await checksums(db, database)).toEqual(before);
+    await writeFile(record, text);
+    daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+  }, 120_000);
+});
