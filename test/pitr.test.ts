@@ -3,6 +3,9 @@ import path from 'node:path';
 import type { ResultSetHeader } from 'mysql2';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/agent/config.ts';
+import { createLogger } from '../src/agent/logger.ts';
+import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
@@ -210,7 +213,49 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     expect(await currentRows()).toEqual(expectedAt(lastSecond));
   }, 120_000);
 
+  it('prune keeps the base its window starts from and deletes the binlog before it; later points still restore', async () => {
+    // A base in a binlog file of its own: what came before that file is what prune may delete.
+    await db.query('FLUSH BINARY LOGS');
+    await write(1);
+    const newestBase = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
+    lastSecond = Math.max(...history.map((h) => h.at));
+    await storedPast(lastSecond);
+    await daemon!.stop(); // nothing appended while prune runs
+    const config = await loadConfig(sandbox.configPath);
+    // Two hours on, with a window of 1h, the anchor is the newest base older than an hour ago:
+    // every base here is, so the newest of them.
+    const shortWindow = structuredClone(config);
+    const service = shortWindow.environments[ENV]!.services.db!;
+    if (service.kind === 'mysql') service.pitr = { window: 3_600_000, flushEvery: 1_000, serverId: 4_193_000_001 };
+    const ctx = { config: shortWindow, logger: createLogger('silent'), signal: new AbortController().signal };
+    const later = new Date(Date.now() + 2 * 3_600_000);
+    const recordsBefore = (await readdir(path.join(storeDir, ENV, 'pitr', 'db'), { recursive: true })).filter((n) => n.endsWith('.json')).length;
+    const result = await pruneBackups(ctx, ENV, false, later);
+    expect(result.binlog).toEqual([{ service: 'db', base: newestBase.id, deletedRecords: expect.any(Number) }]);
+    expect(result.deleted.map((d) => d.id)).not.toContain(newestBase.id);
+    const recordsAfter = (await readdir(path.join(storeDir, ENV, 'pitr', 'db'), { recursive: true })).filter((n) => n.endsWith('.json')).length;
+    expect(result.binlog![0]!.deletedRecords).toBeGreaterThan(0);
+    expect(recordsAfter).toBe(recordsBefore - result.binlog![0]!.deletedRecords);
+
+    daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+    // A point after the anchor: replayed from it.
+    await write(1);
+    lastSecond = Math.max(...history.map((h) => h.at));
+    await storedPast(lastSecond);
+    const restored = await restoreTo(['--to-time', new Date(lastSecond * 1000).toISOString()]);
+    expect(restored.exitCode, restored.stderr).toBe(0);
+    expect(await currentRows()).toEqual(expectedAt(lastSecond));
+    expect(JSON.parse(restored.stdout).id).toBe(newestBase.id);
+    // Before the anchor the binlog is gone: the first base cannot be replayed from.
+    const gone = await restoreTo([base.id, '--to-time', new Date(clearSecond(firstSecond) * 1000).toISOString()]);
+    expect(errorOf(gone.stderr).code).toBe('E_PITR_OUT_OF_WINDOW');
+  }, 120_000);
+
   it('a damaged or missing piece of the stored binlog: E_BINLOG_CHAIN, target unchanged', async () => {
+    // Rows after the newest base, so that the replay to lastSecond reads pieces to tamper with.
+    await write(2);
+    lastSecond = Math.max(...history.map((h) => h.at));
+    await storedPast(lastSecond);
     await daemon!.stop(); // nothing is appended while the store is tampered with
     const [chain] = (await readdir(path.join(storeDir, ENV, 'pitr', 'db'))).sort().reverse();
     const dir = path.join(storeDir, ENV, 'pitr', 'db', chain!);

@@ -259,7 +259,10 @@ function buildProgram(): Command {
         const repository = result.repository
           ? `repository: ${result.repository.deletedPacks} packs ${result.dryRun ? 'to delete' : 'deleted'} (${result.repository.repackedPacks} of them repacked), ${formatBytes(result.repository.freedBytes)} ${result.dryRun ? 'to free' : 'freed'}\n`
           : '';
-        return `${table}${result.deleted.length} ${result.dryRun ? 'would be deleted (dry run: nothing deleted)' : 'deleted'}, ${result.kept.length} kept\n${repository}`;
+        const binlog = (result.binlog ?? [])
+          .map((b) => `binlog of ${b.service}: the window starts at backup ${b.base}; ${b.deletedRecords} older pieces ${result.dryRun ? 'to delete' : 'deleted'}\n`)
+          .join('');
+        return `${table}${result.deleted.length} ${result.dryRun ? 'would be deleted (dry run: nothing deleted)' : 'deleted'}, ${result.kept.length} kept\n${repository}${binlog}`;
       });
     });
 

@@ -7,7 +7,7 @@ import { AgentError } from '../errors.ts';
 import { readSecretFile } from '../secret-file.ts';
 import { compileExcludes } from '../snapshot/files/excludes.ts';
 import { freezeSchema } from '../snapshot/freeze/config.ts';
-import { mysqlServiceSchema } from '../snapshot/mysql/service-config.ts';
+import { mysqlServiceSchema, type MysqlServiceConfig } from '../snapshot/mysql/service-config.ts';
 import { namePattern } from '../snapshot/names.ts';
 import { redisServiceSchema } from '../snapshot/redis/service-config.ts';
 import { parseSize } from '../units.ts';
@@ -302,7 +302,7 @@ export function environmentOf(config: Config, env: string): EnvironmentConfig {
   return found;
 }
 
-/** The mysql services of an environment whose binlog is streamed (pitr:), by name. */
-export function pitrServices(environment: EnvironmentConfig): string[] {
-  return Object.entries(environment.services).flatMap(([name, service]) => (service.kind === 'mysql' && service.pitr !== undefined ? [name] : []));
+/** The mysql services of an environment whose binlog is streamed (pitr:), with their settings. */
+export function pitrServices(environment: EnvironmentConfig): { name: string; pitr: NonNullable<MysqlServiceConfig['pitr']> }[] {
+  return Object.entries(environment.services).flatMap(([name, service]) => (service.kind === 'mysql' && service.pitr !== undefined ? [{ name, pitr: service.pitr }] : []));
 }

@@ -6,7 +6,9 @@ import type { CollectResult } from '../transport/repository/garbage.ts';
 import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
 import { openRepository } from '../transport/repository/repository.ts';
 import { deleteBackup, listBackups, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
-import { environmentOf } from './config.ts';
+import { BinlogArchive } from '../snapshot/binlog/archive.ts';
+import { pitrAnchors, pruneBinlog } from '../snapshot/pipeline/point-in-time.ts';
+import { environmentOf, pitrServices } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { loadKeyRing } from './keys.ts';
 import { ensureOwner } from './ownership.ts';
@@ -30,6 +32,8 @@ export interface PruneResult {
   repository?: CollectResult;
   /** Expired archives written for `backup url` of repository elements, deleted (or to delete). */
   expiredDownloads: number;
+  /** Mysql services with pitr: the base backup each window starts from (kept), and the binlog records before it deleted (or to delete). */
+  binlog?: { service: string; base: string; deletedRecords: number }[];
 }
 
 /**
@@ -55,9 +59,14 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
     now,
     settings.timeZone,
   );
+  // Point-in-time windows keep their base backup whatever the tiers say (docs/pitr.md).
+  const streamed = pitrServices(settings).map(({ name, pitr }) => ({ name, windowMs: pitr.window }));
+  const anchors = pitrAnchors(backups, streamed, now);
   const result: PruneResult = { env, dryRun, deleted: [], kept: [], expiredDownloads: 0 };
   for (const backup of backups) {
-    const why = verdict(backup, decision.keep, decision.reasons, now.getTime() - ctx.config.orphanUploadAge);
+    let why = verdict(backup, decision.keep, decision.reasons, now.getTime() - ctx.config.orphanUploadAge);
+    const anchor = anchors.find((a) => a.backupId === backup.id);
+    if (why.delete && anchor && backup.status === 'ok') why = { delete: false, reason: `the base of ${anchor.service}'s point-in-time window` };
     const entry = { id: backup.id, createdAt: backup.createdAt, trigger: backup.manifest?.trigger ?? null, reason: why.reason };
     if (why.delete) result.deleted.push(entry);
     else result.kept.push(entry);
@@ -67,6 +76,15 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
       ctx.signal.throwIfAborted();
       await deleteBackup(store, env, entry.id);
       ctx.logger.info({ env, backupId: entry.id, phase: 'pruned', reason: entry.reason }, 'backup pruned');
+    }
+  }
+  if (anchors.length > 0) {
+    const keys = await loadKeyRing(ctx.config);
+    result.binlog = [];
+    for (const anchor of anchors) {
+      const deletedRecords = await pruneBinlog(new BinlogArchive(store, env, anchor.service, keys), anchor, dryRun, ctx.signal);
+      result.binlog.push({ service: anchor.service, base: anchor.backupId, deletedRecords });
+      if (deletedRecords) ctx.logger.info({ env, service: anchor.service, phase: 'binlog-pruned', deletedRecords, dryRun }, 'binlog before the window pruned');
     }
   }
   // The repository's garbage, and the archives written for URLs of its elements: only where

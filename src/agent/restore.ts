@@ -25,10 +25,10 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const env = checkName('environment', options.env);
   const target = checkName('environment', options.target ?? env);
   const targetEnv = environmentOf(config, target);
-  const streamed = pitrServices(environmentOf(config, env));
+  const streamed = pitrServices(environmentOf(config, env)).map((s) => s.name);
   const store = await openEnvironmentStore(config, env);
   const keys = await loadKeyRing(config);
-  const targetStreamed = pitrServices(targetEnv);
+  const targetStreamed = pitrServices(targetEnv).map((s) => s.name);
   const summary = await runRestore(ctx, { ...options, env, target }, {
     // Elements in a repository are read from the source environment's, whatever the target.
     storage: backupStorage(config, store, env),

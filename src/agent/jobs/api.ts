@@ -175,7 +175,7 @@ export class LocalAgent implements AgentApi, ServedAgent {
   }
 
   async backupWindow({ env }: { env: string }): Promise<PitrWindow[]> {
-    const streamed = pitrServices(environmentOf(this.#config, checkName('environment', env)));
+    const streamed = pitrServices(environmentOf(this.#config, checkName('environment', env))).map((s) => s.name);
     const store = await this.#readStore(env);
     const keys = await loadKeyRing(this.#config);
     return pitrWindows(store, env, keys, streamed.map((name) => new BinlogArchive(store, env, name, keys)));

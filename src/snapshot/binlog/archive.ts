@@ -179,6 +179,27 @@ export class BinlogArchive implements SegmentSink {
     return bytes;
   }
 
+  /**
+   * Deletes a chain's records and segments before `seq` (all of it when undefined), records
+   * first: a record never names bytes that are gone, and bytes a killed run left are found
+   * by the next one (any key of that chain below the cut). Returns how many records went.
+   */
+  async deleteBefore(chain: string, seq: number | undefined, dryRun: boolean): Promise<number> {
+    const prefix = chainPrefix(this.#env, this.#service, chain);
+    const records: string[] = [];
+    const segments: string[] = [];
+    for await (const object of this.#store.list(prefix)) {
+      const m = /^(\d{10})\.(json|zst)$/.exec(object.key.slice(prefix.length));
+      if (!m || (seq !== undefined && Number(m[1]) >= seq)) continue;
+      (m[2] === 'json' ? records : segments).push(object.key);
+    }
+    if (!dryRun) {
+      await this.#store.delete(records);
+      await this.#store.delete(segments);
+    }
+    return records.length;
+  }
+
   // ---------------------------------------------------------------- writing (SegmentSink)
 
   async resume(signal: AbortSignal): Promise<StreamPosition | undefined> {

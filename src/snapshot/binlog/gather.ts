@@ -93,7 +93,7 @@ async function findChain(archive: BinlogArchive, start: BinlogPoint, signal: Abo
 }
 
 /** The index (in seqs) of the last record beginning at or before `point`: a binary search over records, which are in stream order. */
-async function lastAtOrBefore(archive: BinlogArchive, chain: string, seqs: number[], point: BinlogPoint, signal: AbortSignal): Promise<number> {
+export async function lastAtOrBefore(archive: BinlogArchive, chain: string, seqs: number[], point: BinlogPoint, signal: AbortSignal): Promise<number> {
   let low = 0;
   let high = seqs.length - 1;
   while (low < high) {

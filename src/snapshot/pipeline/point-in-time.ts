@@ -4,7 +4,8 @@ import type { ReplayStop } from '../binlog/gather.ts';
 import type { Manifest, ElementRecord } from '../manifest.ts';
 import type { KeyRing } from '../manifest-mac.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
-import { listBackups } from './catalog.ts';
+import { lastAtOrBefore } from '../binlog/gather.ts';
+import { listBackups, type BackupSummary } from './catalog.ts';
 
 /**
  * Where a base backup's mysql element starts in the binlog: the position recorded under FLUSH
@@ -149,3 +150,54 @@ export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing
   return windows;
 }
 
+
+/** A service's point-in-time window as retention keeps it: the base backup it starts from. */
+export interface PitrAnchor {
+  service: string;
+  backupId: string;
+  point: BinlogPoint;
+}
+
+/**
+ * The base backup each streamed service's window starts from: the newest restorable,
+ * authenticated backup with an exact position for it whose snapshot is at or before now − window
+ * (so every second of the window has a base before it), or the oldest such backup when none is
+ * that old yet. Retention keeps it whatever the tiers say; the binlog before it is deleted.
+ */
+export function pitrAnchors(backups: readonly BackupSummary[], services: readonly { name: string; windowMs: number }[], now: Date): PitrAnchor[] {
+  const anchors: PitrAnchor[] = [];
+  for (const { name, windowMs } of services) {
+    const bases = backups
+      .filter((b) => b.restorable && b.authenticated && b.manifest)
+      .flatMap((b) => {
+        const element = b.manifest!.elements.find((e) => e.name === name);
+        const point = element && basePoint(element);
+        return element && point ? [{ backupId: b.id, point, ms: baseTimeMs(b.manifest!, element) }] : [];
+      })
+      .sort((a, b) => a.ms - b.ms);
+    const start = now.getTime() - windowMs;
+    const anchor = bases.filter((b) => b.ms <= start).at(-1) ?? bases[0];
+    if (anchor) anchors.push({ service: name, backupId: anchor.backupId, point: anchor.point });
+  }
+  return anchors;
+}
+
+/**
+ * Deletes the stored binlog a replay from the anchor never reads: every chain older than the
+ * anchor's, and in its chain every record before the first one of the anchor's file (that one
+ * holds the file's header, which decoding needs). A chain that does not hold the anchor is
+ * left alone (nothing is deleted on a guess). Returns how many records went.
+ */
+export async function pruneBinlog(archive: BinlogArchive, anchor: PitrAnchor, dryRun: boolean, signal?: AbortSignal): Promise<number> {
+  const chains = await archive.chains(); // newest first
+  for (const [index, { chain, seqs }] of chains.entries()) {
+    const first = await archive.readRecord(chain, seqs[0]!, signal);
+    const newest = await archive.readRecord(chain, seqs[seqs.length - 1]!, signal);
+    if (pointBefore(anchor.point, { file: first.file, position: first.offset }) || pointBefore({ file: newest.file, position: newest.end }, anchor.point)) continue;
+    const header = await lastAtOrBefore(archive, chain, seqs, { file: anchor.point.file, position: 0 }, signal ?? new AbortController().signal);
+    let deleted = await archive.deleteBefore(chain, seqs[header]!, dryRun);
+    for (const older of chains.slice(index + 1)) deleted += await archive.deleteBefore(older.chain, undefined, dryRun);
+    return deleted;
+  }
+  return 0;
+}
