@@ -7,9 +7,9 @@ import { loadConfig } from '../src/agent/config.ts';
 import { createLogger } from '../src/agent/logger.ts';
 import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
-import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, createSandbox, killCliAt, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
-import { checksums, connect, createDatabase, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
+import { checksums, connect, createDatabase, leftoverDatabases, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
 const ENV = 'pitr';
@@ -249,6 +249,16 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     // Before the anchor the binlog is gone: the first base cannot be replayed from.
     const gone = await restoreTo([base.id, '--to-time', new Date(clearSecond(firstSecond) * 1000).toISOString()]);
     expect(errorOf(gone.stderr).code).toBe('E_PITR_OUT_OF_WINDOW');
+  }, 120_000);
+
+  it.each(['restore:binlog-gathered:db', 'restore:mysql:replaying'])('the CLI SIGKILLed at %s: the next command leaves nothing behind, the target unchanged', async (phase) => {
+    const before = await checksums(db, database);
+    await killCliAt(sandbox.dir, [...args, 'backup', 'restore', ENV, '--to-time', new Date(lastSecond * 1000).toISOString(), '--yes', '--no-safety-backup'], phase);
+    expect((await cli([...args, 'backup', 'list', ENV])).exitCode).toBe(0);
+    const left = await readdir(path.join(sandbox.stateDir, 'restores'), { recursive: true }).catch(() => []);
+    expect(left).toEqual([]);
+    expect((await leftoverDatabases(db)).filter((name) => name.startsWith(database))).toEqual([]);
+    expect(await checksums(db, database)).toEqual(before);
   }, 120_000);
 
   it('a damaged or missing piece of the stored binlog: E_BINLOG_CHAIN, target unchanged', async () => {

@@ -101,8 +101,8 @@ interface FilterOptions {
  * - `use`: a staging database is kept; another is passed over, with every unqualified statement
  *   under it.
  * - session SETs, transaction control: passed; the GTID ones (gtid_seq_no, server_id,
- *   gtid_domain_id) dropped, so the replayed transactions are new ones of this server rather
- *   than copies of old GTIDs.
+ *   gtid_domain_id) and SET TIMESTAMP dropped, so the replayed transactions are new ones of
+ *   this server, with its GTIDs and times, rather than copies of old ones.
  * - any other statement naming a dumped database (qualified, or as the default database): the dump's
  *   statement policy (statement-check.ts) checks it and maps its names to staging; one naming no
  *   dumped database is passed over.
@@ -212,6 +212,10 @@ export class ReplayFilter extends Transform {
     if (/^(START TRANSACTION|BEGIN|COMMIT|ROLLBACK)( \/\* added by mysqlbinlog \*\/)?$/i.test(text)) return statement;
     // The GTIDs of the source: the replay's transactions take this server's own.
     if (/^\/\*M?!\d* SET @@session\.(gtid_seq_no|server_id|gtid_domain_id)=\d+\*\/$/i.test(text)) return undefined;
+    // And their time: logged at the source's, the replay's events would put old times after new
+    // ones in this server's binlog, and a later point-in-time restore reads the binlog by time.
+    // ROW events carry their values, so no row changes with it.
+    if (/^SET TIMESTAMP=\d+(\.\d+)?$/i.test(text)) return undefined;
     const clientCharset = /^\/\*!\\C ([A-Za-z0-9_]+) \*\/$/.exec(text); // the client's character set command
     if (clientCharset) return checkCharset(clientCharset[1]!, statement);
     const use = /^use `((?:[^`]|``)+)`$/.exec(text);

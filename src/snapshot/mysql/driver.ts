@@ -5,6 +5,7 @@ import type { Connection } from 'mysql2/promise';
 import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
 import { captureAtOnce, handOver, type Capture, type CaptureOptions, type Facts, type PreparedCapture, type ServiceDriver, type StagedRestore, type StagedState, type StageOptions } from '../driver.ts';
 import { privateTempDir } from '../private-temp.ts';
+import { reachedPhase } from '../../phase-hook.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
 import { dumpOptions, startDump, type RunningDump } from './dump.ts';
 import { dumpClient, serverFlavour, type DumpClient, type ServerFlavour } from './flavour.ts';
@@ -308,6 +309,7 @@ export class MysqlDriver implements ServiceDriver {
       gtidPurged = rewriter.gtidPurged;
       // Point in time: the binlog from the dump's position on, onto the same staging databases.
       if (options.replay) {
+        await reachedPhase('restore:mysql:replaying');
         const rewrites = new Map(plans.map((p) => [p.source, p.staging]));
         replayed = await replayBinlog(defaults, options.replay, rewrites, existing.map((r) => r.name), signal);
       }

@@ -139,7 +139,10 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
       const replay = options.toPoint && (await gatherReplay(setup, manifest, element, options.toPoint, journal.stagingDir, signal));
-      if (replay) log.info({ phase: 'binlog', element: element.name, files: replay.files.length, from: replay.start }, 'binlog gathered for the replay');
+      if (replay) {
+        log.info({ phase: 'binlog', element: element.name, files: replay.files.length, from: replay.start }, 'binlog gathered for the replay');
+        await reachedPhase(`restore:binlog-gathered:${element.name}`);
+      }
       const restore = await consumeElement(
         storage,
         manifest,
