@@ -41,6 +41,7 @@ export type JobRequest =
       /** Point-in-time restore (docs/pitr.md): ISO 8601 time, or FILE:POSITION in the binlog. */
       toTime?: string;
       toPosition?: string;
+      toGtid?: string;
       target?: string;
       elements?: string[];
       /** false: no safety backup of the target first. */

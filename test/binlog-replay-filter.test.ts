@@ -99,6 +99,22 @@ describe('ReplayFilter: what a point-in-time replay lets through to the server',
     expect(filter.facts.skipped).toBe(3);
   });
 
+  it('maps the tables of TRUNCATE and RENAME TABLE (applications, online schema tools) to staging, and refuses one of another database', async () => {
+    const { out } = await run([
+      ...HEAD,
+      ...query('TRUNCATE TABLE shop.sessions'),
+      ...query('RENAME TABLE shop.orders TO shop._orders_old, `shop`.`_orders_new` TO shop.orders'),
+      ...query('TRUNCATE cache', 'shop__sa_stage_abcdef'),
+      ...TAIL,
+    ]);
+    expect(out).toContain('TRUNCATE TABLE `shop__sa_stage_abcdef`.`sessions`');
+    expect(out).toContain('RENAME TABLE `shop__sa_stage_abcdef`.`orders` TO `shop__sa_stage_abcdef`.`_orders_old`, `shop__sa_stage_abcdef`.`_orders_new` TO `shop__sa_stage_abcdef`.`orders`');
+    expect(out).toContain('TRUNCATE cache');
+    for (const statement of ['RENAME TABLE shop.orders TO victim.orders', 'TRUNCATE TABLE shop.a, shop.b', 'RENAME TABLE shop.a TO b']) {
+      expect((await refusal([...HEAD, ...query(statement)])).code).toBe('E_UNSAFE_ARCHIVE_ENTRY');
+    }
+  });
+
   it.each([
     ['rows of a staging table and another database in one statement', [...transaction(binlog(tableMap('shop__sa_stage_abcdef', 't'), tableMap('victim', 't'), writeRows()))], 'staging and in other databases'],
     ['an event other than rows inside BINLOG', [...transaction(binlog(event(2, Buffer.alloc(20))))], 'not a row event'],

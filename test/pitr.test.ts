@@ -42,14 +42,14 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
   let args: string[];
   /** Every row as the writer left it, by id; deleted ones removed. */
   const written = new Map<number, Order>();
-  const history: { at: number; id: number; change: 'insert' | 'update' | 'delete'; note?: string }[] = [];
+  const history: { at: number; id: number; change: 'insert' | 'update' | 'delete'; note?: string; gtid?: string }[] = [];
 
   const restoreTo = (point: string[]) => cli([...args, 'backup', 'restore', ENV, ...point, '--yes', '--no-safety-backup', '--json']);
   const currentRows = async () => (await rows<{ id: number; note: string }>(db, `SELECT id, note FROM \`${database}\`.orders ORDER BY id`)).map((r) => ({ id: r.id, note: r.note }));
   /** The table as it was at the end of second `at`, from the writer's own history. */
-  const expectedAt = (at: number) => {
+  const expectedAt = (at: number, upTo = history.length) => {
     const state = new Map<number, string>();
-    for (const h of history) {
+    for (const h of history.slice(0, upTo)) {
       if (h.at > at) break;
       if (h.change === 'delete') state.delete(h.id);
       else state.set(h.id, h.note!);
@@ -70,8 +70,9 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
       const note = `order ${history.length + 1}`;
       const [result] = await db.query<ResultSetHeader>(`INSERT INTO \`${database}\`.orders (note, at) VALUES (?, UNIX_TIMESTAMP())`, [note]);
       const at = await secondOf(result.insertId);
+      const gtid = (await rows<{ gtid: string }>(db, 'SELECT @@last_gtid AS gtid'))[0]!.gtid;
       written.set(result.insertId, { id: result.insertId, note, at });
-      history.push({ at, id: result.insertId, change: 'insert', note });
+      history.push({ at, id: result.insertId, change: 'insert', note, gtid });
       if (history.length % 7 === 0) {
         const ids = [...written.keys()];
         const id = ids[history.length % ids.length]!;
@@ -164,7 +165,17 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     // Three points: just after the base, the middle, the end.
     // Three points: just after the base, the middle, the end (the last: every row, which leaves
     // the table as the writer's history says for the tests after this one).
+    const baseSecond = firstSecond;
     for (const at of [clearSecond(firstSecond), clearSecond(Math.floor((firstSecond + lastSecond) / 2)), lastSecond]) {
+      if (at === lastSecond) {
+        // And to a transaction: the one of an insert two thirds in, included.
+        const index = history.findIndex((h, i) => h.change === 'insert' && h.at > baseSecond && i >= (history.length * 2) / 3);
+        const gtid = history[index]!.gtid!;
+        const byGtid = await restoreTo(['--to-gtid', gtid]);
+        expect(byGtid.exitCode, byGtid.stderr).toBe(0);
+        expect(await currentRows()).toEqual(expectedAt(Infinity, index + 1));
+        expect(JSON.parse(byGtid.stdout).elements[0].facts.lastAppliedGtid).toBe(gtid);
+      }
       const time = new Date(at * 1000).toISOString();
       const result = await restoreTo(['--to-time', time]);
       expect(result.exitCode, result.stderr).toBe(0);
@@ -175,6 +186,30 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
       expect(Date.parse(facts.lastAppliedTime as string)).toBeLessThanOrEqual(at * 1000);
       expect(facts.lastAppliedGtid).toMatch(/^\d+-\d+-\d+$/);
     }
+  }, 120_000);
+
+  it('what applications and online schema tools do (TRUNCATE, a gh-ost style RENAME, ALTER) is replayed too', async () => {
+    await db.query(`CREATE TABLE \`${database}\`.sessions (id INT PRIMARY KEY, data VARCHAR(20))`);
+    await db.query(`INSERT INTO \`${database}\`.sessions VALUES (1, 'old'), (2, 'old')`);
+    await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
+    await sleep(1100); // the base's second is over
+    await db.query(`TRUNCATE TABLE \`${database}\`.sessions`);
+    await db.query(`INSERT INTO \`${database}\`.sessions VALUES (3, 'new')`);
+    await db.query(`CREATE TABLE \`${database}\`.sessions_new LIKE \`${database}\`.sessions`);
+    await db.query(`ALTER TABLE \`${database}\`.sessions_new ADD COLUMN seen INT NOT NULL DEFAULT 7`);
+    await db.query(`INSERT INTO \`${database}\`.sessions_new (id, data) SELECT id, data FROM \`${database}\`.sessions`);
+    await db.query(`RENAME TABLE \`${database}\`.sessions TO \`${database}\`.sessions_old, \`${database}\`.sessions_new TO \`${database}\`.sessions`);
+    await db.query(`DROP TABLE \`${database}\`.sessions_old`);
+    const live = await rows(db, `SELECT * FROM \`${database}\`.sessions ORDER BY id`);
+    const at = await serverSecond();
+    await storedPast(at);
+    const result = await restoreTo(['--to-time', new Date(at * 1000).toISOString()]);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(await rows(db, `SELECT * FROM \`${database}\`.sessions ORDER BY id`)).toEqual(live);
+    expect(live).toEqual([{ id: 3, data: 'new', seen: 7 }]);
+    const tables = await rows<{ name: string }>(db, 'SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY 1', [database]);
+    expect(tables.map((t) => t.name)).toEqual(['markers', 'orders', 'sessions']);
+    expect(await currentRows()).toEqual(expectedAt(lastSecond));
   }, 120_000);
 
   it('backup window: from the oldest base backup in the stored chain to the newest stored event', async () => {

@@ -22,7 +22,8 @@ import type { Manifest } from '../snapshot/manifest.ts';
 import type { ElementCheck } from '../snapshot/pipeline/artifacts.ts';
 import { addControlPlaneCommands, runJob, submitJob, withAgent } from './jobs/cli-glue.ts';
 import type { PruneResult } from './prune.ts';
-import { describe, parsePoint } from '../snapshot/pipeline/point-in-time.ts';
+import { describeStop } from '../snapshot/binlog/gather.ts';
+import { parsePoint } from '../snapshot/pipeline/point-in-time.ts';
 import type { RestoreSummary } from '../snapshot/pipeline/restore.ts';
 
 /** restore, get, url and verify: the one way past E_MANIFEST_UNAUTHENTICATED, for backups made before keys existed. */
@@ -189,23 +190,25 @@ function buildProgram(): Command {
     .option('--target <env>', 'restore into this environment instead')
     .option('--to-time <time>', 'point-in-time restore of the mysql services with pitr: to the end of this second (ISO 8601, e.g. 2026-12-01T10:15:30Z)')
     .option('--to-position <file:pos>', 'point-in-time restore to this position of the binlog (e.g. binlog.000042:1234)')
+    .option('--to-gtid <gtid>', 'point-in-time restore up to and with this transaction (MariaDB GTID, e.g. 0-1-4242)')
     .option('--element <names>', 'comma-separated elements to restore', splitList)
     .option('--no-safety-backup', 'do not back up the target first (the pre-restore safety backup)')
     .option('--from-node <id>', "the backup was made by this other node (see 'backup list'): bring its data here all the same")
     .option(ALLOW_UNAUTHENTICATED, ALLOW_UNAUTHENTICATED_HELP)
     .option('--yes', 'do not ask for confirmation')
     .exitOverride()
-    .action(async (env: string, id: string | undefined, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean; fromNode?: string; toTime?: string; toPosition?: string }, cmd: Command) => {
+    .action(async (env: string, id: string | undefined, opts: { target?: string; element?: string[]; yes?: boolean; safetyBackup?: boolean; allowUnauthenticated?: boolean; fromNode?: string; toTime?: string; toPosition?: string; toGtid?: string }, cmd: Command) => {
       const target = checkName('environment', opts.target ?? env);
       if (id !== undefined) checkBackupId(id);
       const point = parsePoint(opts);
-      if (id === undefined && !point) throw new AgentError('E_USAGE', "backup restore needs a backup id (see 'backup list'), or --to-time/--to-position");
+      if (id === undefined && !point) throw new AgentError('E_USAGE', "backup restore needs a backup id (see 'backup list'), or --to-time/--to-position/--to-gtid");
       const request = {
         kind: 'backup.restore' as const,
         env,
         ...(id !== undefined ? { id } : {}),
         ...(opts.toTime !== undefined ? { toTime: opts.toTime } : {}),
         ...(opts.toPosition !== undefined ? { toPosition: opts.toPosition } : {}),
+        ...(opts.toGtid !== undefined ? { toGtid: opts.toGtid } : {}),
         target,
         elements: opts.element,
         ...(opts.safetyBackup === false ? { safetyBackup: false } : {}),
@@ -215,7 +218,7 @@ function buildProgram(): Command {
       const summary = await runJob<RestoreSummary>(cmd, request, {
         confirm: () =>
           confirmDestructive(
-            point ? `restoring ${env}'s databases to ${describe(point)} overwrites the data of environment ${target}` : `restoring backup ${id} overwrites the data of environment ${target}`,
+            point ? `restoring ${env}'s databases to ${describeStop(point)} overwrites the data of environment ${target}` : `restoring backup ${id} overwrites the data of environment ${target}`,
             target,
             opts.yes,
           ),

@@ -40,7 +40,7 @@ export function validateRequest(config: Config, request: JobRequest): JobRequest
     case 'backup.restore': {
       if (request.id !== undefined) checkBackupId(request.id);
       const point = parsePoint(request); // refuses a malformed point before the job is queued
-      if (request.id === undefined && !point) throw new AgentError('E_USAGE', 'a restore names a backup id, or a point in time (--to-time, --to-position)');
+      if (request.id === undefined && !point) throw new AgentError('E_USAGE', 'a restore names a backup id, or a point in time (--to-time, --to-position, --to-gtid)');
       if (request.target !== undefined) environmentOf(config, checkName('environment', request.target));
       for (const name of request.elements ?? []) checkName('element', name);
       return request;
@@ -74,7 +74,7 @@ export async function runOperation(ctx: OperationContext, spec: JobSpec): Promis
       return restoreBackup(ctx, {
         env: spec.env,
         ...(spec.id ? { id: spec.id } : {}),
-        ...(spec.toTime !== undefined || spec.toPosition !== undefined ? { toPoint: parsePoint(spec) } : {}),
+        ...(spec.toTime !== undefined || spec.toPosition !== undefined || spec.toGtid !== undefined ? { toPoint: parsePoint(spec) } : {}),
         target: spec.target ?? spec.env,
         elements: spec.elements,
         safetyBackup: spec.safetyBackup !== false,

@@ -5,7 +5,28 @@ import { AgentError, throwIfCancelled } from '../../errors.ts';
 import { binlogChainError, pointBefore, type BinlogArchive, type BinlogPoint, type BinlogRecord } from './archive.ts';
 
 /** Where a replay stops: the end of a second (UTC), or a place in the binlog. */
-export type ReplayStop = { kind: 'time'; ms: number } | { kind: 'position'; point: BinlogPoint };
+export type ReplayStop = { kind: 'time'; ms: number } | { kind: 'position'; point: BinlogPoint } | { kind: 'gtid'; gtid: Gtid };
+
+/** A MariaDB GTID, `domain-server-seq`. */
+export interface Gtid {
+  domain: number;
+  server: number;
+  seq: number;
+}
+
+export function parseGtid(text: string): Gtid | undefined {
+  const m = /^(\d{1,10})-(\d{1,10})-(\d{1,20})$/.exec(text);
+  return m ? { domain: Number(m[1]), server: Number(m[2]), seq: Number(m[3]) } : undefined;
+}
+
+/** The sequence number a GTID position (`gtid_binlog_pos`: one GTID per domain, comma-separated) holds for a domain. */
+export function seqInDomain(position: string, domain: number): number | undefined {
+  for (const part of position.split(',')) {
+    const gtid = parseGtid(part.trim());
+    if (gtid?.domain === domain) return gtid.seq;
+  }
+  return undefined;
+}
 
 /** What a replay needs on disk: the binlog files, verified, from the base's position to the stop. */
 export interface GatheredBinlog {
@@ -109,10 +130,12 @@ export async function lastAtOrBefore(archive: BinlogArchive, chain: string, seqs
 /** Whether a record carries the stream past the stop: an event after the stop's second, or bytes past its position. */
 function reaches(record: BinlogRecord, stop: ReplayStop): boolean {
   if (stop.kind === 'time') return record.lastEventMs !== null && record.lastEventMs >= stop.ms;
+  if (stop.kind === 'gtid') return record.lastGtid !== null && (seqInDomain(record.lastGtid, stop.gtid.domain) ?? -1) >= stop.gtid.seq;
   return !pointBefore({ file: record.file, position: record.end }, stop.point);
 }
 
-function describeStop(stop: ReplayStop): string {
+export function describeStop(stop: ReplayStop): string {
+  if (stop.kind === 'gtid') return `GTID ${stop.gtid.domain}-${stop.gtid.server}-${stop.gtid.seq}`;
   return stop.kind === 'time' ? new Date(stop.ms - 1000).toISOString() : `${stop.point.file}:${stop.point.position}`;
 }
 

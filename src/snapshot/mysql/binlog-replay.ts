@@ -3,7 +3,7 @@ import { execa } from 'execa';
 import { AgentError, cancelled } from '../../errors.ts';
 import { childEnv } from '../../child-env.ts';
 import type { BinlogReplayPlan } from '../driver.ts';
-import { clientArgs, type DefaultsFile } from './connection.ts';
+import { clientArgs, quoteIdent, type DefaultsFile } from './connection.ts';
 import { loadDump } from './load.ts';
 import { StatementPolicy, tokenize, type Token } from './statement-check.ts';
 
@@ -44,7 +44,7 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
   if (files.length === 0) throw new AgentError('E_INTERNAL', 'the binlog gathered for the replay does not hold the stop position');
   const args = [
     `--start-position=${plan.start.position}`,
-    stop.kind === 'time' ? `--stop-datetime=${mysqlDatetime(stop.ms)}` : `--stop-position=${stop.point.position}`,
+    stopOption(stop),
     ...[...rewrites].map(([source, staging]) => `--rewrite-db=${source}->${staging}`),
     '--',
     ...files,
@@ -61,7 +61,8 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
   } catch (error) {
     decoder.kill('SIGKILL');
     await decoder.catch(() => {});
-    throw error;
+    // The filter's refusal is the story, however the pipeline's streams passed it on.
+    throw filter.failure ?? error;
   }
   try {
     await decoder;
@@ -72,6 +73,13 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
     throw new AgentError('E_RESTORE_FAILED', `mariadb-binlog could not decode the stored binlog (exit code ${e.exitCode}): ${decoderMessages.trim().slice(0, 500)}`, { cause: error });
   }
   return filter.facts;
+}
+
+/** mariadb-binlog's stop: before the first event of the next second; at a byte of the last file; after a GTID's transaction (10.8+). */
+function stopOption(stop: BinlogReplayPlan['stop']): string {
+  if (stop.kind === 'time') return `--stop-datetime=${mysqlDatetime(stop.ms)}`;
+  if (stop.kind === 'gtid') return `--stop-position=${stop.gtid.domain}-${stop.gtid.server}-${stop.gtid.seq}`;
+  return `--stop-position=${stop.point.position}`;
 }
 
 function basename(file: string): string {
@@ -111,6 +119,7 @@ export class ReplayFilter extends Transform {
   readonly #policy: StatementPolicy;
   readonly #sources: Set<string>;
   readonly #stagingNames: Set<string>;
+  readonly #stagingBySource: Map<string, string>;
   #pending = '';
   #statement: string[] = [];
   #delimiter = ';';
@@ -121,12 +130,15 @@ export class ReplayFilter extends Transform {
   #eventTime: string | null = null;
   #eventEnd = 0;
   readonly facts: ReplayFacts = { statements: 0, skipped: 0, last: null };
+  /** Why the filter refused the stream, once it has. */
+  failure: AgentError | undefined;
 
   constructor(options: FilterOptions) {
     super();
     this.#policy = new StatementPolicy({ staging: options.staging, existing: [...options.existing, ...options.staging.values()] });
     this.#sources = new Set([...options.staging.keys()].map((s) => s.toLowerCase()));
     this.#stagingNames = new Set([...options.staging.values()].map((s) => s.toLowerCase()));
+    this.#stagingBySource = new Map([...options.staging].map(([source, staging]) => [source.toLowerCase(), staging]));
     this.#file = options.firstFile;
   }
 
@@ -139,7 +151,7 @@ export class ReplayFilter extends Transform {
       for (const line of lines) this.#line(line);
       callback();
     } catch (error) {
-      callback(error as Error);
+      this.#fail(error, callback);
     }
   }
 
@@ -149,8 +161,13 @@ export class ReplayFilter extends Transform {
       if (this.#statement.length) throw refused('the decoded binlog ends inside a statement', this.#statement.join('\n'));
       callback();
     } catch (error) {
-      callback(error as Error);
+      this.#fail(error, callback);
     }
+  }
+
+  #fail(error: unknown, callback: TransformCallback): void {
+    if (error instanceof AgentError) this.failure ??= error;
+    callback(error as Error);
   }
 
   #line(line: string): void {
@@ -216,6 +233,8 @@ export class ReplayFilter extends Transform {
     // ones in this server's binlog, and a later point-in-time restore reads the binlog by time.
     // ROW events carry their values, so no row changes with it.
     if (/^SET TIMESTAMP=\d+(\.\d+)?$/i.test(text)) return undefined;
+    // mariadb-binlog's closing lines put back the GTID settings dropped above: nothing to put back.
+    if (/^\/\*!\d* SET @@SESSION\.(SERVER_ID|GTID_DOMAIN_ID)=@@GLOBAL\.(SERVER_ID|GTID_DOMAIN_ID) \*\/$/i.test(text)) return undefined;
     const clientCharset = /^\/\*!\\C ([A-Za-z0-9_]+) \*\/$/.exec(text); // the client's character set command
     if (clientCharset) return checkCharset(clientCharset[1]!, statement);
     const use = /^use `((?:[^`]|``)+)`$/.exec(text);
@@ -247,11 +266,43 @@ export class ReplayFilter extends Transform {
       this.facts.skipped++;
       return undefined;
     }
+    // What applications and online schema tools (gh-ost, pt-online-schema-change) do that a dump never holds.
+    if (tokens[0]?.value === 'TRUNCATE' || (tokens[0]?.value === 'RENAME' && tokens[1]?.value === 'TABLE')) return this.#tableNames(tokens, text, statement);
     try {
       return this.#policy.check(statement);
     } catch (error) {
       throw refused(`the statement policy of restores refuses it: ${(error as Error).message.slice(0, 300)}`, statement);
     }
+  }
+
+  /**
+   * TRUNCATE [TABLE] t, RENAME TABLE a TO b[, …]: nothing but table names, each mapped to
+   * staging when qualified with a dumped database, refused when qualified with another, and
+   * unqualified only under a staging database's `use`.
+   */
+  #tableNames(tokens: Token[], text: string, statement: string): string {
+    const isName = (t: Token | undefined): t is Token => t !== undefined && (t.type === 'word' || t.type === 'ident');
+    const rename = tokens[0]!.value === 'RENAME';
+    const shape = () => refused('it is not a TRUNCATE or RENAME TABLE of tables only', statement);
+    const edits: { start: number; end: number; text: string }[] = [];
+    for (let k = rename || tokens[1]?.value === 'TABLE' ? 2 : 1; ; k++) {
+      const first = tokens[k];
+      if (!isName(first)) throw shape();
+      const table = tokens[k + 2];
+      if (tokens[k + 1]?.value === '.' && isName(table)) {
+        // Words are upper-cased by the lexer: the name as written is the text's.
+        const staging = this.#stagingBySource.get((first.type === 'ident' ? first.value : text.slice(first.start, first.end)).toLowerCase());
+        if (staging === undefined) throw refused('it names a table of another database', statement);
+        edits.push({ start: first.start, end: table.end, text: `${quoteIdent(staging)}.${quoteIdent(table.type === 'ident' ? table.value : text.slice(table.start, table.end))}` });
+        k += 3;
+      } else {
+        if (!this.#defaultOurs) throw refused('it names a table without its database outside a staging database', statement);
+        k += 1;
+      }
+      if (k >= tokens.length) break;
+      if (!rename || (tokens[k]!.value !== 'TO' && tokens[k]!.value !== ',')) throw shape();
+    }
+    return edits.reduceRight((out, edit) => out.slice(0, edit.start) + edit.text + out.slice(edit.end), text);
   }
 
   /** A BINLOG statement's events: a format description, or table maps and row events of staging tables only. */

@@ -1,6 +1,6 @@
 import { AgentError } from '../../errors.ts';
 import { pointBefore, type BinlogArchive, type BinlogPoint } from '../binlog/archive.ts';
-import type { ReplayStop } from '../binlog/gather.ts';
+import { describeStop, parseGtid, seqInDomain, type ReplayStop } from '../binlog/gather.ts';
 import type { Manifest, ElementRecord } from '../manifest.ts';
 import type { KeyRing } from '../manifest-mac.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
@@ -33,6 +33,11 @@ function isBaseFor(manifest: Manifest, element: ElementRecord, stop: ReplayStop)
   const point = basePoint(element);
   if (!point) return false;
   if (stop.kind === 'time') return baseTimeMs(manifest, element) < stop.ms;
+  if (stop.kind === 'gtid') {
+    // The base holds every transaction of the domain up to its position's seq: one before the stop.
+    const at = typeof element.facts.gtid === 'string' ? seqInDomain(element.facts.gtid, stop.gtid.domain) : undefined;
+    return at !== undefined && at < stop.gtid.seq;
+  }
   return !pointBefore(stop.point, point);
 }
 
@@ -52,7 +57,7 @@ export async function chooseBase(store: ObjectStore, env: string, keys: KeyRing,
   }
   throw new AgentError(
     'E_PITR_OUT_OF_WINDOW',
-    `no authenticated backup of ${env} holding ${elements.join(', ')} with an exact binlog position (a consistent backup) is older than ${describe(stop)}: that point is before the restorable window (see 'backup list ${env}')`,
+    `no authenticated backup of ${env} holding ${elements.join(', ')} with an exact binlog position (a consistent backup) is older than ${describeStop(stop)}: that point is before the restorable window (see 'backup list ${env}')`,
     { details: { env, elements: [...elements] } },
   );
 }
@@ -67,24 +72,27 @@ export function checkBase(manifest: Manifest, element: ElementRecord, stop: Repl
     );
   }
   if (!isBaseFor(manifest, element, stop)) {
-    throw new AgentError('E_PITR_OUT_OF_WINDOW', `backup ${manifest.env}/${manifest.id} is not older than ${describe(stop)}: a replay only goes forward; name an older backup, or leave out the id`);
+    throw new AgentError('E_PITR_OUT_OF_WINDOW', `backup ${manifest.env}/${manifest.id} is not older than ${describeStop(stop)}: a replay only goes forward; name an older backup, or leave out the id`);
   }
   return point;
 }
 
-export function describe(stop: ReplayStop): string {
-  return stop.kind === 'time' ? new Date(stop.ms - 1000).toISOString() : `${stop.point.file}:${stop.point.position}`;
-}
 
 /**
  * The point a request names: `toTime` (ISO 8601 with its zone; the whole second it names is
- * included) or `toPosition` (`FILE:POSITION`, a binlog file of the server and a byte offset in
- * it). Exactly one of them.
+ * included), `toPosition` (`FILE:POSITION`, a binlog file of the server and a byte offset in
+ * it) or `toGtid` (the last transaction applied, included). One of them at most.
  */
-export function parsePoint(request: { toTime?: string | undefined; toPosition?: string | undefined }): ReplayStop | undefined {
-  const { toTime, toPosition } = request;
-  if (toTime === undefined && toPosition === undefined) return undefined;
-  if (toTime !== undefined && toPosition !== undefined) throw new AgentError('E_USAGE', 'give one of --to-time and --to-position, not both');
+export function parsePoint(request: { toTime?: string | undefined; toPosition?: string | undefined; toGtid?: string | undefined }): ReplayStop | undefined {
+  const { toTime, toPosition, toGtid } = request;
+  const given = [toTime, toPosition, toGtid].filter((v) => v !== undefined).length;
+  if (given === 0) return undefined;
+  if (given > 1) throw new AgentError('E_USAGE', 'give one of --to-time, --to-position and --to-gtid, not several');
+  if (toGtid !== undefined) {
+    const gtid = parseGtid(toGtid);
+    if (!gtid) throw new AgentError('E_USAGE', `--to-gtid ${JSON.stringify(toGtid.slice(0, 60))} is not a MariaDB GTID such as 0-1-4242 (domain-server-sequence): the transaction restored last`);
+    return { kind: 'gtid', gtid };
+  }
   if (toTime !== undefined) {
     const ms = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/.test(toTime) ? Date.parse(toTime) : NaN;
     if (Number.isNaN(ms)) throw new AgentError('E_USAGE', `--to-time ${JSON.stringify(toTime.slice(0, 60))} is not a time such as 2026-12-01T10:15:30Z (ISO 8601, with Z or an offset)`);
