@@ -8,7 +8,7 @@ import { createLogger } from '../src/agent/logger.ts';
 import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, killCliAt, type Sandbox } from './support/cli.ts';
-import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { checksums, connect, createDatabase, leftoverDatabases, mariadbScript, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
@@ -40,6 +40,7 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
   let database: string;
   let storeDir: string;
   let args: string[];
+  let tokens: Tokens;
   /** Every row as the writer left it, by id; deleted ones removed. */
   const written = new Map<number, Order>();
   const history: { at: number; id: number; change: 'insert' | 'update' | 'delete'; note?: string; gtid?: string }[] = [];
@@ -130,7 +131,7 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     await db.query(`CREATE TABLE \`${database}\`.markers (id INT AUTO_INCREMENT PRIMARY KEY)`);
     sandbox = await createSandbox();
     storeDir = path.join(sandbox.dir, 'store');
-    const tokens = await writeTokens(sandbox);
+    tokens = await writeTokens(sandbox);
     await sandbox.writeConfig({
       defaultStore: 'local',
       stores: { local: { type: 'fs', path: storeDir } },
@@ -218,6 +219,14 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     expect(Date.parse(window!.to)).toBeGreaterThan(lastSecond * 1000);
     const text = await cli([...args, 'backup', 'window', ENV]);
     expect(text.stdout).toContain(`(backup ${base.id})`);
+    // The daemon's status and metrics show the stream, caught up.
+    const remote = ['--config', sandbox.configPath, '--remote', daemon!.url, '--token-file', tokens.viewerFile];
+    const status = await cliJson<{ binlogStreams: { env: string; service: string; state: string; lagMs: number; lastError: string | null }[] }>([...remote, 'status']);
+    expect(status.binlogStreams).toEqual([expect.objectContaining({ env: ENV, service: 'db', state: 'streaming', lastError: null })]);
+    expect(status.binlogStreams[0]!.lagMs).toBeLessThan(10_000);
+    expect((await cli([...remote, 'status'])).stdout).toMatch(/binlog  pitr\/db: streaming at binlog\.\d+:\d+, lag \d+\.\d s/);
+    const metrics = await fetch(`${daemon!.http}/metrics`, { headers: { authorization: `Bearer ${tokens.viewer}` } }).then((r) => r.text());
+    expect(metrics).toMatch(new RegExp(`storage_agent_binlog_lag_seconds\\{env="${ENV}",service="db"\\} \\d`));
   });
 
   it('a point the stored binlog does not reach, or one before every base, is refused with the target unchanged', async () => {
