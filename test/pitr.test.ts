@@ -136,7 +136,11 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
       defaultStore: 'local',
       stores: { local: { type: 'fs', path: storeDir } },
       daemon: daemonSection(tokens),
-      environments: { [ENV]: { services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s' } }) } } },
+      environments: {
+        [ENV]: { services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s' } }) } },
+        // Another environment's database, to restore into with --target.
+        copy: { services: { db: mysqlServiceConfig(server, [`${database}_copy`], PASSWORD_ENV) } },
+      },
     });
     args = ['--config', sandbox.configPath];
     daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
@@ -146,6 +150,7 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
   afterAll(async () => {
     await daemon?.stop();
     await db?.query(`DROP DATABASE IF EXISTS \`${database}\``).catch(() => {});
+    await db?.query(`DROP DATABASE IF EXISTS \`${database}_copy\``).catch(() => {});
     db?.destroy();
     await sandbox?.cleanup();
   });
@@ -211,6 +216,17 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     const tables = await rows<{ name: string }>(db, 'SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY 1', [database]);
     expect(tables.map((t) => t.name)).toEqual(['markers', 'orders', 'sessions']);
     expect(await currentRows()).toEqual(expectedAt(lastSecond));
+  }, 120_000);
+
+  it('--target: the point in time of one environment restored into another, the source untouched', async () => {
+    const source = await checksums(db, database);
+    const at = clearSecond(Math.floor((firstSecond + lastSecond) / 2));
+    const result = await cli([...args, 'backup', 'restore', ENV, '--to-time', new Date(at * 1000).toISOString(), '--target', 'copy', '--yes', '--no-safety-backup', '--json']);
+    expect(result.exitCode, result.stderr).toBe(0);
+    const copied = (await rows<{ id: number; note: string }>(db, `SELECT id, note FROM \`${database}_copy\`.orders ORDER BY id`)).map((r) => ({ id: r.id, note: r.note }));
+    expect(copied).toEqual(expectedAt(at));
+    expect(await checksums(db, database)).toEqual(source);
+    await db.query(`DROP DATABASE IF EXISTS \`${database}_copy\``);
   }, 120_000);
 
   it('backup window: from the oldest base backup in the stored chain to the newest stored event', async () => {
