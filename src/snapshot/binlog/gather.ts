@@ -2,6 +2,7 @@ import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
+import { requireFreeSpace } from '../free-space.ts';
 import { binlogChainError, pointBefore, type BinlogArchive, type BinlogPoint, type BinlogRecord } from './archive.ts';
 
 /** Where a replay stops: the end of a second (UTC), or a place in the binlog. */
@@ -97,6 +98,9 @@ export async function gatherBinlog(archive: BinlogArchive, start: BinlogPoint, s
   if (header[0] && (header[0].file !== start.file || header[0].offset !== 0)) {
     throw binlogChainError(`the stored binlog of ${archive.env}/${archive.service} lacks the start of ${start.file}`, { file: start.file });
   }
+  // Written under the state dir: refused up front when it would not fit, rather than half way.
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await requireFreeSpace(dir, [...header, ...used].reduce((sum, r) => sum + r.end - r.offset, 0), `the binlog of ${archive.service} to replay`);
   return { ...(await writeFiles(archive, [...header, ...used], dir, signal)), start, last };
 }
 
@@ -141,7 +145,6 @@ export function describeStop(stop: ReplayStop): string {
 
 /** Each record's segment, verified, written at its offset in its file; a few read at once. */
 async function writeFiles(archive: BinlogArchive, records: BinlogRecord[], dir: string, signal: AbortSignal): Promise<{ files: string[]; segments: number; bytes: number }> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
   const handles = new Map<string, FileHandle>();
   const limit = pLimit(SEGMENTS_IN_FLIGHT);
   let bytes = 0;
