@@ -382,3 +382,36 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     expect(await currentRows()).toEqual(committed);
   }, 120_000);
 });
+
+describe('point-in-time restore: a server or account that cannot stream', () => {
+  it('the daemon names every missing grant in its log and status, keeps running, and streams nothing', async () => {
+    const server = mariadbServer();
+    const db = await connect(server, { root: true });
+    const user = `sa_norepl_${Date.now() % 100_000}`;
+    const sandbox = await createSandbox();
+    let daemon: RunningDaemon | undefined;
+    try {
+      await db.query(`CREATE USER '${user}'@'127.0.0.1' IDENTIFIED BY 'pw-norepl'`);
+      await db.query(`GRANT SELECT, RELOAD, PROCESS ON *.* TO '${user}'@'127.0.0.1'`);
+      const tokens = await writeTokens(sandbox);
+      await sandbox.writeConfig({
+        defaultStore: 'local',
+        stores: { local: { type: 'fs', path: path.join(sandbox.dir, 'store') } },
+        daemon: daemonSection(tokens),
+        environments: { weak: { services: { db: { ...mysqlServiceConfig(server, ['mysql'], 'SA_NOREPL_PW', { pitr: { window: '1d' } }), user } } } },
+      });
+      daemon = await startDaemon(sandbox.configPath, { env: { SA_NOREPL_PW: 'pw-norepl' } });
+      const logged = await daemon.waitForLog('the stream to refuse', (l) => l.msg === 'the binlog stream cannot run; trying again');
+      expect(logged).toMatchObject({ code: 'E_CONFIG_INVALID', err: expect.stringMatching(/REPLICATION SLAVE.*BINLOG MONITOR.*BINLOG REPLAY/) });
+      const remote = ['--config', sandbox.configPath, '--remote', daemon.url, '--token-file', tokens.viewerFile];
+      const status = await cliJson<{ binlogStreams: { state: string; lastError: string }[] }>([...remote, 'status']);
+      expect(status.binlogStreams[0]).toMatchObject({ state: 'starting', lastError: expect.stringContaining('REPLICATION SLAVE') });
+      expect(await readdir(path.join(sandbox.dir, 'store'), { recursive: true }).catch(() => [])).not.toContainEqual(expect.stringContaining('pitr'));
+    } finally {
+      await daemon?.stop();
+      await db.query(`DROP USER IF EXISTS '${user}'@'127.0.0.1'`);
+      db.destroy();
+      await sandbox.cleanup();
+    }
+  }, 60_000);
+});

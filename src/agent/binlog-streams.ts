@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { setTimeout as sleepFor } from 'node:timers/promises';
+import { toAgentError } from '../errors.ts';
 import { BinlogArchive } from '../snapshot/binlog/archive.ts';
 import { checkBinlogRequirements } from '../snapshot/binlog/requirements.ts';
 import { closeConnection, openConnection } from '../snapshot/mysql/connection.ts';
@@ -124,8 +125,9 @@ export class BinlogStreams {
           await this.#run(config, want, running, log);
         } catch (error) {
           if (abort.signal.aborted) break;
-          running.failure = (error as Error).message;
-          log.error({ err: running.failure, retryInMs: delay }, 'the binlog stream cannot run; trying again');
+          const failure = toAgentError(error);
+          running.failure = failure.message;
+          log.error({ code: failure.code, err: failure.message, retryInMs: delay }, 'the binlog stream cannot run; trying again');
           await sleep(delay, abort.signal);
         }
       }
