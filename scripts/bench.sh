@@ -4,6 +4,8 @@
 # `scripts/bench.sh repository [bench/repository.ts options]` (`npm run bench -- repository`).
 # MySQL dumps in the repository (issue #13: the second dump after 1 % of rows updated, deltas):
 # `scripts/bench.sh mysql-dedup [bench/mysql-dedup.ts options]` (no RGW; its own MariaDB).
+# Point-in-time restore (issue #14 §1: the stream's RPO, the replay against mariadb-binlog | mysql,
+# docs/benchmarks-databases.md): `scripts/bench.sh pitr [--only rpo,replay]` (no RGW; its own MariaDB).
 #
 # Backs generated trees up with the agent's real CLI to the fs store and to a Ceph RGW, next
 # to `tar | zstd`, `tar | zstd | rclone rcat` and `zstd -dc | tar -x` on the same data, and
@@ -43,6 +45,10 @@ if [[ "${1:-}" == repository ]]; then
   BENCH_RGW="${BENCH_RGW:-0}"
 elif [[ "${1:-}" == mysql-dedup ]]; then
   mode=mysql-dedup
+  shift
+  BENCH_RGW=0
+elif [[ "${1:-}" == pitr ]]; then
+  mode=pitr
   shift
   BENCH_RGW=0
 fi
@@ -125,6 +131,8 @@ if [[ "$mode" == repository ]]; then
   "$NODE" "$snapshot/bench/repository.ts" "${rgw_args[@]}" "$@"
 elif [[ "$mode" == mysql-dedup ]]; then
   "$NODE" "$snapshot/bench/mysql-dedup.ts" "$@"
+elif [[ "$mode" == pitr ]]; then
+  "$NODE" "$snapshot/bench/pitr.ts" "$@"
 else
   "$NODE" "$snapshot/bench/run.ts" "${rgw_args[@]}" "$@"
   if [[ "${BENCH_REPOSITORY:-0}" == 1 ]]; then
