@@ -283,7 +283,8 @@ describe('repository backups: archives from before, damage, databases', () => {
     await root.query(`INSERT INTO \`${db}\`.orders SELECT seq, SHA2(RAND(seq), 256), seq % 1000, '2026-12-01' + INTERVAL seq SECOND FROM \`${db}\`.seq_1_to_40000`);
     process.env.TEST_MYSQL_PASSWORD = server.password;
     await sandbox.writeConfig({ environments: { ledger2: { services: { db: mysqlServiceConfig(server, [db], 'TEST_MYSQL_PASSWORD') }, repository: true } } });
-    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger2', '--keep-for', '1s']);
+    // Long enough to still be the parent of the second backup and restorable after it on a slow machine; prune then waits it out.
+    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'ledger2', '--keep-for', '8s']);
     const before = await checksums(root, db);
     await root.query(`UPDATE \`${db}\`.orders SET amount = amount + 1 WHERE id % 100 = 7`);
     const after = await checksums(root, db);
@@ -294,7 +295,7 @@ describe('repository backups: archives from before, damage, databases', () => {
 
     await cliJson([...args(), 'backup', 'restore', 'ledger2', first.id, '--yes', '--no-safety-backup']);
     expect(await checksums(root, db)).toEqual(before);
-    await new Promise((resolve) => setTimeout(resolve, 1100));
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(first.keepUntil!) - Date.now()) + 200));
     const pruned = await cliJson<{ deleted: { id: string }[] }>([...args(), 'backup', 'prune', 'ledger2']);
     expect(pruned.deleted.map((d) => d.id)).toEqual([first.id]);
     expect((await cliJson<{ ok: boolean }>([...args(), 'backup', 'verify', 'ledger2', second.id, '--read-data'])).ok).toBe(true);
