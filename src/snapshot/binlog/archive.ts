@@ -7,7 +7,7 @@ import { AgentError, throwIfCancelled } from '../../errors.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import { macProblem, signRecord, type KeyRing, type ManifestMac } from '../manifest-mac.ts';
 import { readAtMost } from '../read-at-most.ts';
-import type { BinlogSegment, SegmentSink, StreamPosition } from './segment.ts';
+import { binlogOrder, type BinlogSegment, type SegmentSink, type StreamPosition } from './segment.ts';
 
 /**
  * The binary log of a mysql service as stored (docs/pitr.md):
@@ -71,16 +71,9 @@ export interface BinlogPoint {
   position: number;
 }
 
-/** The binlog files are one base name with a growing number: order by the number. */
-export function compareFiles(a: string, b: string): number {
-  const na = Number(a.slice(a.lastIndexOf('.') + 1));
-  const nb = Number(b.slice(b.lastIndexOf('.') + 1));
-  return na - nb;
-}
-
 /** Whether a place in the binlog comes before another. */
 export function pointBefore(a: BinlogPoint, b: BinlogPoint): boolean {
-  const files = compareFiles(a.file, b.file);
+  const files = binlogOrder(a.file, b.file);
   return files < 0 || (files === 0 && a.position < b.position);
 }
 
@@ -275,7 +268,7 @@ export class BinlogArchive implements SegmentSink {
 /** A segment continues the head: the same file from its end, or, once it is closed, a later file from byte 0. */
 function checkContinues(head: BinlogRecord, segment: BinlogSegment): void {
   const same = segment.file === head.file && segment.offset === head.end;
-  const next = head.closed && compareFiles(segment.file, head.file) > 0 && segment.offset === 0;
+  const next = head.closed && binlogOrder(segment.file, head.file) > 0 && segment.offset === 0;
   if (!same && !next) {
     throw new AgentError(
       'E_INTERNAL',

@@ -52,7 +52,7 @@ const SEGMENTS_IN_FLIGHT = 4;
  * stream does not reach yet is E_PITR_OUT_OF_WINDOW, saying how far it does reach.
  */
 export async function gatherBinlog(archive: BinlogArchive, start: BinlogPoint, stop: ReplayStop, dir: string, signal: AbortSignal): Promise<GatheredBinlog> {
-  const found = await findChain(archive, start, signal);
+  const found = await chainHolding(archive, start, signal);
   if (!found) {
     throw new AgentError(
       'E_PITR_OUT_OF_WINDOW',
@@ -105,7 +105,7 @@ export async function gatherBinlog(archive: BinlogArchive, start: BinlogPoint, s
 }
 
 /** The chain whose stored span holds `start`: its first record at or before it, its newest at or after it. */
-async function findChain(archive: BinlogArchive, start: BinlogPoint, signal: AbortSignal): Promise<{ chain: string; seqs: number[] } | undefined> {
+export async function chainHolding(archive: BinlogArchive, start: BinlogPoint, signal: AbortSignal): Promise<{ chain: string; seqs: number[] } | undefined> {
   for (const { chain, seqs } of await archive.chains()) {
     throwIfCancelled(signal);
     const first = await archive.readRecord(chain, seqs[0]!, signal);
@@ -115,6 +115,11 @@ async function findChain(archive: BinlogArchive, start: BinlogPoint, signal: Abo
     return { chain, seqs };
   }
   return undefined;
+}
+
+/** Whether a chain whose first and newest records are these holds `point`, from its first byte to past its last. */
+export function spanHolds(first: BinlogRecord, newest: BinlogRecord, point: BinlogPoint): boolean {
+  return !pointBefore(point, { file: first.file, position: first.offset }) && !pointBefore({ file: newest.file, position: newest.end }, point);
 }
 
 /** The index (in seqs) of the last record beginning at or before `point`: a binary search over records, which are in stream order. */

@@ -46,3 +46,16 @@ export interface SegmentSink {
   append(segment: BinlogSegment, signal: AbortSignal): Promise<void>;
   restart(reason: string, signal: AbortSignal): Promise<void>;
 }
+
+/** The sequence number of `binlog.000042`, or undefined for a name without one. */
+export function binlogSequence(name: string): number | undefined {
+  const match = /\.(\d+)$/.exec(name);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** Orders binlog file names by their number (binlog.999999 before binlog.1000000), other names by their text. */
+export function binlogOrder(a: string, b: string): number {
+  const [x, y] = [binlogSequence(a), binlogSequence(b)];
+  if (x !== undefined && y !== undefined && a.slice(0, a.lastIndexOf('.')) === b.slice(0, b.lastIndexOf('.'))) return x - y;
+  return a < b ? -1 : a > b ? 1 : 0;
+}

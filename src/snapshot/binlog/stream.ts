@@ -9,7 +9,7 @@ import { AgentError, isAgentError } from '../../errors.ts';
 import { clientArgs, clientProcessOptions, closeConnection, openConnection, queryRows, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from '../mysql/connection.ts';
 import { privateTempDir } from '../private-temp.ts';
 import { BINLOG_MAGIC, EVENT_HEADER_SIZE, EventType, parseEvents, readHeader } from './events.ts';
-import type { BinlogSegment, SegmentSink } from './segment.ts';
+import { binlogOrder, binlogSequence, type BinlogSegment, type SegmentSink } from './segment.ts';
 
 /**
  * The binary log streamer (docs/pitr.md, "The streamer"): one `mariadb-binlog
@@ -523,19 +523,6 @@ async function masterStatus(connection: Parameters<typeof queryRows>[0]): Promis
   }
   const row = rows[0];
   return row ? { file: row.File, pos: Number(row.Position) } : undefined;
-}
-
-/** The sequence number of `binlog.000042`, or undefined for a name without one. */
-function binlogSequence(name: string): number | undefined {
-  const match = /\.(\d+)$/.exec(name);
-  return match ? Number(match[1]) : undefined;
-}
-
-/** Orders binlog file names by their number (binlog.999999 before binlog.1000000), other names by their text. */
-export function binlogOrder(a: string, b: string): number {
-  const [x, y] = [binlogSequence(a), binlogSequence(b)];
-  if (x !== undefined && y !== undefined && a.slice(0, a.lastIndexOf('.')) === b.slice(0, b.lastIndexOf('.'))) return x - y;
-  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 function isSuccessor(next: string, file: string): boolean {

@@ -129,6 +129,8 @@ export class ReplayFilter extends Transform {
   #eventGtid: string | null = null;
   #eventTime: string | null = null;
   #eventEnd = 0;
+  /** The current event group is a DDL statement (its GTID event says `ddl`): applied once it ran, with no COMMIT. */
+  #eventIsDdl = false;
   readonly facts: ReplayFacts = { statements: 0, skipped: 0, last: null };
   /** Why the filter refused the stream, once it has. */
   failure: AgentError | undefined;
@@ -193,8 +195,6 @@ export class ReplayFilter extends Transform {
     this.#emit(`${passed}${this.#delimiter}\n`);
     if (/^COMMIT$/i.test(passed.trim()) || this.#eventIsDdl) this.#applied();
   }
-
-  #eventIsDdl = false;
 
   /** `#<time> server id N  end_log_pos P … GTID D-S-N [ddl|trans]`, `Rotate to FILE`: where we are. */
   #comment(line: string): void {

@@ -4,7 +4,7 @@ import { describeStop, parseGtid, seqInDomain, type ReplayStop } from '../binlog
 import type { Manifest, ElementRecord } from '../manifest.ts';
 import type { KeyRing } from '../manifest-mac.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
-import { lastAtOrBefore } from '../binlog/gather.ts';
+import { chainHolding, lastAtOrBefore, spanHolds } from '../binlog/gather.ts';
 import { listBackups, type BackupSummary } from './catalog.ts';
 
 /**
@@ -136,12 +136,11 @@ export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing
     }
     const first = await archive.readRecord(newest.chain, newest.seqs[0]!);
     const last = await archive.readRecord(newest.chain, newest.seqs[newest.seqs.length - 1]!);
-    const inChain = (point: BinlogPoint) => !pointBefore(point, { file: first.file, position: first.offset }) && !pointBefore({ file: last.file, position: last.end }, point);
     let oldest: { id: string; ms: number } | undefined;
     for (const { manifest } of backups) {
       const element = manifest!.elements.find((e) => e.name === archive.service);
       const point = element && basePoint(element);
-      if (!element || !point || !inChain(point)) continue;
+      if (!element || !point || !spanHolds(first, last, point)) continue;
       const ms = baseTimeMs(manifest!, element);
       if (!oldest || ms < oldest.ms) oldest = { id: manifest!.id, ms };
     }
@@ -196,16 +195,12 @@ export function pitrAnchors(backups: readonly BackupSummary[], services: readonl
  * holds the file's header, which decoding needs). A chain that does not hold the anchor is
  * left alone (nothing is deleted on a guess). Returns how many records went.
  */
-export async function pruneBinlog(archive: BinlogArchive, anchor: PitrAnchor, dryRun: boolean, signal?: AbortSignal): Promise<number> {
-  const chains = await archive.chains(); // newest first
-  for (const [index, { chain, seqs }] of chains.entries()) {
-    const first = await archive.readRecord(chain, seqs[0]!, signal);
-    const newest = await archive.readRecord(chain, seqs[seqs.length - 1]!, signal);
-    if (pointBefore(anchor.point, { file: first.file, position: first.offset }) || pointBefore({ file: newest.file, position: newest.end }, anchor.point)) continue;
-    const header = await lastAtOrBefore(archive, chain, seqs, { file: anchor.point.file, position: 0 }, signal ?? new AbortController().signal);
-    let deleted = await archive.deleteBefore(chain, seqs[header]!, dryRun);
-    for (const older of chains.slice(index + 1)) deleted += await archive.deleteBefore(older.chain, undefined, dryRun);
-    return deleted;
-  }
-  return 0;
+export async function pruneBinlog(archive: BinlogArchive, anchor: PitrAnchor, dryRun: boolean, signal: AbortSignal = new AbortController().signal): Promise<number> {
+  const found = await chainHolding(archive, anchor.point, signal);
+  if (!found) return 0;
+  const header = await lastAtOrBefore(archive, found.chain, found.seqs, { file: anchor.point.file, position: 0 }, signal);
+  let deleted = await archive.deleteBefore(found.chain, found.seqs[header]!, dryRun);
+  // Chain ids begin with their start time: the ones sorting before it are older.
+  for (const { chain } of await archive.chains()) if (chain < found.chain) deleted += await archive.deleteBefore(chain, undefined, dryRun);
+  return deleted;
 }

@@ -219,11 +219,11 @@ async function chooseBackup(options: RestoreRequest, setup: RestoreSetup): Promi
     const manifest = await readManifest(setup.storage.store, env, options.id, access);
     return { manifest, selected: options.elements?.length ? options.elements.map((name) => findElement(manifest, name)) : manifest.elements };
   }
-  const streamed = (options.elements?.length ? [...options.elements] : undefined) ?? [];
+  const named = options.id ? await readManifest(setup.storage.store, env, options.id, access) : undefined;
+  const streamed = options.elements?.length ? [...options.elements] : [];
   if (streamed.length === 0) {
-    // Which elements stream is the config's: the services with pitr: that the source has.
-    const probe = options.id ? await readManifest(setup.storage.store, env, options.id, access) : undefined;
-    for (const name of probe ? probe.elements.map((e) => e.name) : setup.streamedElements()) if (setup.binlogOf(name)) streamed.push(name);
+    // Which elements stream is the config's: the services with pitr: (that the named backup has).
+    for (const name of named ? named.elements.map((e) => e.name) : setup.streamedElements()) if (setup.binlogOf(name)) streamed.push(name);
   }
   const unstreamed = streamed.filter((name) => !setup.binlogOf(name));
   if (streamed.length === 0 || unstreamed.length) {
@@ -232,7 +232,7 @@ async function chooseBackup(options: RestoreRequest, setup: RestoreSetup): Promi
       `a point-in-time restore replays the binlog of mysql services with pitr: in ${env}'s config; ${unstreamed.length ? `${unstreamed.join(', ')} has none` : 'none has it'}: restore a backup as it is (by its id, without --to-time/--to-position)`,
     );
   }
-  const manifest = options.id ? await readManifest(setup.storage.store, env, options.id, access) : await chooseBase(setup.storage.store, env, setup.keys, toPoint, streamed);
+  const manifest = named ?? (await chooseBase(setup.storage.store, env, setup.keys, toPoint, streamed));
   const selected = streamed.map((name) => findElement(manifest, name));
   for (const element of selected) checkBase(manifest, element, toPoint);
   return { manifest, selected };
