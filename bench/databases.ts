@@ -830,6 +830,12 @@ function logLine(stderr: string, message: string): Record<string, unknown> | und
   return undefined;
 }
 
+/** An element's readMs in the agent's 'the pause includes reading elements…' line. */
+function readMsOf(line: Record<string, unknown> | undefined, element: string): number | undefined {
+  const value = (line?.readMs as Record<string, unknown> | undefined)?.[element];
+  return typeof value === 'number' ? value : undefined;
+}
+
 async function pauseSection(mount: string): Promise<void> {
   log(`--- pause window: consistent backups of mysql (${DB_MAIN}) + redis + files with a frozen writer`);
   const row: Row = { key: 'pause', name: 'consistent backup (mysql + redis + files, frozen writer) → fs store', bytes: 0, samples: [] };
@@ -858,7 +864,8 @@ async function pauseSection(mount: string): Promise<void> {
       ftwrlWaitMs: fact('db', 'ftwrlWaitMs'),
       ftwrlMs: fact('db', 'ftwrlMs'),
       redisPauseMs: fact('cache', 'pauseMs'),
-      filesMs: uploads?.readInsideFreeze ? uploads.durationMs : null,
+      // Its share of the pause is the read; its durationMs also counts storing its end, after the thaw.
+      filesMs: uploads?.readInsideFreeze ? readMsOf(logLine(s.stderr, 'the pause includes reading elements that could not be snapshotted'), 'uploads') ?? uploads.durationMs : null,
     };
     const pauseMs = manifest.pauseMs ?? Number.NaN;
     const result: PauseRun = {

@@ -344,6 +344,38 @@ describe('packTree on a changing tree', () => {
   });
 });
 
+describe('a held packTree (started before a freeze)', () => {
+  it('reads nothing of the tree until begin(): what changed before it is in the archive as it was at begin', async () => {
+    const source = await makeDir('source');
+    await writeFile(path.join(source, 'early.txt'), 'before the pack was started');
+    await writeFile(path.join(source, 'removed.txt'), 'gone before begin');
+    const { stream, stats, begin } = packTree(source, { held: true });
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the worker is up and waiting
+    expect(stream.readableLength).toBe(0);
+    await writeFile(path.join(source, 'early.txt'), 'changed before begin');
+    await writeFile(path.join(source, 'late.txt'), 'made before begin');
+    await rm(path.join(source, 'removed.txt'));
+    begin();
+    const archive = await buffer(stream);
+    expect((await stats).files).toBe(2);
+    const unpacked = await makeDir('unpacked');
+    await extractTree(Readable.from([archive]), unpacked);
+    expect(await readFile(path.join(unpacked, 'early.txt'), 'utf8')).toBe('changed before begin');
+    expect(await readFile(path.join(unpacked, 'late.txt'), 'utf8')).toBe('made before begin');
+    await expect(stat(path.join(unpacked, 'removed.txt'))).rejects.toThrow();
+  });
+
+  it('destroyed before begin(), its worker exits having read nothing', async () => {
+    const source = await makeDir('source');
+    await writeFile(path.join(source, 'a-big.bin'), randomBytes(4 * MiB));
+    const { stream, stats } = packTree(source, { held: true });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    stream.destroy();
+    await expect(stats).rejects.toSatisfy((error) => isAgentError(error, 'E_CANCELLED'));
+    expect(openPaths().filter((open) => open.startsWith(source))).toEqual([]);
+  });
+});
+
 describe('packTree cancellation and backpressure', () => {
   it('stops the worker and closes its files when the signal aborts mid-pack', async () => {
     const source = await makeDir('source');

@@ -9,6 +9,7 @@ import { cli, cliJson, createSandbox, killCliAt, s3StoreConfig, startCli, type S
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
 import { waitFor, type LogLine } from './support/daemon.ts';
 import { createTestBucket } from './support/s3.ts';
+import { startFaultProxy } from './support/s3-fault-proxy.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -108,17 +109,52 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     startWriter(cgroup, log);
     await sleep(200);
     const args = await configure({ cgroups: [cgroup.path], filesystems: [mounts.ext4!] }, mounts.ext4!);
-    const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'app']);
+    const created = await cli([...args, '--log-level', 'info', '--json', 'backup', 'create', 'app']);
+    expect(created.exitCode, created.stderr).toBe(0);
+    const manifest = JSON.parse(created.stdout) as Manifest;
     expect(manifest.elements[0]!.facts.snapshot).toBeNull();
-    // The pause's cause is on record: the element was streamed while the writers were frozen.
+    // The pause's cause is on record: the element was read while the writers were frozen, and the log says for how long.
     expect(manifest.elements[0]!.readInsideFreeze).toBe(true);
-    expect(manifest.pauseMs).toBeGreaterThanOrEqual(manifest.elements[0]!.durationMs);
+    const readLine = logLines(created.stderr).find((l) => l.msg === 'the pause includes reading elements that could not be snapshotted');
+    const readMs = (readLine?.readMs as Record<string, number> | undefined)?.uploads;
+    expect(readMs).toBeGreaterThan(0);
+    expect(manifest.pauseMs).toBeGreaterThanOrEqual(readMs!);
     // The restored log is one consistent point: complete lines, numbered 1..n without gaps.
     const restoredLog = await restoredFile(args, manifest.id, 'writer.log');
     const numbers = restoredLog.trimEnd().split('\n').map(Number);
     expect(numbers).toEqual(numbers.map((_, i) => i + 1));
     await writeFile(path.join(mounts.ext4!, 'after.txt'), 'the filesystem is thawed');
     expect(await cgroup.isFrozen()).toBe(false);
+  });
+
+  it('ext4 read inside the freeze: the writers wait for the tree to be read, not for the store to finish (a CompleteMultipartUpload stalled 3 s is after the thaw)', async () => {
+    const cgroup = await createCgroup('v2');
+    cgroups.push(cgroup);
+    startWriter(cgroup, path.join(mounts.ext4!, 'stalled-store.log'));
+    const proxy = await startFaultProxy(inject('s3').endpoint);
+    try {
+      const bucket = await createTestBucket();
+      proxy.inject({ operation: 'CompleteMultipartUpload', fault: { type: 'stall', ms: 3_000 } });
+      const stores = { stores: { s3: s3StoreConfig(bucket, { endpoint: proxy.url }) }, defaultStore: 's3' };
+      await sandbox.writeConfig({
+        ...stores,
+        environments: { app: { freeze: { cgroups: [cgroup.path], filesystems: [mounts.ext4!] }, services: { uploads: { kind: 'files', path: mounts.ext4! } } } },
+      });
+      const args = ['--config', sandbox.configPath];
+      const started = performance.now();
+      const manifest = await cliJson<Manifest>([...args, 'backup', 'create', 'app']);
+      expect(performance.now() - started).toBeGreaterThan(3_000);
+      expect(proxy.counts().CompleteMultipartUpload).toBeGreaterThanOrEqual(1);
+      expect(manifest.elements[0]!.readInsideFreeze).toBe(true);
+      expect(manifest.elements[0]!.durationMs).toBeGreaterThan(3_000);
+      expect(manifest.pauseMs).toBeLessThan(3_000);
+      // Still one consistent point: the restored log is numbered 1..n without a gap.
+      const numbers = (await restoredFile(args, manifest.id, 'stalled-store.log', stores)).trimEnd().split('\n').map(Number);
+      expect(numbers).toEqual(numbers.map((_, i) => i + 1));
+      expect(await cgroup.isFrozen()).toBe(false);
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('a freeze past its deadline thaws, fails with E_FREEZE_TIMEOUT (exit 7) and leaves no backup', async () => {
@@ -219,9 +255,11 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     expect(await cgroup.isFrozen()).toBe(false);
   });
 
-  async function restoredFile(args: string[], id: string, name: string): Promise<string> {
+  /** `name` as restored from backup `id` of app into a new environment (`stores`: where the backup is, when not the default fs store). */
+  async function restoredFile(args: string[], id: string, name: string, stores: Record<string, unknown> = {}): Promise<string> {
     const target = path.join(sandbox.dir, `restored-${id}`);
     await sandbox.writeConfig({
+      ...stores,
       environments: {
         app: { services: { uploads: { kind: 'files', path: mounts.ext4! } } },
         copy: { services: { uploads: { kind: 'files', path: target } } },

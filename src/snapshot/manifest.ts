@@ -75,8 +75,9 @@ const elementSchema = z
     warnings: z.array(z.string()),
     facts: z.record(z.string(), factValue),
     /**
-     * Streamed while the writers were frozen (its mount could not be snapshotted): its
-     * durationMs is part of the backup's pauseMs. Absent for elements fixed in an instant
+     * Read while the writers were frozen (its mount could not be snapshotted): reading it is
+     * part of the backup's pauseMs (storing its last bytes may end after the thaw, so its
+     * durationMs can be longer than the pause). Absent for elements fixed in an instant
      * inside the freeze and read after the thaw, for live backups, and in older manifests.
      */
     readInsideFreeze: z.literal(true).optional(),

@@ -6,10 +6,10 @@ import { z } from 'zod';
 import { AgentError } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import { requireFreeSpace } from '../free-space.ts';
-import type { Capture, CaptureOptions, ServiceDriver, StagedRestore, StagedState, StageOptions } from '../driver.ts';
+import { handOver, type Capture, type CaptureOptions, type PreparedCapture, type ServiceDriver, type StagedRestore, type StagedState, type StageOptions } from '../driver.ts';
 import { extractTree } from './extract.ts';
 import { packTree } from './pack.ts';
-import { AGENT_ENTRY_PREFIX, snapshotMount } from './snapshot.ts';
+import { AGENT_ENTRY_PREFIX, canSnapshot, snapshotMount, type MountSnapshot } from './snapshot.ts';
 
 export interface FilesServiceOptions {
   path: string;
@@ -35,13 +35,45 @@ export class FilesDriver implements ServiceDriver {
     return undefined; // a walk would cost as much as half the backup: progress shows bytes only
   }
 
-  async capture({ signal, consistent, segments }: CaptureOptions): Promise<Capture> {
+  async capture(options: CaptureOptions): Promise<Capture> {
     await this.#checkMountPath();
+    return this.#capture(options);
+  }
+
+  /**
+   * Before the freeze: the mount's checks and, where it cannot be snapshotted (its tree is
+   * then read inside the freeze), the pack worker started and waiting, so that the pause
+   * holds the walk only, not a thread's start (issue #14 §4).
+   */
+  async prepare(options: CaptureOptions): Promise<PreparedCapture> {
+    await this.#checkMountPath();
+    if (await canSnapshot(this.#options.path)) return handOver((signal) => this.#capture({ ...options, signal }), () => {});
+    const pack = this.#pack(this.#options.path, { ...options, held: true });
+    // A cancel before the capture destroys it with nobody reading yet: not a crash of the process.
+    pack.stream.on('error', () => {});
+    return handOver(
+      async () => {
+        pack.begin();
+        return this.#captureOf(pack, undefined, options);
+      },
+      () => {
+        pack.stream.destroy();
+      },
+    );
+  }
+
+  async #capture(options: CaptureOptions): Promise<Capture> {
     // Consistent: snapshot inside the freeze where the filesystem can, read it after the thaw.
-    const snapshot = consistent ? await snapshotMount(this.#options.path, signal) : undefined;
-    const root = snapshot?.path ?? this.#options.path;
+    const snapshot = options.consistent ? await snapshotMount(this.#options.path, options.signal) : undefined;
+    return this.#captureOf(this.#pack(snapshot?.path ?? this.#options.path, options), snapshot, options);
+  }
+
+  #pack(root: string, { signal, segments, held }: CaptureOptions & { held?: boolean }): ReturnType<typeof packTree> {
     const excludes = [...this.#options.exclude, `/${AGENT_ENTRY_PREFIX}*`];
-    const { stream, stats } = packTree(root, { excludes, signal, ...(segments ? { parent: segments.parent } : {}) });
+    return packTree(root, { excludes, signal, held, ...(segments ? { parent: segments.parent } : {}) });
+  }
+
+  #captureOf({ stream, stats }: ReturnType<typeof packTree>, snapshot: MountSnapshot | undefined, { segments }: CaptureOptions): Capture {
     const result = stats.then((s) => ({
       warnings: s.warnings,
       facts: {

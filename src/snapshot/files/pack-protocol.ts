@@ -32,11 +32,20 @@ export type PackWorkerMessage =
 
 const CREDIT = 0;
 const CANCEL = 1;
+/** 0 while a held pack waits for its start (packTree's `held`), 1 once it may walk. */
+const START = 2;
 
-export function createControl(initialCredit: number): Int32Array {
-  const control = new Int32Array(new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT));
+export function createControl(initialCredit: number, { held = false } = {}): Int32Array {
+  const control = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT));
   control[CREDIT] = initialCredit;
+  control[START] = held ? 0 : 1;
   return control;
+}
+
+/** Lets a held pack's worker walk. */
+export function grantStart(control: Int32Array): void {
+  Atomics.store(control, START, 1);
+  Atomics.notify(control, START);
 }
 
 export function grantCredit(control: Int32Array, credits: number): void {
@@ -47,6 +56,7 @@ export function grantCredit(control: Int32Array, credits: number): void {
 export function requestCancel(control: Int32Array): void {
   Atomics.store(control, CANCEL, 1);
   Atomics.notify(control, CREDIT);
+  Atomics.notify(control, START);
 }
 
 /** Thrown inside the worker to unwind (closing its fds) once the main thread has cancelled. */
@@ -54,6 +64,15 @@ export class PackCancelled extends Error {}
 
 export function throwIfCancelRequested(control: Int32Array): void {
   if (Atomics.load(control, CANCEL) !== 0) throw new PackCancelled('pack cancelled');
+}
+
+/** Worker side: blocks until the pack may start walking, or is cancelled. */
+export function awaitStart(control: Int32Array): void {
+  for (;;) {
+    throwIfCancelRequested(control);
+    if (Atomics.load(control, START) !== 0) return;
+    Atomics.wait(control, START, 0);
+  }
 }
 
 /** Worker side: takes one credit, blocking until one is granted or the pack is cancelled. */

@@ -4,7 +4,7 @@ import { toAgentError } from '../../errors.ts';
 import type { FileSegment } from '../driver.ts';
 import { ChunkOutput } from './chunk-output.ts';
 import { compileExcludes } from './excludes.ts';
-import { PackCancelled, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
+import { awaitStart, PackCancelled, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
 import { writeTreeArchive } from './tree-walker.ts';
 
 if (parentPort === null) throw new Error('pack-worker.ts runs as a worker thread started by packTree()');
@@ -16,6 +16,7 @@ function post(message: PackWorkerMessage, transfer: ArrayBuffer[] = []): void {
 }
 
 try {
+  awaitStart(data.control);
   const out = new ChunkOutput(data.control, data.chunkSize, data.recycled, (chunk, length) =>
     post({ kind: 'chunk', chunk, length }, [chunk]),
   );

@@ -6,7 +6,7 @@ import { siblingModule } from '../../sibling-module.ts';
 import { offerForRecycling } from '../../chunk-recycling.ts';
 import { BLOCK_BYTES } from '../compression.ts';
 import type { FileSegment } from '../driver.ts';
-import { createControl, grantCredit, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
+import { createControl, grantCredit, grantStart, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
 
 export interface PackOptions {
   /** Patterns relative to the root; syntax in excludes.ts. */
@@ -17,6 +17,12 @@ export interface PackOptions {
    * object mode), and skip the files this parent snapshot holds unchanged (path → signature).
    */
   parent?: ReadonlyMap<string, string>;
+  /**
+   * Start the worker (its thread up, its modules loaded) but read nothing of the tree until
+   * `begin()`: a consistent backup starts it before the freeze, so that the pause holds only
+   * the walk (issue #14 §4).
+   */
+  held?: boolean;
 }
 
 export interface PackStats {
@@ -51,17 +57,18 @@ const WORKER_URL = siblingModule(import.meta.url, 'pack-worker');
 /**
  * A tar stream of the tree under `root` (entry names relative to root, no leading './'; the
  * root itself has no entry). `stats` resolves once the stream has ended and the worker has
- * exited, and rejects with the stream's error otherwise.
+ * exited, and rejects with the stream's error otherwise. `begin` lets a `held` pack walk (a
+ * no-op otherwise).
  *
  * A worker thread walks and reads the tree with synchronous calls and hands over 1 MiB chunks;
  * the stream grants it credit for more as they are read, so a slow reader pauses the worker.
  */
-export function packTree(root: string, options: PackOptions = {}): { stream: Readable; stats: Promise<PackStats> } {
+export function packTree(root: string, options: PackOptions = {}): { stream: Readable; stats: Promise<PackStats>; begin(): void } {
   const { signal } = options;
   throwIfCancelled(signal);
 
   const segmented = options.parent !== undefined;
-  const control = createControl(segmented ? SEGMENTED_CHUNK_CREDIT : CHUNK_CREDIT);
+  const control = createControl(segmented ? SEGMENTED_CHUNK_CREDIT : CHUNK_CREDIT, { held: options.held ?? false });
   // Chunks a consumer is done with go back to the worker, which fills them again.
   const { port1: recycled, port2: workerRecycled } = new MessageChannel();
   const giveBack = (memory: ArrayBuffer) => recycled.postMessage(memory, [memory]);
@@ -172,5 +179,5 @@ export function packTree(root: string, options: PackOptions = {}): { stream: Rea
   });
   // Callers that only consume the stream see its error there; keep this copy from being unhandled.
   stats.catch(() => {});
-  return { stream, stats };
+  return { stream, stats, begin: () => grantStart(control) };
 }

@@ -33,8 +33,8 @@ export interface MountSnapshot {
  */
 export async function snapshotMount(mount: string, signal: AbortSignal): Promise<MountSnapshot | undefined> {
   const [fs, root] = await Promise.all([statfs(mount), stat(mount)]);
+  if (!snapshotType(fs.type)) return undefined;
   const isBtrfs = fs.type === BTRFS_MAGIC;
-  if (!isBtrfs && fs.type !== XFS_MAGIC) return undefined;
   const holder = path.join(mount, SNAPSHOT_DIR);
   await makeSnapshotDir(mount, holder, { mayExist: true });
   const { pid, startTime } = currentProcess();
@@ -56,6 +56,13 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
   }
   return { path: target, method: 'reflink', remove };
 }
+
+/** Whether snapshotMount may snapshot this mount (btrfs, XFS; an XFS without reflink is only found out by trying). */
+export async function canSnapshot(mount: string): Promise<boolean> {
+  return snapshotType((await statfs(mount)).type);
+}
+
+const snapshotType = (type: number) => type === BTRFS_MAGIC || type === XFS_MAGIC;
 
 /**
  * A mount the agent may not write to cannot hold its snapshot. Under systemd that is

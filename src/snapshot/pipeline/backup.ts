@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { AgentError, throwIfCancelled, toAgentError } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import { newBackupId } from '../backup-id.ts';
@@ -199,6 +199,9 @@ async function captureConsistent(ctx: RunContext, setup: BackupSetup, env: strin
   const elements: ElementRecord[] = [];
   let pauseMs: number | null = null;
   const prepared: PreparedCapture[] = [];
+  /** The elements read with the writers frozen, being stored; a failure of the backup stops them. */
+  const liveRead: { name: string; storing: Promise<ElementRecord>; readMs: number }[] = [];
+  const stopLiveRead = new AbortController();
   try {
     for (const planned of plan) {
       throwIfCancelled(signal);
@@ -212,6 +215,7 @@ async function captureConsistent(ctx: RunContext, setup: BackupSetup, env: strin
         ? await freezeWriters({ env, targets, journal: new FreezeJournal(setup.stateDir), deadlineMs: freeze!.deadline, signal, logger })
         : undefined;
     const frozenSignal = lease ? AbortSignal.any([signal, lease.signal]) : signal;
+    const liveReadSignal = AbortSignal.any([frozenSignal, stopLiveRead.signal]);
     try {
       for (const [index, planned] of plan.entries()) {
         throwIfCancelled(frozenSignal);
@@ -219,18 +223,34 @@ async function captureConsistent(ctx: RunContext, setup: BackupSetup, env: strin
       }
       if (lease) await reachedPhase('freeze:capturing');
       for (const started of captures.filter((c) => !c.capture.pointInTime)) {
-        // A store that retries through an outage must not hold the job past the deadline (or a
-        // cancel): the upload is told to stop and ends on its own; the backup fails now.
-        const element = await settleOrAbandon(storeElement(ctx, setup, env, id, started, frozenSignal), frozenSignal);
-        elements.push(lease ? { ...element, readInsideFreeze: true } : element);
+        // The writers wait only for the source to be read: what is still being compressed and
+        // written (the last parts, the store's fsync) finishes after the thaw. A store that
+        // retries through an outage must not hold the job past the deadline (or a cancel):
+        // the upload is told to stop and ends on its own; the backup fails now.
+        const begun = performance.now();
+        const read = finished(started.capture.stream);
+        read.catch(() => {});
+        const storing = storeElement(ctx, setup, env, id, started, liveReadSignal);
+        storing.catch(() => {});
+        await settleOrAbandon(Promise.race([read, storing]), frozenSignal);
+        liveRead.push({ name: started.name, storing, readMs: Math.round(performance.now() - begun) });
       }
     } finally {
       if (lease) pauseMs = Math.round((await lease.thaw()) * 10) / 10;
     }
+    for (const { storing } of liveRead) {
+      const element = await settleOrAbandon(storing, signal);
+      elements.push(lease ? { ...element, readInsideFreeze: true } : element);
+    }
     if (elements.length > 0 && lease) {
-      logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name) }, 'the pause includes reading elements that could not be snapshotted');
+      // readMs: each one's share of the pause (bench/databases.ts reads it), less than its durationMs, which includes storing its end.
+      const readMs = Object.fromEntries(liveRead.map((e) => [e.name, e.readMs]));
+      logger.info({ env, pauseMs, readInsideFreeze: elements.map((e) => e.name), readMs }, 'the pause includes reading elements that could not be snapshotted');
     }
     throwIfCancelled(frozenSignal); // a deadline that passed while freezing fails the backup
+  } catch (error) {
+    stopLiveRead.abort(error);
+    throw error;
   } finally {
     // What was prepared and never captured (a failure, a cancel, the deadline): its connection closes now.
     await Promise.all(prepared.map((p) => p.release().catch(() => {})));
