@@ -270,6 +270,86 @@ for (const storeKind of ['fs', 's3'] as const) {
   });
 }
 
+describe('unsigned manifests in the bucket steer nothing (a bucket writer without the key)', () => {
+  let sandbox: Sandbox;
+  let store: ObjectStore;
+  let source: string;
+  let other: string;
+  const args = () => ['--config', sandbox.configPath];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    source = path.join(sandbox.dir, 'source');
+    other = path.join(sandbox.dir, 'other');
+    await mkdir(source);
+    await mkdir(other);
+    await writeFile(path.join(source, 'a.txt'), 'the real uploads');
+    await writeFile(path.join(other, 'secret-of-other.txt'), 'another service\'s file');
+    await sandbox.writeConfig({
+      environments: {
+        pruned: { ...filesEnv({ uploads: source }), retention: [{ interval: '1h', count: 1 }] },
+        limited: { ...filesEnv({ uploads: source }), manualLimit: 2 },
+        repo: { ...filesEnv({ uploads: source, other }), repository: true },
+        copy: filesEnv({ uploads: path.join(sandbox.dir, 'copy-uploads'), other: path.join(sandbox.dir, 'copy-other') }),
+      },
+    });
+    store = await openEnvironmentStore(await loadConfig(sandbox.configPath), 'pruned');
+  });
+  afterAll(() => sandbox.cleanup());
+
+  /** `real`'s manifest without its MAC under a newer id (`ms` after it, still in the past): what anyone who can write the bucket can make. */
+  async function forgeUnsigned(env: string, real: Manifest, ms: number, change: (m: Manifest) => Manifest = (m) => m): Promise<string> {
+    const at = new Date(Date.parse(real.createdAt) + ms);
+    const id = `${at.toISOString().replace(/[-:.]/g, '')}-forged${ms}`;
+    const { mac: _mac, ...unsigned } = change(real);
+    // Its objects' keys under its own id (it is a well-formed backup of its own), none of them written.
+    const elements = unsigned.elements.map((e) => ({ ...e, objects: e.objects.map((o) => ({ ...o, key: o.key.replace(`/${real.id}/`, `/${id}/`) })) }));
+    await putManifest(store, env, id, { ...unsigned, elements, id, createdAt: at.toISOString(), completedAt: at.toISOString() });
+    return id;
+  }
+
+  it('prune: two unsigned scheduled backups newer than the signed ones take no period from them; the newest signed one stays and restores', async () => {
+    const s1 = await cliJson<Manifest>([...args(), 'backup', 'create', 'pruned', '--scheduled']);
+    const s2 = await cliJson<Manifest>([...args(), 'backup', 'create', 'pruned', '--scheduled']);
+    const forged = [await forgeUnsigned('pruned', s2, 1), await forgeUnsigned('pruned', s2, 2)];
+    const pruned = await cliJson<PruneResult>([...args(), 'backup', 'prune', 'pruned']);
+    // The rules run over the signed and the unsigned apart: each set keeps its own newest.
+    expect(pruned.deleted.map((e) => e.id).sort()).toEqual([s1.id, forged[0]!].sort());
+    expect(pruned.kept.map((e) => e.id)).toContain(s2.id);
+    const verify = await cli([...args(), 'backup', 'verify', 'pruned', s2.id]);
+    expect(verify.exitCode, verify.stderr).toBe(0);
+  });
+
+  it('the manual limit counts signed backups only: unsigned manual manifests neither block a backup nor get a real one replaced', async () => {
+    const m1 = await cliJson<Manifest>([...args(), 'backup', 'create', 'limited']);
+    await forgeUnsigned('limited', m1, 1);
+    await forgeUnsigned('limited', m1, 2);
+    const m2 = await cliJson<Manifest>([...args(), 'backup', 'create', 'limited']); // 1 signed of 2: room for one
+    const over = await cli([...args(), 'backup', 'create', 'limited']);
+    expect(over.exitCode).toBe(15);
+    expect(over.stderr).toContain('already has 2 manual backups');
+    const replaced = await cliJson<Manifest>([...args(), 'backup', 'create', 'limited', '--replace-oldest']);
+    const ids = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'limited'])).map((b) => b.id);
+    expect(ids).toEqual(expect.arrayContaining([m2.id, replaced.id]));
+    expect(ids).not.toContain(m1.id); // the oldest signed one, not a forgery, made room
+  });
+
+  it("the next repository backup takes its parent snapshot from a signed manifest only: an unsigned one pairing uploads' catalog with another element's root changes nothing it stores", async () => {
+    const first = await cliJson<Manifest>([...args(), 'backup', 'create', 'repo']);
+    const root = (name: string) => first.elements.find((e) => e.name === name)!.repository!;
+    await forgeUnsigned('repo', first, 1, (m) => ({
+      ...m,
+      elements: m.elements.map((e) => (e.name === 'uploads' ? { ...e, repository: { ...e.repository!, root: root('other').root } } : e)),
+    }));
+    const second = await cliJson<Manifest>([...args(), 'backup', 'create', 'repo']);
+    expect(second.elements.find((e) => e.name === 'uploads')!.facts.unchangedFiles).toBe(1); // from the signed first backup
+    const restored = await cli([...args(), 'backup', 'restore', 'repo', second.id, '--target', 'copy', '--yes']);
+    expect(restored.exitCode, restored.stderr).toBe(0);
+    expect(treeState(path.join(sandbox.dir, 'copy-uploads'))).toEqual(treeState(source));
+    expect(treeState(path.join(sandbox.dir, 'copy-other'))).toEqual(treeState(other));
+  });
+});
+
 describe('key files are checked like secrets', () => {
   let sandbox: Sandbox;
   let config: Record<string, unknown>;

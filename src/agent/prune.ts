@@ -12,7 +12,7 @@ import { environmentOf, pitrServices } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { loadKeyRing } from './keys.ts';
 import { ensureOwner } from './ownership.ts';
-import { selectRetained } from './retention.ts';
+import { selectRetained, type RetentionDecision } from './retention.ts';
 import { openEnvironmentStore } from './stores.ts';
 
 export interface PruneEntry {
@@ -41,8 +41,8 @@ export interface PruneResult {
  * and incomplete ones older than `orphanUploadAge` (younger ones may still be running) are
  * deleted, manifest first. Manual and safety backups live until they expire. Backups with an
  * invalid manifest (a MAC that fails included) are left for a human: they are reported, never
- * deleted automatically. Unsigned ones (made before keys) are pruned like any other: prune only
- * deletes, which whoever can write a manifest into the bucket can do anyway.
+ * deleted automatically. Unsigned ones (made before keys) are pruned by the same rules, applied
+ * to them apart from the signed ones.
  */
 export async function pruneBackups(ctx: OperationContext, envName: string, dryRun: boolean, now = new Date()): Promise<PruneResult> {
   const env = checkName('environment', envName);
@@ -52,12 +52,18 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
   if (!dryRun) await ensureOwner(ctx.config, store, env, ctx.logger);
   // A prune refreshes the environment catalog (a dry run only reads).
   const backups = await listBackups(store, env, await loadKeyRing(ctx.config), now, { updateCatalog: !dryRun });
-  const scheduled = backups.filter((b) => b.status === 'ok' && b.manifest?.trigger === 'scheduled');
-  const decision = selectRetained(
-    scheduled.map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),
-    settings.retention,
-    now,
-    settings.timeZone,
+  // The rules run over signed and unsigned backups apart: unsigned manifests (pre-key history,
+  // or forgeries by anyone who can write the bucket) can then never take a period from a signed
+  // backup and get it deleted.
+  const decision = mergeDecisions(
+    [true, false].map((authenticated) =>
+      selectRetained(
+        backups.filter((b) => b.status === 'ok' && b.manifest?.trigger === 'scheduled' && b.authenticated === authenticated).map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),
+        settings.retention,
+        now,
+        settings.timeZone,
+      ),
+    ),
   );
   // Point-in-time windows keep their base backup whatever the tiers say (docs/pitr.md).
   const streamed = pitrServices(settings).map(({ name, pitr }) => ({ name, windowMs: pitr.window }));
@@ -148,4 +154,12 @@ function verdict(backup: BackupSummary, keep: Set<string>, reasons: Map<string, 
         ? { delete: false, reason: (reasons.get(backup.id) ?? ['newest']).join(', ') }
         : { delete: true, reason: 'not kept by the retention rules' };
   }
+}
+
+/** Two retention decisions over disjoint sets of backups as one. */
+function mergeDecisions(decisions: RetentionDecision[]): Pick<RetentionDecision, 'keep' | 'reasons'> {
+  return {
+    keep: new Set(decisions.flatMap((d) => [...d.keep])),
+    reasons: new Map(decisions.flatMap((d) => [...d.reasons])),
+  };
 }

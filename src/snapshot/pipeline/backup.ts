@@ -286,7 +286,9 @@ async function parentSnapshots(ctx: RunContext, env: string, repository: Reposit
   const files = elements.filter(({ driver }) => driver.kind === 'files').map(({ name }) => name);
   if (files.length === 0) return parents;
   for (const name of files) {
-    const backup = listed.find((b) => b.restorable && b.manifest?.elements.some((e) => e.name === name && e.kind === 'files' && e.repository?.files));
+    // Only a signed manifest: an unsigned one (anyone who can write the bucket) could pair a
+    // catalog with another element's root, and the next backup would take its files as unchanged.
+    const backup = listed.find((b) => b.restorable && b.authenticated && b.manifest?.elements.some((e) => e.name === name && e.kind === 'files' && e.repository?.files));
     const element = backup?.manifest?.elements.find((e) => e.name === name);
     let parent = NO_PARENT;
     if (backup && element?.repository?.files) {
@@ -311,7 +313,7 @@ function lastVersions(elements: BackupSetup['elements'], listed: readonly Backup
   for (const { name, driver } of elements) {
     if (driver.kind === 'files') continue;
     for (const backup of listed) {
-      const element = backup.restorable ? backup.manifest?.elements.find((e) => e.name === name && e.kind === driver.kind && e.repository) : undefined;
+      const element = backup.restorable && backup.authenticated ? backup.manifest?.elements.find((e) => e.name === name && e.kind === driver.kind && e.repository) : undefined;
       if (element?.repository) {
         roots.set(name, element.repository.root);
         break;
@@ -325,12 +327,14 @@ function lastVersions(elements: BackupSetup['elements'], listed: readonly Backup
  * Manual backups are limited per environment (safety and scheduled ones are not). Over the
  * limit, a new one fails before any work — or, with replaceOldest, names the oldest manual
  * backups to delete once the new one is committed (never before: a failed backup replaces none).
- * Expired manual backups do not count (prune deletes them).
+ * Expired and unsigned manual backups do not count.
  */
 async function checkManualLimit(env: string, options: BackupRequest, limit: number, listing: Promise<BackupSummary[]> | undefined): Promise<string[]> {
   if ((options.trigger ?? 'manual') !== 'manual') return [];
   const listed = await listing!;
-  const manual = listed.filter((b) => b.restorable && b.manifest?.trigger === 'manual');
+  // Signed ones only: unsigned manifests (anyone who can write the bucket) must neither block a
+  // backup nor have --replace-oldest delete a real one.
+  const manual = listed.filter((b) => b.restorable && b.authenticated && b.manifest?.trigger === 'manual');
   if (manual.length < limit) return [];
   if (!options.replaceOldest) {
     throw new AgentError(
