@@ -125,6 +125,15 @@ describe('systemd/storage-agent.service', () => {
       await db?.end();
     });
 
+    /** The host's pid of the unit's process whose pid inside the boot is `inBoot`. */
+    const hostPidOf = async (inBoot: number): Promise<number> => {
+      for (const pid of (await readFile(path.join(boot.cgroup, 'system.slice/storage-agent.service/cgroup.procs'), 'utf8')).split('\n').filter(Boolean)) {
+        const nsPids = /^NSpid:\s+(.*)$/m.exec(await readFile(`/proc/${pid}/status`, 'utf8'))?.[1]?.split(/\s+/);
+        if (Number(nsPids?.at(-1)) === inBoot) return Number(pid);
+      }
+      throw new Error(`no process of the unit has pid ${inBoot} in the boot`);
+    };
+
     const start = async () => {
       const started = await boot.systemctl('restart', 'storage-agent');
       expect(started, await readFile(path.join(sandbox.dir, 'daemon.log'), 'utf8').catch(() => '')).toMatchObject({ exitCode: 0 });
@@ -198,6 +207,42 @@ describe('systemd/storage-agent.service', () => {
       expect((await boot.systemctl('stop', 'storage-agent')).exitCode).toBe(0);
       expect((await boot.systemctl('show', 'storage-agent', '-p', 'Result', '-p', 'ExecMainStatus')).stdout.split('\n').sort()).toEqual(['ExecMainStatus=0', 'Result=success']);
     }, 90_000);
+
+    it('a daemon SIGKILLed while the writers are frozen: systemd kills its freeze guard with it, and the unit\'s ExecStopPost thaws within 1 s (not at the restart, RestartSec later)', async () => {
+      const paused = path.join(sandbox.dir, 'state', 'paused-at-freeze');
+      await writeFile(
+        path.join(boot.unitDir, 'storage-agent.service.d', 'pause.conf'),
+        '[Service]\nEnvironment=STORAGE_AGENT_PAUSE_AT=freeze:frozen STORAGE_AGENT_PAUSE_FILE=/var/lib/storage-agent/paused-at-freeze\n',
+      );
+      await boot.reload();
+      await start();
+      boot.spawn('sh', ['-c', 'echo $$ > /sys/fs/cgroup/writers/cgroup.procs && while [ ! -e /srv/stop-writing-2 ]; do date +%s%N >> /srv/ext4/writer-2.log; sleep 0.02; done']);
+      await waitFor('the writer', () => existsSync(boot.hostPath('/srv/ext4/writer-2.log')));
+      const backup = remote('backup', 'create', 'app');
+      try {
+        // The pid the daemon wrote is its pid in the boot's namespace: the host's is the one whose NSpid ends with it.
+        const inBoot = await waitFor('the daemon frozen at freeze:frozen', async () => existsSync(paused) && (await readFile(paused, 'utf8')).trim());
+        const pid = await hostPidOf(Number(inBoot));
+        const freezeFile = path.join(boot.cgroup, 'writers/cgroup.freeze');
+        expect(await readFile(freezeFile, 'utf8')).toBe('1\n');
+        const killedAt = performance.now();
+        process.kill(pid, 'SIGKILL');
+        await waitFor('the writers thawed', async () => (await readFile(freezeFile, 'utf8')) === '0\n', 10_000);
+        const thawedAfter = performance.now() - killedAt;
+        expect(thawedAfter).toBeLessThan(1_000);
+        // The ext4 mount too: the writer appends again.
+        const lines = async () => (await readFile(boot.hostPath('/srv/ext4/writer-2.log'), 'utf8')).split('\n').length;
+        const before = await lines();
+        await waitFor('the writer to write again', async () => (await lines()) > before, 5_000);
+        expect(await readFile(path.join(sandbox.dir, 'daemon.log'), 'utf8')).toMatch(/thawed what a freeze left frozen/);
+      } finally {
+        await backup;
+        await writeFile(boot.hostPath('/srv/stop-writing-2'), '');
+        await execa('rm', ['-f', path.join(boot.unitDir, 'storage-agent.service.d', 'pause.conf'), paused]);
+        await boot.reload();
+        await boot.systemctl('stop', 'storage-agent');
+      }
+    }, 60_000);
   });
 });
 

@@ -11,6 +11,8 @@ import { DEFAULT_CONFIG_PATH, loadConfig } from './config.ts';
 import { confirmDestructive } from './confirm.ts';
 import type { OperationContext } from './context.ts';
 import { recoverAtStart } from './jobs/recovery.ts';
+import { FreezeJournal } from '../snapshot/freeze/journal.ts';
+import { thawLeftovers } from '../snapshot/freeze/recovery.ts';
 import { createLogger, LOG_LEVELS } from './logger.ts';
 import { loadKeyRing } from './keys.ts';
 import { adoptEnvironment, describeOwner, type OwnerView } from './ownership.ts';
@@ -383,6 +385,21 @@ function buildProgram(): Command {
     .action(async (env: string, opts: { force?: boolean }, cmd: Command) => {
       const view = await withOperation(cmd, async (ctx) => adoptEnvironment(ctx.config, await openEnvironmentStore(ctx.config, env), env, ctx.logger, opts.force === true));
       output(cmd, view, () => ownerText(view));
+    });
+
+  // The unit's ExecStopPost: systemd kills the whole cgroup when the daemon dies (KillMode=mixed),
+  // the freeze guard included, so what a killed daemon left frozen is thawed right after, not
+  // only when the daemon starts again (RestartSec later). Only the freeze journal: it is quick,
+  // and the restarted daemon recovers the rest.
+  program
+    .command('thaw')
+    .description('thaw what dead agent processes left frozen (run by the systemd unit once the daemon has stopped)')
+    .exitOverride()
+    .action(async (_opts: unknown, cmd: Command) => {
+      const opts = cmd.optsWithGlobals<GlobalOptions>();
+      const config = await loadConfig(opts.config);
+      const thawed = await thawLeftovers(new FreezeJournal(config.stateDir), createLogger(opts.logLevel, 2));
+      output(cmd, { thawed }, () => (thawed > 0 ? `thawed ${thawed} freeze targets left by a dead agent\n` : 'nothing left frozen\n'));
     });
 
   // Jobs, the daemon and status (issue #4): src/agent/jobs/cli-glue.ts.
