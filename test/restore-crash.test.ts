@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { childPids, cli, cliJson, createSandbox, killCliAt, killCliAtOccurrence, processRuns, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type Tokens } from './support/daemon.ts';
@@ -143,6 +144,33 @@ describe('a restore killed at any phase is finished or undone by the next comman
     },
   );
   const seenJobs = new Set<string>();
+
+  it('killed between two swaps, and Redis unreachable at the next command: the job says what is swapped in and what waits; once Redis is back the next command finishes it and the job says so', async () => {
+    await writeGeneration('A');
+    await killRestoreAt('restore:committed:db');
+    const config = parse(await readFile(sandbox.configPath, 'utf8')) as { environments: { app: { services: { cache: { port: number } } } } };
+    const unreachable = structuredClone(config);
+    unreachable.environments.app.services.cache.port = 1; // nothing listens there
+    await sandbox.writeConfig(unreachable);
+    const jobOf = async () => (await cliJson<{ id: string; kind: string; error?: { code: string; message: string } }[]>([...args(), 'jobs', 'list'])).find((j) => j.kind === 'backup.restore' && !seenJobs.has(j.id));
+    try {
+      const list = await cli([...args(), 'backup', 'list', 'app']);
+      expect(list.exitCode, list.stderr).toBe(0);
+      const waiting = await jobOf();
+      expect(waiting?.error?.code).toBe('E_INTERRUPTED');
+      expect(waiting?.error?.message).toMatch(/recovery could not finish it yet \(.*\): uploads, db already the backup's, cache still as before; the next agent start, or the next job on app \(none runs before\), retries/);
+      expect(await generations()).toMatchObject({ files: 'B', mysql: 'B', redis: 'A' });
+    } finally {
+      await sandbox.writeConfig(config);
+    }
+    const list = await cli([...args(), 'backup', 'list', 'app']);
+    expect(list.exitCode, list.stderr).toBe(0);
+    expect(await generations()).toEqual(expected('B'));
+    expect(await leftovers()).toEqual([]);
+    const finished = await jobOf();
+    expect(finished?.error?.message).toMatch(/recovery finished the restore \(swapped in cache\): the target is entirely the backup's \(by a later recovery, /);
+    seenJobs.add(finished!.id);
+  });
 
   it('an uninterrupted restore after all of that still works and leaves nothing', async () => {
     await writeGeneration('A');

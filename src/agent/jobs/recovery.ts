@@ -16,7 +16,7 @@ import { UploadJournal } from '../../transport/stores/upload-journal.ts';
 import { removeDeadTempDirs } from '../../snapshot/private-temp.ts';
 import { removeDeadSnapshots } from '../../snapshot/files/snapshot.ts';
 import { removeDeadDownloads } from '../../snapshot/pipeline/download-journal.ts';
-import { recoverRestores, type RecoveredRestore } from '../restore-recovery.ts';
+import { describeRecovery, recoverRestores, type RecoveredRestore } from '../restore-recovery.ts';
 import { isAlive } from '../../liveness.ts';
 import { removeDeadTempFiles } from '../../state-file.ts';
 import { removeStaleLocks } from './lock.ts';
@@ -126,11 +126,14 @@ async function undoInterruptedRedisLoads(config: Config, logger: Logger): Promis
 async function failInterruptedJobs(config: Config, logger: Logger, restores: readonly RecoveredRestore[], uploads: { failed: boolean }): Promise<string[]> {
   const store = new JobStore(config.stateDir);
   const found: string[] = [];
+  // Freezes the thaw above could not release (their entries stay): a job's message must not say "thawed".
+  const stillFrozen = new Set((await new FreezeJournal(config.stateDir).entries()).map((e) => e.record.pid));
   for (const record of await store.all()) {
     if (isFinished(record.state) || isAlive(record.owner)) continue;
     found.push(record.id);
     const log = logger.child({ jobId: record.id, kind: record.kind, env: record.env });
     const finished: JobRecord = { ...record, finishedAt: new Date().toISOString(), cancelRequested: undefined, position: undefined, waitingFor: undefined };
+    let removed = true;
     if (record.state === 'running' && record.kind === 'backup.create' && record.backupId) {
       const committed = await backupCommitted(config, record, log);
       if (committed) {
@@ -140,12 +143,12 @@ async function failInterruptedJobs(config: Config, logger: Logger, restores: rea
         await store.clearCancelRequest(record.id);
         continue;
       }
-      await removePartialBackup(config, record.env, record.backupId, log);
+      removed = await removePartialBackup(config, record.env, record.backupId, log);
     }
     const error = new AgentError(
       'E_INTERRUPTED',
       record.state === 'running'
-        ? `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was running; ${whatRecoveryDid(record, restores, uploads)}`
+        ? `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was running; ${whatRecoveryDid(record, restores, { ...uploads, removed, stillFrozen: stillFrozen.has(record.owner.pid) })}`
         : `interrupted: the agent process (pid ${record.owner.pid}) ended while this job was queued; it never started`,
     );
     await store.save({ ...finished, state: 'failed', error: { code: error.code, message: error.message } });
@@ -167,30 +170,30 @@ async function backupCommitted(config: Config, record: JobRecord, logger: Logger
   }
 }
 
-async function removePartialBackup(config: Config, env: string, backupId: string, logger: Logger): Promise<void> {
+/** Whether the objects an interrupted backup wrote are gone. */
+async function removePartialBackup(config: Config, env: string, backupId: string, logger: Logger): Promise<boolean> {
   try {
     const store = await openEnvironmentStore(config, env);
     const keys = await backupObjectKeys(store, env, backupId);
     if (keys.length > 0) await store.delete(keys);
+    return true;
   } catch (error) {
     // Without a manifest the objects are never Restorable; a later prune removes them.
     logger.warn({ backupId, err: toAgentError(error).message }, 'could not remove the objects of an interrupted backup');
+    return false;
   }
 }
 
 /** The part of an interrupted job's message that says what recovery did about it. */
-function whatRecoveryDid(record: JobRecord, restores: readonly RecoveredRestore[], uploads: { failed: boolean }): string {
-  if (record.kind === 'backup.restore') {
-    const restore = restores.find((r) => r.jobId === record.id);
-    if (!restore) return 'nothing of the restore was journaled for recovery to act on (it had not begun staging)';
-    return restore.outcome === 'rolled-forward'
-      ? `every element had been staged and verified, so recovery finished the restore${restore.elements.length ? ` (swapped in ${restore.elements.join(', ')})` : ''}: the target is entirely the backup's`
-      : `it was still staging, so recovery removed what it had staged (${restore.elements.join(', ') || 'nothing yet'}): the target is unchanged`;
-  }
+function whatRecoveryDid(record: JobRecord, restores: readonly RecoveredRestore[], done: { failed: boolean; removed: boolean; stillFrozen: boolean }): string {
+  if (record.kind === 'backup.restore') return describeRecovery(restores.find((r) => r.jobId === record.id));
   if (record.kind === 'backup.create') {
-    return uploads.failed
-      ? 'anything it froze was thawed; its objects were removed, but its incomplete uploads could not be aborted now (retried at the next start)'
-      : 'anything it froze was thawed, its incomplete uploads were aborted and its objects removed';
+    const later = '(retried at the next start; prune removes objects without a manifest)';
+    return [
+      done.stillFrozen ? 'what it froze could NOT be thawed yet (THAW FAILED in the log; retried until it succeeds)' : 'anything it froze was thawed',
+      done.failed ? 'its incomplete uploads could not be aborted now' : 'its incomplete uploads were aborted',
+      done.removed ? 'its objects removed' : 'its objects could not be removed now',
+    ].join(', ') + (done.failed || !done.removed ? ` ${later}` : '');
   }
   return 'nothing it did needs undoing';
 }
