@@ -119,6 +119,9 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     const readMs = (readLine?.readMs as Record<string, number> | undefined)?.uploads;
     expect(readMs).toBeGreaterThan(0);
     expect(manifest.pauseMs).toBeGreaterThanOrEqual(readMs!);
+    // And the human output says why the pause is what it is.
+    const human = await cli([...args, 'backup', 'create', 'app']);
+    expect(human.stdout).toMatch(/writes paused [\d.]+ ms, uploads read inside the pause \(no snapshot of its filesystem\)/);
     // The restored log is one consistent point: complete lines, numbered 1..n without gaps.
     const restoredLog = await restoredFile(args, manifest.id, 'writer.log');
     const numbers = restoredLog.trimEnd().split('\n').map(Number);

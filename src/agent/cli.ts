@@ -135,7 +135,12 @@ function buildProgram(): Command {
         const warnings = manifest.elements.flatMap((e) => e.warnings.map((w) => `  warning: ${e.name}: ${w}`));
         const seconds = (Date.parse(manifest.completedAt) - Date.parse(manifest.createdAt)) / 1000;
         const raw = manifest.elements.reduce((sum, e) => sum + e.rawBytes, 0);
-        const pause = manifest.pauseMs === null ? 'no write pause' : `writes paused ${manifest.pauseMs} ms`;
+        // The pause's cause, when a mount that cannot be snapshotted was read with the writers frozen.
+        const readFrozen = manifest.elements.filter((e) => e.readInsideFreeze).map((e) => e.name);
+        const pause =
+          manifest.pauseMs === null
+            ? 'no write pause'
+            : `writes paused ${manifest.pauseMs} ms${readFrozen.length ? `, ${readFrozen.join(', ')} read inside the pause (no snapshot of its filesystem)` : ''}`;
         return (
           `backup ${manifest.id} of ${manifest.env} created (${manifest.mode}, ${pause}) in ${seconds.toFixed(1)} s, ${formatBytes(raw / Math.max(seconds, 0.001))}/s: ` +
           `${manifest.elements.map((e) => `${e.name} ${formatBytes(e.rawBytes)} → ${formatBytes(e.storedBytes)}`).join(', ')}\n${warnings.length ? warnings.join('\n') + '\n' : ''}`
