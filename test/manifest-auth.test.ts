@@ -1,10 +1,12 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer, text } from 'node:stream/consumers';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { UrlResult } from '../src/agent/jobs/api.ts';
 import type { BackupSummary } from '../src/snapshot/pipeline/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import type { PruneResult } from '../src/agent/prune.ts';
@@ -15,6 +17,7 @@ import { elementKey, manifestKey, type Manifest } from '../src/snapshot/manifest
 import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, TestClient, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { putSigned } from './support/manifest-keys.ts';
 import { createTestBucket } from './support/s3.ts';
 import { describeTree } from './support/tree.ts';
 
@@ -127,9 +130,22 @@ for (const storeKind of ['fs', 's3'] as const) {
       await expectRefused(first.id, /MAC does not verify/);
     });
 
-    it('a changed manifest (an object size, keepUntil) under its original MAC → refused', async () => {
+    it.each([
+      ['keepUntil', (m: Manifest): Manifest => ({ ...m, keepUntil: '2100-01-01T00:00:00.000Z' })],
+      // Consistent with itself (storedBytes too): only the MAC tells it from the manifest signed.
+      [
+        'an object size',
+        (m: Manifest): Manifest => ({
+          ...m,
+          elements: m.elements.map((e) => ({ ...e, storedBytes: e.storedBytes + 1, objects: e.objects.map((o, i) => (i === 0 ? { ...o, bytes: o.bytes + 1 } : o)) })),
+        }),
+      ],
+    ])('a changed manifest (%s) under its original MAC → refused', async (_what, change) => {
       const manifest = await stored((await backup()).id);
-      await putManifest(store, 'site', manifest.id, { ...manifest, keepUntil: '2100-01-01T00:00:00.000Z' });
+      const changed = change(manifest);
+      expect(changed.mac).toEqual(manifest.mac);
+      expect(changed).not.toEqual(manifest);
+      await putManifest(store, 'site', manifest.id, changed);
       await expectRefused(manifest.id, /MAC does not verify/);
     });
 
@@ -226,6 +242,91 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect(pruned.deleted.map((e) => e.id)).toContain(expiring.id);
       expect(pruned.kept.find((e) => e.id === tampered.id)?.reason).toMatch(/invalid manifest, left for inspection: .*not authenticated/);
     });
+
+    it("verify ENV all names each backup's own problem: a signed manifest that fails its schema E_MANIFEST_INVALID; an unsigned one, or one whose MAC fails, E_MANIFEST_UNAUTHENTICATED", async () => {
+      const good = await backup();
+      const { mac: _schemaMac, ...schemaBad } = await stored((await backup()).id);
+      await putSigned(store, sandbox.configPath, { ...schemaBad, mode: 'sideways' }); // signed with the node's key
+      const { mac: _mac, ...unsigned } = await stored((await backup()).id);
+      await putManifest(store, 'site', unsigned.id, unsigned);
+      const tampered = await stored((await backup()).id);
+      await putManifest(store, 'site', tampered.id, { ...tampered, codeRef: 'tampered' });
+
+      const result = await cli([...args(), '--json', 'backup', 'verify', 'site', 'all']);
+      expect(result.exitCode, result.stderr).toBe(5);
+      const { backups } = JSON.parse(result.stdout) as { backups: { id: string; ok: boolean; code?: string; message?: string }[] };
+      const byId = new Map(backups.map((b) => [b.id, b]));
+      expect(byId.get(good.id)).toMatchObject({ ok: true });
+      expect(byId.get(schemaBad.id)).toMatchObject({ ok: false, code: 'E_MANIFEST_INVALID', message: expect.stringMatching(/is invalid \(mode: /) });
+      expect(byId.get(unsigned.id)).toMatchObject({ ok: false, code: 'E_MANIFEST_UNAUTHENTICATED', message: expect.stringMatching(/carries no MAC/) });
+      expect(byId.get(tampered.id)).toMatchObject({ ok: false, code: 'E_MANIFEST_UNAUTHENTICATED', message: expect.stringMatching(/MAC does not verify/) });
+      const table = await cli([...args(), 'backup', 'verify', 'site', 'all']);
+      expect(table.exitCode).toBe(5);
+      expect(table.stdout).toMatch(new RegExp(`${schemaBad.id} +- +FAILED E_MANIFEST_INVALID: `));
+      // The same backup alone says the same.
+      const alone = await cli([...args(), 'backup', 'verify', 'site', schemaBad.id]);
+      expect(alone.exitCode).toBe(5);
+      expect(alone.stderr).toContain('error [E_MANIFEST_INVALID]');
+    });
+
+    it.runIf(storeKind === 's3')(
+      "url says what its bytes must be (the manifest's sha256 and size); an object of another size → E_SIZE_MISMATCH (exit 5), no URL; one of the same size → a URL whose bytes do not hash to the sha256 it printed",
+      async () => {
+        const manifest = await stored((await backup()).id);
+        const element = manifest.elements[0]!;
+        const object = element.objects[0]!;
+        expect(element.objects).toHaveLength(1);
+        const original = await buffer(await store.get(object.key));
+        const command = [...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads'];
+        const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
+        const download = async (url: string) => {
+          const response = await fetch(url);
+          expect(response.status).toBe(200);
+          return Buffer.from(await response.arrayBuffer());
+        };
+
+        const given = await cliJson<UrlResult>(command);
+        expect(given).toMatchObject({ sha256: element.sha256, bytes: object.bytes, url: expect.stringMatching(/^https?:\/\//), expiresAt: expect.any(String) });
+        expect(sha256(await download(given.url))).toBe(element.sha256);
+        // Human output: the URL on its own line, then the sha256 and size, and the check to run.
+        const human = await cli(command);
+        expect(human.exitCode, human.stderr).toBe(0);
+        const [url, facts, check, ...rest] = human.stdout.trimEnd().split('\n');
+        expect(rest).toEqual([]);
+        expect(url).toMatch(/^https?:\/\/\S+$/);
+        expect(facts).toMatch(new RegExp(`^sha256 ${element.sha256}  ${object.bytes} bytes  expires `));
+        expect(check).toBe(`check: curl -s '${url}' | sha256sum   must print ${element.sha256}`);
+        const checked = await execa('bash', ['-c', check!.slice('check: '.length).split('   must print')[0]!]);
+        expect(checked.stdout.split(' ')[0]).toBe(element.sha256);
+
+        try {
+          // Another size: refused before a URL is made.
+          await store.put(object.key, Readable.from([Buffer.concat([original, Buffer.from('!')])]));
+          const longer = await cli(['--json', ...command]);
+          expect(longer.exitCode, longer.stderr).toBe(5);
+          expect(JSON.parse(longer.stdout)).toMatchObject({ error: { code: 'E_SIZE_MISMATCH', details: { expected: object.bytes, actual: object.bytes + 1 } } });
+          expect(longer.stdout).not.toContain('X-Amz-Signature');
+          const longerHuman = await cli(command);
+          expect(longerHuman.exitCode).toBe(5);
+          expect(longerHuman.stdout).toBe('');
+          expect(longerHuman.stderr).toContain('error [E_SIZE_MISMATCH]');
+          expect(longerHuman.stderr).toContain(`object ${object.key} is ${object.bytes + 1} bytes, the manifest records ${object.bytes}`);
+
+          // The same size: no HEAD can tell, the URL is given — and the sha256 it printed is how
+          // the downloader learns the bytes are not the backup's.
+          const forged = randomBytes(original.length);
+          await store.put(object.key, Readable.from([forged]));
+          const served = await cliJson<UrlResult>(command);
+          expect(served).toMatchObject({ sha256: element.sha256, bytes: object.bytes });
+          const downloaded = await download(served.url);
+          expect(downloaded.length).toBe(served.bytes);
+          expect(sha256(downloaded)).toBe(sha256(forged));
+          expect(sha256(downloaded)).not.toBe(served.sha256);
+        } finally {
+          await store.put(object.key, Readable.from([original]));
+        }
+      },
+    );
   });
 
   describe(`keys rotate without rewriting backups (${storeKind} store)`, () => {

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { appendFile, chmod, link, mkdir, readdir, readFile, rename, rm as rmFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -138,9 +138,12 @@ for (const storeKind of ['fs', 's3'] as const) {
         return;
       }
       // The URL serves the same standard archive, written beside the repository until it expires.
-      const { url } = await cliJson<{ url: string }>([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads', '--expires', '2s']);
+      const { url, sha256, bytes } = await cliJson<{ url: string; sha256: string; bytes: number }>([...args(), 'backup', 'url', 'site', manifest.id, '--element', 'uploads', '--expires', '2s']);
       const fetched = path.join(sandbox.dir, 'fetched.tar.zst');
       await execa('curl', ['-sS', '-f', '-o', fetched, url]);
+      // The manifest has no sha256 of this archive: the agent says what it wrote.
+      const served = await readFile(fetched);
+      expect({ sha256: createHash('sha256').update(served).digest('hex'), bytes: served.length }).toEqual({ sha256, bytes });
       const fromUrl = path.join(sandbox.dir, 'from-url');
       await mkdir(fromUrl);
       await execa('bash', ['-c', 'zstd -dc "$0" | tar -xf - -C "$1"', fetched, fromUrl]);

@@ -92,6 +92,47 @@ describe('secret and token files: private to their owner, not empty, or refused'
     await secretFile(tokens.viewerFile, '# rotated: the new token goes here\n', 0o600);
     await expect(startDaemon(sandbox.configPath)).rejects.toThrow(/exited 3 before listening[\s\S]*daemon\.tokens: \S+viewer\.token holds no token/);
   });
+
+  it('the daemon does not start with a TLS private key readable by others, nor an empty one (exit 3, E_SECRET_UNAVAILABLE naming it); 0600 starts; the certificate may be 0644', async () => {
+    const tokens = await writeTokens(sandbox);
+    const dir = path.join(sandbox.dir, 'tls');
+    await mkdir(dir);
+    const cert = path.join(dir, 'cert.pem');
+    const key = path.join(dir, 'key.pem');
+    await execa('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    await chmod(cert, 0o644); // public: not a secret file
+    const pem = await readFile(key, 'utf8');
+    await sandbox.writeConfig({ daemon: daemonSection(tokens, { tls: { cert, key } }), environments: {} });
+    /** The daemon's start-up failure (its exit code and output), or a test failure if it listened. */
+    const refusedStart = async (): Promise<string> => {
+      let daemon;
+      try {
+        daemon = await startDaemon(sandbox.configPath);
+      } catch (error) {
+        return (error as Error).message;
+      }
+      await daemon.stop();
+      throw new Error('the daemon started');
+    };
+
+    await secretFile(key, pem, 0o644);
+    const readable = await refusedStart();
+    expect(readable).toMatch(/^daemon exited 3[ :]/);
+    expect(readable).toContain(`error [E_SECRET_UNAVAILABLE]: daemon.tls.key: secret file ${key} is accessible by group or others (mode 0644); a secret must be private to its owner: chmod 600 ${key}`);
+    await secretFile(key, '\n', 0o600);
+    const empty = await refusedStart();
+    expect(empty).toMatch(/^daemon exited 3[ :]/);
+    expect(empty).toContain(`error [E_SECRET_UNAVAILABLE]: daemon.tls.key: secret file ${key} is empty`);
+
+    await secretFile(key, pem, 0o600);
+    const daemon = await startDaemon(sandbox.configPath);
+    try {
+      const health = await execa('curl', ['-s', '--cacert', cert, `https://127.0.0.1:${daemon.port}/healthz`]);
+      expect(JSON.parse(health.stdout)).toMatchObject({ status: 'ok' });
+    } finally {
+      await daemon.stop();
+    }
+  });
 });
 
 interface Hit {

@@ -309,10 +309,12 @@ function buildProgram(): Command {
     .action(async (env: string, id: string, opts: { element: string; expires: string; allowUnauthenticated?: boolean }, cmd: Command) => {
       const ms = parseDuration(opts.expires);
       if (!ms || ms < 1000 || ms > 7 * 86_400_000) throw new AgentError('E_USAGE', `--expires ${JSON.stringify(opts.expires)}: use a duration from 1s to 7d`);
-      const { url, expiresAt } = await withAgent(cmd, (agent) =>
+      const { url, expiresAt, sha256, bytes } = await withAgent(cmd, (agent) =>
         agent.backupUrl({ env, id, element: opts.element, expiresSeconds: Math.round(ms / 1000), ...(opts.allowUnauthenticated ? { allowUnauthenticated: true } : {}) }),
       );
-      output(cmd, { url, expiresAt }, () => `${url}\n`);
+      // The URL first and alone on its line (`| head -1`); then what its bytes must be: the
+      // bucket serves whatever it holds, only this check ties the download to the backup.
+      output(cmd, { url, expiresAt, sha256, bytes }, () => `${url}\nsha256 ${sha256}  ${bytes} bytes  expires ${expiresAt}\ncheck: curl -s '${url}' | sha256sum   must print ${sha256}\n`);
     });
 
   backup

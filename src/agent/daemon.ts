@@ -6,6 +6,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { childEnv } from '../child-env.ts';
+import { readSecretFile } from '../secret-file.ts';
 import { AgentError, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { watchFreezes } from '../snapshot/freeze/watch.ts';
@@ -110,7 +111,7 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
   let draining = false;
   const tls = config.daemon.tls;
   const server = tls
-    ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readPem(tls.key, 'daemon.tls.key') })
+    ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readTlsKey(tls.key, 'daemon.tls.key') })
     : http.createServer();
   server.on('request', (request, response) =>
     void serveHttp(request, response, { metrics, agent, version: AGENT_VERSION, tokens: () => tokens, metricsNeedToken: () => config.daemon.metrics.requireToken, draining: () => draining }),
@@ -224,12 +225,24 @@ async function notifySystemd(args: string[], logger: Logger): Promise<void> {
   }
 }
 
+/** A certificate is public: any file the agent can read. */
 async function readPem(file: string, what: string): Promise<Buffer> {
   try {
     return await readFile(file);
   } catch (error) {
     throw new AgentError('E_CONFIG_INVALID', `${what}: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
+}
+
+/**
+ * The TLS private key is a secret like any other (secret-file.ts: private to its owner, a
+ * regular file, not empty), refused at start naming the file: whoever reads it can pose as
+ * this daemon to every client that trusts its certificate, and take the tokens they send.
+ */
+async function readTlsKey(file: string, what: string): Promise<string> {
+  const pem = await readSecretFile(file, what);
+  if (!pem.trim()) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: secret file ${file} is empty: write the PEM private key into it`, { details: { file } });
+  return pem;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -68,12 +68,20 @@ export class VerifyStream extends Transform {
   }
 
   #sizeError(): AgentError {
-    return new AgentError(
-      'E_SIZE_MISMATCH',
-      `${this.#expected.what}: read ${this.#bytes} bytes so far, the manifest records ${this.#expected.bytes}; the stored object is truncated or corrupt — restore from another backup`,
-      { details: { expected: this.#expected.bytes, actual: this.#bytes } },
-    );
+    return sizeMismatch(this.#expected.what, `read ${this.#bytes} bytes so far`, this.#expected.bytes, this.#bytes);
   }
+}
+
+/**
+ * A stored object whose size is not the manifest's (E_SIZE_MISMATCH, exit 5): what verify and
+ * every read say, and `backup url` when a HEAD shows it. `found` says what was seen.
+ */
+export function sizeMismatch(what: string, found: string, expected: number, actual: number): AgentError {
+  return new AgentError(
+    'E_SIZE_MISMATCH',
+    `${what}: ${found}, the manifest records ${expected}; the stored object is truncated or corrupt — restore from another backup`,
+    { details: { expected, actual } },
+  );
 }
 
 /**

@@ -4,7 +4,7 @@ import { AgentError, isErrorCode } from '../../errors.ts';
 import { isFinished, type JobEvent, type JobRecord, type JobRequest, type JobState } from '../../jobs-wire.ts';
 import { isProcessAlive } from '../../liveness.ts';
 import { downloadKey, type Manifest } from '../../snapshot/manifest.ts';
-import { findElement, materializeElement } from '../../snapshot/pipeline/artifacts.ts';
+import { findElement, materializeElement, storedObjectOfSize } from '../../snapshot/pipeline/artifacts.ts';
 import { listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
 import { pitrWindows, type PitrWindow } from '../../snapshot/pipeline/point-in-time.ts';
 import { BinlogArchive } from '../../snapshot/binlog/archive.ts';
@@ -57,6 +57,14 @@ export interface JobTicket {
 export interface UrlResult {
   url: string;
   expiresAt: string;
+  /**
+   * What the URL must serve: the element's sha256 and size from the authenticated manifest
+   * (for a repository element, of the archive the agent wrote from its authenticated chunks).
+   * The URL serves whatever the bucket holds, and whoever can write the bucket can replace it:
+   * a downloader who checks these gets the backup's bytes or knows it did not.
+   */
+  sha256: string;
+  bytes: number;
 }
 
 /**
@@ -197,12 +205,14 @@ export class LocalAgent implements AgentApi, ServedAgent {
       if (store.kind === 'fs') throw new AgentError('E_PRESIGN_UNSUPPORTED', `the fs store cannot presign URLs: use 'backup get'`);
       const expiresAt = new Date(Date.now() + expiresSeconds * 1000);
       const key = downloadKey(env, id, element.name, `.${element.format}.zst`, expiresAt);
-      await materializeElement(backupStorage(this.#config, store, env), manifest, element, key, new AbortController().signal);
-      return { url: await store.presignGet(key, expiresSeconds), expiresAt: expiresAt.toISOString() };
+      const written = await materializeElement(backupStorage(this.#config, store, env), manifest, element, key, new AbortController().signal);
+      return { url: await store.presignGet(key, expiresSeconds), expiresAt: expiresAt.toISOString(), ...written };
     }
     if (element.objects.length !== 1) throw new AgentError('E_PRESIGN_UNSUPPORTED', `element ${element.name} is stored in ${element.objects.length} segments: use 'backup get'`);
-    const url = await store.presignGet(element.objects[0]!.key, expiresSeconds);
-    return { url, expiresAt: new Date(Date.now() + expiresSeconds * 1000).toISOString() };
+    // The manifest's MAC vouches for the sha256 and size, not for the object: no URL to an
+    // object whose size already shows it is not the one the manifest names.
+    const url = await store.presignGet(await storedObjectOfSize(store, manifest, element), expiresSeconds);
+    return { url, expiresAt: new Date(Date.now() + expiresSeconds * 1000).toISOString(), sha256: element.sha256!, bytes: element.storedBytes };
   }
 
   async submit(request: JobRequest, options: { requestId?: string } = {}): Promise<JobTicket> {

@@ -5,7 +5,7 @@ import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import { checkBackupId, checkName } from '../../snapshot/names.ts';
 import { verifyBackup, verifyBackups } from '../../snapshot/pipeline/artifacts.ts';
 import { createBackup } from '../backup.ts';
-import { deleteBackup, listBackups, readManifest } from '../../snapshot/pipeline/catalog.ts';
+import { deleteBackup, listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
 import { ensureOwner } from '../ownership.ts';
 import { environmentOf, type Config } from '../config.ts';
 import { loadKeyRing } from '../keys.ts';
@@ -120,8 +120,17 @@ async function verifyEveryBackup(ctx: OperationContext, store: ObjectStore, env:
   const backups = listed.map((b) => {
     const elements = checked.get(b.id);
     if (elements) return { id: b.id, ok: elements.every((c) => c.ok), elements };
-    const why = b.problem ?? (b.authenticated ? `its manifest is ${b.status}` : 'its manifest carries no MAC: pass --allow-unauthenticated to check it anyway');
-    return { id: b.id, ok: false, elements: [], code: b.authenticated ? 'E_MANIFEST_INVALID' : 'E_MANIFEST_UNAUTHENTICATED', message: why };
+    return { id: b.id, ok: false, elements: [], ...untrusted(b) };
   });
   return { id: VERIFY_ALL, ok: backups.every((b) => b.ok), backups };
+}
+
+/**
+ * Why a listed backup was not checked. An invalid one fails with what its listing found (a
+ * wrong MAC, or a manifest that is bad in itself: a signed one that fails its schema is no
+ * question of origin). Otherwise it is unsigned and the flag was not given.
+ */
+function untrusted(b: BackupSummary): { code: 'E_MANIFEST_INVALID' | 'E_MANIFEST_UNAUTHENTICATED'; message: string } {
+  if (b.status === 'invalid') return { code: b.problemCode ?? 'E_MANIFEST_INVALID', message: b.problem ?? 'its manifest is invalid' };
+  return { code: 'E_MANIFEST_UNAUTHENTICATED', message: 'its manifest carries no MAC: pass --allow-unauthenticated to check it anyway' };
 }

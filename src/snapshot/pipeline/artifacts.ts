@@ -7,11 +7,11 @@ import { pipeline } from 'node:stream/promises';
 import { AgentError, isAgentError, toAgentError } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import { compressionExtension, createCompressor, createDecompressor } from '../compression.ts';
-import { LengthCheck, VerifyStream } from '../digest.ts';
+import { DigestStream, LengthCheck, sizeMismatch, VerifyStream } from '../digest.ts';
 import type { ElementRecord, Manifest } from '../manifest.ts';
 import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../mysql/single-database.ts';
 import { checkName } from '../names.ts';
-import type { ObjectStore } from '../../transport/stores/object-store.ts';
+import { objectNotFound, type ObjectStore } from '../../transport/stores/object-store.ts';
 import type { Repository } from '../../transport/repository/repository.ts';
 import { readSegmented } from '../../transport/stores/segments.ts';
 import { DownloadJournal } from './download-journal.ts';
@@ -266,19 +266,38 @@ function archiveCorrupt(error: unknown, label: string): AgentError {
 /**
  * Writes an element stored in the repository to `key` as the standard archive `get` writes
  * (zstd of its whole stream), for a URL to serve. Every chunk is authenticated on the way.
+ * Returns the sha256 and size of the bytes written: the manifest has none for this archive,
+ * and whoever can write the bucket can replace it once written, so these are what a
+ * downloader checks the URL's bytes against.
  */
-export async function materializeElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, key: string, signal: AbortSignal): Promise<void> {
+export async function materializeElement(storage: BackupStorage, manifest: Manifest, element: ElementRecord, key: string, signal: AbortSignal): Promise<{ sha256: string; bytes: number }> {
   const compressed = createCompressor('zstd', { level: GET_LEVEL });
-  const feeding = pipeline(readFromRepository(storage, manifest, element, signal), compressed, { signal });
+  const digest = new DigestStream();
+  const feeding = pipeline(readFromRepository(storage, manifest, element, signal), compressed, digest, { signal });
   feeding.catch(() => {}); // joined below
   try {
-    await storage.store.put(key, compressed, { signal });
+    await storage.store.put(key, digest, { signal });
   } catch (error) {
-    compressed.destroy();
+    digest.destroy();
     await feeding.catch(() => {});
     throw error;
   }
   await feeding;
+  return { sha256: digest.sha256, bytes: digest.bytes };
+}
+
+/**
+ * The key of an element's one stored object, after a HEAD showed it has the size the
+ * authenticated manifest records (E_SIZE_MISMATCH otherwise, as verify says of a wrong size).
+ * For `backup url`, which hands out the object without reading it: an object replaced by one
+ * of another size is refused here; one of the same size only the downloader's sha256 catches.
+ */
+export async function storedObjectOfSize(store: ObjectStore, manifest: Manifest, element: ElementRecord): Promise<string> {
+  const object = element.objects[0]!;
+  const info = await store.head(object.key);
+  if (!info) throw objectNotFound(object.key);
+  if (info.size !== object.bytes) throw sizeMismatch(elementLabel(manifest, element), `object ${object.key} is ${info.size} bytes`, object.bytes, info.size);
+  return object.key;
 }
 
 /** The file name `get` writes: `<element>.<format><compression ext>` (db.sql.gz, uploads.tar.zst). */

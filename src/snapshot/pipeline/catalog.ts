@@ -22,6 +22,12 @@ export interface BackupSummary {
   authenticated: boolean;
   manifest?: Manifest;
   problem?: string;
+  /**
+   * The stable code of `problem` (status invalid): E_MANIFEST_UNAUTHENTICATED when its MAC is
+   * wrong or under a key this node lacks, E_MANIFEST_INVALID when the manifest itself is bad
+   * (not JSON, its schema, another backup's). `authenticated: false` alone does not say which.
+   */
+  problemCode?: 'E_MANIFEST_INVALID' | 'E_MANIFEST_UNAUTHENTICATED';
 }
 
 export interface ManifestAccess {
@@ -130,8 +136,9 @@ export async function listBackups(store: ObjectStore, env: string, keys: KeyRing
           const restorable = isRestorable(manifest, now);
           return { id, env, createdAt: manifest.createdAt, restorable, status: restorable ? 'ok' : 'expired', authenticated: manifest.mac !== undefined, manifest };
         } catch (error) {
-          if (!isAgentError(error, 'E_MANIFEST_INVALID') && !isAgentError(error, 'E_MANIFEST_UNAUTHENTICATED')) throw error;
-          return { id, env, createdAt, restorable: false, status: 'invalid', authenticated: false, problem: error.message };
+          const problemCode = isAgentError(error, 'E_MANIFEST_INVALID') ? 'E_MANIFEST_INVALID' : isAgentError(error, 'E_MANIFEST_UNAUTHENTICATED') ? 'E_MANIFEST_UNAUTHENTICATED' : undefined;
+          if (!problemCode) throw error;
+          return { id, env, createdAt, restorable: false, status: 'invalid', authenticated: false, problem: (error as AgentError).message, problemCode };
         }
       }),
     ),
