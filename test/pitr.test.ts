@@ -384,6 +384,43 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
 });
 
 describe('point-in-time restore: a server or account that cannot stream', () => {
+  it("only the environment's owner streams: another node's daemon stores nothing and says who owns it, until it adopts the environment", async () => {
+    const server = mariadbServer();
+    const db = await connect(server, { root: true });
+    const database = await createDatabase(db, 'sa_pitr_owner');
+    const sandbox = await createSandbox();
+    let daemon: RunningDaemon | undefined;
+    try {
+      const tokens = await writeTokens(sandbox);
+      const storeDir = path.join(sandbox.dir, 'store');
+      const config = (nodeId: string) => ({
+        nodeId,
+        defaultStore: 'local',
+        stores: { local: { type: 'fs', path: storeDir } },
+        daemon: daemonSection(tokens),
+        environments: { shop: { services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s' } }) } } },
+      });
+      await sandbox.writeConfig(config('node-a'));
+      expect((await cli(['--config', sandbox.configPath, 'env', 'adopt', 'shop'])).exitCode).toBe(0); // node-a owns shop
+      await sandbox.writeConfig(config('node-b'));
+      daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+      const refused = await daemon.waitForLog('the stream to refuse', (l) => l.msg === 'the binlog stream cannot run; trying again');
+      expect(refused).toMatchObject({ code: 'E_ENV_OWNED', err: expect.stringContaining('node-a') });
+      const status = await cliJson<{ binlogStreams: { state: string; lastError: string }[] }>(['--config', sandbox.configPath, '--remote', daemon.url, '--token-file', tokens.viewerFile, 'status']);
+      expect(status.binlogStreams[0]).toMatchObject({ state: 'starting', lastError: expect.stringContaining('node-a') });
+      expect(await readdir(storeDir, { recursive: true })).not.toContainEqual(expect.stringContaining('pitr'));
+      // Adopted here: the daemon's next try streams.
+      expect((await cli(['--config', sandbox.configPath, 'env', 'adopt', 'shop', '--force'])).exitCode).toBe(0);
+      await daemon.waitForLog('the stream to start', (l) => l.msg === 'binlog stream started', 20_000);
+      await waitFor('a stored binlog record', async () => (await readdir(storeDir, { recursive: true })).some((f) => /pitr\/db\/.*\.json$/.test(String(f))), 20_000);
+    } finally {
+      await daemon?.stop();
+      await db.query(`DROP DATABASE IF EXISTS \`${database}\``);
+      db.destroy();
+      await sandbox.cleanup();
+    }
+  }, 60_000);
+
   it('the daemon names every missing grant in its log and status, keeps running, and streams nothing', async () => {
     const server = mariadbServer();
     const db = await connect(server, { root: true });

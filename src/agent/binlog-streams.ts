@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { setTimeout as sleepFor } from 'node:timers/promises';
-import { toAgentError } from '../errors.ts';
+import { AgentError, toAgentError } from '../errors.ts';
 import { BinlogArchive } from '../snapshot/binlog/archive.ts';
 import { checkBinlogRequirements } from '../snapshot/binlog/requirements.ts';
 import { closeConnection, openConnection } from '../snapshot/mysql/connection.ts';
@@ -10,13 +10,34 @@ import type { MysqlServiceConfig } from '../snapshot/mysql/service-config.ts';
 import type { Config } from './config.ts';
 import { secretReader } from './drivers.ts';
 import { loadKeyRing } from './keys.ts';
+import { ensureOwner, ownsEnvironment } from './ownership.ts';
 import { openEnvironmentStore } from './stores.ts';
+import type { ObjectStore } from '../transport/stores/object-store.ts';
 
 const RETRY_FIRST_MS = 5_000;
 const RETRY_MAX_MS = 5 * 60_000;
 
 async function sleep(ms: number, signal: AbortSignal): Promise<void> {
   await sleepFor(ms, undefined, { signal }).catch(() => {});
+}
+
+/** How often a running stream checks that this node still owns its environment. */
+const OWNERSHIP_CHECK_MS = 60_000;
+
+/**
+ * Aborts `lost` with E_ENV_OWNED once the environment's owner is another node; a store that
+ * cannot be read is no proof of that (the stream goes on, the next check decides).
+ */
+async function watchOwnership(config: Config, store: ObjectStore, env: string, lost: AbortController, until: AbortSignal): Promise<void> {
+  for (;;) {
+    await sleep(OWNERSHIP_CHECK_MS, until);
+    if (until.aborted) return;
+    const owns = await ownsEnvironment(config, store, env).catch(() => true);
+    if (!owns) {
+      lost.abort(new AgentError('E_ENV_OWNED', `environment ${env} is now owned by another node: its binlog stream stopped here ('env owner ${env}')`));
+      return;
+    }
+  }
 }
 
 /** One stream as `status` and the metrics show it. */
@@ -90,6 +111,10 @@ export class BinlogStreams {
   async #run(config: Config, want: { env: string; service: string; config: MysqlServiceConfig }, running: Running, log: Logger): Promise<void> {
     running.streamer = undefined; // until this attempt's checks pass, status shows why it cannot start
     const [store, keys] = await Promise.all([openEnvironmentStore(config, want.env), loadKeyRing(config)]);
+    // Storing the binlog is a write to the environment: only its owner streams (docs/ownership.md),
+    // or two nodes with the same config would both append to its chain. E_ENV_OWNED otherwise,
+    // retried with the backoff: a node that adopts the environment starts where storage ends.
+    await ensureOwner(config, store, want.env, log);
     const { host, port, socket, user, password, pitr } = want.config;
     const readPassword = secretReader(password, `services.${want.service}.password`);
     const endpoint = async () => ({ host, port, socket, user, password: await readPassword() });
@@ -111,7 +136,20 @@ export class BinlogStreams {
       logger: log,
     });
     log.info({ flushEveryMs: pitr!.flushEvery }, 'binlog stream started');
-    await running.streamer.run(running.abort.signal);
+    const lost = new AbortController();
+    const watching = watchOwnership(config, store, want.env, lost, AbortSignal.any([running.abort.signal, lost.signal]));
+    let ended: unknown;
+    try {
+      await running.streamer.run(AbortSignal.any([running.abort.signal, lost.signal]));
+    } catch (error) {
+      ended = error;
+    } finally {
+      lost.abort(new Error('the stream ended'));
+      await watching;
+    }
+    // The environment moved to another node (env adopt there): stopped for that, and tried again later.
+    if (lost.signal.reason instanceof AgentError) throw lost.signal.reason;
+    if (ended !== undefined) throw ended;
   }
 
   #startOne(config: Config, key: string, want: { env: string; service: string; config: MysqlServiceConfig }): void {
