@@ -103,8 +103,11 @@ export interface StageOptions {
   stagingDir?: string;
   /** Journals `state`; awaited before the driver creates what it names. */
   journal?: (state: StagedState) => Promise<void>;
-  /** Point-in-time restore (mysql only): the binlog to replay on the staged copy before it is swapped in. */
-  replay?: BinlogReplayPlan;
+  /**
+   * Point-in-time restore (mysql only): the binlog to replay on the staged copy before it is
+   * swapped in, still being gathered while the dump loads (the driver awaits it after the load).
+   */
+  replay?: Promise<BinlogReplayPlan>;
 }
 
 /** A point-in-time restore's binlog, gathered and verified (binlog/gather.ts): the files, where the base backup starts in them, where to stop. */

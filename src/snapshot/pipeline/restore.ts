@@ -138,26 +138,43 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
     for (const { element, driver } of plan) {
       throwIfCancelled(signal);
       ctx.onProgress?.({ phase: 'stage', element: element.name, totalBytes: element.rawBytes });
-      const replay = options.toPoint && (await gatherReplay(setup, manifest, element, options.toPoint, journal.stagingDir, signal));
-      if (replay) {
-        log.info({ phase: 'binlog', element: element.name, files: replay.files.length, from: replay.start }, 'binlog gathered for the replay');
-        await reachedPhase(`restore:binlog-gathered:${element.name}`);
+      // Point in time: the binlog is gathered (read, authenticated, written under the staging
+      // dir) while the dump loads, which mysqld bounds; a gather that fails stops the load.
+      const gatherFailed = new AbortController();
+      const loadFailed = new AbortController();
+      const staging = AbortSignal.any([signal, gatherFailed.signal]);
+      const replay =
+        options.toPoint &&
+        gatherReplay(setup, manifest, element, options.toPoint, journal.stagingDir, AbortSignal.any([signal, loadFailed.signal])).then(async (gathered) => {
+          log.info({ phase: 'binlog', element: element.name, files: gathered.files.length, from: gathered.start }, 'binlog gathered for the replay');
+          await reachedPhase(`restore:binlog-gathered:${element.name}`);
+          return gathered;
+        });
+      replay?.catch((error: unknown) => gatherFailed.abort(error));
+      let restore: StagedRestore;
+      try {
+        restore = await consumeElement(
+          storage,
+          manifest,
+          element,
+          staging,
+          (source) =>
+            driver.stage(source, staging, {
+              rawBytes: element.rawBytes,
+              facts: element.facts,
+              stagingDir: journal.stagingDir,
+              journal: journal.stagingOf(element.name, element.kind),
+              ...(replay && { replay }),
+            }),
+          { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
+        );
+      } catch (error) {
+        loadFailed.abort(error);
+        // The load stopped for the gather's failure: that is the error (E_BINLOG_CHAIN…), not the cancel it caused.
+        throw gatherFailed.signal.aborted && !signal.aborted ? gatherFailed.signal.reason : error;
+      } finally {
+        await replay?.catch(() => {}); // never left writing into the staging dir
       }
-      const restore = await consumeElement(
-        storage,
-        manifest,
-        element,
-        signal,
-        (source) =>
-          driver.stage(source, signal, {
-            rawBytes: element.rawBytes,
-            facts: element.facts,
-            stagingDir: journal.stagingDir,
-            journal: journal.stagingOf(element.name, element.kind),
-            ...(replay && { replay }),
-          }),
-        { onBytes: (bytes) => ctx.onProgress?.({ phase: 'stage', element: element.name, bytes, totalBytes: element.rawBytes }) },
-      );
       staged.push({ name: element.name, restore });
       log.info({ phase: 'staged', element: element.name }, 'element staged');
       if (typeof restore.facts.warning === 'string') log.warn({ phase: 'staged', element: element.name, warning: restore.facts.warning }, `element ${element.name}: ${restore.facts.warning}`);
