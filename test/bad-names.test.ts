@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { namePattern } from '../src/snapshot/names.ts';
 import { cli, cliJson, createSandbox, filesEnv, type CliResult, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 
 /**
  * Names from outside (the command line, the protocol) that are also keys of Object.prototype:
@@ -85,5 +86,94 @@ describe("names that are Object.prototype's keys", () => {
     } finally {
       await own.cleanup();
     }
+  });
+});
+
+describe('an environment (and a service) really named constructor, through the daemon (--remote)', () => {
+  let own: Sandbox;
+  let tokens: Tokens;
+  let daemon: RunningDaemon;
+  let files: string;
+  /** A well-formed id of no backup. */
+  const missing = '20200101T000000000Z-abcdefgh';
+
+  beforeAll(async () => {
+    own = await createSandbox();
+    tokens = await writeTokens(own);
+    files = path.join(own.dir, 'files');
+    await mkdir(files);
+    await writeFile(path.join(files, 'file.txt'), 'data');
+    await own.writeConfig({ daemon: daemonSection(tokens), environments: { constructor: filesEnv({ constructor: files }), site: filesEnv({ uploads: mount }) } });
+    daemon = await startDaemon(own.configPath);
+  });
+  afterAll(async () => {
+    await daemon?.stop();
+    await own?.cleanup();
+  });
+
+  const remote = (...args: string[]) => cli(['--config', own.configPath, '--remote', daemon.url, '--token-file', tokens.adminFile, '--json', ...args]);
+  const succeeds = async <T>(...args: string[]): Promise<T> => {
+    const result = await remote(...args);
+    expect(result.exitCode, `${args.join(' ')}: ${result.stderr}`).toBe(0);
+    return JSON.parse(result.stdout) as T;
+  };
+  const failsWith = async (code: string, exitCode: number, ...args: string[]): Promise<string> => {
+    const result = await remote(...args);
+    const what = `${args.join(' ')}: ${result.stderr}`;
+    expect(result.exitCode, what).toBe(exitCode);
+    expect(JSON.parse(result.stdout), what).toMatchObject({ error: { code } });
+    expect(result.stderr, what).toContain(`error [${code}]: `);
+    return result.stderr;
+  };
+
+  it('verify, restore and delete of its backup succeed; of a backup it lacks (or no longer has) each fail E_BACKUP_NOT_FOUND, across environments E_UNKNOWN_ELEMENT (exit 4); never E_INTERNAL, the daemon alive', async () => {
+    const [created, site] = await Promise.all([
+      succeeds<{ id: string; env: string; elements: { name: string }[] }>('backup', 'create', 'constructor'),
+      succeeds<{ id: string }>('backup', 'create', 'site'),
+    ]);
+    expect(created).toMatchObject({ env: 'constructor', elements: [{ name: 'constructor' }] });
+
+    const [verified, verifiedAll] = await Promise.all([
+      succeeds<{ id: string; ok: boolean }>('backup', 'verify', 'constructor', created.id),
+      succeeds<{ backups: { id: string; ok: boolean }[] } | { id: string; ok: boolean }[]>('backup', 'verify', 'constructor', 'all'),
+    ]);
+    expect(verified).toMatchObject({ id: created.id, ok: true });
+    expect(JSON.stringify(verifiedAll)).toContain(created.id);
+    const [verifyMissing, restoreMissing, deleteMissing] = await Promise.all([
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'verify', 'constructor', missing),
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'restore', 'constructor', missing, '--yes'),
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'delete', 'constructor', missing, '--yes'),
+    ]);
+    for (const stderr of [verifyMissing, restoreMissing, deleteMissing]) expect(stderr).toContain(missing);
+    // Across environments, each side's service is missing on the other (no prototype member found instead).
+    const [intoSite, intoConstructor] = await Promise.all([
+      failsWith('E_UNKNOWN_ELEMENT', 4, 'backup', 'restore', 'constructor', created.id, '--target', 'site', '--yes'),
+      failsWith('E_UNKNOWN_ELEMENT', 4, 'backup', 'restore', 'site', site.id, '--target', 'constructor', '--yes'),
+    ]);
+    expect(intoSite).toContain('target environment site has no service "constructor"');
+    expect(intoConstructor).toContain('target environment constructor has no service "uploads"');
+
+    await writeFile(path.join(files, 'file.txt'), 'changed');
+    const restored = await succeeds<{ safetyBackup?: { id: string } }>('backup', 'restore', 'constructor', created.id, '--yes');
+    expect(await readFile(path.join(files, 'file.txt'), 'utf8')).toBe('data');
+    expect(restored.safetyBackup?.id).toBeDefined(); // the state before, kept as a backup of constructor
+
+    expect(await succeeds<{ id: string }>('backup', 'delete', 'constructor', created.id, '--yes')).toMatchObject({ id: created.id });
+    await Promise.all([
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'delete', 'constructor', created.id, '--yes'),
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'verify', 'constructor', created.id),
+      failsWith('E_BACKUP_NOT_FOUND', 4, 'backup', 'restore', 'constructor', created.id, '--yes'),
+    ]);
+    const left = await succeeds<{ id: string }[]>('backup', 'list', 'constructor');
+    expect(left.map((b) => b.id)).toEqual([restored.safetyBackup!.id]);
+
+    // Every job the daemon ran for constructor ended with a stable outcome, none E_INTERNAL.
+    const jobs = await succeeds<{ env: string; state: string; kind: string; error?: { code: string } }[]>('jobs', 'list', '--env', 'constructor');
+    expect(jobs.length).toBeGreaterThanOrEqual(5);
+    expect(jobs.filter((j) => j.error?.code === 'E_INTERNAL')).toEqual([]);
+    expect(jobs.every((j) => ['succeeded', 'failed'].includes(j.state))).toBe(true);
+    expect(daemon.logs().filter((l) => l.code === 'E_INTERNAL' || String(l.msg).includes('internal error'))).toEqual([]);
+    expect(daemon.child.exitCode ?? null).toBeNull();
+    expect(await succeeds('status')).toMatchObject({ agent: { program: 'daemon' } });
   });
 });

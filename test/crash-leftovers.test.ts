@@ -7,7 +7,7 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { loopMount } from './support/cgroup.ts';
-import { cli, cliJson, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, cliTracked, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
 
@@ -165,7 +165,7 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
   });
 
-  it('daemon restores that fail while staging leave no child process, and SIGTERM then ends the daemon', async () => {
+  it('daemon restores that fail while staging leave no child process (of the daemon, or of the CLI that asked, which exits on its own), and SIGTERM then ends the daemon', async () => {
     const source = path.join(sandbox.dir, 'src4');
     await mkdir(source);
     for (let i = 0; i < 4; i++) await writeFile(path.join(source, `blob-${i}`), randomBytes(4 << 20));
@@ -182,8 +182,11 @@ describe('what a killed process leaves is cleaned up by the next start of a daem
     try {
       const before = await children();
       for (let i = 0; i < 3; i++) {
-        const restore = await cli([...args(), '--remote', daemon.url, '--token-file', tokens.adminFile, 'backup', 'restore', 'site', id, '--target', 'broken', '--yes', '--no-safety-backup']);
+        const restore = await cliTracked([...args(), '--remote', daemon.url, '--token-file', tokens.adminFile, 'backup', 'restore', 'site', id, '--target', 'broken', '--yes', '--no-safety-backup'], { timeoutMs: 30_000 });
         expect(restore.exitCode, restore.stderr).toBe(8);
+        // The CLI ends once it has printed the outcome, not by its 2 s exit grace (main.ts), and leaves nothing running.
+        expect(restore.afterOutputMs, 'ended by the exit grace, not on its own').toBeLessThan(1_000);
+        expect(restore.outlived, `children seen: ${JSON.stringify(restore.children)}`).toEqual([]);
       }
       // No zstd (or any other) child left behind by the failed restores.
       expect(await children()).toEqual(before);

@@ -1,11 +1,13 @@
 import { randomBytes, randomInt } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
-import { mkdir, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
+import { connect, createDatabase, mariadbServer, mysqlServiceConfig, rows } from './support/mysql.ts';
 
 interface Ticket {
   jobId: string;
@@ -325,5 +327,130 @@ describe('the daemon: WebSocket JSON-RPC protocol (real daemon process, real ws 
     const phases = lines.filter((l) => l.jobId === job && typeof l.phase === 'string').map((l) => l.phase);
     expect(phases).toEqual(expect.arrayContaining(['queued', 'started', 'prepare', 'capture', 'manifest', 'finished']));
     for (const token of [tokens.admin, tokens.viewer]) expect(daemon.stdout()).not.toContain(token);
+  });
+});
+
+interface Progress {
+  phase: string;
+  bytes: number;
+  elements: Record<string, { bytes: number; totalBytes?: number }>;
+}
+interface ProgressJob extends Job {
+  progress?: Progress;
+}
+
+/** Every element's bytes within its total (where one is known), and the job's bytes their sum. */
+function expectWithinTotals(progress: Progress | undefined, what: string): void {
+  if (!progress) return;
+  const elements = Object.values(progress.elements);
+  for (const [name, e] of Object.entries(progress.elements)) {
+    if (e.totalBytes !== undefined) expect(e.bytes, `${what}: ${name} at ${e.bytes} of ${e.totalBytes}`).toBeLessThanOrEqual(e.totalBytes);
+  }
+  expect(progress.bytes, what).toBe(elements.reduce((sum, e) => sum + e.bytes, 0));
+}
+
+describe('job progress end to end (real daemon, real MariaDB): it moves before the end and never passes its total', () => {
+  const PASSWORD_ENV = 'SA_TEST_PROGRESS_MYSQL_PASSWORD';
+  let sandbox: Sandbox;
+  let tokens: Tokens;
+  let daemon: RunningDaemon;
+  let client: TestClient;
+  let root: Connection;
+  let db: string;
+  let copy: string;
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    tokens = await writeTokens(sandbox);
+    const data = path.join(sandbox.dir, 'data');
+    copy = path.join(sandbox.dir, 'copy');
+    await mkdir(data);
+    // 80 MiB that does not compress: the restore takes long enough to be watched.
+    for (let i = 0; i < 4; i++) await writeFile(path.join(data, `random-${i}.bin`), randomBytes(20 << 20));
+    const server = mariadbServer();
+    process.env[PASSWORD_ENV] = server.password;
+    root = await connect(server, { root: true });
+    db = await createDatabase(root, 'progress');
+    // A compressed table of repetitive text: information_schema's DATA_LENGTH (the progress
+    // estimate) counts its compressed pages, a fraction of the SQL the dump writes of it.
+    await root.query(`CREATE TABLE \`${db}\`.notes (id INT AUTO_INCREMENT PRIMARY KEY, body MEDIUMTEXT) ENGINE=InnoDB ROW_FORMAT=COMPRESSED KEY_BLOCK_SIZE=1`);
+    await root.query(`USE \`${db}\``);
+    await root.query(`INSERT INTO notes (body) SELECT REPEAT('abcdefgh', 7500) FROM seq_1_to_800`);
+    await root.query(`ANALYZE TABLE \`${db}\`.notes`);
+    await sandbox.writeConfig({
+      daemon: daemonSection(tokens),
+      environments: {
+        data: filesEnv({ uploads: data }),
+        copy: filesEnv({ uploads: copy }),
+        sql: { services: { db: mysqlServiceConfig(server, [db], PASSWORD_ENV) } },
+      },
+    });
+    daemon = await startDaemon(sandbox.configPath);
+    client = await TestClient.connect(daemon.url, tokens.admin);
+  });
+  afterAll(async () => {
+    await client?.close();
+    await daemon?.stop();
+    await root?.query(`DROP DATABASE IF EXISTS \`${db}\``).catch(() => {});
+    await root?.end().catch(() => {});
+    await sandbox.cleanup();
+  });
+
+  /** Starts a job with `method`, polls job.get until it ends; the polled records and the job.progress notifications. */
+  async function watchJob(method: 'backup.create' | 'backup.restore', params: Record<string, unknown>) {
+    const ticket = await client.call<Ticket>(method, params);
+    await client.call('job.subscribe', { jobId: ticket.jobId });
+    const polled: ProgressJob[] = [];
+    for (const until = Date.now() + 90_000; ; await sleep(10)) {
+      const job = await client.call<ProgressJob>('job.get', { jobId: ticket.jobId });
+      polled.push(job);
+      if (['succeeded', 'failed', 'cancelled', 'interrupted'].includes(job.state)) break;
+      if (Date.now() > until) throw new Error(`job ${ticket.jobId} still ${job.state} after 90 s`);
+    }
+    await client.waitForNotification((n) => n.method === 'job.finished' && n.params.id === ticket.jobId);
+    const notified = client.notifications
+      .filter((n) => n.method === 'job.progress' && n.params.jobId === ticket.jobId)
+      .map((n) => n.params.progress as Progress | undefined);
+    return { ticket, polled, notified, end: polled.at(-1)! };
+  }
+
+  it('a restore job of an 80 MiB files element: job.get shows its bytes above 0 and below the total while it runs, never past the total', async () => {
+    const backup = await watchJob('backup.create', { env: 'data' });
+    expect(backup.end, JSON.stringify(backup.end.error)).toMatchObject({ state: 'succeeded' });
+    const manifest = await client.call<{ elements: { name: string; rawBytes: number }[] }>('backup.show', { env: 'data', id: backup.ticket.backupId });
+    const rawBytes = manifest.elements.find((e) => e.name === 'uploads')!.rawBytes;
+    expect(rawBytes).toBeGreaterThan(80 << 20);
+
+    const { polled, notified, end } = await watchJob('backup.restore', { env: 'data', id: backup.ticket.backupId, target: 'copy', safetyBackup: false });
+    expect(end, JSON.stringify(end.error)).toMatchObject({ state: 'succeeded' });
+    const running = polled.filter((j) => j.state === 'running' && j.progress);
+    // Seen moving before the end: bytes above 0 and short of the element's total while still running.
+    const partway = running.filter((j) => j.progress!.phase === 'stage' && j.progress!.bytes > 0 && j.progress!.bytes < rawBytes);
+    expect(partway.length, `polls: ${JSON.stringify(running.map((j) => j.progress))}`).toBeGreaterThanOrEqual(1);
+    expect(partway.every((j) => j.progress!.elements.uploads!.totalBytes === rawBytes)).toBe(true);
+    // Never past the total, and never backwards while staging.
+    for (const [i, job] of polled.entries()) expectWithinTotals(job.progress, `poll ${i} (${job.state})`);
+    for (const [i, progress] of notified.entries()) expectWithinTotals(progress, `notification ${i}`);
+    const staged = running.filter((j) => j.progress!.phase === 'stage').map((j) => j.progress!.bytes);
+    expect(staged).toEqual([...staged].sort((a, b) => a - b));
+    expect((await readdir(copy)).sort()).toEqual(['random-0.bin', 'random-1.bin', 'random-2.bin', 'random-3.bin']);
+  });
+
+  it("a MySQL backup whose estimate (information_schema's DATA_LENGTH) is far too low: its progress total follows the bytes, never below them", async () => {
+    const [row] = await rows<{ bytes: string }>(root, 'SELECT SUM(DATA_LENGTH) AS bytes FROM information_schema.TABLES WHERE TABLE_SCHEMA = ?', [db]);
+    const estimate = Number(row!.bytes);
+    const { ticket, polled, notified, end } = await watchJob('backup.create', { env: 'sql' });
+    expect(end, JSON.stringify(end.error)).toMatchObject({ state: 'succeeded' });
+    const manifest = await client.call<{ elements: { name: string; rawBytes: number }[] }>('backup.show', { env: 'sql', id: ticket.backupId });
+    const rawBytes = manifest.elements.find((e) => e.name === 'db')!.rawBytes;
+    expect(rawBytes, `dump ${rawBytes} B, estimate ${estimate} B`).toBeGreaterThan(10 * estimate);
+    const seen = [...polled.map((j) => j.progress), ...notified].filter((p): p is Progress => p?.elements.db !== undefined);
+    // The estimate was the total at first, and the dump went past it while the job was watched.
+    expect(seen.some((p) => p.elements.db!.totalBytes === estimate)).toBe(true);
+    expect(seen.filter((p) => p.phase === 'capture' && p.elements.db!.bytes > estimate).length, JSON.stringify(seen)).toBeGreaterThanOrEqual(1);
+    for (const [i, progress] of seen.entries()) {
+      expectWithinTotals(progress, `progress ${i}`);
+      expect(progress.elements.db!.totalBytes, `progress ${i}`).toBeDefined();
+    }
   });
 });

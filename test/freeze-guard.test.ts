@@ -2,11 +2,14 @@ import { spawn } from 'node:child_process';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
+import type { Connection } from 'mysql2/promise';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
 import { daemonSection, sleep, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { delayedFsfreeze, fsfreezeFreezing, writesWithin } from './support/fsfreeze.ts';
+import { connect, createDatabase, mariadbServer, mysqlServiceConfig, type MariadbTestServer } from './support/mysql.ts';
+import { startRedis, type TestRedis } from './support/redis.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/agent/main.ts');
 const GUARD = path.resolve(import.meta.dirname, '../src/snapshot/freeze/guard.ts');
@@ -276,5 +279,163 @@ describe('a freeze is thawed within 1 s whoever dies, whenever (real cgroups, ex
         await backup;
       }
     });
+  });
+});
+
+/**
+ * The databases' own write stops end with the agent too: FLUSH TABLES WITH READ LOCK dies with
+ * the agent's connection, and the Redis pause's end is in the same write as the pause. A
+ * consistent backup of MySQL (or Redis) inside a cgroup freeze, SIGKILLed while the lock or
+ * the pause is held: a writer on its own connection commits again within 1 s of the kill, and
+ * the cgroup is thawed.
+ */
+describe('a kill while MySQL is locked or Redis paused: writers commit again within 1 s (real MariaDB, Redis, cgroups)', () => {
+  const PASSWORD_ENV = 'SA_TEST_KILL_LOCK_MYSQL_PASSWORD';
+  let sandbox: Sandbox;
+  let tokens: Tokens;
+  let server: MariadbTestServer;
+  let root: Connection;
+  let writerConnection: Connection;
+  let db: string;
+  let redis: TestRedis;
+  let cgroup: TestCgroup;
+  let pauseFile: string;
+  const daemons: RunningDaemon[] = [];
+
+  beforeAll(async () => {
+    sandbox = await createSandbox();
+    tokens = await writeTokens(sandbox);
+    server = mariadbServer();
+    process.env[PASSWORD_ENV] = server.password;
+    root = await connect(server, { root: true });
+    db = await createDatabase(root, 'killlock');
+    await root.query(`CREATE TABLE \`${db}\`.t (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(20)) ENGINE=InnoDB`);
+    writerConnection = await connect(server, { root: true });
+    redis = await startRedis();
+    await redis.client().set('k', 'v');
+    cgroup = await createCgroup('v2');
+    cgroup.spawn('sh', ['-c', `while true; do echo x >> ${path.join(sandbox.dir, 'cgroup-writer.log')}; sleep 0.01; done`]);
+    await sandbox.writeConfig({
+      stores: { local: { type: 'fs', path: path.join(sandbox.dir, 'store') } },
+      defaultStore: 'local',
+      daemon: daemonSection(tokens),
+      environments: {
+        sql: { freeze: { cgroups: [cgroup.path] }, services: { db: mysqlServiceConfig(server, [db], PASSWORD_ENV) } },
+        kv: { freeze: { cgroups: [cgroup.path] }, services: { cache: redis.serviceConfig() } },
+      },
+    });
+  });
+  afterEach(async () => {
+    for (const daemon of daemons.splice(0)) await daemon.stop();
+    for (const pid of await guardPids(sandbox.stateDir)) process.kill(pid, 'SIGKILL');
+    await writeFile(path.join(cgroup.path, 'cgroup.freeze'), '0').catch(() => {}); // only if a test failed
+    if (pauseFile) await rm(pauseFile, { force: true });
+  });
+  afterAll(async () => {
+    await cgroup?.remove();
+    await redis?.stop();
+    await root?.query(`DROP DATABASE IF EXISTS \`${db}\``).catch(() => {});
+    await root?.end().catch(() => {});
+    await writerConnection?.end().catch(() => {});
+    await sandbox?.cleanup();
+  });
+
+  const pausedAt = (phase: string) => {
+    pauseFile = path.join(sandbox.dir, `paused-${Date.now()}`);
+    return { STORAGE_AGENT_PAUSE_AT: phase, STORAGE_AGENT_PAUSE_FILE: pauseFile };
+  };
+  const pausedPid = () => waitFor('the agent to pause', async () => Number((await readFile(pauseFile, 'utf8')).trim()) || undefined, 60_000);
+
+  /** An INSERT loop on its own connection (autocommit): the times its commits returned. */
+  function startSqlWriter() {
+    const commits: number[] = [];
+    let stopped = false;
+    const done = (async () => {
+      while (!stopped) {
+        await writerConnection.query(`INSERT INTO \`${db}\`.t (note) VALUES ('w')`);
+        commits.push(performance.now());
+        await sleep(5);
+      }
+    })();
+    return {
+      commits,
+      stop: async () => {
+        stopped = true;
+        await done;
+      },
+    };
+  }
+
+  /** With the agent at mysql:locked: the writer is held (FTWRL taken); SIGKILL `pid`; ms until it commits and the cgroup is thawed. */
+  async function killWhileLocked(pid: number, writer: ReturnType<typeof startSqlWriter>): Promise<{ commitMs: number; thawMs: number }> {
+    expect(await cgroup.isFrozen()).toBe(true);
+    await sleep(200); // a commit that returned just before the lock is counted by now
+    const held = writer.commits.length;
+    await sleep(300);
+    expect(writer.commits.length, 'no commit while FLUSH TABLES WITH READ LOCK is held').toBe(held);
+    const killed = performance.now();
+    process.kill(pid, 'SIGKILL');
+    const thawed = waitFor('the cgroup to be thawed', async () => !(await cgroup.isFrozen()) && performance.now(), 5_000);
+    await waitFor('the writer to commit again', () => writer.commits.length > held, 5_000);
+    return { commitMs: writer.commits[held]! - killed, thawMs: (await thawed) - killed };
+  }
+
+  it('a CLI backup SIGKILLed while it holds FLUSH TABLES WITH READ LOCK (mysql:locked): an INSERT commits within 1 s, the cgroup thawed', async () => {
+    const writer = startSqlWriter();
+    let backup: ReturnType<typeof startCli> | undefined;
+    try {
+      await waitFor('the writer to commit', () => writer.commits.length > 0);
+      backup = startCli(['--config', sandbox.configPath, 'backup', 'create', 'sql'], { env: pausedAt('mysql:locked') });
+      const pid = await pausedPid().catch(async (error: Error) => Promise.reject(new Error(`${error.message}: ${backup!.exitCode === null ? '' : String((await backup!).stderr)}`)));
+      expect(pid).toBe(backup.pid);
+      const { commitMs, thawMs } = await killWhileLocked(pid, writer);
+      expect(commitMs, `committed ${commitMs} ms after the kill`).toBeLessThan(1000);
+      expect(thawMs).toBeLessThan(1000);
+      expect((await backup).signal).toBe('SIGKILL');
+    } finally {
+      backup?.kill('SIGKILL'); // a no-op once it is gone; else it would hold the lock
+      await writer.stop();
+    }
+  });
+
+  it('the daemon SIGKILLed in its own backup job while it holds FLUSH TABLES WITH READ LOCK (mysql:locked): an INSERT commits within 1 s, the cgroup thawed', async () => {
+    const writer = startSqlWriter();
+    let daemon: RunningDaemon | undefined;
+    try {
+      await waitFor('the writer to commit', () => writer.commits.length > 0);
+      const started = (daemon = await startDaemon(sandbox.configPath, { env: pausedAt('mysql:locked') }));
+      daemons.push(started);
+      const client = await TestClient.connect(started.url, tokens.admin);
+      await client.call('backup.create', { env: 'sql' });
+      expect(await pausedPid().catch((error: Error) => Promise.reject(new Error(`${error.message}; daemon said:\n${started.stdout()}`)))).toBe(started.child.pid);
+      const { commitMs, thawMs } = await killWhileLocked(started.child.pid!, writer);
+      expect(commitMs, `committed ${commitMs} ms after the kill`).toBeLessThan(1000);
+      expect(thawMs).toBeLessThan(1000);
+      expect((await started.exited).signal).toBe('SIGKILL');
+      await client.close().catch(() => {});
+    } finally {
+      daemon?.child.kill('SIGKILL'); // a no-op once it is gone; else it would hold the lock
+      await writer.stop();
+    }
+  });
+
+  it('the daemon SIGKILLed in its own backup job right after CLIENT PAUSE … WRITE was sent (redis:paused): Redis takes a write within 1 s, the cgroup thawed', async () => {
+    const daemon = await startDaemon(sandbox.configPath, { env: pausedAt('redis:paused') });
+    daemons.push(daemon);
+    const client = await TestClient.connect(daemon.url, tokens.admin);
+    await client.call('backup.create', { env: 'kv' });
+    expect(await pausedPid().catch((error: Error) => Promise.reject(new Error(`${error.message}; daemon said:\n${daemon.stdout()}`)))).toBe(daemon.child.pid);
+    expect(await cgroup.isFrozen()).toBe(true);
+    const c = redis.client();
+    await c.ping(); // connected before the kill: the write below measures the pause only
+    const killed = performance.now();
+    process.kill(daemon.child.pid!, 'SIGKILL');
+    await c.set('written-after-the-kill', 'yes'); // waits while writes are paused
+    const wroteMs = performance.now() - killed;
+    expect(wroteMs, `wrote ${wroteMs} ms after the kill`).toBeLessThan(1000);
+    expect(await c.get('written-after-the-kill')).toBe('yes');
+    await waitFor('the cgroup to be thawed', async () => !(await cgroup.isFrozen()), 1_000 - (performance.now() - killed));
+    expect((await daemon.exited).signal).toBe('SIGKILL');
+    await client.close().catch(() => {});
   });
 });

@@ -7,7 +7,7 @@ import type { Manifest } from '../src/snapshot/manifest.ts';
 import { execa } from 'execa';
 import { cli, cliJson, createSandbox, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
-import { waitFor, type LogLine } from './support/daemon.ts';
+import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type LogLine, type RunningDaemon } from './support/daemon.ts';
 import { createTestBucket } from './support/s3.ts';
 import { startFaultProxy } from './support/s3-fault-proxy.ts';
 
@@ -209,6 +209,60 @@ describe('consistent backups freeze the writers for a short, measured pause and 
       expect(performance.now() - started - failedAfter).toBeLessThan(5_000);
     } finally {
       proxy.close();
+    }
+  });
+
+  it('a store outage inside the freeze of a daemon job: the deadline thaws and fails the job within seconds (E_FREEZE_TIMEOUT); the daemon keeps running and answers', async () => {
+    const cgroup = await createCgroup('v2');
+    cgroups.push(cgroup);
+    const log = path.join(mounts.ext4!, 'daemon-outage-writer.log');
+    startWriter(cgroup, log);
+    const proxy = await startProxy(new URL(inject('s3').endpoint));
+    let daemon: RunningDaemon | undefined;
+    try {
+      const tokens = await writeTokens(sandbox);
+      const bucket = await createTestBucket();
+      // Backoff 1, 2, 4, 8, 16 s: a request keeps retrying for ~30 s before the store gives up.
+      const store = s3StoreConfig(bucket, { endpoint: proxy.url, maxAttempts: 6 });
+      await sandbox.writeConfig({
+        stores: { s3: store },
+        defaultStore: 's3',
+        daemon: daemonSection(tokens),
+        environments: { app: { freeze: { cgroups: [cgroup.path], filesystems: [mounts.ext4!], deadline: '2s' }, services: { uploads: { kind: 'files', path: mounts.ext4! } } } },
+      });
+      daemon = await startDaemon(sandbox.configPath);
+      const client = await TestClient.connect(daemon.url, tokens.admin);
+      const ticket = await client.call<{ jobId: string; backupId: string }>('backup.create', { env: 'app' });
+      await client.call('job.subscribe', { jobId: ticket.jobId });
+      await waitFor('the freeze', () => cgroup.isFrozen());
+      const frozenAt = performance.now();
+      proxy.cut();
+      const thawed = waitFor('the thaw', async () => !(await cgroup.isFrozen()) && performance.now() - frozenAt, 30_000);
+      const finished = await client.waitForNotification((n) => n.method === 'job.finished' && n.params.id === ticket.jobId, 30_000);
+      const failedAfter = performance.now() - frozenAt;
+      expect(finished.params, JSON.stringify(finished.params)).toMatchObject({ state: 'failed', error: { code: 'E_FREEZE_TIMEOUT' } });
+      // Thawed at the deadline (2 s from the freeze), not once the job has ended.
+      const thawedAfter = await thawed;
+      expect(thawedAfter, `thawed ${thawedAfter} ms after the freeze`).toBeLessThan(2_000 + 750);
+      // The job's end: the deadline and at most 2 s waiting for the failed backup's objects to
+      // be deleted; the store's own retries would go on for ~30 s.
+      expect(failedAfter, `failed ${failedAfter} ms after the freeze`).toBeLessThan(6_000);
+      expect(await cgroup.isFrozen()).toBe(false);
+      const before = await lines(log);
+      await waitFor('the writer to write again', async () => (await lines(log)) > before, 1_000);
+      await writeFile(path.join(mounts.ext4!, 'after-daemon-outage.txt'), 'writable');
+      expect(await readdir(path.join(sandbox.stateDir, 'frozen'))).toEqual([]);
+      // The daemon lives on and answers, on this connection and on a new one.
+      expect(daemon.child.exitCode ?? null).toBeNull();
+      expect(await client.call<{ state: string }>('job.get', { jobId: ticket.jobId })).toMatchObject({ state: 'failed', error: { code: 'E_FREEZE_TIMEOUT' } });
+      await client.close();
+      const again = await TestClient.connect(daemon.url, tokens.viewer);
+      expect(await again.call('agent.status')).toMatchObject({ agent: { program: 'daemon' } });
+      await again.close();
+      expect(daemon.child.exitCode ?? null).toBeNull();
+    } finally {
+      proxy.close();
+      await daemon?.stop();
     }
   });
 

@@ -35,9 +35,11 @@ describe('restore into a mount point (loop-mounted ext4)', () => {
     await sandbox.cleanup();
   });
 
-  it('swaps the contents in, keeps lost+found, and a failed restore leaves the mount as it was', async () => {
+  let manifest: Manifest;
+
+  it('swaps the contents in and keeps lost+found', async () => {
     await writeFile(path.join(mountPoint, 'old-data.txt'), 'replaced by the restore');
-    const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
+    manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
     const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'mounted', '--yes']);
     expect(restore.exitCode, restore.stderr).toBe(0);
     // Files lose setuid/setgid bits: the service has no keepSetuid (issue #10).
@@ -46,16 +48,33 @@ describe('restore into a mount point (loop-mounted ext4)', () => {
     expect(hardLinkGroups(mountPoint)).toEqual(hardLinkGroups(source));
     expect(await readdir(mountPoint)).toContain('lost+found');
     expect((await run('findmnt', ['-n', '-o', 'TARGET', mountPoint])).stdout.trim()).toBe(mountPoint);
+  });
 
+  it('a mount without room is refused by the free-space check before staging: its own message naming the mount (E_RESTORE_FAILED, exit 8), nothing staged, the mount as it was', async () => {
     // Fill the mount (root may use the reserved blocks too) so the next restore cannot stage:
-    // it must fail and change nothing.
+    // the free-space check must refuse it before anything is staged, in its own words, and
+    // change nothing. (The tree is far smaller than the check's 16 MiB margin: without the
+    // check the restore would stage it into the 2 MiB left and succeed.)
     const free = await statfs(mountPoint);
     await run('fallocate', ['-l', String(free.bfree * free.bsize - 2 * 1024 * 1024), path.join(mountPoint, 'filler.bin')]);
     const before = state(mountPoint);
-    const full = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'mounted', '--yes']);
-    expect(full.exitCode).not.toBe(0);
-    expect(full.stderr, full.stderr).toMatch(/E_RESTORE_FAILED.*(ENOSPC|no space|not enough free space)/is);
+    const agentEntries = async () => [
+      ...(await readdir(mountPoint)).filter((n) => n.startsWith('.storage-agent')),
+      ...(await readdir(path.dirname(mountPoint))).filter((n) => n.includes('.storage-agent')),
+    ];
+    expect(await agentEntries()).toEqual([]);
+    const full = await cli(['--json', ...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'mounted', '--yes']);
+    expect(full.exitCode, full.stderr).toBe(8); // ExitCode.restore
+    const failure = (JSON.parse(full.stdout) as { error: { code: string; message: string; details?: Record<string, unknown> } }).error;
+    expect(failure.code).toBe('E_RESTORE_FAILED');
+    expect(failure.message).toMatch(
+      new RegExp(`^(.*: )?not enough free space for the restore of ${mountPoint} in ${mountPoint}: it needs about \\d+\\.\\d MiB and the filesystem has \\d+\\.\\d MiB free; .*nothing was changed`),
+    );
+    expect(failure.message).not.toMatch(/ENOSPC|no space left/i);
+    expect(failure.details).toMatchObject({ path: mountPoint });
+    expect(failure.details!.neededBytes as number).toBeGreaterThan(failure.details!.availableBytes as number);
+    expect(full.stderr).toContain(`error [E_RESTORE_FAILED]: `);
     expect(state(mountPoint)).toEqual(before);
-    expect((await readdir(mountPoint)).filter((n) => n.startsWith('.storage-agent'))).toEqual([]);
+    expect(await agentEntries()).toEqual([]);
   });
 });

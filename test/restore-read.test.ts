@@ -19,7 +19,7 @@ import { AgentError } from '../src/errors.ts';
 import { LengthCheck } from '../src/snapshot/digest.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/stores/object-store.ts';
-import { cli, cliJson, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+import { cli, cliJson, cliTracked, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
 import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
 import { describeTree, MiB } from './support/tree.ts';
 
@@ -254,32 +254,40 @@ describe('restores that fail end, and say why; intact ones still restore', () =>
     expect(describeTree(path.join(sandbox.dir, 'copy'))).toEqual(describeTree(path.join(sandbox.dir, 'mount')));
   });
 
-  it('a byte flipped in a stored Redis element → restore fails E_CHECKSUM_MISMATCH (exit 5), like verify, not the decompressor\'s error', async () => {
+  it('a byte flipped in a stored Redis element → restore fails E_CHECKSUM_MISMATCH (exit 5), like verify, not the decompressor\'s error; its zstd child ends with it and the CLI exits on its own', async () => {
     const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'cache']);
     await corrupt(store, manifest.elements[0]!.objects[0]!.key);
     const verify = await cli([...args(), 'backup', 'verify', 'cache', manifest.id]);
     expect(verify.stdout).toContain('E_CHECKSUM_MISMATCH');
-    const restore = await cliWithin(60_000, [...args(), 'backup', 'restore', 'cache', manifest.id, '--yes', '--no-safety-backup']);
+    const restore = await cliTracked([...args(), 'backup', 'restore', 'cache', manifest.id, '--yes', '--no-safety-backup'], { timeoutMs: 60_000 });
     expect(restore.exitCode, restore.stderr).toBe(5);
     expect(restore.stderr).toContain(`E_CHECKSUM_MISMATCH`);
     expect(restore.stderr).toContain(`element cache of backup ${manifest.id}`);
     expect(restore.stderr).not.toMatch(/zstd -q -d -c/);
+    // It failed while its zstd decompressed: that child ended with it, and the CLI on its own.
+    expect(restore.afterOutputMs, 'ended by the exit grace, not on its own').toBeLessThan(1_000);
+    expect(restore.outlived, `children seen: ${JSON.stringify(restore.children)}`).toEqual([]);
   });
 
-  it('a files restore whose mount\'s parent cannot be created exits with the error within seconds (it hung, holding a zstd child)', async () => {
+  it('a files restore whose mount\'s parent cannot be created exits with the error within seconds (it hung, holding a zstd child), on its own, and no child process of it outlives it', async () => {
     const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'site']);
-    const restore = await cliWithin(20_000, [...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'orphan', '--yes', '--no-safety-backup']);
+    const restore = await cliTracked([...args(), 'backup', 'restore', 'site', manifest.id, '--target', 'orphan', '--yes', '--no-safety-backup'], { timeoutMs: 20_000 });
     expect(restore.exitCode, restore.stderr).toBe(8);
     expect(restore.stderr).toContain('E_RESTORE_FAILED');
     expect(restore.ms).toBeLessThan(10_000);
+    // The CLI's 2 s exit grace (main.ts) must not be what ends it, nor hide a child left running.
+    expect(restore.afterOutputMs, 'ended by the exit grace, not on its own').toBeLessThan(1_000);
+    expect(restore.outlived, `children seen: ${JSON.stringify(restore.children)}`).toEqual([]);
   });
 
-  it('a Redis restore whose target is down exits with the error within seconds', async () => {
+  it('a Redis restore whose target is down exits with the error within seconds, on its own (not by the 2 s exit grace), and no child process of it outlives it', async () => {
     const manifest = await cliJson<Manifest>([...args(), 'backup', 'create', 'cache']);
-    const restore = await cliWithin(30_000, [...args(), 'backup', 'restore', 'cache', manifest.id, '--target', 'down', '--yes', '--no-safety-backup']);
+    const restore = await cliTracked([...args(), 'backup', 'restore', 'cache', manifest.id, '--target', 'down', '--yes', '--no-safety-backup'], { timeoutMs: 30_000 });
     expect(restore.exitCode, restore.stderr).toBe(8);
     expect(restore.stderr).toMatch(/E_RESTORE_FAILED.*ECONNREFUSED|E_RESTORE_FAILED.*connect/i);
     expect(restore.ms).toBeLessThan(15_000);
+    expect(restore.afterOutputMs, 'ended by the exit grace, not on its own').toBeLessThan(1_000);
+    expect(restore.outlived, `children seen: ${JSON.stringify(restore.children)}`).toEqual([]);
   });
 
   describe('backup get --to', () => {

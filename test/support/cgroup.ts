@@ -9,8 +9,8 @@ const ROOTS: Record<CgroupVersion, string> = { v1: '/sys/fs/cgroup/freezer', v2:
 
 export interface TestCgroup {
   path: string;
-  /** Starts a process inside the cgroup. */
-  spawn(command: string, args: string[]): ResultPromise;
+  /** Starts a process inside the cgroup (it and all it starts stay in it). */
+  spawn(command: string, args: string[], options?: { env?: Record<string, string> }): ResultPromise;
   isFrozen(): Promise<boolean>;
   remove(): Promise<void>;
 }
@@ -22,9 +22,9 @@ export async function createCgroup(version: CgroupVersion): Promise<TestCgroup> 
   const processes: ResultPromise[] = [];
   return {
     path: dir,
-    spawn(command, args) {
+    spawn(command, args, options = {}) {
       // The child joins the cgroup itself before exec, so no write it makes escapes the freezer.
-      const child = execa('sh', ['-c', `echo $$ > ${dir}/cgroup.procs && exec "$@"`, 'sh', command, ...args], { reject: false, stdin: 'ignore' });
+      const child = execa('sh', ['-c', `echo $$ > ${dir}/cgroup.procs && exec "$@"`, 'sh', command, ...args], { reject: false, stdin: 'ignore', env: options.env });
       processes.push(child);
       return child;
     },

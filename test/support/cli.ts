@@ -3,6 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
+import { createCgroup } from './cgroup.ts';
 import { inject } from 'vitest';
 import { stringify } from 'yaml';
 
@@ -144,4 +145,86 @@ export async function childPids(pid: number): Promise<number[]> {
 export async function processRuns(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   return stat !== '' && !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+}
+
+export interface TrackedRun extends CliResult {
+  pid: number;
+  ms: number;
+  /** From its last output (the outcome it printed) to its exit. */
+  afterOutputMs: number;
+  /** Every child process seen while the CLI ran (sampled every few ms): pid and name. */
+  children: { pid: number; name: string }[];
+  /** What outlived the CLI: its sampled children still running, and anything left in its cgroup ("pid: command line"). */
+  outlived: string[];
+}
+
+/**
+ * The CLI in a cgroup of its own (cgroup v2: a process and all it starts stay in it, whatever
+ * becomes of their parents), its children sampled (childPids) as it runs. Once it has exited,
+ * `outlived` names every process it started that still runs: the sampled children (processRuns)
+ * and whatever is still in the cgroup — then those are killed. Fails when the CLI has not
+ * exited after `timeoutMs` (it is killed then).
+ */
+export async function cliTracked(args: readonly string[], { timeoutMs, env }: { timeoutMs: number; env?: Record<string, string> }): Promise<TrackedRun> {
+  const group = await createCgroup('v2');
+  const cgroup = group.path;
+  try {
+    const started = Date.now();
+    // The shell joins the cgroup and execs the CLI: the same pid, nothing it starts escapes.
+    const child = group.spawn(process.execPath, [MAIN, ...args], { env });
+    const pid = child.pid!;
+    let lastOutput = started;
+    for (const stream of [child.stdout, child.stderr]) stream?.on('data', () => (lastOutput = Date.now()));
+    const children = new Map<number, string>();
+    let exited = false;
+    const sampling = (async () => {
+      while (!exited) {
+        for (const childPid of await childPids(pid)) {
+          if (!children.has(childPid)) children.set(childPid, (await readFile(`/proc/${childPid}/comm`, 'utf8').catch(() => '?')).trim());
+        }
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    const result = await Promise.race([
+      child,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          reject(new Error(`storage-agent ${args.join(' ')} still running after ${timeoutMs} ms`));
+        }, timeoutMs);
+      }),
+    ]).finally(() => {
+      clearTimeout(timer);
+      exited = true;
+    });
+    const ms = Date.now() - started;
+    const afterOutputMs = Date.now() - lastOutput;
+    await sampling;
+    const describe = async (p: number) => `${p}: ${(await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).replaceAll('\0', ' ').trim()}`;
+    const left = new Set<number>();
+    for (const childPid of children.keys()) if (await processRuns(childPid)) left.add(childPid);
+    const procs = (await readFile(path.join(cgroup, 'cgroup.procs'), 'utf8').catch(() => '')).split('\n').filter(Boolean).map(Number);
+    for (const p of procs) if (await processRuns(p)) left.add(p);
+    const outlived = await Promise.all([...left].map(describe));
+    for (const p of left) {
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return {
+      pid,
+      ms,
+      afterOutputMs,
+      exitCode: result.exitCode ?? -1,
+      stdout: String(result.stdout),
+      stderr: String(result.stderr),
+      children: [...children].map(([p, name]) => ({ pid: p, name })),
+      outlived,
+    };
+  } finally {
+    await group.remove();
+  }
 }

@@ -202,6 +202,7 @@ export class MysqlDriver implements ServiceDriver {
         locked = true;
         lockedAt = performance.now();
         ftwrlWaitMs = Math.round((lockedAt - asked) * 100) / 100;
+        await reachedPhase('mysql:locked'); // FLUSH TABLES WITH READ LOCK held: no commit until UNLOCK TABLES or the connection's end
       }
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);

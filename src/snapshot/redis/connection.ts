@@ -53,7 +53,7 @@ export async function connect(address: RedisAddress, failure: ErrorCode, what: s
     // INFO, not PING: PING is refused with MISCONF after a failed save, INFO always answers.
     await client.info('server');
   } catch (error) {
-    client.disconnect();
+    disconnect(client);
     const reason = lastError && lastError !== error ? `${lastError.message} (${(error as Error).message})` : (error as Error).message;
     throw new AgentError(failure, `${what}: cannot connect to Redis at ${describeAddress(address)}: ${reason}`, { cause: lastError ?? error });
   }
@@ -164,4 +164,13 @@ export function warningsIn(lines: readonly string[] | undefined, count = 2): str
 /** A Redis error reply's text without ioredis's decoration. */
 export function replyText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * Closes a client. One a refused or dropped connection has already ended (no retries) is left
+ * alone: disconnect() would only arm ioredis's 2 s timer for a socket already closed, which kept
+ * a CLI alive that long after it printed its error.
+ */
+export function disconnect(client: Redis): void {
+  if (client.status !== 'end') client.disconnect();
 }

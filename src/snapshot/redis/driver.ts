@@ -10,7 +10,7 @@ import { captureAtOnce, handOver, type Capture, type CaptureOptions, type Captur
 import { requireFreeSpace } from '../free-space.ts';
 import { privateTempDir } from '../private-temp.ts';
 import { forkSave, requirePauseWrite, waitForSave } from './bgsave.ts';
-import { configGet, connect, describeAddress, info, infoNumber, type Info, type RedisAddress } from './connection.ts';
+import { configGet, connect, describeAddress, disconnect, info, infoNumber, type Info, type RedisAddress } from './connection.ts';
 import { checkRdb, readRdbVersion } from './rdb-file.ts';
 import { rdbFunctionLibraries } from './rdb-functions.ts';
 import { checkTarget, loadThroughReplication, undoInterruptedLoad } from './replica-load.ts';
@@ -55,7 +55,7 @@ export class RedisDriver implements ServiceDriver {
     } catch {
       return undefined; // only progress depends on it; capture reports the real problem
     } finally {
-      client?.disconnect();
+      if (client) disconnect(client);
     }
   }
 
@@ -72,7 +72,7 @@ export class RedisDriver implements ServiceDriver {
     throwIfCancelled(signal);
     const client = await this.#connect('E_CAPTURE_FAILED', 'capture');
     // A cancel while preparing ends the connection, and so the command waiting on it.
-    const onAbort = () => client.disconnect();
+    const onAbort = () => disconnect(client);
     signal.addEventListener('abort', onAbort, { once: true });
     let server: Info;
     let file: string;
@@ -82,7 +82,7 @@ export class RedisDriver implements ServiceDriver {
       file = await rdbPath(client);
       throwIfCancelled(signal);
     } catch (error) {
-      client.disconnect();
+      disconnect(client);
       if (signal.aborted) throw cancelled(signal);
       throw captureError(error, this.#options.name);
     } finally {
@@ -91,7 +91,7 @@ export class RedisDriver implements ServiceDriver {
     // Once captured, the capture disconnects once it is done, on every path.
     return handOver(
       (captureSignal) => this.#fork(client, { server, file, consistent }, captureSignal),
-      () => client.disconnect(),
+      () => disconnect(client),
     );
   }
 
@@ -112,7 +112,7 @@ export class RedisDriver implements ServiceDriver {
           try {
             await other.call('CLIENT', 'UNPAUSE');
           } finally {
-            other.disconnect();
+            disconnect(other);
           }
         },
       });
@@ -158,7 +158,7 @@ export class RedisDriver implements ServiceDriver {
           else stream.destroy(failure);
           throw failure;
         } finally {
-          client.disconnect();
+          disconnect(client);
         }
       })();
       result.catch(() => {}); // the caller awaits it; never an unhandled rejection
@@ -175,7 +175,7 @@ export class RedisDriver implements ServiceDriver {
     } catch (error) {
       throw captureError(error, this.#options.name);
     } finally {
-      if (!handedOver) client.disconnect();
+      if (!handedOver) disconnect(client);
     }
   }
 
@@ -299,7 +299,7 @@ export class RedisDriver implements ServiceDriver {
       if (agentError === error) throw error;
       throw new AgentError(failure, `redis service ${this.#options.name} at ${describeAddress(this.#address())}: ${agentError.message}`, { cause: error });
     } finally {
-      client.disconnect();
+      disconnect(client);
     }
   }
 }
