@@ -169,12 +169,13 @@ describe('the Debian package', () => {
     expect(unit.split('\n').filter((line, i) => line !== sourceUnit[i])).toEqual([
       expect.stringMatching(/^Documentation=.*file:\/usr\/share\/doc\/storage-agent\//),
       expect.stringMatching(/^ExecStart=\/usr\/bin\/storage-agent /),
+      expect.stringMatching(/^ExecStopPost=-\/usr\/bin\/storage-agent thaw /),
     ]);
     // verify checks that ExecStart's binary exists: here the extracted one (--root would look
     // for systemd's own units and /bin/kill in the scratch root too).
     const dir = path.join(out, 'verify');
     await mkdir(dir);
-    await writeFile(path.join(dir, 'storage-agent.service'), unit.replace(/^ExecStart=\/usr\/bin\//m, `ExecStart=${root}/usr/bin/`));
+    await writeFile(path.join(dir, 'storage-agent.service'), unit.replace(/^(ExecStart=|ExecStopPost=-)\/usr\/bin\//gm, `$1${root}/usr/bin/`));
     const verify = await execa('systemd-analyze', ['verify', path.join(dir, 'storage-agent.service')], { reject: false, stdin: 'ignore' });
     expect(verify.stderr).toBe('');
     expect(verify.exitCode).toBe(0);

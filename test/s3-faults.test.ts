@@ -39,13 +39,20 @@ describe('S3 faults: outages and cancel leave no manifest and no multipart uploa
     // Incompressible data, large enough that the upload is still running when the faults hit.
     for (let i = 0; i < 8; i++) await writeFile(path.join(big, `blob-${i}.bin`), randomBytes(40 * 1024 * 1024));
     await writeFile(path.join(small, 'note.txt'), 'small');
-    await sandbox.writeConfig({
-      defaultStore: 's3',
-      // Backoff 1, 2, 4, 8 s: rides out a 3-second outage, gives up on a lasting one in ~15 s.
-      stores: { s3: s3StoreConfig(bucket, { partsInFlight: 2, maxAttempts: 5 }) },
-      environments: { big: filesEnv({ data: big }), small: filesEnv({ data: small }) },
-    });
+    await configure(5);
   });
+
+  /**
+   * The store retries each request `maxAttempts` times (backoff 1, 2, 4, 8 s): 5 rides out a
+   * 3-second outage; a lasting one is given up on sooner with fewer (each of the upload, its
+   * abort and the sweep's listing retries in turn).
+   */
+  const configure = (maxAttempts: number) =>
+    sandbox.writeConfig({
+      defaultStore: 's3',
+      stores: { s3: s3StoreConfig(bucket, { partsInFlight: 2, maxAttempts }) },
+      environments: { big: filesEnv({ data: path.join(sandbox.dir, 'big') }), small: filesEnv({ data: path.join(sandbox.dir, 'small') }) },
+    });
   afterAll(async () => {
     await rgw('start-gateway').catch(() => {});
     await sandbox.cleanup();
@@ -67,10 +74,11 @@ describe('S3 faults: outages and cancel leave no manifest and no multipart uploa
   });
 
   it('a lasting outage fails the backup with a clear error and no manifest; the next run aborts the orphaned upload', async () => {
+    await configure(3);
     const backup = startCli([...args(), 'backup', 'create', 'big']);
     await waitFor('a multipart upload', uploadsInFlight);
     await rgw('stop-gateway');
-    const result = await backup;
+    const result = await backup.finally(() => configure(5));
     expect(result.exitCode, String(result.stderr)).toBe(6);
     expect(String(result.stderr)).toMatch(/E_STORE_UNAVAILABLE.*(cannot upload|cannot list).*127\.0\.0\.1/s);
     const journal = await readdir(path.join(sandbox.stateDir, 'uploads'));

@@ -228,10 +228,11 @@ async function captureConsistent(ctx: RunContext, setup: BackupSetup, env: strin
         // retries through an outage must not hold the job past the deadline (or a cancel):
         // the upload is told to stop and ends on its own; the backup fails now.
         const begun = performance.now();
-        const read = finished(started.capture.stream);
-        read.catch(() => {});
         const storing = storeElement(ctx, setup, env, id, started, liveReadSignal);
         storing.catch(() => {});
+        // A source that did not end (destroyed by the store's failure: "Premature close") is
+        // no error of its own: the storing's is the one to report.
+        const read = finished(started.capture.stream).catch(() => storing);
         await settleOrAbandon(Promise.race([read, storing]), frozenSignal);
         liveRead.push({ name: started.name, storing, readMs: Math.round(performance.now() - begun) });
       }
