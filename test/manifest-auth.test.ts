@@ -200,26 +200,32 @@ for (const storeKind of ['fs', 's3'] as const) {
       await putManifest(store, 'site', manifest.id, unsigned);
       await writeFile(path.join(mount, 'docs', 'a.txt'), 'changed since');
       const before = treeState(mount);
-      for (const command of [
-        ['backup', 'restore', 'site', manifest.id, '--yes'],
-        ['backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', path.join(sandbox.dir, 'x.tar.zst')],
-        ['backup', 'url', 'site', manifest.id, '--element', 'uploads'],
-        ['backup', 'verify', 'site', manifest.id],
-      ]) {
-        const refused = await cli([...args(), ...command]);
+      // The refusals and the reads side by side: none of them writes to the target or the store.
+      const to = path.join(sandbox.dir, 'unsigned.tar.zst');
+      const [refusals, listing, table, shown, verify, get] = await Promise.all([
+        Promise.all(
+          [
+            ['backup', 'restore', 'site', manifest.id, '--yes'],
+            ['backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', path.join(sandbox.dir, 'x.tar.zst')],
+            ['backup', 'url', 'site', manifest.id, '--element', 'uploads'],
+            ['backup', 'verify', 'site', manifest.id],
+          ].map((command) => cli([...args(), ...command])),
+        ),
+        cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site']),
+        cli([...args(), 'backup', 'list', 'site']),
+        cliJson<Manifest>([...args(), 'backup', 'show', 'site', manifest.id]),
+        cli([...args(), 'backup', 'verify', 'site', manifest.id, '--allow-unauthenticated']),
+        cli([...args(), 'backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', to, '--allow-unauthenticated']),
+      ]);
+      for (const refused of refusals) {
         expect(refused.exitCode, refused.stderr).toBe(5);
         expect(refused.stderr).toMatch(/E_MANIFEST_UNAUTHENTICATED.*carries no MAC.*--allow-unauthenticated/);
       }
       expect(treeState(mount)).toEqual(before);
-      const listed = (await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).find((b) => b.id === manifest.id);
-      expect(listed).toMatchObject({ status: 'ok', restorable: true, authenticated: false });
-      expect((await cli([...args(), 'backup', 'list', 'site'])).stdout).toMatch(new RegExp(`${manifest.id} +\\S+ +yes +no \\(no MAC\\)`));
-      expect(await cliJson<Manifest>([...args(), 'backup', 'show', 'site', manifest.id])).not.toHaveProperty('mac');
-
-      const verify = await cli([...args(), 'backup', 'verify', 'site', manifest.id, '--allow-unauthenticated']);
+      expect(listing.find((b) => b.id === manifest.id)).toMatchObject({ status: 'ok', restorable: true, authenticated: false });
+      expect(table.stdout).toMatch(new RegExp(`${manifest.id} +\\S+ +yes +no \\(no MAC\\)`));
+      expect(shown).not.toHaveProperty('mac');
       expect(verify.exitCode, verify.stderr).toBe(0);
-      const to = path.join(sandbox.dir, 'unsigned.tar.zst');
-      const get = await cli([...args(), 'backup', 'get', 'site', manifest.id, '--element', 'uploads', '--to', to, '--allow-unauthenticated']);
       expect(get.exitCode, get.stderr).toBe(0);
       const restore = await cli([...args(), 'backup', 'restore', 'site', manifest.id, '--yes', '--allow-unauthenticated']);
       expect(restore.exitCode, restore.stderr).toBe(0);
@@ -233,15 +239,14 @@ for (const storeKind of ['fs', 's3'] as const) {
       expect((await cliJson<BackupSummary[]>([...args(), 'backup', 'list', 'site'])).map((b) => b.id)).not.toContain(manifest.id);
 
       // Prune deletes an expired unsigned backup; an expired one whose MAC fails it leaves for inspection.
-      const expiring = await stored((await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--keep-for', '1s'])).id);
-      const { mac: _expiringMac, ...unsignedExpiring } = expiring;
-      await putManifest(store, 'site', expiring.id, unsignedExpiring);
-      const tampered = await stored((await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--keep-for', '1s'])).id);
-      await putManifest(store, 'site', tampered.id, { ...tampered, codeRef: 'tampered' });
-      await sleep(new Date(tampered.keepUntil!).getTime() - Date.now() + 50);
+      const [expiring, tampered] = await Promise.all([0, 1].map(async () => stored((await cliJson<Manifest>([...args(), 'backup', 'create', 'site', '--keep-for', '1s'])).id)));
+      const { mac: _expiringMac, ...unsignedExpiring } = expiring!;
+      await putManifest(store, 'site', expiring!.id, unsignedExpiring);
+      await putManifest(store, 'site', tampered!.id, { ...tampered!, codeRef: 'tampered' });
+      await sleep(Math.max(new Date(tampered!.keepUntil!).getTime(), new Date(expiring!.keepUntil!).getTime()) - Date.now() + 50);
       const pruned = await cliJson<PruneResult>([...args(), 'backup', 'prune', 'site']);
-      expect(pruned.deleted.map((e) => e.id)).toContain(expiring.id);
-      expect(pruned.kept.find((e) => e.id === tampered.id)?.reason).toMatch(/invalid manifest, left for inspection: .*not authenticated/);
+      expect(pruned.deleted.map((e) => e.id)).toContain(expiring!.id);
+      expect(pruned.kept.find((e) => e.id === tampered!.id)?.reason).toMatch(/invalid manifest, left for inspection: .*not authenticated/);
     });
 
     it("verify ENV all names each backup's own problem: a signed manifest that fails its schema E_MANIFEST_INVALID; an unsigned one, or one whose MAC fails, E_MANIFEST_UNAUTHENTICATED", async () => {
