@@ -925,8 +925,8 @@ function report(started: number, loadAtStart: number[]): string {
         table(
           ['phase', 's', 'CPU s by process (mariadbd: the server)'],
           [
-            (phaseRow('(a) choose the base, gather + verify the binlog into staging', a.gather)),
-            phaseRow('(a) load the dump, then replay the binlog', a.stage),
+            (phaseRow('(a) choose the base, gather + verify the binlog into staging (the dump loads meanwhile)', a.gather)),
+            phaseRow('(a) the rest of the load, then the replay', a.stage),
             phaseRow('(a) swap', a.swap),
             phaseRow('(b) load the dump', b.stage),
             phaseRow('(b) swap', b.swap),
