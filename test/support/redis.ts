@@ -220,8 +220,15 @@ export async function readAll(server: TestRedis): Promise<Map<string, KeyState>>
     do {
       const [next, keys] = await c.scanBuffer(cursor, 'COUNT', 1000);
       cursor = next.toString();
-      for (const key of keys) {
-        const [type, pttl, dump] = await Promise.all([c.type(key), c.pttl(key), c.callBuffer('DUMP', key) as Promise<Buffer>]);
+      // One round trip per SCAN batch (a key at a time took ~1.4 s for 12,000 keys).
+      const pipe = c.pipeline();
+      for (const key of keys) pipe.type(key).pttl(key).dumpBuffer(key);
+      const replies = (await pipe.exec()) ?? [];
+      for (const [i, key] of keys.entries()) {
+        const [type, pttl, dump] = replies.slice(i * 3, i * 3 + 3).map(([error, value]) => {
+          if (error) throw error;
+          return value;
+        }) as [string, number, Buffer];
         all.set(`${db}/${key.toString('hex')}`, { db, key, type, pttl, dump, content: await contentOf(c, key, type) });
       }
     } while (cursor !== '0');
