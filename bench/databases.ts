@@ -42,7 +42,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { removeCgroup } from './cgroup.ts';
 import { BenchMariadb } from './mariadb.ts';
-import { agentCommand, cleanUpOnSignals, closingLines, percentile, processCpuSeconds, runChecked, timed as timedRun } from './timing.ts';
+import { agentCommand, cleanUpOnSignals, closingLines, percentile, processCpuSeconds, runChecked, stopChild, timed as timedRun } from './timing.ts';
 import { randomBytes } from 'node:crypto';
 import { chownSync, copyFileSync, cpSync, existsSync, linkSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -1040,10 +1040,7 @@ let cleaning: Promise<void> | undefined;
 
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
-    if (current && current.exitCode === null) {
-      current.kill('SIGTERM');
-      await sleep(2000);
-    }
+    await stopChild(current);
     await stopWriter().catch((error: unknown) => log(`stopping the writer: ${(error as Error).message}`));
     await stopRedis().catch((error: unknown) => log(`stopping redis: ${(error as Error).message}`));
     mariadb.stopIfStarted(log);

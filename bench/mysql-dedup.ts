@@ -43,7 +43,6 @@ import { randomBytes } from 'node:crypto';
 import { cpSync, createReadStream, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { stringify as toYaml } from 'yaml';
 import { DUMP_OPTIONS } from '../src/snapshot/mysql/dump.ts';
 import { FsObjectStore } from '../src/transport/stores/fs-store.ts';
@@ -52,7 +51,7 @@ import { openRepository } from '../src/transport/repository/repository.ts';
 import type { PlatformKeys } from '../src/transport/repository/repository-keys.ts';
 import { GENERATOR_VERSION, generateDatabase, Random, STATUSES, word } from './databases.ts';
 import { BenchMariadb } from './mariadb.ts';
-import { agentCommand, cleanUpOnSignals, closingLines, integerEnv, option, processCpuSeconds, runChecked, timed as timedRun } from './timing.ts';
+import { agentCommand, cleanUpOnSignals, closingLines, integerEnv, option, processCpuSeconds, runChecked, stopChild, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 /** The agent's CLI, as installed (its Node flags). */
@@ -576,10 +575,7 @@ let cleaning: Promise<void> | undefined;
 
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
-    if (current && current.exitCode === null) {
-      current.kill('SIGTERM');
-      await sleep(2000);
-    }
+    await stopChild(current);
     mariadb.stopIfStarted(log);
     if (!keep) rmSync(work, { recursive: true, force: true });
   })();

@@ -65,7 +65,7 @@ import { EventType, parseEvents } from '../src/snapshot/binlog/events.ts';
 import { ReplayFilter } from '../src/snapshot/mysql/binlog-replay.ts';
 import { Random, STATUSES, word } from './databases.ts';
 import { BenchMariadb } from './mariadb.ts';
-import { agentCommand, cleanUpOnSignals, closingLines, integerEnv, option, percentile, processCpuSeconds, runChecked, timed as timedRun } from './timing.ts';
+import { agentCommand, cleanUpOnSignals, closingLines, integerEnv, option, percentile, processCpuSeconds, runChecked, stopChild, timed as timedRun } from './timing.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const AGENT = agentCommand(ROOT);
@@ -965,10 +965,7 @@ let cleaning: Promise<void> | undefined;
 
 function cleanup(): Promise<void> {
   cleaning ??= (async () => {
-    if (current && current.exitCode === null) {
-      current.kill('SIGTERM');
-      await sleep(2000);
-    }
+    await stopChild(current);
     await stopDaemon().catch(() => {});
     mariadb.stopIfStarted(log);
     if (!keep) rmSync(work, { recursive: true, force: true });

@@ -118,6 +118,13 @@ export function integerEnv(name: string, fallback: number, min: number): number 
   return value;
 }
 
+/** Ends the child a benchmark was timing when it is cleaned up: SIGTERM, then 2 s to exit. */
+export async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null) return;
+  child.kill('SIGTERM');
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+}
+
 /** On SIGINT and SIGTERM: `cleanup`, then exit as a shell would (130, 143). */
 export function cleanUpOnSignals(cleanup: () => Promise<void>, log: (line: string) => void): void {
   for (const [signal, code] of [

@@ -137,10 +137,11 @@ export class BinlogStreams {
     });
     log.info({ flushEveryMs: pitr!.flushEvery }, 'binlog stream started');
     const lost = new AbortController();
-    const watching = watchOwnership(config, store, want.env, lost, AbortSignal.any([running.abort.signal, lost.signal]));
+    const streaming = AbortSignal.any([running.abort.signal, lost.signal]);
+    const watching = watchOwnership(config, store, want.env, lost, streaming);
     let ended: unknown;
     try {
-      await running.streamer.run(AbortSignal.any([running.abort.signal, lost.signal]));
+      await running.streamer.run(streaming);
     } catch (error) {
       ended = error;
     } finally {

@@ -6,7 +6,6 @@ import path from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { childEnv } from '../child-env.ts';
-import { readSecretFile } from '../secret-file.ts';
 import { AgentError, toAgentError } from '../errors.ts';
 import { FreezeJournal } from '../snapshot/freeze/journal.ts';
 import { watchFreezes } from '../snapshot/freeze/watch.ts';
@@ -14,7 +13,7 @@ import { logStoreRetries } from '../transport/stores/store-telemetry.ts';
 import { TokenRing } from '../transport/ws/auth.ts';
 import { PROTOCOL_PATH } from '../transport/ws/protocol.ts';
 import { ProtocolServer, serveHttp } from '../transport/ws/server.ts';
-import { loadConfig, type Config } from './config.ts';
+import { loadConfig, readSecret, type Config } from './config.ts';
 import { LocalAgent } from './jobs/api.ts';
 import { JobEngine } from './jobs/engine.ts';
 import { createMetrics } from './jobs/metrics.ts';
@@ -110,8 +109,10 @@ export async function startDaemon(options: { configPath: string; logger: Logger;
 
   let draining = false;
   const tls = config.daemon.tls;
+  // The private key is a secret like any other (mode, owner, not empty: readSecret), refused at
+  // start naming the file: whoever reads it can pose as this daemon and take the tokens sent to it.
   const server = tls
-    ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readTlsKey(tls.key, 'daemon.tls.key') })
+    ? https.createServer({ cert: await readPem(tls.cert, 'daemon.tls.cert'), key: await readSecret({ file: tls.key }, 'daemon.tls.key') })
     : http.createServer();
   server.on('request', (request, response) =>
     void serveHttp(request, response, { metrics, agent, version: AGENT_VERSION, tokens: () => tokens, metricsNeedToken: () => config.daemon.metrics.requireToken, draining: () => draining }),
@@ -232,17 +233,6 @@ async function readPem(file: string, what: string): Promise<Buffer> {
   } catch (error) {
     throw new AgentError('E_CONFIG_INVALID', `${what}: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`, { cause: error });
   }
-}
-
-/**
- * The TLS private key is a secret like any other (secret-file.ts: private to its owner, a
- * regular file, not empty), refused at start naming the file: whoever reads it can pose as
- * this daemon to every client that trusts its certificate, and take the tokens they send.
- */
-async function readTlsKey(file: string, what: string): Promise<string> {
-  const pem = await readSecretFile(file, what);
-  if (!pem.trim()) throw new AgentError('E_SECRET_UNAVAILABLE', `${what}: secret file ${file} is empty: write the PEM private key into it`, { details: { file } });
-  return pem;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -310,10 +310,10 @@ export class MysqlDriver implements ServiceDriver {
       gtidPurged = rewriter.gtidPurged;
       // Point in time: the binlog from the dump's position on, onto the same staging databases.
       if (options.replay) {
-        await options.replay; // gathered while the dump loaded: its failure is the restore's
+        const binlog = await options.replay; // gathered while the dump loaded: its failure is the restore's
         await reachedPhase('restore:mysql:replaying');
         const rewrites = new Map(plans.map((p) => [p.source, p.staging]));
-        replayed = await replayBinlog(defaults, await options.replay, rewrites, existing.map((r) => r.name), signal);
+        replayed = await replayBinlog(defaults, binlog, rewrites, existing.map((r) => r.name), signal);
       }
       // What the swap recreates (triggers, views, routines, events), read now and journaled:
       // the swap drops the staged triggers before it moves the tables.
