@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 import { AgentError, toAgentError } from '../errors.ts';
-import { BinlogArchive } from '../snapshot/binlog/archive.ts';
+import { binlogArchive } from './binlog-archive.ts';
 import { checkBinlogRequirements } from '../snapshot/binlog/requirements.ts';
 import { closeConnection, openConnection } from '../snapshot/mysql/connection.ts';
 import { BinlogStreamer, type BinlogStreamStatus } from '../snapshot/binlog/stream.ts';
@@ -130,7 +130,7 @@ export class BinlogStreams {
       endpoint,
       stateDir: config.stateDir,
       spoolDir: path.join(config.stateDir, 'binlog', want.env, want.service),
-      sink: new BinlogArchive(store, want.env, want.service, keys),
+      sink: binlogArchive(config, store, want.env, want.service, keys, { writer: true }),
       flushEveryMs: pitr!.flushEvery,
       connectionServerId: pitr!.serverId,
       logger: log,

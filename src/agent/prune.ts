@@ -6,7 +6,7 @@ import type { CollectResult } from '../transport/repository/garbage.ts';
 import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
 import { openRepository } from '../transport/repository/repository.ts';
 import { deleteBackup, listBackups, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
-import { BinlogArchive } from '../snapshot/binlog/archive.ts';
+import { binlogArchive } from './binlog-archive.ts';
 import { pitrAnchors, pruneBinlog } from '../snapshot/pipeline/point-in-time.ts';
 import { environmentOf, pitrServices } from './config.ts';
 import type { OperationContext } from './context.ts';
@@ -88,7 +88,7 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
     const keys = await loadKeyRing(ctx.config);
     result.binlog = [];
     for (const anchor of anchors) {
-      const deletedRecords = await pruneBinlog(new BinlogArchive(store, env, anchor.service, keys), anchor, dryRun, ctx.signal);
+      const deletedRecords = await pruneBinlog(binlogArchive(ctx.config, store, env, anchor.service, keys, { writer: false }), anchor, dryRun, ctx.signal);
       result.binlog.push({ service: anchor.service, base: anchor.backupId, deletedRecords });
       if (deletedRecords) ctx.logger.info({ env, service: anchor.service, phase: 'binlog-pruned', deletedRecords, dryRun }, 'binlog before the window pruned');
     }

@@ -1,4 +1,4 @@
-import { BinlogArchive } from '../snapshot/binlog/archive.ts';
+import { binlogArchive } from './binlog-archive.ts';
 import { toAgentError } from '../errors.ts';
 import { checkName } from '../snapshot/names.ts';
 import { runRestore, type RestoreRequest, type RestoreSummary } from '../snapshot/pipeline/restore.ts';
@@ -35,7 +35,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     keys,
     nodeId: nodeIdOf(config),
     // The binlog is the source environment's, like the backups.
-    binlogOf: (element) => (streamed.includes(element) ? new BinlogArchive(store, env, element, keys) : undefined),
+    binlogOf: (element) => (streamed.includes(element) ? binlogArchive(config, store, env, element, keys, { writer: false }) : undefined),
     streamedElements: () => streamed,
     stateDir: config.stateDir,
     driverOf: (element) => {

@@ -7,7 +7,7 @@ import { downloadKey, type Manifest } from '../../snapshot/manifest.ts';
 import { findElement, materializeElement, storedObjectOfSize } from '../../snapshot/pipeline/artifacts.ts';
 import { listBackups, readManifest, type BackupSummary } from '../../snapshot/pipeline/catalog.ts';
 import { pitrWindows, type PitrWindow } from '../../snapshot/pipeline/point-in-time.ts';
-import { BinlogArchive } from '../../snapshot/binlog/archive.ts';
+import { binlogArchive } from '../binlog-archive.ts';
 import type { Config } from '../config.ts';
 import { checkName } from '../../snapshot/names.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
@@ -186,7 +186,7 @@ export class LocalAgent implements AgentApi, ServedAgent {
     const streamed = pitrServices(environmentOf(this.#config, checkName('environment', env))).map((s) => s.name);
     const store = await this.#readStore(env);
     const keys = await loadKeyRing(this.#config);
-    return pitrWindows(store, env, keys, streamed.map((name) => new BinlogArchive(store, env, name, keys)));
+    return pitrWindows(store, env, keys, streamed.map((name) => binlogArchive(this.#config, store, env, name, keys, { writer: false })));
   }
 
   async backupShow({ env, id }: { env: string; id: string }): Promise<Manifest> {

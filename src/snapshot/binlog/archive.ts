@@ -4,6 +4,7 @@ import { promisify } from 'node:util';
 import { zstdCompress, zstdDecompress } from 'node:zlib';
 import { z } from 'zod';
 import { AgentError, throwIfCancelled } from '../../errors.ts';
+import { open, seal } from '../../transport/repository/blob-crypto.ts';
 import type { ObjectStore } from '../../transport/stores/object-store.ts';
 import { macProblem, signRecord, type KeyRing, type ManifestMac } from '../manifest-mac.ts';
 import { readAtMost } from '../read-at-most.ts';
@@ -21,6 +22,12 @@ import { binlogOrder, type BinlogSegment, type SegmentSink, type StreamPosition 
  * breaks the chain where it happened, and the record binds its env, service, chain and seq, so
  * it cannot be moved to another place of the bucket. A gap (the server purged a file the agent
  * had not read) starts a new chain: no restore replays across it.
+ *
+ * In an environment with a repository the segments are sealed (AES-256-GCM under the repository's
+ * binlog key, bound to their place): the binlog holds every row the application wrote, and the
+ * repository's promise that the bucket reveals no content covers it too. A record says so
+ * (`sealed`, under its MAC), and its sha256 is then of the sealed bytes, so that it says nothing
+ * about the content either.
  *
  * `pitr/` sorts after `catalog.json`: a backup listing (catalog.ts) stops before it.
  */
@@ -54,6 +61,8 @@ const recordSchema = z
     lastEventMs: z.number().int().nullable(),
     lastGtid: z.string().max(200).nullable(),
     closed: z.boolean(),
+    /** The stored bytes are a sealed zstd frame (absent: the frame itself). */
+    sealed: z.literal(true).optional(),
     /** The previous record's MAC value; null for a chain's first. */
     previous: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
     /** Why this chain began (the first record only): the first start, or the gap it follows. */
@@ -85,6 +94,20 @@ const compress = promisify(zstdCompress);
 const decompress = promisify(zstdDecompress);
 
 /**
+ * How segments are encrypted: with the environment's repository key, opened on first use (a
+ * reader of an unsealed chain never opens it). `sealNew`: new segments are sealed (the
+ * environment keeps a repository); sealed ones are opened whatever it says now.
+ */
+export interface SegmentSealing {
+  readonly sealNew: boolean;
+  /** The key (E_REPOSITORY_KEY when the repository cannot be opened). */
+  key(): Promise<Buffer>;
+}
+
+const sealedData = (env: string, service: string, chain: string, seq: number) => Buffer.from(`storage-agent/binlog-segment/v1\n${env}\n${service}\n${chain}\n${seq}`);
+const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
+
+/**
  * The binlog of one service in one environment's store: written by the streamer (as its
  * SegmentSink), read by restores and listings. One writer at a time (the node owning the
  * environment runs its streamer), any number of readers.
@@ -94,17 +117,19 @@ export class BinlogArchive implements SegmentSink {
   readonly #env: string;
   readonly #service: string;
   readonly #keys: KeyRing;
+  readonly #sealing: SegmentSealing;
   /** The newest stored record (this writer's), once known. */
   #head: BinlogRecord | undefined;
   #headKnown = false;
   /** Set by restart(): the next append starts a new chain, saying why. */
   #restartReason: string | undefined;
 
-  constructor(store: ObjectStore, env: string, service: string, keys: KeyRing) {
+  constructor(store: ObjectStore, env: string, service: string, keys: KeyRing, sealing: SegmentSealing) {
     this.#store = store;
     this.#env = env;
     this.#service = service;
     this.#keys = keys;
+    this.#sealing = sealing;
   }
 
   get env(): string {
@@ -151,25 +176,32 @@ export class BinlogArchive implements SegmentSink {
     return record;
   }
 
-  /** The bytes of a record's segment, checked against it (size, sha256) before anyone uses them. */
+  /** The bytes of a record's segment, checked against it (size, sha256, seal) before anyone uses them. */
   async readSegment(record: BinlogRecord, signal?: AbortSignal): Promise<Buffer> {
     const key = segmentKey(this.#env, this.#service, record.chain, record.seq);
     const stored = (await readAtMost(await this.#store.get(key, { signal }), record.storedBytes)) ?? Buffer.alloc(0);
-    const rawBytes = record.end - record.offset;
-    let bytes: Buffer;
-    try {
-      // Bounded by the record: a forged frame cannot inflate past the bytes it claims.
-      bytes = stored.length === record.storedBytes ? await decompress(stored, { maxOutputLength: Math.max(1, rawBytes) }) : Buffer.alloc(0);
-    } catch {
-      bytes = Buffer.alloc(0);
-    }
-    if (stored.length !== record.storedBytes || bytes.length !== rawBytes || createHash('sha256').update(bytes).digest('hex') !== record.sha256) {
+    const bytes = stored.length === record.storedBytes ? await this.#unpack(record, stored) : undefined;
+    if (!bytes || bytes.length !== record.end - record.offset || (!record.sealed && sha256(bytes) !== record.sha256)) {
       throw binlogChainError(
         `binlog segment ${key} (${record.file} bytes ${record.offset}-${record.end}) does not match its record: it is damaged or was replaced; restore to a point before it`,
         { key, file: record.file, offset: record.offset },
       );
     }
     return bytes;
+  }
+
+  /** The server's bytes of a stored segment, or undefined when they are not what the record names. */
+  async #unpack(record: BinlogRecord, stored: Buffer): Promise<Buffer | undefined> {
+    let frame: Buffer | undefined = stored;
+    if (record.sealed) {
+      frame = sha256(stored) === record.sha256 ? open(await this.#sealing.key(), stored, sealedData(this.#env, this.#service, record.chain, record.seq)) : undefined;
+    }
+    try {
+      // Bounded by the record: a forged frame cannot inflate past the bytes it claims.
+      return frame && (await decompress(frame, { maxOutputLength: Math.max(1, record.end - record.offset) }));
+    } catch {
+      return undefined;
+    }
   }
 
   /**
@@ -211,7 +243,9 @@ export class BinlogArchive implements SegmentSink {
     if (!startsChain) checkContinues(head, segment);
     const chain = startsChain ? `${String(Date.now()).padStart(13, '0')}-${randomBytes(4).toString('hex')}` : head.chain;
     const seq = startsChain ? 0 : head.seq + 1;
-    const stored = await compress(segment.bytes);
+    const sealed = this.#sealing.sealNew;
+    const frame = await compress(segment.bytes);
+    const stored = sealed ? seal(await this.#sealing.key(), [frame], sealedData(this.#env, this.#service, chain, seq)) : frame;
     // The bytes first, their record last: a record is only ever written for stored bytes, and
     // a crash in between leaves bytes the next append of the same seq overwrites.
     await this.#store.put(segmentKey(this.#env, this.#service, chain, seq), Readable.from([stored]), { signal });
@@ -227,11 +261,12 @@ export class BinlogArchive implements SegmentSink {
         offset: segment.offset,
         end: segment.end,
         storedBytes: stored.length,
-        sha256: createHash('sha256').update(segment.bytes).digest('hex'),
+        sha256: sha256(sealed ? stored : segment.bytes),
         firstEventMs: segment.firstEventMs,
         lastEventMs: segment.lastEventMs,
         lastGtid: segment.lastGtid,
         closed: segment.closed,
+        ...(sealed ? { sealed: true as const } : {}),
         previous: startsChain ? null : head.mac.value,
         reason: startsChain ? (this.#restartReason ?? (head ? 'a new chain' : 'the first start of the stream')) : null,
         writtenAt: new Date().toISOString(),

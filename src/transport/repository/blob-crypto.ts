@@ -69,19 +69,21 @@ export function open(key: Buffer | KeyObject, sealed: Uint8Array, associated: Ui
  * leave the node wrapped by a platform key, repository-keys.ts): one encrypts blobs, one makes
  * blob ids (HMAC-SHA256 of the plaintext: equal content dedups, yet an id says nothing about
  * content to whoever reads the bucket), one seeds the chunker's gear table (so chunk sizes do
- * not fingerprint content either).
+ * not fingerprint content either), and one encrypts the environment's streamed MySQL binlog
+ * (docs/pitr.md), which is stored beside the repository, not in its packs.
  */
 export interface RepositoryKeys {
   readonly encryption: Buffer;
   readonly blobId: Buffer;
   readonly chunker: Buffer;
+  readonly binlog: Buffer;
 }
 
 export const MASTER_BYTES = 64;
 
 export function deriveRepositoryKeys(master: Buffer): RepositoryKeys {
   const derive = (purpose: string) => Buffer.from(hkdfSync('sha256', master, Buffer.alloc(0), `storage-agent/repository/${purpose}/v1`, 32));
-  return { encryption: derive('encryption'), blobId: derive('blob-id'), chunker: derive('chunker') };
+  return { encryption: derive('encryption'), blobId: derive('blob-id'), chunker: derive('chunker'), binlog: derive('binlog') };
 }
 
 export function blobIdOf(keys: Pick<RepositoryKeys, 'blobId'> | { blobId: KeyObject }, plaintext: Uint8Array): Buffer {

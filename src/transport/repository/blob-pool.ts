@@ -13,7 +13,8 @@ export function blobAssociatedData(kind: BlobKind, id: string): Buffer {
   return Buffer.concat([Buffer.from('storage-agent/blob/v1\n'), Uint8Array.of(KIND_BYTE[kind]), Buffer.from(id, 'hex')]);
 }
 
-type WireKeys = Record<keyof RepositoryKeys, Uint8Array>;
+/** The keys a worker seals and opens blobs with (the binlog's key never leaves the main thread). */
+export type WireKeys = Record<'encryption' | 'blobId' | 'chunker', Uint8Array>;
 export type BlobRequest =
   | { op: 'identify'; keys: WireKeys; memory: ArrayBuffer; length: number }
   | { op: 'seal'; keys: WireKeys; kind: BlobKind; id: string; level: number; memory: ArrayBuffer; length: number }

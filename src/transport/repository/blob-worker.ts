@@ -9,8 +9,8 @@ import zlib from 'node:zlib';
 import { zstdBound } from '../../zstd-bound.ts';
 import { freeBehind, freeOwned } from '../../chunk-recycling.ts';
 import type { WorkerReply } from '../../worker-pool.ts';
-import { blobIdOf, open, seal, type RepositoryKeys } from './blob-crypto.ts';
-import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type OpenedPlain, type SealedBlob } from './blob-pool.ts';
+import { blobIdOf, open, seal } from './blob-crypto.ts';
+import { blobAssociatedData, type BlobKind, type BlobRequest, type BlobResult, type OpenedPlain, type SealedBlob, type WireKeys } from './blob-pool.ts';
 
 if (parentPort === null) throw new Error('blob-worker.ts runs as a worker thread started by BlobPool');
 const port = parentPort;
@@ -38,7 +38,7 @@ interface WorkerKeys {
 /** KeyObjects made once per repository: making one per blob cost ~10 % of a worker's time. */
 const keyObjects = new Map<string, WorkerKeys>();
 
-function keysOf(request: { keys: Record<keyof RepositoryKeys, Uint8Array> }): WorkerKeys {
+function keysOf(request: { keys: WireKeys }): WorkerKeys {
   const { encryption, blobId } = request.keys;
   const cacheKey = Buffer.concat([encryption, blobId]).toString('base64');
   let keys = keyObjects.get(cacheKey);

@@ -1,0 +1,126 @@
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { Connection } from 'mysql2/promise';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Manifest } from '../src/snapshot/manifest.ts';
+import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
+import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { checksums, connect, createDatabase, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
+
+const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
+const ENV = 'vault';
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+/** What the application writes: the bucket must never show it in clear. */
+const CARD = 'card 4000-1234-5678-9010';
+
+/**
+ * The binlog of an environment with a repository is sealed with the repository's key (docs/pitr.md),
+ * against the real MariaDB, the real daemon's stream and the real CLI: the bucket holds no row in
+ * clear, a point-in-time restore reads it back, and a sealed segment changed in the bucket is
+ * refused with the target unchanged. test/binlog-archive.test.ts has the refusals in detail.
+ */
+describe('point-in-time restore from a sealed binlog (repository: true, real MariaDB and daemon)', () => {
+  let server: MariadbTestServer;
+  let db: Connection;
+  let sandbox: Sandbox;
+  let daemon: RunningDaemon | undefined;
+  let database: string;
+  let pitrDir: string;
+  let args: string[];
+
+  /** Every stored binlog object, by path. */
+  const storedObjects = async () => (await readdir(pitrDir, { recursive: true })).filter((name) => /\.(json|zst)$/.test(name)).map((name) => path.join(pitrDir, name));
+  const newestEventMs = async () => {
+    let newest = 0;
+    for (const file of (await storedObjects()).filter((f) => f.endsWith('.json'))) {
+      newest = Math.max(newest, (JSON.parse(await readFile(file, 'utf8')) as { lastEventMs: number | null }).lastEventMs ?? 0);
+    }
+    return newest;
+  };
+  const serverSecond = async () => Number((await rows<{ t: string }>(db, 'SELECT UNIX_TIMESTAMP() AS t'))[0]!.t);
+  const restoreTo = (time: number) => cli([...args, 'backup', 'restore', ENV, '--to-time', new Date(time * 1000).toISOString(), '--yes', '--no-safety-backup', '--json']);
+
+  beforeAll(async () => {
+    server = mariadbServer();
+    process.env[PASSWORD_ENV] = server.password;
+    db = await connect(server, { root: true });
+    database = await createDatabase(db, 'sa_pitr_sealed');
+    await db.query(`CREATE TABLE \`${database}\`.cards (id INT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(80) NOT NULL)`);
+    sandbox = await createSandbox();
+    const storeDir = path.join(sandbox.dir, 'store');
+    pitrDir = path.join(storeDir, ENV, 'pitr', 'db');
+    await sandbox.writeConfig({
+      defaultStore: 'local',
+      stores: { local: { type: 'fs', path: storeDir } },
+      daemon: daemonSection(await writeTokens(sandbox)),
+      environments: {
+        // Its own replica id: test/pitr.test.ts streams the same server with the default one.
+        [ENV]: { repository: true, services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s', serverId: 4_193_000_002 } }) } },
+      },
+    });
+    args = ['--config', sandbox.configPath];
+  }, 120_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    await db?.query(`DROP DATABASE IF EXISTS \`${database}\``).catch(() => {});
+    db?.destroy();
+    await sandbox?.cleanup();
+  });
+
+  let rowsAtEnd: { id: number; note: string }[];
+  let endSecond: number;
+
+  it('stores nothing before the first backup has made the repository key, then streams sealed segments only', async () => {
+    daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
+    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES (?)`, [`${CARD} before any backup`]);
+    // No key yet: the stream says why it stores nothing, and creates no key of its own.
+    const refused = await daemon.waitForLog('the stream to wait for the repository key', (l) => JSON.stringify(l).includes('cannot be opened'));
+    expect(JSON.stringify(refused)).toContain('no backup was ever stored in it');
+    expect(await storedObjects().catch(() => [])).toEqual([]);
+
+    const base = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
+    expect(base.elements[0]!.repository).toBeDefined();
+    for (let i = 0; i < 20; i++) await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES (?)`, [`${CARD} #${i}`]);
+    await db.query(`UPDATE \`${database}\`.cards SET note = CONCAT(note, ' paid') WHERE id % 3 = 0`);
+    rowsAtEnd = await rows(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`);
+    endSecond = await serverSecond();
+    // Past the rows' second, so that the restore point's second is whole in storage.
+    await waitFor('the next second', async () => (await serverSecond()) > endSecond, 5_000);
+    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('after the point')`);
+    await waitFor('the stream to store past the rows', async () => (await newestEventMs()) > endSecond * 1000, 60_000);
+
+    const objects = await storedObjects();
+    expect(objects.filter((o) => o.endsWith('.zst')).length).toBeGreaterThan(0);
+    for (const object of objects) {
+      const bytes = await readFile(object);
+      expect(bytes.includes(Buffer.from('4000-1234'))).toBe(false);
+      if (object.endsWith('.zst')) expect(bytes.subarray(0, 4).equals(ZSTD_MAGIC)).toBe(false);
+      else expect((JSON.parse(bytes.toString('utf8')) as { sealed?: boolean }).sealed).toBe(true);
+    }
+  }, 120_000);
+
+  it('a point-in-time restore opens them: exactly the rows up to that second', async () => {
+    await db.query(`DELETE FROM \`${database}\`.cards`);
+    const result = await restoreTo(endSecond);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(await rows(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`)).toEqual(rowsAtEnd);
+  }, 120_000);
+
+  it('a sealed segment changed in the bucket: E_BINLOG_CHAIN, the target unchanged', async () => {
+    await daemon!.stop(); // nothing appended while the bucket is tampered with
+    daemon = undefined;
+    // One bit of each: whichever the replay reads first fails it.
+    for (const segment of (await storedObjects()).filter((o) => o.endsWith('.zst'))) {
+      const bytes = await readFile(segment);
+      bytes[bytes.length >> 1]! ^= 0x01;
+      await writeFile(segment, bytes);
+    }
+    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('written after the tamper')`);
+    const before = await checksums(db, database);
+    const result = await restoreTo(endSecond);
+    expect(result.exitCode).toBe(5);
+    expect(result.stderr).toMatch(/E_BINLOG_CHAIN.*does not match its record/);
+    expect(await checksums(db, database)).toEqual(before);
+  }, 120_000);
+});
