@@ -51,6 +51,12 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
   ];
   // --stop-datetime is read in the process's time zone: UTC, as the job's times are.
   const decoder = execa('mariadb-binlog', [...args], { buffer: false, stderr: 'pipe', env: childEnv({ TZ: 'UTC' }), extendEnv: false, cancelSignal: signal, forceKillAfterDelay: 2_000 });
+  // Settled at once: when the filter refuses, execa fails the child with that refusal while the
+  // load is still winding down, and a rejection nobody awaited yet would end the process.
+  const decoded = decoder.then(
+    () => undefined,
+    (error: unknown) => ({ error }),
+  );
   let decoderMessages = '';
   decoder.stderr.on('data', (chunk: Buffer) => {
     if (decoderMessages.length < 2_000) decoderMessages += chunk.toString('utf8');
@@ -60,17 +66,16 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
     await loadDump(defaults, decoder.stdout, filter, signal);
   } catch (error) {
     decoder.kill('SIGKILL');
-    await decoder.catch(() => {});
+    await decoded;
     // The filter's refusal is the story, however the pipeline's streams passed it on.
     throw filter.failure ?? error;
   }
-  try {
-    await decoder;
-  } catch (error) {
+  const failed = await decoded;
+  if (failed) {
     if (signal.aborted) throw cancelled(signal);
-    const e = error as { code?: string; exitCode?: number };
-    if (e.code === 'ENOENT') throw new AgentError('E_RESTORE_FAILED', 'mariadb-binlog is not installed (install mariadb-client)', { cause: error });
-    throw new AgentError('E_RESTORE_FAILED', `mariadb-binlog could not decode the stored binlog (exit code ${e.exitCode}): ${decoderMessages.trim().slice(0, 500)}`, { cause: error });
+    const e = failed.error as { code?: string; exitCode?: number };
+    if (e.code === 'ENOENT') throw new AgentError('E_RESTORE_FAILED', 'mariadb-binlog is not installed (install mariadb-client)', { cause: failed.error });
+    throw new AgentError('E_RESTORE_FAILED', `mariadb-binlog could not decode the stored binlog (exit code ${e.exitCode}): ${decoderMessages.trim().slice(0, 500)}`, { cause: failed.error });
   }
   return filter.facts;
 }
@@ -259,7 +264,7 @@ export class ReplayFilter extends Transform {
     if (namesSource(tokens, this.#sources) && /__sa_(stage|old)_[0-9a-f]{6}/.test(text)) {
       throw new AgentError(
         'E_PITR_OUT_OF_WINDOW',
-        `the binlog after this base backup holds a restore of these databases (at ${this.#eventTime ?? 'an unknown time'}): a point after a restore is restorable only from the base backup taken right after it (see 'backup list'); choose a point before the restore, or after that base`,
+        `the binlog after this base backup holds a restore of these databases (at ${this.#eventTime ?? 'an unknown time'}): a point after a restore is restorable only from the base backup taken right after it ('backup window' shows the gap); choose a point before the restore, or after that base`,
       );
     }
     if (!this.#defaultOurs && !namesSource(tokens, this.#sources)) {
