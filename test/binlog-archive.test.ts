@@ -25,7 +25,7 @@ const segment = (seq: number, offset: number) => {
 /**
  * The stored binlog, sealed (an environment with a repository) and not: what the bucket holds,
  * and what a reader refuses. The archive is written as the daemon's stream writes it; the key
- * stands in for the repository's binlog key (test/pitr-sealed.test.ts runs the real one).
+ * stands in for the repository's binlog key (test/pitr-repository.test.ts runs the real one).
  */
 describe('binlog archive: sealed segments', () => {
   let root: string;

@@ -2,6 +2,9 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/agent/config.ts';
+import { createLogger } from '../src/agent/logger.ts';
+import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
@@ -14,12 +17,14 @@ const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 const CARD = 'card 4000-1234-5678-9010';
 
 /**
- * The binlog of an environment with a repository is sealed with the repository's key (docs/pitr.md),
- * against the real MariaDB, the real daemon's stream and the real CLI: the bucket holds no row in
- * clear, a point-in-time restore reads it back, and a sealed segment changed in the bucket is
- * refused with the target unchanged. test/binlog-archive.test.ts has the refusals in detail.
+ * Point-in-time restore in an environment with a repository (docs/pitr.md), against the real
+ * MariaDB, the real daemon's stream and the real CLI: its binlog is sealed with the repository's
+ * key (the bucket holds no row in clear, a restore reads it back, a sealed segment changed in
+ * the bucket is refused with the target unchanged; test/binlog-archive.test.ts has the refusals
+ * in detail), and a restore breaks the chain: the base taken after it, the window's gap, the
+ * refusal of a point inside it, and retention keeping that base.
  */
-describe('point-in-time restore from a sealed binlog (repository: true, real MariaDB and daemon)', () => {
+describe('point-in-time restore in an environment with a repository (real MariaDB and daemon)', () => {
   let server: MariadbTestServer;
   let db: Connection;
   let sandbox: Sandbox;
@@ -38,7 +43,15 @@ describe('point-in-time restore from a sealed binlog (repository: true, real Mar
     return newest;
   };
   const serverSecond = async () => Number((await rows<{ t: string }>(db, 'SELECT UNIX_TIMESTAMP() AS t'))[0]!.t);
-  const restoreTo = (time: number) => cli([...args, 'backup', 'restore', ENV, '--to-time', new Date(time * 1000).toISOString(), '--yes', '--no-safety-backup', '--json']);
+  const restoreTo = (point: string[]) => cli([...args, 'backup', 'restore', ENV, ...point, '--yes', '--no-safety-backup', '--json']);
+  const toTime = (second: number) => ['--to-time', new Date(second * 1000).toISOString()];
+  const cards = () => rows<{ id: number; note: string }>(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`);
+  /** Waits until the stream has stored an event of a second after `second` (a row written now). */
+  const storedPast = async (second: number) => {
+    await waitFor('the next second', async () => (await serverSecond()) > second, 5_000);
+    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('after the point')`);
+    await waitFor('the stream to store past the rows', async () => (await newestEventMs()) > second * 1000, 60_000);
+  };
 
   beforeAll(async () => {
     server = mariadbServer();
@@ -70,6 +83,9 @@ describe('point-in-time restore from a sealed binlog (repository: true, real Mar
 
   let rowsAtEnd: { id: number; note: string }[];
   let endSecond: number;
+  let firstBase: Manifest;
+  /** The base backup taken right after the first restore. */
+  let restoreBase: string;
 
   it('stores nothing before the first backup has made the repository key, then streams sealed segments only', async () => {
     daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
@@ -79,16 +95,13 @@ describe('point-in-time restore from a sealed binlog (repository: true, real Mar
     expect(JSON.stringify(refused)).toContain('no backup was ever stored in it');
     expect(await storedObjects().catch(() => [])).toEqual([]);
 
-    const base = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
-    expect(base.elements[0]!.repository).toBeDefined();
+    firstBase = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);
+    expect(firstBase.elements[0]!.repository).toBeDefined();
     for (let i = 0; i < 20; i++) await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES (?)`, [`${CARD} #${i}`]);
     await db.query(`UPDATE \`${database}\`.cards SET note = CONCAT(note, ' paid') WHERE id % 3 = 0`);
-    rowsAtEnd = await rows(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`);
+    rowsAtEnd = await cards();
     endSecond = await serverSecond();
-    // Past the rows' second, so that the restore point's second is whole in storage.
-    await waitFor('the next second', async () => (await serverSecond()) > endSecond, 5_000);
-    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('after the point')`);
-    await waitFor('the stream to store past the rows', async () => (await newestEventMs()) > endSecond * 1000, 60_000);
+    await storedPast(endSecond); // the restore point's second is whole in storage
 
     const objects = await storedObjects();
     expect(objects.filter((o) => o.endsWith('.zst')).length).toBeGreaterThan(0);
@@ -100,12 +113,59 @@ describe('point-in-time restore from a sealed binlog (repository: true, real Mar
     }
   }, 120_000);
 
-  it('a point-in-time restore opens them: exactly the rows up to that second', async () => {
+  it('a point-in-time restore opens them: exactly the rows up to that second; a base backup is taken right after it', async () => {
     await db.query(`DELETE FROM \`${database}\`.cards`);
-    const result = await restoreTo(endSecond);
+    const result = await restoreTo(toTime(endSecond));
     expect(result.exitCode, result.stderr).toBe(0);
-    expect(await rows(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`)).toEqual(rowsAtEnd);
+    expect(await cards()).toEqual(rowsAtEnd);
+    const summary = JSON.parse(result.stdout) as { id: string; baseBackup: { id: string; elements: string[] } };
+    expect(summary.id).toBe(firstBase.id);
+    expect(summary.baseBackup).toEqual({ id: expect.any(String), elements: ['db'] });
+    restoreBase = summary.baseBackup.id;
+    const manifest = await cliJson<Manifest>([...args, 'backup', 'show', ENV, restoreBase]);
+    expect(manifest).toMatchObject({ trigger: 'restore', restoredAt: expect.any(String) });
+    expect(Date.parse(manifest.restoredAt!)).toBeLessThan(Date.parse(manifest.createdAt));
   }, 120_000);
+
+  it('a restore breaks the chain: the window shows the gap, a point inside it is refused, a point after its base restores from that base', async () => {
+    const [window] = await cliJson<{ from: string; fromBackup: string; gaps: { from: string; to: string; backup: string }[] }[]>([...args, 'backup', 'window', ENV]);
+    const base = await cliJson<Manifest>([...args, 'backup', 'show', ENV, restoreBase]);
+    expect(window).toMatchObject({ fromBackup: firstBase.id, gaps: [{ from: base.restoredAt, to: base.elements[0]!.facts.binlogAt, backup: restoreBase }] });
+    expect((await cli([...args, 'backup', 'window', ENV])).stdout).toContain(`not restorable: `);
+    expect((await cli([...args, 'backup', 'window', ENV])).stdout).toContain(`(a restore, then its base backup ${restoreBase})`);
+
+    // The restore's own writes are in the binlog just before the base's position: a point there
+    // (its base: the first backup) would replay them. Refused, naming the restore; the target unchanged.
+    const before = await checksums(db, database);
+    const { binlogFile, binlogPosition } = base.elements[0]!.facts as { binlogFile: string; binlogPosition: number };
+    const inside = await restoreTo(['--to-position', `${binlogFile}:${binlogPosition - 1}`]);
+    expect(inside.exitCode, inside.stderr).toBe(4);
+    expect(inside.stderr).toMatch(/E_PITR_OUT_OF_WINDOW.*holds a restore of these databases/);
+    expect(await checksums(db, database)).toEqual(before);
+
+    // After the base: from that base, exactly the rows written since.
+    for (let i = 0; i < 5; i++) await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES (?)`, [`after the restore #${i}`]);
+    const expected = await cards();
+    const second = await serverSecond();
+    await storedPast(second);
+    const after = await restoreTo(toTime(second));
+    expect(after.exitCode, after.stderr).toBe(0);
+    expect((JSON.parse(after.stdout) as { id: string }).id).toBe(restoreBase);
+    expect(await cards()).toEqual(expected);
+  }, 120_000);
+
+  it('prune keeps the bases taken after restores while they are inside the window, whatever the tiers say', async () => {
+    const config = await loadConfig(sandbox.configPath);
+    const ctx = { config, logger: createLogger('silent'), signal: new AbortController().signal };
+    const result = await pruneBackups(ctx, ENV, true);
+    const restoreBases = result.kept.filter((k) => k.trigger === 'restore');
+    // Two restores so far (the tests above), each followed by its base; the tiers (essential: the
+    // newest of each day) keep one of them, the window the other.
+    expect(restoreBases.map((k) => k.id)).toContain(restoreBase);
+    expect(restoreBases).toHaveLength(2);
+    expect(result.kept.find((k) => k.id === restoreBase)!.reason).toBe("the base after a restore inside db's point-in-time window");
+    expect(result.deleted).toEqual([]);
+  }, 60_000);
 
   it('a sealed segment changed in the bucket: E_BINLOG_CHAIN, the target unchanged', async () => {
     await daemon!.stop(); // nothing appended while the bucket is tampered with
@@ -118,7 +178,7 @@ describe('point-in-time restore from a sealed binlog (repository: true, real Mar
     }
     await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('written after the tamper')`);
     const before = await checksums(db, database);
-    const result = await restoreTo(endSecond);
+    const result = await restoreTo(toTime(endSecond));
     expect(result.exitCode).toBe(5);
     expect(result.stderr).toMatch(/E_BINLOG_CHAIN.*does not match its record/);
     expect(await checksums(db, database)).toEqual(before);

@@ -172,7 +172,8 @@ function buildProgram(): Command {
               .map((w) =>
                 w.to === null
                   ? `${w.service}: nothing stored yet (is the daemon running?)\n`
-                  : `${w.service}: ${w.from ? `${shortTime(w.from)} (backup ${w.fromBackup})` : 'no base backup in the current chain yet: take a backup'} to ${shortTime(w.to)}; last stored ${shortTime(w.storedAt!)}\n`,
+                  : `${w.service}: ${w.from ? `${shortTime(w.from)} (backup ${w.fromBackup})` : 'no base backup in the current chain yet: take a backup'} to ${shortTime(w.to)}; last stored ${shortTime(w.storedAt!)}\n` +
+                    w.gaps.map((g) => `  not restorable: ${shortTime(g.from)} to ${shortTime(g.to)} (a restore, then its base backup ${g.backup})\n`).join(''),
               )
               .join(''),
       );

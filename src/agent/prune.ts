@@ -37,7 +37,8 @@ export interface PruneResult {
 }
 
 /**
- * Applies retention: scheduled backups the rules do not keep, expired backups of any trigger,
+ * Applies retention: scheduled backups (and the bases taken after restores, once outside every
+ * point-in-time window) the rules do not keep, expired backups of any trigger,
  * and incomplete ones older than `orphanUploadAge` (younger ones may still be running) are
  * deleted, manifest first. Manual and safety backups live until they expire. Backups with an
  * invalid manifest (a MAC that fails included) are left for a human: they are reported, never
@@ -58,7 +59,7 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
   const decision = mergeDecisions(
     [true, false].map((authenticated) =>
       selectRetained(
-        backups.filter((b) => b.status === 'ok' && b.manifest?.trigger === 'scheduled' && b.authenticated === authenticated).map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),
+        backups.filter((b) => b.status === 'ok' && countedByTiers(b) && b.authenticated === authenticated).map((b) => ({ id: b.id, createdAt: new Date(b.createdAt) })),
         settings.retention,
         now,
         settings.timeZone,
@@ -73,6 +74,10 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
     let why = verdict(backup, decision.keep, decision.reasons, now.getTime() - ctx.config.orphanUploadAge);
     const anchor = anchors.find((a) => a.backupId === backup.id);
     if (why.delete && anchor && backup.status === 'ok') why = { delete: false, reason: `the base of ${anchor.service}'s point-in-time window` };
+    // The base after a restore is where its window begins again: no point after the restore
+    // replays from an older one. It is kept while it is inside a window.
+    const restoreBase = backup.manifest?.trigger === 'restore' ? streamed.find((s) => Date.parse(backup.createdAt) > now.getTime() - s.windowMs) : undefined;
+    if (why.delete && restoreBase && backup.status === 'ok') why = { delete: false, reason: `the base after a restore inside ${restoreBase.name}'s point-in-time window` };
     const entry = { id: backup.id, createdAt: backup.createdAt, trigger: backup.manifest?.trigger ?? null, reason: why.reason };
     if (why.delete) result.deleted.push(entry);
     else result.kept.push(entry);
@@ -147,13 +152,18 @@ function verdict(backup: BackupSummary, keep: Set<string>, reasons: Map<string, 
     case 'invalid':
       return { delete: false, reason: `invalid manifest, left for inspection: ${backup.problem}` };
     case 'ok':
-      if (backup.manifest?.trigger !== 'scheduled') {
+      if (!countedByTiers(backup)) {
         return { delete: false, reason: `${backup.manifest?.trigger} backup${backup.manifest?.keepUntil ? ` until ${backup.manifest.keepUntil}` : ''}` };
       }
       return keep.has(backup.id)
         ? { delete: false, reason: (reasons.get(backup.id) ?? ['newest']).join(', ') }
         : { delete: true, reason: 'not kept by the retention rules' };
   }
+}
+
+/** Scheduled backups, and the base backups taken after restores: the ones the tiers thin out. */
+function countedByTiers(backup: BackupSummary): boolean {
+  return backup.manifest?.trigger === 'scheduled' || backup.manifest?.trigger === 'restore';
 }
 
 /** Two retention decisions over disjoint sets of backups as one. */

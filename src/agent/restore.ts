@@ -29,6 +29,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const store = await openEnvironmentStore(config, env);
   const keys = await loadKeyRing(config);
   const targetStreamed = pitrServices(targetEnv).map((s) => s.name);
+  const startedAt = new Date().toISOString();
   const summary = await runRestore(ctx, { ...options, env, target }, {
     // Elements in a repository are read from the source environment's, whatever the target.
     storage: backupStorage(config, store, env),
@@ -49,7 +50,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const elements = summary.elements.map((e) => e.name).filter((name) => targetStreamed.includes(name));
   if (elements.length === 0) return summary;
   try {
-    const base = await createBackup(ctx, { env: target, elements, trigger: 'scheduled' });
+    const base = await createBackup(ctx, { env: target, elements, trigger: 'restore', restoredAt: startedAt });
     return { ...summary, baseBackup: { id: base.id, elements } };
   } catch (error) {
     const failure = toAgentError(error);

@@ -96,7 +96,14 @@ export const manifestSchema = z
     mode: z.enum(['consistent', 'live']),
     /** Writers paused, ms; null when nothing was frozen (live mode, or no writers configured). */
     pauseMs: z.number().nonnegative().nullable(),
-    trigger: z.enum(['manual', 'scheduled', 'safety']),
+    /**
+     * 'restore': the base backup taken right after a restore into services with pitr: (the
+     * binlog before a restore cannot be replayed over it, docs/pitr.md); retention counts it as
+     * it counts scheduled ones.
+     */
+    trigger: z.enum(['manual', 'scheduled', 'safety', 'restore']),
+    /** Trigger 'restore': when the restore it follows began. Its point-in-time window has a gap from then to this backup. */
+    restoredAt: isoTime.optional(),
     keepUntil: isoTime.nullable(),
     codeRef: z.string().max(200).nullable(),
     /** nodeId: the node that made it (issue #11); absent in manifests made before node ids. */

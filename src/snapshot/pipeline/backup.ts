@@ -28,6 +28,8 @@ export interface BackupRequest {
   keepForMs?: number;
   codeRef?: string;
   trigger?: Manifest['trigger'];
+  /** Trigger 'restore': when the restore this backup follows began. */
+  restoredAt?: string;
   /** Set by callers that must know the id before the backup ends (the job engine). */
   id?: string;
   /** A manual backup over the environment's limit replaces the oldest manual one. */
@@ -121,6 +123,7 @@ export async function runBackup(ctx: RunContext, options: BackupRequest, setup: 
       mode: options.live ? 'live' : 'consistent',
       pauseMs,
       trigger: options.trigger ?? 'manual',
+      ...(options.restoredAt === undefined ? {} : { restoredAt: options.restoredAt }),
       keepUntil: options.keepForMs === undefined ? null : new Date(createdAt.getTime() + options.keepForMs).toISOString(),
       codeRef: options.codeRef ?? null,
       agent: setup.agent,

@@ -117,6 +117,12 @@ export interface PitrWindow {
   /** The current chain, and why it began (the first start, or the gap it follows). */
   chain: string | null;
   chainReason: string | null;
+  /**
+   * Restores into the service inside the window, oldest first: no point from when one began
+   * (`from`) to the base backup taken after it (`to`, `backup`) can be restored, because the
+   * binlog before a restore does not replay over it.
+   */
+  gaps: { from: string; to: string; backup: string }[];
 }
 
 /**
@@ -131,19 +137,26 @@ export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing
   for (const archive of archives) {
     const [newest] = await archive.chains();
     if (!newest) {
-      windows.push({ service: archive.service, from: null, fromBackup: null, to: null, storedAt: null, chain: null, chainReason: null });
+      windows.push({ service: archive.service, from: null, fromBackup: null, to: null, storedAt: null, chain: null, chainReason: null, gaps: [] });
       continue;
     }
     const first = await archive.readRecord(newest.chain, newest.seqs[0]!);
     const last = await archive.readRecord(newest.chain, newest.seqs[newest.seqs.length - 1]!);
     let oldest: { id: string; ms: number } | undefined;
+    const restores: { from: number; to: number; backup: string }[] = [];
     for (const { manifest } of backups) {
       const element = manifest!.elements.find((e) => e.name === archive.service);
       const point = element && basePoint(element);
       if (!element || !point || !spanHolds(first, last, point)) continue;
       const ms = baseTimeMs(manifest!, element);
       if (!oldest || ms < oldest.ms) oldest = { id: manifest!.id, ms };
+      if (manifest!.restoredAt) restores.push({ from: Date.parse(manifest!.restoredAt), to: ms, backup: manifest!.id });
     }
+    // A restore before the oldest base is not inside the window: nothing before that base restores anyway.
+    const gaps = restores
+      .filter((r) => oldest && r.from > oldest.ms)
+      .sort((a, b) => a.from - b.from)
+      .map((r) => ({ from: new Date(r.from).toISOString(), to: new Date(r.to).toISOString(), backup: r.backup }));
     windows.push({
       service: archive.service,
       from: oldest ? new Date(oldest.ms).toISOString() : null,
@@ -152,6 +165,7 @@ export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing
       storedAt: last.writtenAt,
       chain: newest.chain,
       chainReason: first.reason,
+      gaps,
     });
   }
   return windows;
