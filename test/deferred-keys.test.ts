@@ -1,4 +1,4 @@
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -73,6 +73,7 @@ describe('deferred secondary keys: a restore into the real MariaDB', () => {
   afterAll(async () => {
     for (const name of created) await db?.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => {});
     db?.destroy();
+    if (stateDir) await rm(stateDir, { recursive: true, force: true });
   });
 
   it('restores every table with the source definition (SHOW CREATE TABLE) and rows, keys added after the rows', async () => {

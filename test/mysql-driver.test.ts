@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -31,6 +31,7 @@ import {
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
 const never = () => new AbortController().signal;
 const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'mysql-driver-state-'));
+afterAll(() => rm(STATE_DIR, { recursive: true, force: true }));
 
 /** Processes whose command line has every one of `parts` (e.g. a mysqldump of one database). */
 function processesWith(...parts: string[]): { pid: number; argv: string[] }[] {

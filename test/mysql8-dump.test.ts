@@ -1,4 +1,4 @@
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -180,6 +180,7 @@ describe('MySQL 8: a mysqldump 8.0 dump restored into the real MariaDB', () => {
   afterAll(async () => {
     for (const name of created) await db?.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => {});
     db?.destroy();
+    if (stateDir) await rm(stateDir, { recursive: true, force: true });
   });
 
   it('restores the rows, drops GTID_PURGED with a warning (the load is binary-logged), and the view and routines naming the source database work in the target', async () => {

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -21,6 +21,7 @@ const DBS = [0, 3, 15];
 const PASSWORD = 'source-secret';
 
 const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'redis-driver-state-'));
+afterAll(() => rm(STATE_DIR, { recursive: true, force: true }));
 
 function driverFor(server: TestRedis, saveTimeout = 30_000, functions: RedisServiceConfig['functions'] = 'refuse'): RedisDriver {
   const config: RedisServiceConfig = { kind: 'redis', host: '127.0.0.1', port: server.port, saveTimeout, functions };
