@@ -7,7 +7,7 @@ import { createLogger } from '../src/agent/logger.ts';
 import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
-import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon } from './support/daemon.ts';
+import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { checksums, connect, createDatabase, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
@@ -32,6 +32,7 @@ describe('point-in-time restore in an environment with a repository (real MariaD
   let database: string;
   let pitrDir: string;
   let args: string[];
+  let tokens: Tokens;
 
   /** Every stored binlog object, by path. */
   const storedObjects = async () => (await readdir(pitrDir, { recursive: true })).filter((name) => /\.(json|zst)$/.test(name)).map((name) => path.join(pitrDir, name));
@@ -62,10 +63,11 @@ describe('point-in-time restore in an environment with a repository (real MariaD
     sandbox = await createSandbox();
     const storeDir = path.join(sandbox.dir, 'store');
     pitrDir = path.join(storeDir, ENV, 'pitr', 'db');
+    tokens = await writeTokens(sandbox);
     await sandbox.writeConfig({
       defaultStore: 'local',
       stores: { local: { type: 'fs', path: storeDir } },
-      daemon: daemonSection(await writeTokens(sandbox)),
+      daemon: daemonSection(tokens),
       environments: {
         // Its own replica id: test/pitr.test.ts streams the same server with the default one.
         [ENV]: { repository: true, services: { db: mysqlServiceConfig(server, [database], PASSWORD_ENV, { pitr: { window: '1d', flushEvery: '1s', serverId: 4_193_000_002 } }) } },
@@ -91,8 +93,10 @@ describe('point-in-time restore in an environment with a repository (real MariaD
     daemon = await startDaemon(sandbox.configPath, { env: { [PASSWORD_ENV]: server.password } });
     await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES (?)`, [`${CARD} before any backup`]);
     // No key yet: the stream says why it stores nothing, and creates no key of its own.
-    const refused = await daemon.waitForLog('the stream to wait for the repository key', (l) => JSON.stringify(l).includes('cannot be opened'));
-    expect(JSON.stringify(refused)).toContain('no backup was ever stored in it');
+    await daemon.waitForLog('the stream to wait for the repository key', (l) => JSON.stringify(l).includes('cannot be opened'));
+    const remote = ['--config', sandbox.configPath, '--remote', daemon.url, '--token-file', tokens.viewerFile];
+    const status = await cliJson<{ binlogStreams: { lastError: string | null }[] }>([...remote, 'status']);
+    expect(status.binlogStreams[0]!.lastError).toMatch(/cannot be opened: it has no key object.*only a backup creates: it is stored from the first backup of vault on \('backup create vault'\)/);
     expect(await storedObjects().catch(() => [])).toEqual([]);
 
     firstBase = await cliJson<Manifest>([...args, 'backup', 'create', ENV]);

@@ -1,3 +1,4 @@
+import { AgentError, isAgentError } from '../errors.ts';
 import { BinlogArchive } from '../snapshot/binlog/archive.ts';
 import type { KeyRing } from '../snapshot/manifest-mac.ts';
 import { openRepositoryKeys } from '../transport/repository/repository-keys.ts';
@@ -22,7 +23,8 @@ export function binlogArchive(config: Config, store: ObjectStore, env: string, s
       (opened) => opened.binlog,
       (error: unknown) => {
         key = undefined; // a store that failed once is asked again next time
-        throw error;
+        if (!options.writer || !isAgentError(error, 'E_REPOSITORY_KEY')) throw error;
+        throw new AgentError('E_REPOSITORY_KEY', `${error.message}; the binlog of ${service} is sealed with that key, which only a backup creates: it is stored from the first backup of ${env} on ('backup create ${env}')`, { cause: error, details: { env, service } });
       },
     );
   return new BinlogArchive(store, env, service, keys, {
