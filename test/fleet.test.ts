@@ -91,19 +91,27 @@ describe('a fleet of 8 nodes sharing one bucket and prefix', () => {
       }),
     );
 
+    // The checks only read (each node its own environment and state dir): side by side.
+    const expectedOf = (i: number) => created.get(i)!.filter((id) => !pruned.get(i)!.includes(id));
+    const [listings, verified, ownerView, movingList] = await Promise.all([
+      Promise.all(nodes.map((_, i) => node(i)('backup', 'list', `site-${i}`))),
+      Promise.all(nodes.map((_, i) => node(i)('backup', 'verify', `site-${i}`, expectedOf(i)[0]!))),
+      node(0)('env', 'owner', 'migrating'),
+      node(1)('backup', 'list', 'migrating'),
+    ]);
     for (let i = 0; i < NODES; i++) {
       // Each node's listing is what it made, less what its own prune deleted (retention: 1 per hour).
-      const listed = json<BackupSummary[]>(await node(i)('backup', 'list', `site-${i}`));
-      const expected = created.get(i)!.filter((id) => !pruned.get(i)!.includes(id));
+      const listed = json<BackupSummary[]>(listings[i]!);
+      const expected = expectedOf(i);
       expect(listed.map((b) => [b.id, b.restorable, b.manifest?.agent.nodeId])).toEqual(expected.map((id) => [id, true, `node-${i}`]));
       expect(pruned.get(i)).toEqual([created.get(i)![0]]);
       // Committed means complete: every object there, with its sha256.
-      expect((await node(i)('backup', 'verify', `site-${i}`, expected[0]!)).exitCode).toBe(0);
+      expect(verified[i]!.exitCode).toBe(0);
     }
     // The environment on two nodes: one owner; the other was refused, never merged in.
-    const owner = json<{ owner: { nodeId: string } }>(await node(0)('env', 'owner', 'migrating')).owner.nodeId;
+    const owner = json<{ owner: { nodeId: string } }>(ownerView).owner.nodeId;
     for (const result of migrating.filter((r) => r.exitCode !== 0)) expect(result.stderr).toMatch(/E_ENV_OWNED|E_ENV_CLAIM_CONTENDED/);
-    const moving = json<BackupSummary[]>(await node(1)('backup', 'list', 'migrating'));
+    const moving = json<BackupSummary[]>(movingList);
     expect(moving.length).toBeGreaterThan(0);
     expect(new Set(moving.map((b) => b.manifest?.agent.nodeId))).toEqual(new Set([owner]));
     // Nothing left uploading, and no node restores another's backup without naming it.
@@ -127,11 +135,14 @@ describe('a fleet of 8 nodes sharing one bucket and prefix', () => {
     for (const kept of [1, KEPT]) {
       const have = json<BackupSummary[]>(await node(0)('backup', 'list', 'kept')).length;
       // Backups made cheaply: genuine signed manifests of one tiny element each, an hour apart.
-      for (let n = have; n < kept; n++) {
-        const id = newBackupId(new Date(Date.UTC(2026, 0, 1) + n * 3_600_000));
-        await store.put(`kept/${id}/uploads.tar`, Readable.from([TINY_ELEMENT]));
-        await putSigned(store, nodes[0]!.configPath, tinyManifest('kept', id));
-      }
+      // Written side by side: each its own keys.
+      await Promise.all(
+        Array.from({ length: Math.max(0, kept - have) }, async (_, k) => {
+          const id = newBackupId(new Date(Date.UTC(2026, 0, 1) + (have + k) * 3_600_000));
+          await store.put(`kept/${id}/uploads.tar`, Readable.from([TINY_ELEMENT]));
+          await putSigned(store, nodes[0]!.configPath, tinyManifest('kept', id));
+        }),
+      );
       // As after commits: the owner claimed, the catalog up to date (the prune writes it).
       expect((await node(0)('backup', 'prune', 'kept')).exitCode).toBe(0);
       const list = await measure('backup', 'list', 'kept');

@@ -71,32 +71,33 @@ describe('retention from the CLI: manual limit, prune, expiry, safety backups (s
   });
 
   it('shows an expired backup as not Restorable; prune deletes exactly the unkept backups, manifest first; --dry-run deletes nothing', async () => {
+    // The expiring one first: its second runs out while the others are made.
+    const expiring = await cliJson<Manifest>(args('backup', 'create', 'pruned', '--keep-for', '1s'));
+    expect(expiring.keepUntil).not.toBeNull();
     const s1 = await cliJson<Manifest>(args('backup', 'create', 'pruned', '--scheduled'));
     const s2 = await cliJson<Manifest>(args('backup', 'create', 'pruned', '--scheduled'));
     const s3 = await cliJson<Manifest>(args('backup', 'create', 'pruned', '--scheduled'));
     const manual = await cliJson<Manifest>(args('backup', 'create', 'pruned'));
-    const expiring = await cliJson<Manifest>(args('backup', 'create', 'pruned', '--keep-for', '1s'));
-    expect(expiring.keepUntil).not.toBeNull();
     // A failed run's leftovers: objects, no manifest, older than orphanUploadAge.
     const incomplete = '20200101T000000000Z-aaaaaaaa';
     await s3Client().send(new PutObjectCommand({ Bucket: bucket, Key: `agent/pruned/${incomplete}/uploads.tar.zst`, Body: 'partial' }));
-    await sleep(1500);
+    await sleep(Date.parse(expiring.keepUntil!) - Date.now() + 100);
 
-    const listed = await cliJson<BackupSummary[]>(args('backup', 'list', 'pruned'));
+    // Both listings only read: side by side.
+    const [listed, table] = await Promise.all([cliJson<BackupSummary[]>(args('backup', 'list', 'pruned')), cli(args('backup', 'list', 'pruned'))]);
     expect(listed.find((b) => b.id === expiring.id)).toMatchObject({ restorable: false, status: 'expired' });
     expect(listed.find((b) => b.id === incomplete)).toMatchObject({ restorable: false, status: 'incomplete' });
-    const table = await cli(args('backup', 'list', 'pruned'));
     expect(table.stdout.split('\n')[0]).toMatch(/^Created\s+Backup ID\s+Node\s+Restorable\s+Authenticated\s+Trigger\s+Expires\s+Size\s+Pause$/);
     expect(table.stdout.split('\n').find((l) => l.includes(expiring.id))).toContain('no (expired)');
     expect(table.stdout.split('\n').find((l) => l.includes(s1.id))).toContain('scheduled');
 
     const before = await bucketKeys(bucket);
-    const dry = await cliJson<PruneResult>(args('backup', 'prune', 'pruned', '--dry-run'));
+    // The dry runs delete nothing (checked below, after both): side by side.
+    const [dry, dryTable] = await Promise.all([cliJson<PruneResult>(args('backup', 'prune', 'pruned', '--dry-run')), cli(args('backup', 'prune', 'pruned', '--dry-run'))]);
     expect(dry.dryRun).toBe(true);
     const doomed = [s1.id, s2.id, expiring.id, incomplete].sort();
     expect(dry.deleted.map((e) => e.id).sort()).toEqual(doomed);
     expect(await bucketKeys(bucket)).toEqual(before);
-    const dryTable = await cli(args('backup', 'prune', 'pruned', '--dry-run'));
     expect(dryTable.stdout).toMatch(/Backup ID\s+Created\s+Trigger\s+Action\s+Reason/);
     expect(dryTable.stdout).toContain('would delete');
 
