@@ -29,7 +29,8 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
   const store = await openEnvironmentStore(config, env);
   const keys = await loadKeyRing(config);
   const targetStreamed = pitrServices(targetEnv).map((s) => s.name);
-  const startedAt = new Date().toISOString();
+  // When the restore's writes may begin: after the safety backup, which only reads the target.
+  let writesFrom = new Date().toISOString();
   const summary = await runRestore(ctx, { ...options, env, target }, {
     // Elements in a repository are read from the source environment's, whatever the target.
     storage: backupStorage(config, store, env),
@@ -43,14 +44,18 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
       const service = targetEnv.services[element];
       return service && createDriver(element, service, { env: target, stateDir: config.stateDir });
     },
-    safetyBackup: (elements, id) => createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: targetEnv.safetyKeepFor }),
+    safetyBackup: async (elements, id) => {
+      const safety = await createBackup(ctx, { env: target, id, elements, trigger: 'safety', keepForMs: targetEnv.safetyKeepFor });
+      writesFrom = new Date().toISOString();
+      return safety;
+    },
   });
   // The restore's own writes (staging loads, the swap) are in the target's binlog now, and a
   // replay cannot cross them: points after the restore start from a base taken right after it.
   const elements = summary.elements.map((e) => e.name).filter((name) => targetStreamed.includes(name));
   if (elements.length === 0) return summary;
   try {
-    const base = await createBackup(ctx, { env: target, elements, trigger: 'restore', restoredAt: startedAt });
+    const base = await createBackup(ctx, { env: target, elements, trigger: 'restore', restoredAt: writesFrom });
     return { ...summary, baseBackup: { id: base.id, elements } };
   } catch (error) {
     const failure = toAgentError(error);

@@ -102,7 +102,7 @@ export const manifestSchema = z
      * it counts scheduled ones.
      */
     trigger: z.enum(['manual', 'scheduled', 'safety', 'restore']),
-    /** Trigger 'restore': when the restore it follows began. Its point-in-time window has a gap from then to this backup. */
+    /** Trigger 'restore': when the restore it follows could begin writing (after its safety backup). Its point-in-time window has a gap from then to this backup. */
     restoredAt: isoTime.optional(),
     keepUntil: isoTime.nullable(),
     codeRef: z.string().max(200).nullable(),

@@ -28,7 +28,7 @@ export interface BackupRequest {
   keepForMs?: number;
   codeRef?: string;
   trigger?: Manifest['trigger'];
-  /** Trigger 'restore': when the restore this backup follows began. */
+  /** Trigger 'restore': when the restore this backup follows could begin writing. */
   restoredAt?: string;
   /** Set by callers that must know the id before the backup ends (the job engine). */
   id?: string;
