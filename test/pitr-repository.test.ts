@@ -152,10 +152,16 @@ describe('point-in-time restore in an environment with a repository (real MariaD
     const expected = await cards();
     const second = await serverSecond();
     await storedPast(second);
-    const after = await restoreTo(toTime(second));
+    // With a safety backup this time: the gap begins once it is done (it only reads the target).
+    const after = await cli([...args, 'backup', 'restore', ENV, ...toTime(second), '--yes', '--json']);
     expect(after.exitCode, after.stderr).toBe(0);
-    expect((JSON.parse(after.stdout) as { id: string }).id).toBe(restoreBase);
+    const restored = JSON.parse(after.stdout) as { id: string; safetyBackup: { id: string }; baseBackup: { id: string } };
+    expect(restored.id).toBe(restoreBase);
     expect(await cards()).toEqual(expected);
+    const [safety, nextBase] = await Promise.all([restored.safetyBackup.id, restored.baseBackup.id].map((id) => cliJson<Manifest>([...args, 'backup', 'show', ENV, id])));
+    expect(safety!.trigger).toBe('safety');
+    expect(Date.parse(nextBase!.restoredAt!)).toBeGreaterThanOrEqual(Date.parse(safety!.completedAt));
+    expect(Date.parse(nextBase!.restoredAt!)).toBeLessThan(Date.parse(nextBase!.createdAt));
   }, 120_000);
 
   it('prune keeps the bases taken after restores while they are inside the window, whatever the tiers say', async () => {
