@@ -7,8 +7,9 @@ import { createLogger } from '../src/agent/logger.ts';
 import { pruneBackups } from '../src/agent/prune.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, type Sandbox } from './support/cli.ts';
-import { daemonSection, startDaemon, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
+import { daemonSection, startDaemon, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { checksums, connect, createDatabase, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
+import { waitStoredPast } from './support/pitr.ts';
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
 const ENV = 'vault';
@@ -36,23 +37,13 @@ describe('point-in-time restore in an environment with a repository (real MariaD
 
   /** Every stored binlog object, by path. */
   const storedObjects = async () => (await readdir(pitrDir, { recursive: true })).filter((name) => /\.(json|zst)$/.test(name)).map((name) => path.join(pitrDir, name));
-  const newestEventMs = async () => {
-    let newest = 0;
-    for (const file of (await storedObjects()).filter((f) => f.endsWith('.json'))) {
-      newest = Math.max(newest, (JSON.parse(await readFile(file, 'utf8')) as { lastEventMs: number | null }).lastEventMs ?? 0);
-    }
-    return newest;
-  };
   const serverSecond = async () => Number((await rows<{ t: string }>(db, 'SELECT UNIX_TIMESTAMP() AS t'))[0]!.t);
   const restoreTo = (point: string[]) => cli([...args, 'backup', 'restore', ENV, ...point, '--yes', '--no-safety-backup', '--json']);
   const toTime = (second: number) => ['--to-time', new Date(second * 1000).toISOString()];
   const cards = () => rows<{ id: number; note: string }>(db, `SELECT id, note FROM \`${database}\`.cards ORDER BY id`);
-  /** Waits until the stream has stored an event of a second after `second` (a row written now). */
-  const storedPast = async (second: number) => {
-    await waitFor('the next second', async () => (await serverSecond()) > second, 5_000);
-    await db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('after the point')`);
-    await waitFor('the stream to store past the rows', async () => (await newestEventMs()) > second * 1000, 60_000);
-  };
+  /** Waits until the stream has stored an event of a second after `second` (a row written then). */
+  const storedPast = (second: number) =>
+    waitStoredPast(pitrDir, second, { second: serverSecond, mark: () => db.query(`INSERT INTO \`${database}\`.cards (note) VALUES ('after the point')`) });
 
   beforeAll(async () => {
     server = mariadbServer();

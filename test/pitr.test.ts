@@ -10,6 +10,7 @@ import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, killCliAt, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { checksums, connect, createDatabase, leftoverDatabases, mariadbScript, mariadbServer, mysqlServiceConfig, rows, type MariadbTestServer } from './support/mysql.ts';
+import { waitStoredPast } from './support/pitr.ts';
 
 const PASSWORD_ENV = 'SA_TEST_MYSQL_PASSWORD';
 const ENV = 'pitr';
@@ -102,25 +103,9 @@ describe('point-in-time restore of MySQL (real MariaDB, real daemon and CLI)', (
     return at;
   };
 
-  /** The newest event time the stored records carry (read as files: the test trusts its own store). */
-  const storedUpTo = async (): Promise<number> => {
-    const root = path.join(storeDir, ENV, 'pitr', 'db');
-    let newest = 0;
-    for (const chain of await readdir(root).catch(() => [])) {
-      for (const name of await readdir(path.join(root, chain))) {
-        if (!name.endsWith('.json')) continue;
-        const record = JSON.parse(await readFile(path.join(root, chain, name), 'utf8')) as { lastEventMs: number | null };
-        newest = Math.max(newest, record.lastEventMs ?? 0);
-      }
-    }
-    return newest;
-  };
-  /** Waits until the stream has stored an event of a second after `at` (a marker row written now). */
-  const storedPast = async (at: number) => {
-    while ((await serverSecond()) <= at) await sleep(200);
-    await db.query(`INSERT INTO \`${database}\`.markers VALUES ()`);
-    await waitFor(`the stream to store past ${at}`, async () => (await storedUpTo()) > at * 1000, 30_000);
-  };
+  /** Waits until the stream has stored an event of a second after `at` (a marker row written then). */
+  const storedPast = (at: number) =>
+    waitStoredPast(path.join(storeDir, ENV, 'pitr', 'db'), at, { second: serverSecond, mark: () => db.query(`INSERT INTO \`${database}\`.markers VALUES ()`) });
 
   beforeAll(async () => {
     server = mariadbServer();
