@@ -7,7 +7,7 @@ import { repositoryKeysPrefix } from '../transport/repository/layout.ts';
 import { openRepository } from '../transport/repository/repository.ts';
 import { deleteBackup, listBackups, type BackupSummary } from '../snapshot/pipeline/catalog.ts';
 import { binlogArchive } from './binlog-archive.ts';
-import { pitrAnchors, pruneBinlog } from '../snapshot/pipeline/point-in-time.ts';
+import { pitrAnchors, pruneBinlog, type PitrAnchor } from '../snapshot/pipeline/point-in-time.ts';
 import { environmentOf, pitrServices } from './config.ts';
 import type { OperationContext } from './context.ts';
 import { loadKeyRing } from './keys.ts';
@@ -72,12 +72,8 @@ export async function pruneBackups(ctx: OperationContext, envName: string, dryRu
   const result: PruneResult = { env, dryRun, deleted: [], kept: [], expiredDownloads: 0 };
   for (const backup of backups) {
     let why = verdict(backup, decision.keep, decision.reasons, now.getTime() - ctx.config.orphanUploadAge);
-    const anchor = anchors.find((a) => a.backupId === backup.id);
-    if (why.delete && anchor && backup.status === 'ok') why = { delete: false, reason: `the base of ${anchor.service}'s point-in-time window` };
-    // The base after a restore is where its window begins again: no point after the restore
-    // replays from an older one. It is kept while it is inside a window.
-    const restoreBase = backup.manifest?.trigger === 'restore' ? streamed.find((s) => Date.parse(backup.createdAt) > now.getTime() - s.windowMs) : undefined;
-    if (why.delete && restoreBase && backup.status === 'ok') why = { delete: false, reason: `the base after a restore inside ${restoreBase.name}'s point-in-time window` };
+    const windowNeeds = why.delete && backup.status === 'ok' ? pitrKeepReason(backup, anchors, streamed, now) : undefined;
+    if (windowNeeds) why = { delete: false, reason: windowNeeds };
     const entry = { id: backup.id, createdAt: backup.createdAt, trigger: backup.manifest?.trigger ?? null, reason: why.reason };
     if (why.delete) result.deleted.push(entry);
     else result.kept.push(entry);
@@ -159,6 +155,19 @@ function verdict(backup: BackupSummary, keep: Set<string>, reasons: Map<string, 
         ? { delete: false, reason: (reasons.get(backup.id) ?? ['newest']).join(', ') }
         : { delete: true, reason: 'not kept by the retention rules' };
   }
+}
+
+/**
+ * Why a point-in-time window needs a backup whatever the tiers say, or undefined: it is the base
+ * the window starts from, or the base taken after a restore inside a window (no point after
+ * the restore replays from an older one).
+ */
+function pitrKeepReason(backup: BackupSummary, anchors: readonly PitrAnchor[], streamed: readonly { name: string; windowMs: number }[], now: Date): string | undefined {
+  const anchor = anchors.find((a) => a.backupId === backup.id);
+  if (anchor) return `the base of ${anchor.service}'s point-in-time window`;
+  if (backup.manifest?.trigger !== 'restore') return undefined;
+  const inside = streamed.find((s) => Date.parse(backup.createdAt) > now.getTime() - s.windowMs);
+  return inside && `the base after a restore inside ${inside.name}'s point-in-time window`;
 }
 
 /** Scheduled backups, and the base backups taken after restores: the ones the tiers thin out. */
