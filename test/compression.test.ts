@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
 import { Readable, Writable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
@@ -59,6 +60,26 @@ describe('compression (parallel zstd frames and gzip members, zstd CLI decoder)'
     const decoded = await buffer(Readable.from(pieces).pipe(createDecompressor('zstd')));
     expect(decoded.length).toBe(odd.length);
     expect(decoded.equals(odd)).toBe(true);
+  });
+
+  it('cuts 64 KiB-ish reads into frames of exactly blockBytes, refilling the blocks it gets back', async () => {
+    const blockBytes = 256 * 1024;
+    const odd = sample(5 * MiB + 999);
+    const reads: Buffer[] = [];
+    for (let at = 0; at < odd.length; at += 65_536 + 7) reads.push(Buffer.from(odd.subarray(at, at + 65_536 + 7)));
+    const frames: Buffer[] = [];
+    // A Writable sees each pushed frame on its own (an async iterator would join buffered ones).
+    const collect = new Writable({
+      write: (frame: Buffer, _encoding, done) => {
+        frames.push(Buffer.from(frame));
+        done();
+      },
+    });
+    await pipeline(Readable.from(reads), createCompressor('zstd', { level: 1, blockBytes, workers: 2 }), collect);
+    // All full blocks but the last.
+    const sizes = frames.map((frame) => zlib.zstdDecompressSync(frame).length);
+    expect(sizes).toEqual([...Array<number>(Math.floor(odd.length / blockBytes)).fill(blockBytes), odd.length % blockBytes]);
+    expect(Buffer.concat(frames.map((frame) => zlib.zstdDecompressSync(frame))).equals(odd)).toBe(true);
   });
 
   it('passes bytes through unchanged with compression none', async () => {

@@ -1,6 +1,5 @@
 import { siblingModule } from '../sibling-module.ts';
 import { WorkerPool } from '../worker-pool.ts';
-import { transferableMemory } from '../chunk-recycling.ts';
 
 export interface FrameFormat {
   kind: 'zstd' | 'gzip';
@@ -55,10 +54,9 @@ export class CompressionPool {
     return this.#pool.usable;
   }
 
-  /** Compresses `block` into one frame of `format`, taking the block over: its memory is transferred. */
-  async compress(block: Buffer, format: FrameFormat): Promise<CompressedBlock> {
-    const memory = transferableMemory(block);
-    const { frame, frameOffset, frameBytes, memory: back } = await this.#pool.run({ ...format, memory, length: block.length }, [memory]);
+  /** Compresses the first `length` bytes of `memory` into one frame of `format`; the memory is transferred. */
+  async compress(memory: ArrayBuffer, length: number, format: FrameFormat): Promise<CompressedBlock> {
+    const { frame, frameOffset, frameBytes, memory: back } = await this.#pool.run({ ...format, memory, length }, [memory]);
     return { frame: Buffer.from(frame, frameOffset, frameBytes), memory: back };
   }
 }

@@ -3,7 +3,7 @@ import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { execa } from 'execa';
 import { childEnv } from '../child-env.ts';
-import { claimRecyclable, freeNow, offerForRecycling, recycle } from '../chunk-recycling.ts';
+import { claimRecyclable, freeNow, offerForRecycling, recycle, transferableMemory, type GiveBack } from '../chunk-recycling.ts';
 import { sharedCompressionPool, type CompressionPool, type FrameFormat } from './compress-pool.ts';
 
 export type Compression = 'zstd' | 'gzip' | 'none';
@@ -55,8 +55,14 @@ class FrameCompressor extends Transform {
    */
   readonly #inFlight: Promise<Buffer>[] = [];
   readonly #maxInFlight: number;
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
+  /** The block being filled, and how much of it is. */
+  #block: Buffer | undefined;
+  #filled = 0;
+  /**
+   * Block memory back from the workers, filled again: a new multi-MiB block per frame cost
+   * the kernel a fresh zeroed page per 4 KiB (a quarter of a million page faults per GiB).
+   */
+  readonly #spare: ArrayBuffer[] = [];
 
   constructor(pool: CompressionPool, format: FrameFormat, blockBytes: number) {
     super({ readableHighWaterMark: blockBytes });
@@ -67,44 +73,60 @@ class FrameCompressor extends Transform {
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.#pending.push(chunk);
-    this.#pendingBytes += chunk.length;
-    if (this.#pendingBytes < this.#blockBytes) return done();
-    this.#submit();
+    // A block that arrives whole (the pack worker's chunks) goes to a worker and back to its
+    // producer without a copy; anything else is copied into a block of our own.
+    const giveBack = this.#filled === 0 && chunk.length >= this.#blockBytes ? claimRecyclable(chunk) : undefined;
+    if (giveBack) {
+      this.#submit(transferableMemory(chunk), chunk.length, giveBack);
+    } else {
+      for (let offset = 0; offset < chunk.length; ) {
+        const block = (this.#block ??= this.#takeBlock());
+        const copied = chunk.copy(block, this.#filled, offset);
+        offset += copied;
+        this.#filled += copied;
+        if (this.#filled === block.length) this.#submitBlock();
+      }
+      recycle(chunk);
+    }
     // Backpressure: hold the callback while the workers are busy, so input waits for output.
     if (this.#inFlight.length < this.#maxInFlight) return done();
-    this.#pushOldest().then(() => done(), done);
+    this.#drain(this.#maxInFlight - 1).then(() => done(), done);
   }
 
   override _flush(done: TransformCallback): void {
-    if (this.#pendingBytes > 0) this.#submit();
-    const drain = async () => {
-      while (this.#inFlight.length > 0) await this.#pushOldest();
-    };
-    drain().then(() => done(), done);
+    if (this.#filled > 0) this.#submitBlock();
+    this.#drain(0).then(() => done(), done);
   }
 
-  #submit(): void {
-    const pieces = this.#pending;
-    this.#pending = [];
-    // A block that arrived whole (the pack worker's chunks) goes to a worker and back to its
-    // producer without a copy; anything else is gathered into a block of our own.
-    const giveBack = pieces.length === 1 ? claimRecyclable(pieces[0]!) : undefined;
-    const block = giveBack ? pieces[0]! : Buffer.concat(pieces, this.#pendingBytes);
-    this.#pendingBytes = 0;
-    if (!giveBack) pieces.forEach(recycle);
-    const frame = this.#pool.compress(block, this.#format).then(({ frame, memory }) => {
-      giveBack?.(memory);
+  #takeBlock(): Buffer {
+    const memory = this.#spare.pop();
+    return memory ? Buffer.from(memory) : Buffer.allocUnsafeSlow(this.#blockBytes);
+  }
+
+  #submitBlock(): void {
+    const block = this.#block!;
+    const length = this.#filled;
+    this.#block = undefined;
+    this.#filled = 0;
+    this.#submit(block.buffer as ArrayBuffer, length, (memory) => {
+      if (this.#spare.length < this.#maxInFlight) this.#spare.push(memory);
+    });
+  }
+
+  /** Compresses the first `length` bytes of `memory` (transferred) into the next frame. */
+  #submit(memory: ArrayBuffer, length: number, giveBack: GiveBack): void {
+    const frame = this.#pool.compress(memory, length, this.#format).then(({ frame, memory }) => {
+      giveBack(memory);
       // Nobody downstream keeps a frame once written: the store frees it then.
       return offerForRecycling(frame, freeNow);
     });
-    frame.catch(() => {}); // surfaced in order by #pushOldest; never an unhandled rejection
+    frame.catch(() => {}); // surfaced in order by #drain; never an unhandled rejection
     this.#inFlight.push(frame);
   }
 
-  async #pushOldest(): Promise<void> {
-    const frame = await this.#inFlight.shift()!;
-    this.push(frame);
+  /** Pushes the oldest frames, in order, until at most `left` are in flight. */
+  async #drain(left: number): Promise<void> {
+    while (this.#inFlight.length > left) this.push(await this.#inFlight.shift()!);
   }
 }
 
