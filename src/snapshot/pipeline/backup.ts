@@ -380,6 +380,8 @@ async function storeElement(ctx: RunContext, { store, repository, compression }:
   const { algorithm, level } = compression;
   // The estimate is a guess (a database's on-disk size): once passed, the total is what is done.
   const progress = (bytes: number) => ctx.onProgress?.({ phase: 'capture', element: name, bytes, ...(totalBytes ? { totalBytes: Math.max(totalBytes, bytes) } : {}) });
+  // The element's total is known before its first bytes: the first report, whatever the size of its first chunk.
+  progress(0);
   let stored: Pick<ElementRecord, 'objects' | 'storedBytes' | 'sha256' | 'repository' | 'compression' | 'rawBytes'>;
   let feeding: Promise<void> = Promise.resolve();
   try {
