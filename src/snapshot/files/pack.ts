@@ -1,12 +1,11 @@
 import { resolve } from 'node:path';
-import { Readable } from 'node:stream';
-import { MessageChannel, Worker } from 'node:worker_threads';
-import { AgentError, cancelled, throwIfCancelled, toAgentError } from '../../errors.ts';
+import { throwIfCancelled } from '../../errors.ts';
 import { siblingModule } from '../../sibling-module.ts';
-import { offerForRecycling } from '../../chunk-recycling.ts';
+import { chunkWorkerStream, type ChunkStream, type ChunkStreamOptions } from '../chunk-worker/stream.ts';
+import type { ChunkWorkerData } from '../chunk-worker/protocol.ts';
 import { BLOCK_BYTES } from '../compression.ts';
 import type { FileSegment } from '../driver.ts';
-import { createControl, grantCredit, grantStart, requestCancel, type PackWorkerData, type PackWorkerMessage } from './pack-protocol.ts';
+import type { PackWorkerData, SegmentMessage } from './pack-protocol.ts';
 
 export interface PackOptions {
   /** Patterns relative to the root; syntax in excludes.ts. */
@@ -60,124 +59,52 @@ const WORKER_URL = siblingModule(import.meta.url, 'pack-worker');
  * exited, and rejects with the stream's error otherwise. `begin` lets a `held` pack walk (a
  * no-op otherwise).
  *
- * A worker thread walks and reads the tree with synchronous calls and hands over 1 MiB chunks;
- * the stream grants it credit for more as they are read, so a slow reader pauses the worker.
+ * A worker thread walks and reads the tree with synchronous calls (chunk-worker/stream.ts).
  */
-export function packTree(root: string, options: PackOptions = {}): { stream: Readable; stats: Promise<PackStats>; begin(): void } {
+export function packTree(root: string, options: PackOptions = {}): ChunkStream<PackStats> {
   const { signal } = options;
   throwIfCancelled(signal);
-
   const segmented = options.parent !== undefined;
-  const control = createControl(segmented ? SEGMENTED_CHUNK_CREDIT : CHUNK_CREDIT, { held: options.held ?? false });
-  // Chunks a consumer is done with go back to the worker, which fills them again.
-  const { port1: recycled, port2: workerRecycled } = new MessageChannel();
-  const giveBack = (memory: ArrayBuffer) => recycled.postMessage(memory, [memory]);
-  const workerData: PackWorkerData = {
-    root: resolve(root),
-    excludes: [...(options.excludes ?? [])],
+  const data: Omit<PackWorkerData, keyof ChunkWorkerData> = { root: resolve(root), excludes: [...(options.excludes ?? [])], parent: options.parent };
+  return chunkWorkerStream<PackStats, typeof data, SegmentMessage>(WORKER_URL, data, {
+    credit: segmented ? SEGMENTED_CHUNK_CREDIT : CHUNK_CREDIT,
     chunkSize: CHUNK_SIZE,
-    control,
-    recycled: workerRecycled,
-    parent: options.parent,
-  };
-  const worker = new Worker(WORKER_URL, { workerData, transferList: [workerRecycled] });
+    held: options.held ?? false,
+    signal,
+    what: `packing ${root}`,
+    ...(segmented ? segmentMarks() : {}),
+  });
+}
 
-  let owed = 0;
-  let result: PackStats | undefined;
-  let failure: AgentError | undefined;
-
-  // Segment marks in the order they came, each waiting for the bytes before it to be pushed.
+/**
+ * Segment marks in the order they came, each pushed once the bytes before it are: a chunk is
+ * cut at its marks, so it is in several views, none of them the one consumer that could
+ * recycle it.
+ */
+function segmentMarks(): Pick<ChunkStreamOptions<SegmentMessage>, 'objects' | 'onMessage'> {
   const marks: { offset: number; segment: FileSegment }[] = [];
   let pushed = 0;
-  const pushMarks = () => {
-    while (marks.length > 0 && marks[0]!.offset === pushed) stream.push(marks.shift()!.segment);
+  const pushMarks = (push: (item: unknown) => void) => {
+    while (marks.length > 0 && marks[0]!.offset === pushed) push(marks.shift()!.segment);
   };
-  /** Pushes a chunk's bytes, each waiting mark at its offset between them. */
-  const pushSegmented = (bytes: Buffer) => {
-    let at = 0;
-    while (at < bytes.length) {
-      pushMarks();
-      const next = marks[0];
-      const end = next && next.offset < pushed + bytes.length - at ? at + (next.offset - pushed) : bytes.length;
-      stream.push(bytes.subarray(at, end));
-      pushed += end - at;
-      at = end;
-    }
-    pushMarks();
-  };
-
-  const stream = new Readable({
-    objectMode: segmented,
-    highWaterMark: segmented ? 2 : CHUNK_SIZE,
-    read() {
-      if (owed === 0) return;
-      grantCredit(control, owed);
-      owed = 0;
+  return {
+    objects: {
+      pushChunk(push, bytes) {
+        let at = 0;
+        while (at < bytes.length) {
+          pushMarks(push);
+          const next = marks[0];
+          const end = next && next.offset < pushed + bytes.length - at ? at + (next.offset - pushed) : bytes.length;
+          push(bytes.subarray(at, end));
+          pushed += end - at;
+          at = end;
+        }
+        pushMarks(push);
+      },
     },
-    destroy(error, callback) {
-      if (!stream.readableEnded) {
-        requestCancel(control);
-        failure ??=
-          error === null
-            ? new AgentError('E_CANCELLED', `packing ${root} stopped: its stream was destroyed before the end`)
-            : toAgentError(error, 'E_CAPTURE_FAILED');
-      }
-      callback(error);
+    onMessage(message, push) {
+      marks.push(message);
+      pushMarks(push);
     },
-  });
-
-  worker.on('message', (message: PackWorkerMessage) => {
-    switch (message.kind) {
-      case 'chunk':
-        owed++;
-        // Cut at its marks, a chunk is in several views: none is the one consumer that could recycle it.
-        if (segmented) pushSegmented(Buffer.from(message.chunk, 0, message.length));
-        else stream.push(offerForRecycling(Buffer.from(message.chunk, 0, message.length), giveBack));
-        break;
-      case 'segment':
-        marks.push(message);
-        pushMarks();
-        break;
-      case 'done':
-        result = message.stats;
-        stream.push(null);
-        break;
-      case 'failed':
-        stream.destroy(new AgentError(message.code, message.message, { details: message.details }));
-        break;
-    }
-  });
-  worker.on('error', (error) => stream.destroy(toAgentError(error, 'E_CAPTURE_FAILED')));
-
-  const onAbort = (): void => {
-    stream.destroy(cancelled(signal as AbortSignal));
   };
-  signal?.addEventListener('abort', onAbort, { once: true });
-
-  const stats = new Promise<PackStats>((resolvePromise, reject) => {
-    let exited = false;
-    let closed = false;
-    const settle = (): void => {
-      if (!exited || !closed) return;
-      signal?.removeEventListener('abort', onAbort);
-      // Without a failure the stream ended, which it only does once the worker posted its stats.
-      if (failure === undefined) resolvePromise(result as PackStats);
-      else reject(failure);
-    };
-    worker.once('exit', (code) => {
-      exited = true;
-      if (result === undefined) {
-        stream.destroy(new AgentError('E_INTERNAL', `the pack worker for ${root} exited with code ${code} before finishing`));
-      }
-      settle();
-    });
-    stream.once('close', () => {
-      closed = true;
-      recycled.close();
-      settle();
-    });
-  });
-  // Callers that only consume the stream see its error there; keep this copy from being unhandled.
-  stats.catch(() => {});
-  return { stream, stats, begin: () => grantStart(control) };
 }

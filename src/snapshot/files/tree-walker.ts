@@ -14,10 +14,10 @@ import {
 } from 'node:fs';
 import { AgentError } from '../../errors.ts';
 import type { FileSegment } from '../driver.ts';
-import type { ChunkOutput } from './chunk-output.ts';
+import type { ChunkOutput } from '../chunk-worker/output.ts';
 import type { ExcludeMatcher } from './excludes.ts';
 import type { PackStats } from './pack.ts';
-import { PackCancelled } from './pack-protocol.ts';
+import { WorkerCancelled } from '../chunk-worker/protocol.ts';
 import { BLOCK, encodeHeader, padTo512, type TarHeader } from './tar-header.ts';
 
 /*
@@ -51,12 +51,11 @@ export interface SegmentMarking {
   mark(offset: number, segment: FileSegment): void;
 }
 
-/** Writes the whole tar archive of the tree under `root` to `out`. */
+/** Writes the whole tar archive of the tree under `root` to `out` (which its caller ends). */
 export function writeTreeArchive(root: string, isExcluded: ExcludeMatcher, out: ChunkOutput, segments?: SegmentMarking): PackStats {
   const walker = new TreeWalker(isExcluded, out, segments);
   walker.walkRoot(root);
   out.zeros(2 * BLOCK);
-  out.end();
   return walker.result();
 }
 
@@ -278,7 +277,7 @@ function specialKind(entry: Dirent<Buffer>): string {
 }
 
 function captureFailed(path: string, error: unknown): Error {
-  if (error instanceof AgentError || error instanceof PackCancelled) return error;
+  if (error instanceof AgentError || error instanceof WorkerCancelled) return error;
   return new AgentError(
     'E_CAPTURE_FAILED',
     `cannot archive ${path}: ${(error as Error).message}; check the file system and the agent's permissions`,

@@ -1,6 +1,6 @@
 import { readSync } from 'node:fs';
 import { receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { takeCredit } from './pack-protocol.ts';
+import { takeCredit } from './protocol.ts';
 
 export type SendChunk = (chunk: ArrayBuffer, length: number) => void;
 
