@@ -33,6 +33,13 @@ const never = () => new AbortController().signal;
 const STATE_DIR = await mkdtemp(path.join(tmpdir(), 'mysql-driver-state-'));
 afterAll(() => rm(STATE_DIR, { recursive: true, force: true }));
 
+/** The FIFOs mysqldump wrote into (dump-output.ts) still in the private temp dirs: none once a capture is released. */
+function fifosLeft(): string[] {
+  const root = path.join(STATE_DIR, 'tmp');
+  if (!existsSync(root)) return [];
+  return readdirSync(root, { recursive: true, encoding: 'utf8' }).filter((name) => name.endsWith('.fifo'));
+}
+
 /** Processes whose command line has every one of `parts` (e.g. a mysqldump of one database). */
 function processesWith(...parts: string[]): { pid: number; argv: string[] }[] {
   const found: { pid: number; argv: string[] }[] = [];
@@ -323,6 +330,7 @@ describe('mysql driver (real MariaDB)', () => {
       await expect(capture.result).resolves.toMatchObject({ warnings: [] });
       await capture.release();
       expect(bytes).toBeGreaterThan(100_000_000);
+      expect(fifosLeft()).toEqual([]);
     } finally {
       await root.query('DROP USER IF EXISTS ?@?', [user, '127.0.0.1']).catch(() => {});
       root.destroy();
@@ -339,6 +347,21 @@ describe('mysql driver (real MariaDB)', () => {
     expect(await reading).toBeInstanceOf(Error);
     await capture.release();
     await waitFor(() => (processesWith('--databases', big).length === 0 ? true : undefined), 'mysqldump to exit');
+    expect(fifosLeft()).toEqual([]);
+  });
+
+  it('a prepared capture released before it runs leaves no FIFO behind, and the next one dumps whole', async () => {
+    const prepared = await driver([big]).prepare({ signal: never(), consistent: true });
+    expect(fifosLeft()).toHaveLength(1);
+    await prepared.release();
+    expect(fifosLeft()).toEqual([]);
+    const capture = await driver([shop]).capture({ signal: never(), consistent: false });
+    const dump = (await readAll(capture.stream)).toString();
+    await expect(capture.result).resolves.toMatchObject({ warnings: [] });
+    await capture.release();
+    expect(dump.startsWith('-- storage-agent mysql dump ')).toBe(true);
+    expect(dump).toMatch(/-- Dump completed/);
+    expect(fifosLeft()).toEqual([]);
   });
 
   it('refuses FLUSH TABLES WITH READ LOCK behind a long query, and leaves nothing locked', async () => {

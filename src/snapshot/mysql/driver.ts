@@ -7,7 +7,9 @@ import { captureAtOnce, handOver, type Capture, type CaptureOptions, type Facts,
 import { privateTempDir } from '../private-temp.ts';
 import { reachedPhase } from '../../phase-hook.ts';
 import { closeConnection, describeEndpoint, openConnection, queryRows, quoteIdent, serverError, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from './connection.ts';
+import { dumpHeaderLine } from './dump-format.ts';
 import { dumpOptions, startDump, type RunningDump } from './dump.ts';
+import { openDumpOutput, type DumpOutput } from './dump-output.ts';
 import { dumpClient, serverFlavour, type DumpClient, type ServerFlavour } from './flavour.ts';
 import { loadDump } from './load.ts';
 import { retarget, StagingRewriter } from './rewrite.ts';
@@ -36,6 +38,8 @@ const MAX_IDENTIFIER = 64;
 interface PreparedSession {
   connection: Connection;
   defaults: DefaultsFile;
+  /** Where mysqldump will write, its reader already started (dump-output.ts). */
+  output: DumpOutput;
   server: ServerFlavour;
   client: DumpClient;
   databases: readonly string[];
@@ -149,6 +153,7 @@ export class MysqlDriver implements ServiceDriver {
     const onAbort = () => closeConnection(connection, { force: true });
     signal.addEventListener('abort', onAbort, { once: true });
     let defaults: DefaultsFile | undefined;
+    let output: DumpOutput | undefined;
     let session: PreparedSession;
     try {
       // Both known before any lock is taken: the options follow from them (dumpOptions).
@@ -157,12 +162,15 @@ export class MysqlDriver implements ServiceDriver {
       const databases = partial ? await this.#existingDatabases(connection) : await this.#checkDatabasesExist(connection);
       if (consistent) await checkLongQueries(connection, this.#config.longQueryThreshold);
       // The password is on disk (0600, the private temp dir) from here until mysqldump has read it, or the release.
-      defaults = await writeDefaultsFile(endpoint, await privateTempDir(this.#stateDir));
+      const tempDir = await privateTempDir(this.#stateDir);
+      defaults = await writeDefaultsFile(endpoint, tempDir);
+      output = await openDumpOutput(tempDir, dumpHeaderLine(databases), signal);
       throwIfCancelled(signal);
-      session = { connection, defaults, server, client, databases, consistent };
+      session = { connection, defaults, output, server, client, databases, consistent };
     } catch (error) {
       closeConnection(connection);
       await defaults?.remove();
+      await output?.discard();
       if (signal.aborted) throw cancelled(signal);
       throw serverError(error, 'E_CAPTURE_FAILED', this.#what());
     } finally {
@@ -174,6 +182,7 @@ export class MysqlDriver implements ServiceDriver {
       async () => {
         closeConnection(connection);
         await session.defaults.remove();
+        await session.output.discard();
       },
     );
   }
@@ -182,7 +191,7 @@ export class MysqlDriver implements ServiceDriver {
    * The point-in-time work on a prepared session: consistent, FTWRL (after one more long-query
    * check), the binlog position, mysqldump started, UNLOCK once its snapshot is open.
    */
-  async #fixPointInTime({ connection, defaults, server, client, databases, consistent }: PreparedSession, signal: AbortSignal): Promise<Capture> {
+  async #fixPointInTime({ connection, defaults, output, server, client, databases, consistent }: PreparedSession, signal: AbortSignal): Promise<Capture> {
     // Closing the session is what cancels a pending FTWRL and frees a held one.
     const onAbort = () => closeConnection(connection, { force: true });
     signal.addEventListener('abort', onAbort, { once: true });
@@ -207,7 +216,7 @@ export class MysqlDriver implements ServiceDriver {
       // Under the lock no transaction commits: the position is exactly the snapshot's.
       binlog = await binlogPosition(connection);
       const binlogAt = new Date().toISOString();
-      dump = startDump(defaults, dumpOptions(server, client), databases, signal);
+      dump = startDump(defaults, dumpOptions(server, client), databases, output, signal);
       await withTimeout(dump.snapshotOpen, SNAPSHOT_TIMEOUT_MS, `mysqldump did not open its snapshot within ${SNAPSHOT_TIMEOUT_MS / 1000}s`);
       if (locked) {
         await connection.query('UNLOCK TABLES');
@@ -237,6 +246,7 @@ export class MysqlDriver implements ServiceDriver {
       if (locked) await connection.query('UNLOCK TABLES').catch(() => {});
       closeConnection(connection);
       await defaults.remove();
+      await output?.discard();
       if (signal.aborted) throw cancelled(signal);
       throw serverError(error, 'E_CAPTURE_FAILED', this.#what());
     } finally {
@@ -253,6 +263,7 @@ export class MysqlDriver implements ServiceDriver {
       release: async () => {
         running.kill(); // a no-op once it has exited; stops an abandoned dump
         await defaults.remove();
+        await output.close();
       },
     };
   }

@@ -3,7 +3,8 @@ import { PassThrough, type Readable } from 'node:stream';
 import { execa } from 'execa';
 import { AgentError, cancelled } from '../../errors.ts';
 import { clientArgs, clientProcessOptions, type DefaultsFile } from './connection.ts';
-import { dumpHeaderLine } from './dump-format.ts';
+import { BLOCK_BYTES } from '../compression.ts';
+import type { DumpOutput } from './dump-output.ts';
 import type { DumpClient, ServerFlavour } from './flavour.ts';
 
 /** mysqldump's options; --verbose is for us: it tells when the snapshot is open (see below). */
@@ -43,7 +44,7 @@ export function dumpOptions(server: ServerFlavour, client: DumpClient): string[]
 const MAX_MESSAGES = 40;
 
 export interface RunningDump {
-  /** Our header line, then mysqldump's stdout; fails with an AgentError when mysqldump fails. */
+  /** Our header line, then mysqldump's output; fails with an AgentError when mysqldump fails. */
   stream: Readable;
   /**
    * Resolves once mysqldump's `START TRANSACTION WITH CONSISTENT SNAPSHOT` has returned (or the
@@ -57,17 +58,18 @@ export interface RunningDump {
 }
 
 /**
- * Starts `mysqldump <options> --databases …` (options: dumpOptions) streaming to `stream`.
+ * Starts `mysqldump <options> --result-file=<output's FIFO> --databases …`; `stream` is the
+ * output's (header line first), ended only once mysqldump has exited well.
  * Its stderr is read line by line: with --verbose mysqldump prints "-- Starting transaction..."
  * just before START TRANSACTION WITH CONSISTENT SNAPSHOT and its next progress line only after it returned,
  * which is how the consistent capture knows when it may release FLUSH TABLES WITH READ LOCK
  * (information_schema.INNODB_TRX would do too, but it is refreshed only every 100 ms).
  */
-export function startDump(defaults: DefaultsFile, options: readonly string[], databases: readonly string[], signal: AbortSignal): RunningDump {
-  const subprocess = execa('mysqldump', [...clientArgs(defaults), ...options, '--databases', ...databases], {
+export function startDump(defaults: DefaultsFile, options: readonly string[], databases: readonly string[], output: DumpOutput, signal: AbortSignal): RunningDump {
+  const subprocess = execa('mysqldump', [...clientArgs(defaults), ...options, `--result-file=${output.fifo}`, '--databases', ...databases], {
     ...clientProcessOptions(signal),
     stdin: 'ignore',
-    stdout: 'pipe',
+    stdout: 'ignore',
   });
 
   const messages: string[] = [];
@@ -87,6 +89,9 @@ export function startDump(defaults: DefaultsFile, options: readonly string[], da
       await subprocess;
     } catch (error) {
       throw dumpError(error, messages, signal);
+    } finally {
+      // A reader still waiting for mysqldump to open the FIFO (it failed first) reads its end now.
+      await output.close();
     }
     return { warnings: messages.map((m) => `mysqldump: ${m.replace(/^mysqldump: /, '')}`) };
   })();
@@ -97,23 +102,26 @@ export function startDump(defaults: DefaultsFile, options: readonly string[], da
   snapshot.promise.catch(() => {});
   done.catch(() => {});
 
-  const stream = new PassThrough({ highWaterMark: 1 << 20 });
+  // The output's end of file says only that mysqldump closed it: the dump ends once it has
+  // exited well, and fails with why it did not (its stderr) otherwise.
+  const stream = new PassThrough({ highWaterMark: BLOCK_BYTES });
   // mysqldump may fail before the caller has attached to the stream (capture() has not returned
   // yet): without a listener that 'error' would crash the agent. pipeline() still sees it.
   stream.on('error', () => {});
-  stream.write(dumpHeaderLine(databases));
-  const source = subprocess.readable({ binary: true });
-  source.on('error', (error) => {
-    // execa's error says "Command failed"; ours says why (stderr), once the exit is known.
+  const source = output.stream;
+  const finish = (error?: Error) =>
     done.then(
-      () => stream.destroy(error),
+      () => (error ? stream.destroy(error) : stream.end()),
       (failure: unknown) => stream.destroy(failure as Error),
     );
-  });
-  source.pipe(stream);
+  source.on('error', (error) => void finish(error));
+  source.on('end', () => void finish());
+  source.pipe(stream, { end: false });
   // A consumer that gives up (upload failed, cancel) stops the dump.
   stream.on('close', () => {
-    if (!stream.readableEnded) source.destroy();
+    if (stream.readableEnded) return;
+    source.destroy();
+    subprocess.kill('SIGKILL');
   });
 
   return {
