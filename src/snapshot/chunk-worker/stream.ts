@@ -48,6 +48,7 @@ export function chunkWorkerStream<Stats, Data extends object, Message = never>(
   const worker = new Worker(url, { workerData, transferList: [workerRecycled] });
 
   let owed = 0;
+  let finished = false;
   let result: Stats | undefined;
   let failure: AgentError | undefined;
 
@@ -80,6 +81,7 @@ export function chunkWorkerStream<Stats, Data extends object, Message = never>(
         break;
       }
       case 'done':
+        finished = true;
         result = known.stats;
         stream.push(null);
         break;
@@ -109,7 +111,7 @@ export function chunkWorkerStream<Stats, Data extends object, Message = never>(
     };
     worker.once('exit', (code) => {
       exited = true;
-      if (result === undefined) stream.destroy(new AgentError('E_INTERNAL', `${what}: its worker exited with code ${code} before finishing`));
+      if (!finished) stream.destroy(new AgentError('E_INTERNAL', `${what}: its worker exited with code ${code} before finishing`));
       settle();
     });
     stream.once('close', () => {

@@ -5,17 +5,16 @@
 import { closeSync, openSync } from 'node:fs';
 import { AgentError } from '../../errors.ts';
 import { runChunkWorker } from '../chunk-worker/worker.ts';
-import type { DumpOutputStats, DumpOutputWorkerData, OpenedMessage } from './dump-output.ts';
+import type { DumpOutputWorkerData, OpenedMessage } from './dump-output.ts';
 
-runChunkWorker<DumpOutputWorkerData, DumpOutputStats, OpenedMessage>((data, out, post) => {
+runChunkWorker<DumpOutputWorkerData, void, OpenedMessage>((data, out, post) => {
   out.write(Buffer.from(data.header));
   // At once: the main thread holds the FIFO open for writing until it hears this.
   const fd = openSync(data.fifo, 'r');
   post({ kind: 'opened' });
   try {
-    const { bytesRead, error } = out.readFrom(fd, Number.POSITIVE_INFINITY);
+    const { error } = out.readFrom(fd, Number.POSITIVE_INFINITY);
     if (error) throw new AgentError('E_CAPTURE_FAILED', `reading mysqldump's output failed: ${error.message}`, { cause: error });
-    return { bytes: bytesRead };
   } finally {
     closeSync(fd);
   }

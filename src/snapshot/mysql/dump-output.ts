@@ -16,11 +16,6 @@ export interface DumpOutputWorkerData extends ChunkWorkerData {
   header: string;
 }
 
-export interface DumpOutputStats {
-  /** mysqldump's bytes, the header not counted. */
-  bytes: number;
-}
-
 /** The worker's word that it has the FIFO open. */
 export interface OpenedMessage {
   kind: 'opened';
@@ -72,7 +67,7 @@ export async function openDumpOutput(tempDir: string, header: string, signal: Ab
   let opened!: () => void;
   const workerHasIt = new Promise<void>((resolve) => (opened = resolve));
   const data: Omit<DumpOutputWorkerData, keyof ChunkWorkerData> = { fifo, header };
-  const { stream } = chunkWorkerStream<DumpOutputStats, typeof data, OpenedMessage>(WORKER_URL, data, {
+  const { stream } = chunkWorkerStream<void, typeof data, OpenedMessage>(WORKER_URL, data, {
     // Like the pack worker: the compressor, not the reading, sets the pace.
     credit: 1,
     chunkSize: BLOCK_BYTES,
