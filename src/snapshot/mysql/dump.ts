@@ -90,7 +90,7 @@ export function startDump(defaults: DefaultsFile, options: readonly string[], da
     } catch (error) {
       throw dumpError(error, messages, signal);
     } finally {
-      // A reader still waiting for mysqldump to open the FIFO (it failed first) reads its end now.
+      // mysqldump has exited: with the output's own hold on the FIFO let go, its reader reads the end.
       await output.close();
     }
     return { warnings: messages.map((m) => `mysqldump: ${m.replace(/^mysqldump: /, '')}`) };
