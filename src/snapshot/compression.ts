@@ -108,10 +108,12 @@ class FrameCompressor extends Transform {
     const length = this.#filled;
     this.#block = undefined;
     this.#filled = 0;
-    this.#submit(block.buffer as ArrayBuffer, length, (memory) => {
-      if (this.#spare.length < this.#maxInFlight) this.#spare.push(memory);
-    });
+    this.#submit(block.buffer as ArrayBuffer, length, this.#keepSpare);
   }
+
+  readonly #keepSpare: GiveBack = (memory) => {
+    if (this.#spare.length < this.#maxInFlight) this.#spare.push(memory);
+  };
 
   /** Compresses the first `length` bytes of `memory` (transferred) into the next frame. */
   #submit(memory: ArrayBuffer, length: number, giveBack: GiveBack): void {

@@ -246,7 +246,7 @@ export class MysqlDriver implements ServiceDriver {
       if (locked) await connection.query('UNLOCK TABLES').catch(() => {});
       closeConnection(connection);
       await defaults.remove();
-      await output?.discard();
+      await output.discard();
       if (signal.aborted) throw cancelled(signal);
       throw serverError(error, 'E_CAPTURE_FAILED', this.#what());
     } finally {

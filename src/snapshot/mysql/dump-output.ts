@@ -64,8 +64,7 @@ export async function openDumpOutput(tempDir: string, header: string, signal: Ab
     if (signal.aborted) throw cancelled(signal);
     throw new AgentError('E_CAPTURE_FAILED', `could not make the FIFO mysqldump writes into (${fifo}): ${(error as Error).message}`, { cause: error });
   }
-  let opened!: () => void;
-  const workerHasIt = new Promise<void>((resolve) => (opened = resolve));
+  const { promise: workerHasIt, resolve: opened } = Promise.withResolvers<void>();
   const data: Omit<DumpOutputWorkerData, keyof ChunkWorkerData> = { fifo, header };
   const { stream } = chunkWorkerStream<void, typeof data, OpenedMessage>(WORKER_URL, data, {
     // Like the pack worker: the compressor, not the reading, sets the pace.
@@ -75,7 +74,7 @@ export async function openDumpOutput(tempDir: string, header: string, signal: Ab
     onMessage: () => opened(),
   });
   // A worker that failed or was stopped before its open no longer needs a writer.
-  stream.once('close', opened);
+  stream.once('close', () => opened());
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= workerHasIt.then(async () => {
