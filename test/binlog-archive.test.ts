@@ -125,6 +125,17 @@ describe('binlog archive: sealed segments', () => {
     expect((await reader.readSegment(await reader.readRecord(chain, 1))).includes(SECRET_ROW)).toBe(true);
   });
 
+  it("a record's newest event time never goes back: events replayed with their older times after newer ones", async () => {
+    const archive = new BinlogArchive(store, ENV, SERVICE, keys, sealing(false));
+    const first = segment(0, 0);
+    await archive.append({ ...first, firstEventMs: 5_000, lastEventMs: 9_000 }, new AbortController().signal);
+    // `mariadb-binlog | mysql` into another database: the server logs those rows with the times they first had.
+    await archive.append({ ...segment(1, first.end), firstEventMs: 3_000, lastEventMs: 4_000 }, new AbortController().signal);
+    const { chain } = await chainDir();
+    const reader = new BinlogArchive(store, ENV, SERVICE, keys, sealing(false));
+    expect(await reader.readRecord(chain, 1)).toMatchObject({ firstEventMs: 3_000, lastEventMs: 9_000 });
+  });
+
   it('a key that cannot be opened fails the append with its own error and stores nothing', async () => {
     const archive = new BinlogArchive(store, ENV, SERVICE, keys, {
       sealNew: true,

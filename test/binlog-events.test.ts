@@ -79,6 +79,15 @@ describe('parseEvents', () => {
     expect(parsed).toMatchObject({ end: sample.length, count: 6, firstEventMs: 1_700_000_000_000, lastEventMs: 1_700_000_005_000, lastGtid: '3-42-8', pendingSize: null, lastType: EventType.QUERY });
   });
 
+  it('the newest time is the largest, not the last: a replayed event keeps its older time', () => {
+    const replayed = file(
+      (o) => formatDescription(o),
+      (o) => query(o, 'BEGIN', 1_700_000_009),
+      (o) => query(o, 'INSERT INTO t VALUES (1)', 1_700_000_003),
+    );
+    expect(parseEvents(replayed, 0)).toMatchObject({ firstEventMs: 1_700_000_000_000, lastEventMs: 1_700_000_009_000 });
+  });
+
   it('never reports half an event: every truncation ends on the last complete event', () => {
     const boundaries = [0, 4];
     for (let pos = 4; pos < sample.length; pos += sample.readUInt32LE(pos + 9)) boundaries.push(pos + sample.readUInt32LE(pos + 9));

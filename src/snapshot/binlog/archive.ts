@@ -58,6 +58,7 @@ const recordSchema = z
     storedBytes: z.number().int().min(0),
     sha256: z.string().regex(/^[0-9a-f]{64}$/),
     firstEventMs: z.number().int().nullable(),
+    /** The newest event time of the chain up to and including this record: the window's end, whatever order replayed events came in. */
     lastEventMs: z.number().int().nullable(),
     lastGtid: z.string().max(200).nullable(),
     closed: z.boolean(),
@@ -263,7 +264,7 @@ export class BinlogArchive implements SegmentSink {
         storedBytes: stored.length,
         sha256: sha256(sealed ? stored : segment.bytes),
         firstEventMs: segment.firstEventMs,
-        lastEventMs: segment.lastEventMs,
+        lastEventMs: startsChain ? segment.lastEventMs : newestOf(head.lastEventMs, segment.lastEventMs),
         lastGtid: segment.lastGtid,
         closed: segment.closed,
         ...(sealed ? { sealed: true as const } : {}),
@@ -313,3 +314,8 @@ function checkContinues(head: BinlogRecord, segment: BinlogSegment): void {
   if (segment.end - segment.offset !== segment.bytes.length) throw new AgentError('E_INTERNAL', `binlog segment ${segment.file}:${segment.offset} holds ${segment.bytes.length} bytes, not ${segment.end - segment.offset}`);
 }
 
+
+/** The later of two event times, either of which may be unknown. */
+function newestOf(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.max(a, b);
+}

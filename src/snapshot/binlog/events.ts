@@ -54,7 +54,11 @@ export interface ParsedEvents {
   end: number;
   /** How many complete events lie between the start offset and `end`. */
   count: number;
-  /** Header times (s → ms) of the first and last complete event; null when there is none. Events with a zero timestamp (made up by the server) are not counted. */
+  /**
+   * Header times (s → ms) of the first complete event and of the newest one (the largest: an
+   * event replayed from an older binlog keeps its original time, so the last is not always the
+   * newest); null when there is none. Events with a zero timestamp (made up by the server) are not counted.
+   */
   firstEventMs: number | null;
   lastEventMs: number | null;
   /** The last GTID among the complete events (MariaDB `domain-server-seq`, MySQL `uuid:gno`), or null. */
@@ -95,7 +99,7 @@ export function parseEvents(bytes: Buffer, offset: number, what = 'binary log'):
     result.lastType = header.type;
     if (header.timestamp !== 0) {
       result.firstEventMs ??= header.timestamp * 1000;
-      result.lastEventMs = header.timestamp * 1000;
+      result.lastEventMs = Math.max(result.lastEventMs ?? 0, header.timestamp * 1000);
     }
     const gtid = gtidOf(bytes.subarray(pos, pos + header.size), header);
     if (gtid) result.lastGtid = gtid;

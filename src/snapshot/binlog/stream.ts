@@ -463,7 +463,7 @@ export class BinlogStreamer {
     this.#unstoredSinceMs = null;
     this.#position = { file: segment.file, end: segment.end, closed: segment.closed };
     this.#lastAppendAt = Date.now();
-    if (segment.lastEventMs !== null) this.#lastEventMs = segment.lastEventMs;
+    if (segment.lastEventMs !== null) this.#lastEventMs = Math.max(this.#lastEventMs ?? 0, segment.lastEventMs);
     this.#updateCaughtUp();
   }
 
