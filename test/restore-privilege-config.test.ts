@@ -45,7 +45,7 @@ describe('config: keepSetuid (files) and functions (redis)', () => {
       const archive = await buildArchive([{ header: { name: 'tool', mode: 0o4755 }, content: '#!/bin/sh\n' }]);
       for (const [option, mode] of [['', 0o755], [', keepSetuid: true', 0o4755]] as const) {
         const mount = path.join(dir, option ? 'kept' : 'cleared');
-        const driver = createDriver('uploads', services(option, '', mount).uploads!, { env: 'shop', stateDir: dir });
+        const driver = await createDriver('uploads', services(option, '', mount).uploads!, { env: 'shop', stateDir: dir });
         const staged = await driver.stage(Readable.from([archive]), new AbortController().signal);
         await staged.commit();
         expect((await lstat(path.join(mount, 'tool'))).mode & 0o7777, option).toBe(mode);

@@ -44,7 +44,7 @@ export async function createBackup(ctx: OperationContext, options: CreateBackupO
     storeName: environmentStoreName(config, env),
     repository,
     keys,
-    elements: services.map(([name, service]) => ({ name, driver: createDriver(name, service, { env, stateDir: config.stateDir }) })),
+    elements: await Promise.all(services.map(async ([name, service]) => ({ name, driver: await createDriver(name, service, { env, stateDir: config.stateDir }) }))),
     freeze: environment.freeze,
     manualLimit: environment.manualLimit,
     compression: config.compression,

@@ -1,9 +1,6 @@
 import type { SecretRef } from '../config-fields.ts';
 import { readSecret, type ServiceConfig } from './config.ts';
 import type { ServiceDriver } from '../snapshot/driver.ts';
-import { FilesDriver } from '../snapshot/files/driver.ts';
-import { MysqlDriver } from '../snapshot/mysql/driver.ts';
-import { RedisDriver } from '../snapshot/redis/driver.ts';
 
 /** Where a driver runs: its environment, and the state directory for what it must journal. */
 export interface DriverContext {
@@ -11,15 +8,25 @@ export interface DriverContext {
   stateDir: string;
 }
 
-/** The driver for a configured service: what runs and what is read comes from config only. */
-export function createDriver(name: string, service: ServiceConfig, context: DriverContext): ServiceDriver {
+/**
+ * The driver for a configured service: what runs and what is read comes from config only. Each
+ * kind's modules load when a service of that kind is first used: a command that runs no driver
+ * (list, show, verify, prune) starts without the ~40 modules of all three and execa.
+ */
+export async function createDriver(name: string, service: ServiceConfig, context: DriverContext): Promise<ServiceDriver> {
   switch (service.kind) {
-    case 'files':
+    case 'files': {
+      const { FilesDriver } = await import('../snapshot/files/driver.ts');
       return new FilesDriver({ path: service.path, exclude: service.exclude, keepSetuid: service.keepSetuid });
-    case 'mysql':
+    }
+    case 'mysql': {
+      const { MysqlDriver } = await import('../snapshot/mysql/driver.ts');
       return new MysqlDriver({ name, config: service, stateDir: context.stateDir, password: secretReader(service.password, `services.${name}.password`) });
-    case 'redis':
+    }
+    case 'redis': {
+      const { RedisDriver } = await import('../snapshot/redis/driver.ts');
       return new RedisDriver({ name, ...context, config: service, password: secretReader(service.password, `services.${name}.password`) });
+    }
   }
 }
 

@@ -150,7 +150,7 @@ async function recoverOne(config: Config, journal: RestoreJournal, signal: Abort
   };
   const summary = { jobId: record.jobId, target: record.target, backupId: record.backupId };
   if (record.phase === 'staging') {
-    for (const entry of record.elements) await driverOf(entry).discardStaged(entry.state);
+    for (const entry of record.elements) await (await driverOf(entry)).discardStaged(entry.state);
     if (record.safetyBackupId) await removeIncompleteBackup(config, record.target, record.safetyBackupId);
     await journal.finish();
     log.warn({ elements: record.elements.map((e) => e.name) }, 'a restore interrupted while staging: its staged data was removed, every target is as it was');
@@ -158,7 +158,7 @@ async function recoverOne(config: Config, journal: RestoreJournal, signal: Abort
   }
   const finished: string[] = [];
   for (const entry of record.elements.filter((e) => !e.committed)) {
-    await driverOf(entry).resumeCommit(entry.state, signal);
+    await (await driverOf(entry)).resumeCommit(entry.state, signal);
     entry.committed = true;
     finished.push(entry.name);
     await journal.save();

@@ -1,7 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Transform, type Duplex, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
-import { execa } from 'execa';
 import { childEnv } from '../child-env.ts';
 import { claimRecyclable, freeNow, offerForRecycling, recycle, transferableMemory, type GiveBack } from '../chunk-recycling.ts';
 import { sharedCompressionPool, type CompressionPool, type FrameFormat } from './compress-pool.ts';
@@ -132,8 +131,12 @@ class FrameCompressor extends Transform {
   }
 }
 
-/** A streaming decompressor for `kind` (reads concatenated frames/members). */
-export function createDecompressor(kind: Compression): Duplex {
+/**
+ * A streaming decompressor for `kind` (reads concatenated frames/members). Async only because
+ * execa is loaded on first use: ~65 ms of every command's start that reads no element (list,
+ * show, prune) would otherwise go to it.
+ */
+export async function createDecompressor(kind: Compression): Promise<Duplex> {
   switch (kind) {
     case 'zstd':
       // Not Node's decoder: it stops after the first frame unless that frame's output ends on
@@ -141,6 +144,7 @@ export function createDecompressor(kind: Compression): Duplex {
       // stderr is kept (a few lines at most) so that a failure says what zstd found wrong.
       // Destroying the duplex closes the child's pipes, which ends it (EOF, or EPIPE on a full
       // stdout), and the duplex closes only once the child has exited.
+      const { execa } = await import('execa');
       return execa('zstd', ['-q', '-d', '-c'], { buffer: { stdout: false, stderr: true }, stdin: 'pipe', stdout: 'pipe', stderr: 'pipe', env: childEnv(), extendEnv: false }).duplex();
     case 'gzip':
       return zlib.createGunzip({ chunkSize: 1 << 20 });

@@ -9,7 +9,7 @@ import { cliJson } from './cli.ts';
 import { putSigned } from './manifest-keys.ts';
 
 export const zst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createCompressor('zstd', { level: 1 })));
-export const unzst = async (data: Buffer) => buffer(Readable.from([data]).pipe(createDecompressor('zstd')));
+export const unzst = async (data: Buffer) => buffer(Readable.from([data]).pipe(await createDecompressor('zstd')));
 
 /**
  * A hostile writer of the bucket who holds even the signing key: takes a live backup of element

@@ -1,6 +1,5 @@
 import { statfs } from 'node:fs/promises';
 import os from 'node:os';
-import si from 'systeminformation';
 import { formatBytes } from '../../units.ts';
 
 /** What the agent knows about its host (systeminformation), for admission and `status`. */
@@ -35,8 +34,12 @@ export function hostResources(stateDir: string): Promise<HostResources> {
   return resources;
 }
 
+/** systeminformation, loaded when first asked: commands that admit no job never need it. */
+const systemInformation = async () => (await import('systeminformation')).default;
+
 /** Everything `status` shows about the host. */
 export async function hostFacts(stateDir: string): Promise<HostFacts> {
+  const si = await systemInformation();
   staticFacts ??= Promise.all([si.osInfo(), si.cpu()]).then(([info, cpu]) => ({
     os: `${info.distro} ${info.release}`.trim(),
     kernel: info.kernel,
@@ -56,7 +59,7 @@ export async function hostFacts(stateDir: string): Promise<HostFacts> {
 async function readResources(stateDir: string): Promise<HostResources> {
   // statfs of the state directory itself, not systeminformation's fsSize: that runs `df`
   // synchronously (~10 ms of a blocked event loop per job) and matches mounts by path prefix.
-  const [memory, disk] = await Promise.all([si.mem(), statfs(stateDir).catch(() => undefined)]);
+  const [memory, disk] = await Promise.all([(await systemInformation()).mem(), statfs(stateDir).catch(() => undefined)]);
   return {
     memory: { total: memory.total, available: memory.available },
     // bavail: what an unprivileged writer may use (the root reserve is not ours to plan on).

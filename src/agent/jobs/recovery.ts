@@ -113,7 +113,7 @@ async function undoInterruptedRedisLoads(config: Config, logger: Logger): Promis
     }
     try {
       const { createDriver } = await import('../drivers.ts');
-      const driver = createDriver(record.service, service, { env: record.env, stateDir: config.stateDir }) as RedisDriver;
+      const driver = (await createDriver(record.service, service, { env: record.env, stateDir: config.stateDir })) as RedisDriver;
       const promoted = await driver.undoInterruptedLoad(record);
       await journal.remove(file);
       log.warn({ promoted }, promoted ? 'a restore interrupted by a crash had left Redis a replica of the agent: promoted back to a writable master, settings set back' : 'checked Redis after a restore interrupted by a crash: no longer a replica of the agent');

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readdir, readFile, rm, rmdir, stat, statfs } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
 import { childEnv } from '../../child-env.ts';
 import { AgentError } from '../../errors.ts';
 import { currentProcess, isAlive } from '../../liveness.ts';
@@ -164,6 +163,8 @@ function fsTypeOf(types: Map<string, string>, dir: string): string | undefined {
 }
 
 async function run(command: string, args: string[], signal?: AbortSignal): Promise<void> {
+  // Loaded here, not at the top: every command's start sweeps dead snapshots through this module.
+  const { execa } = await import('execa');
   try {
     await execa(command, args, { cancelSignal: signal, stdin: 'ignore', env: childEnv(), extendEnv: false });
   } catch (error) {

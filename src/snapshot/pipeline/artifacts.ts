@@ -127,7 +127,7 @@ function readFromRepository(storage: BackupStorage, manifest: Manifest, element:
 }
 
 class DecompressedElement extends Readable {
-  readonly #open: () => { stored: Readable; decoder: Duplex; check: LengthCheck };
+  readonly #open: () => Promise<{ stored: Readable; decoder: Duplex; check: LengthCheck }>;
   readonly #label: string;
   readonly #parts: (Readable | Writable)[] = [];
   #decoder: Duplex | undefined;
@@ -139,11 +139,10 @@ class DecompressedElement extends Readable {
   constructor(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions) {
     super({ highWaterMark: 1 << 20 });
     this.#label = elementLabel(manifest, element);
-    this.#open = () => ({
-      stored: readVerified(store, manifest, element, signal),
-      decoder: createDecompressor(element.compression),
-      check: new LengthCheck(element.rawBytes, this.#label, options.onBytes),
-    });
+    this.#open = async () => {
+      const decoder = await createDecompressor(element.compression);
+      return { stored: readVerified(store, manifest, element, signal), decoder, check: new LengthCheck(element.rawBytes, this.#label, options.onBytes) };
+    };
   }
 
   /** Whether reading began (the store was asked for the bytes). */
@@ -179,7 +178,12 @@ class DecompressedElement extends Readable {
   }
 
   async #run(): Promise<void> {
-    const { stored, decoder, check } = this.#open();
+    const { stored, decoder, check } = await this.#open();
+    if (this.destroyed) {
+      // Destroyed while the decoder was made: nothing else will end these.
+      for (const part of [stored, decoder]) part.destroy();
+      return;
+    }
     const feed = new DecoderFeed(decoder);
     const deliver = new Writable({
       highWaterMark: 1 << 20,

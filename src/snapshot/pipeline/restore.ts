@@ -48,7 +48,7 @@ export interface RestoreSetup {
   /** The state directory: the restore journal's. */
   stateDir: string;
   /** The driver of the target's service named so; undefined when the target has none. */
-  driverOf(element: string): ServiceDriver | undefined;
+  driverOf(element: string): Promise<ServiceDriver | undefined> | undefined;
   /** The stored binlog of `env`'s service named so, when it streams one (pitr:); undefined otherwise. */
   binlogOf(element: string): BinlogArchive | undefined;
   /** The names of `env`'s services with a binlog stream (pitr:). */
@@ -106,8 +106,8 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
   const { storage } = setup;
   const { manifest, selected } = await chooseBackup(options, setup);
   checkMadeHere(setup.nodeId, manifest, target, options.fromNode);
-  const plan = selected.map((element) => {
-    const driver = setup.driverOf(element.name);
+  const plan = await Promise.all(selected.map(async (element) => {
+    const driver = await setup.driverOf(element.name);
     if (!driver) {
       throw new AgentError('E_UNKNOWN_ELEMENT', `target environment ${target} has no service "${element.name}" to restore element ${element.name} into`, {
         details: { env: target, element: element.name },
@@ -117,7 +117,7 @@ export async function runRestore(ctx: RunContext, options: RestoreRequest, setup
       throw new AgentError('E_RESTORE_FAILED', `element ${element.name} is a ${element.kind} backup but service ${element.name} of ${target} is ${driver.kind}`);
     }
     return { element, driver };
-  });
+  }));
   const log = logger.child({ env, backupId: manifest.id, target });
   log.info({ phase: 'start', elements: plan.map((p) => p.element.name) }, 'restore started');
 
