@@ -54,6 +54,10 @@ async function startServer(script: string, dirVar: string, dir: string, extraEnv
  * KEEP_SERVERS=1 leaves them running for the next run. Redis servers are started per test.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  // Every CLI and daemon a test starts has its compile cache from its first module on, as
+  // packaging/storage-agent.sh and the systemd unit give it (main.ts can only enable it after
+  // its own module was stripped and compiled: ~55 ms of each start). Workers inherit it.
+  process.env.NODE_COMPILE_CACHE ??= path.join(root, 'node_modules', '.cache', 'storage-agent-compile');
   const rgwDir = process.env.TEST_RGW_DIR ?? '/tmp/storage-agent-test-rgw';
   const mysqlDir = process.env.TEST_MARIADB_DIR ?? '/tmp/storage-agent-test-mariadb';
   const [rgw, mariadb] = await Promise.all([
