@@ -119,6 +119,24 @@ describe('readDecompressed owns what it starts', () => {
     expect(gets).toBe(0);
   });
 
+  it('destroyed in the tick its first read asked for data (before the decoder exists): no store request, no zstd child left', async () => {
+    let gets = 0;
+    const counting = new Proxy(store, {
+      get(target, property) {
+        if (property === 'get') return (...args: Parameters<ObjectStore['get']>) => (gets++, target.get(...args));
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const stream = readDecompressed(counting, manifest, element(), new AbortController().signal);
+    stream.read(0); // _read: the decoder is being made
+    stream.destroy();
+    await once(stream, 'close');
+    for (let waited = 0; (await zstdChildren()).length > 0 && waited < 5_000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await zstdChildren()).toEqual([]);
+    expect(gets).toBe(0);
+  });
+
   it('destroyed after a partial read, it kills and reaps the zstd child before it closes', async () => {
     const stream = readDecompressed(store, manifest, element(), new AbortController().signal);
     const [first] = (await once(stream, 'data')) as [Buffer];

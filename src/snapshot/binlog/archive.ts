@@ -314,7 +314,6 @@ function checkContinues(head: BinlogRecord, segment: BinlogSegment): void {
   if (segment.end - segment.offset !== segment.bytes.length) throw new AgentError('E_INTERNAL', `binlog segment ${segment.file}:${segment.offset} holds ${segment.bytes.length} bytes, not ${segment.end - segment.offset}`);
 }
 
-
 /** The later of two event times, either of which may be unknown. */
 function newestOf(a: number | null, b: number | null): number | null {
   return a === null ? b : b === null ? a : Math.max(a, b);

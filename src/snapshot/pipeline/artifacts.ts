@@ -6,7 +6,7 @@ import { addAbortSignal, Readable, Writable, type Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { AgentError, isAgentError, toAgentError } from '../../errors.ts';
 import { reachedPhase } from '../../phase-hook.ts';
-import { compressionExtension, createCompressor, createDecompressor } from '../compression.ts';
+import { compressionExtension, createCompressor, createDecompressor, type Compression } from '../compression.ts';
 import { DigestStream, LengthCheck, sizeMismatch, VerifyStream } from '../digest.ts';
 import type { ElementRecord, Manifest } from '../manifest.ts';
 import { chooseDatabase, singleDatabaseStages, type DatabaseChoice } from '../mysql/single-database.ts';
@@ -127,7 +127,8 @@ function readFromRepository(storage: BackupStorage, manifest: Manifest, element:
 }
 
 class DecompressedElement extends Readable {
-  readonly #open: () => Promise<{ stored: Readable; decoder: Duplex; check: LengthCheck }>;
+  readonly #compression: Compression;
+  readonly #open: () => { stored: Readable; check: LengthCheck };
   readonly #label: string;
   readonly #parts: (Readable | Writable)[] = [];
   #decoder: Duplex | undefined;
@@ -139,10 +140,11 @@ class DecompressedElement extends Readable {
   constructor(store: ObjectStore, manifest: Manifest, element: ElementRecord, signal: AbortSignal, options: DecompressOptions) {
     super({ highWaterMark: 1 << 20 });
     this.#label = elementLabel(manifest, element);
-    this.#open = async () => {
-      const decoder = await createDecompressor(element.compression);
-      return { stored: readVerified(store, manifest, element, signal), decoder, check: new LengthCheck(element.rawBytes, this.#label, options.onBytes) };
-    };
+    this.#compression = element.compression;
+    this.#open = () => ({
+      stored: readVerified(store, manifest, element, signal),
+      check: new LengthCheck(element.rawBytes, this.#label, options.onBytes),
+    });
   }
 
   /** Whether reading began (the store was asked for the bytes). */
@@ -178,12 +180,15 @@ class DecompressedElement extends Readable {
   }
 
   async #run(): Promise<void> {
-    const { stored, decoder, check } = await this.#open();
+    const decoder = await createDecompressor(this.#compression);
     if (this.destroyed) {
-      // Destroyed while the decoder was made: nothing else will end these.
-      for (const part of [stored, decoder]) part.destroy();
+      // Destroyed while the decoder was made: nothing else would end it, and nothing is read.
+      // Its premature-close error has nobody to tell (the stream already reported its own end).
+      decoder.on('error', () => {});
+      decoder.destroy();
       return;
     }
+    const { stored, check } = this.#open();
     const feed = new DecoderFeed(decoder);
     const deliver = new Writable({
       highWaterMark: 1 << 20,
