@@ -20,6 +20,7 @@ import { LengthCheck } from '../src/snapshot/digest.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, cliTracked, createSandbox, filesEnv, type Sandbox } from './support/cli.ts';
+import { CountingStore } from './support/counting-store.ts';
 import { fillAllTypes, startRedis, type TestRedis } from './support/redis.ts';
 import { describeTree, MiB } from './support/tree.ts';
 
@@ -102,39 +103,25 @@ describe('readDecompressed owns what it starts', () => {
   const element = () => manifest.elements[0]!;
 
   it('starts nothing before the first read: no store request, no zstd; destroyed unread, it just closes', async () => {
-    let gets = 0;
-    const counting = new Proxy(store, {
-      get(target, property) {
-        if (property === 'get') return (...args: Parameters<ObjectStore['get']>) => (gets++, target.get(...args));
-        const value: unknown = Reflect.get(target, property);
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
-    });
+    const counting = new CountingStore(store);
     const stream = readDecompressed(counting, manifest, element(), new AbortController().signal);
     await new Promise((resolve) => setTimeout(resolve, 200));
-    expect(gets).toBe(0);
+    expect(counting.calls).toEqual([]);
     expect(await zstdChildren()).toEqual([]);
     stream.destroy();
     await once(stream, 'close');
-    expect(gets).toBe(0);
+    expect(counting.calls).toEqual([]);
   });
 
   it('destroyed in the tick its first read asked for data (before the decoder exists): no store request, no zstd child left', async () => {
-    let gets = 0;
-    const counting = new Proxy(store, {
-      get(target, property) {
-        if (property === 'get') return (...args: Parameters<ObjectStore['get']>) => (gets++, target.get(...args));
-        const value: unknown = Reflect.get(target, property);
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
-    });
+    const counting = new CountingStore(store);
     const stream = readDecompressed(counting, manifest, element(), new AbortController().signal);
     stream.read(0); // _read: the decoder is being made
     stream.destroy();
     await once(stream, 'close');
     for (let waited = 0; (await zstdChildren()).length > 0 && waited < 5_000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
     expect(await zstdChildren()).toEqual([]);
-    expect(gets).toBe(0);
+    expect(counting.calls).toEqual([]);
   });
 
   it('destroyed after a partial read, it kills and reaps the zstd child before it closes', async () => {
