@@ -56,10 +56,20 @@ export async function snapshotMount(mount: string, signal: AbortSignal): Promise
   return { path: target, method: 'reflink', remove };
 }
 
-/** Whether snapshotMount may snapshot this mount (btrfs, XFS; an XFS without reflink is only found out by trying). */
+/**
+ * Whether snapshotMount may snapshot this mount (btrfs, XFS; an XFS without reflink is only found
+ * out by trying). Asked before the freeze: where the answer is yes, the commands' module is then
+ * loaded, so that the snapshot inside the freeze does not wait for it.
+ */
 export async function canSnapshot(mount: string): Promise<boolean> {
-  return snapshotType((await statfs(mount)).type);
+  const can = snapshotType((await statfs(mount)).type);
+  if (can) await loadExeca();
+  return can;
 }
+
+/** execa, loaded by the first command (~65 ms): not by every agent start, whose leftover sweep imports this module. */
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = () => (execaModule ??= import('execa'));
 
 const snapshotType = (type: number) => type === BTRFS_MAGIC || type === XFS_MAGIC;
 
@@ -163,8 +173,7 @@ function fsTypeOf(types: Map<string, string>, dir: string): string | undefined {
 }
 
 async function run(command: string, args: string[], signal?: AbortSignal): Promise<void> {
-  // Loaded here, not at the top: every command's start sweeps dead snapshots through this module.
-  const { execa } = await import('execa');
+  const { execa } = await loadExeca();
   try {
     await execa(command, args, { cancelSignal: signal, stdin: 'ignore', env: childEnv(), extendEnv: false });
   } catch (error) {
