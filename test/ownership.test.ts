@@ -11,6 +11,7 @@ import { loadConfig } from '../src/agent/config.ts';
 import { describeOwner, ensureOwner, type OwnerView } from '../src/agent/ownership.ts';
 import { openEnvironmentStore } from '../src/agent/stores.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
+import type { ObjectStore } from '../src/transport/stores/object-store.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, s3Client } from './support/s3.ts';
@@ -196,17 +197,53 @@ describe('many nodes, one bucket: only the owner writes an environment, nobody r
       if (key === `${env}/owners/node-b.json`) await storeA.put(`${env}/owners/node-a.json`, recordOfA('owner'));
       return storeB.put(key, body, options);
     };
-    const interleaved = new Proxy(storeB, {
-      get: (target, name) => {
-        if (name === 'put') return put;
-        const value = Reflect.get(target, name) as unknown;
-        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
+    const interleaved = overriding(storeB, { put });
     await expect(ensureOwner(cb, interleaved, env, logger)).rejects.toMatchObject({ code: 'E_ENV_OWNED', details: { owner: 'node-a' } });
     await ensureOwner(ca, storeA, env, logger);
     const view = await describeOwner(cb, storeB, env);
     expect(view.records.map((r) => [r.nodeId, r.state])).toEqual([['node-a', 'owner']]);
+  });
+
+  it('a first write whose claim meets another claim withdraws, pauses and claims again: once the rival withdrew too, it owns', async () => {
+    const configB = await loadConfig(b.configPath);
+    const logger = pino({ level: 'silent' });
+    const env = 'race-both-withdrew';
+    const cb = { ...configB, environments: { ...configB.environments, [env]: configB.environments.other! } };
+    const storeB = await openEnvironmentStore(cb, env);
+    // node-c claims at the moment node-b's first claiming record lands, and withdraws as node-b does.
+    const rivalKey = `${env}/owners/node-c.json`;
+    let claims = 0;
+    const racing = overriding(storeB, {
+      put: async (key, body, options) => {
+        if (key === `${env}/owners/node-b.json` && ++claims === 1) {
+          const now = new Date().toISOString();
+          await storeB.put(rivalKey, Readable.from([JSON.stringify({ schema: 'storage-agent/owner', env, nodeId: 'node-c', host: 'c', state: 'claiming', epoch: 1, since: now, renewedAt: now })]));
+        }
+        return storeB.put(key, body, options);
+      },
+      delete: async (keys) => {
+        if (keys.includes(`${env}/owners/node-b.json`)) await storeB.delete([rivalKey]);
+        return storeB.delete(keys);
+      },
+    });
+    await ensureOwner(cb, racing, env, logger);
+    const view = await describeOwner(cb, storeB, env);
+    expect(view.records.map((r) => [r.nodeId, r.state])).toEqual([['node-b', 'owner']]);
+    // Claiming, withdrawn; claiming again, then owner.
+    expect(claims).toBe(3);
+  });
+
+  it('a rival claim that stays (a node claiming, not yet owner, for longer than the retries): E_ENV_CLAIM_CONTENDED after its retries, nothing of this node left', async () => {
+    const configB = await loadConfig(b.configPath);
+    const env = 'race-rival-stays';
+    const cb = { ...configB, environments: { ...configB.environments, [env]: configB.environments.other! } };
+    const storeB = await openEnvironmentStore(cb, env);
+    const now = new Date().toISOString();
+    await storeB.put(`${env}/owners/node-d.json`, Readable.from([JSON.stringify({ schema: 'storage-agent/owner', env, nodeId: 'node-d', host: 'd', state: 'claiming', epoch: 1, since: now, renewedAt: now })]));
+    const started = Date.now();
+    await expect(ensureOwner(cb, storeB, env, pino({ level: 'silent' }))).rejects.toMatchObject({ code: 'E_ENV_CLAIM_CONTENDED', details: { rival: 'node-d' } });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(300); // it paused twice before giving up
+    expect((await describeOwner(cb, storeB, env)).records.map((r) => r.nodeId)).toEqual(['node-d']);
   });
 
   it('the commit point checks what it commits: an object deleted before the manifest (another prune, an operator) fails the backup E_BACKUP_INCOMPLETE (exit 6), nothing committed or left', async () => {
@@ -246,3 +283,14 @@ describe('many nodes, one bucket: only the owner writes an environment, nobody r
     await writeNodeConfig(b, 'node-b', mount);
   });
 });
+
+/** `store` with some of its methods replaced (the rest bound to it): a rival's writes interleaved with this node's. */
+function overriding(store: ObjectStore, methods: Partial<Pick<ObjectStore, 'put' | 'delete'>>): ObjectStore {
+  return new Proxy(store, {
+    get: (target, name) => {
+      if (name in methods) return methods[name as keyof typeof methods];
+      const value = Reflect.get(target, name) as unknown;
+      return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}

@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { text } from 'node:stream/consumers';
 import type { Logger } from 'pino';
 import { z } from 'zod';
@@ -75,16 +76,31 @@ function claimantOf(config: Config, store: ObjectStore, env: string, logger: Log
  */
 export async function ensureOwner(config: Config, store: ObjectStore, env: string, logger: Logger): Promise<void> {
   const claimant = claimantOf(config, store, env, logger);
-  const records = await readRecords(store, env);
-  const owner = ownerOf(records);
-  if (!owner) {
-    await claim(claimant, records, nextEpoch(records));
-    logger.info({ env, nodeId: claimant.nodeId }, 'this node now owns the environment (its first write)');
+  for (let attempt = 1; ; attempt++) {
+    const records = await readRecords(store, env);
+    const owner = ownerOf(records);
+    if (!owner) {
+      try {
+        await claim(claimant, records, nextEpoch(records));
+      } catch (error) {
+        if (!isAgentError(error, 'E_ENV_CLAIM_CONTENDED') || attempt >= CLAIM_ATTEMPTS) throw error;
+        // Two nodes claiming at once may both withdraw; a random pause makes one of them first
+        // the next time (the other then finds it the owner: E_ENV_OWNED).
+        await sleep(CLAIM_RETRY_MS * attempt * (1 + Math.random()));
+        continue;
+      }
+      logger.info({ env, nodeId: claimant.nodeId }, 'this node now owns the environment (its first write)');
+      return;
+    }
+    if (owner.nodeId !== claimant.nodeId) throw ownedElsewhere(claimant, owner);
+    if (Date.now() - Date.parse(owner.renewedAt) >= claimant.staleAfterMs / 4) await renew(claimant, owner);
     return;
   }
-  if (owner.nodeId !== claimant.nodeId) throw ownedElsewhere(claimant, owner);
-  if (Date.now() - Date.parse(owner.renewedAt) >= claimant.staleAfterMs / 4) await renew(claimant, owner);
 }
+
+/** A first write's claim that met another node's claim is tried this many times in all, after pauses of 0.1–0.2 s, then 0.2–0.4 s. */
+const CLAIM_ATTEMPTS = 3;
+const CLAIM_RETRY_MS = 100;
 
 /**
  * `env adopt`: this node becomes the owner. A live owner elsewhere needs `force` (it may be
