@@ -67,9 +67,8 @@ export async function canSnapshot(mount: string): Promise<boolean> {
   return can;
 }
 
-/** execa, loaded by the first command (~65 ms): not by every agent start, whose leftover sweep imports this module. */
-let execaModule: Promise<typeof import('execa')> | undefined;
-const loadExeca = () => (execaModule ??= import('execa'));
+/** execa, loaded by the first command (~65 ms; the loader keeps it): not by every agent start, whose leftover sweep imports this module. */
+const loadExeca = () => import('execa');
 
 const snapshotType = (type: number) => type === BTRFS_MAGIC || type === XFS_MAGIC;
 
