@@ -79,6 +79,25 @@ describe('parseEvents', () => {
     expect(parsed).toMatchObject({ end: sample.length, count: 6, firstEventMs: 1_700_000_000_000, lastEventMs: 1_700_000_005_000, lastGtid: '3-42-8', pendingSize: null, lastType: EventType.QUERY });
   });
 
+  it('names the GTID of the last transaction committed, carrying the open one from a cut to the next', () => {
+    // Cut after each event: the bytes before the cut and the bytes after it, the group handed on.
+    const boundaries: number[] = [];
+    for (let pos = 4; pos < sample.length; pos += sample.readUInt32LE(pos + 9)) boundaries.push(pos + sample.readUInt32LE(pos + 9));
+    const committedBy = ['', '', '', '0-1-7', '0-1-7', '3-42-8']; // after the n-th event
+    boundaries.forEach((cut, n) => {
+      const before = parseEvents(sample.subarray(0, cut), 0);
+      expect(before.lastGtid, `cut after event ${n}`).toBe(committedBy[n] || null);
+      const after = parseEvents(sample.subarray(cut), cut, 'binary log', before.group);
+      expect(after.lastGtid, `after the cut after event ${n}`).toBe(n < 5 ? '3-42-8' : null);
+      expect(after.group).toBeNull();
+    });
+    // The GTID event alone: its transaction is open, not committed.
+    const open = parseEvents(sample.subarray(0, boundaries[1]), 0);
+    expect(open).toMatchObject({ lastGtid: null, group: { gtid: '0-1-7', atStart: true } });
+    // A commit whose group is not known (a stream resumed inside it) names no GTID.
+    expect(parseEvents(sample.subarray(boundaries[2]!, boundaries[3]), boundaries[2]!)).toMatchObject({ count: 1, lastGtid: null, group: null });
+  });
+
   it('the newest time is the largest, not the last: a replayed event keeps its older time', () => {
     const replayed = file(
       (o) => formatDescription(o),
@@ -143,7 +162,7 @@ describe('parseEvents', () => {
     const body = Buffer.alloc(1 + 16 + 8 + 1);
     Buffer.from('3e11fa4771ca11e1a1ea0800200c9a66', 'hex').copy(body, 1);
     body.writeBigInt64LE(23n, 17);
-    const bytes = file((o) => formatDescription(o), (o) => event(o, EventType.MYSQL_GTID, body));
+    const bytes = file((o) => formatDescription(o), (o) => event(o, EventType.MYSQL_GTID, body), (o) => query(o, 'BEGIN'), (o) => xid(o));
     expect(parseEvents(bytes, 0).lastGtid).toBe('3e11fa47-71ca-11e1-a1ea-0800200c9a66:23');
   });
 });

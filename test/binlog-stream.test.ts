@@ -82,8 +82,9 @@ afterAll(async () => {
   if (stateDir) await rm(stateDir, { recursive: true, force: true });
 });
 
-function streamer(sink: SegmentSink, name: string): BinlogStreamer {
+function streamer(sink: SegmentSink, name: string, maxSegmentBytes?: number): BinlogStreamer {
   return new BinlogStreamer({
+    maxSegmentBytes,
     endpoint: async () => ({ host: server.host, port: server.port, socket: undefined, user: server.user, password: server.password }),
     stateDir,
     spoolDir: path.join(stateDir, 'binlog', name),
@@ -219,6 +220,31 @@ describe('BinlogStreamer against the real MariaDB', () => {
       await run.stop();
     }
     expect(s.status().state).toBe('stopped');
+  });
+
+  it('cuts transactions across segments, and names a GTID in the segment holding its commit, not its GTID event', async () => {
+    await root.query('FLUSH BINARY LOGS');
+    const sink = new MemorySink();
+    const s = streamer(sink, 'split', 160); // smaller than one INSERT's events: every transaction is cut
+    const run = start(s);
+    try {
+      const { file } = await masterStatus();
+      const lastGtid = await insert(12, 'split');
+      await caughtUp(sink);
+      const commits = scanCommits(await serverFile(file));
+      const segments = sink.segments.filter((seg) => seg.file === file);
+      expect(segments.length).toBeGreaterThan(2 * 12);
+      for (const seg of segments) {
+        const committed = commits.filter((c) => c.end > seg.offset && c.end <= seg.end).at(-1);
+        expect(seg.lastGtid, `${file} ${seg.offset}–${seg.end}`).toBe(committed?.gtid ?? null);
+      }
+      // A segment ending between a GTID event and its commit names no GTID: the cut fell inside a transaction.
+      expect(segments.some((seg) => seg.lastGtid === null && commits.some((c) => c.end > seg.end && c.end - seg.end < 400))).toBe(true);
+      expect(segments.at(-1)!.lastGtid).toBe(lastGtid);
+      expect(sink.violations).toEqual([]);
+    } finally {
+      await run.stop();
+    }
   });
 
   it('restarts a SIGKILLed client where storage ends: no gap, no byte twice', async () => {

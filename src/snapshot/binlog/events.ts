@@ -61,8 +61,14 @@ export interface ParsedEvents {
    */
   firstEventMs: number | null;
   lastEventMs: number | null;
-  /** The last GTID among the complete events (MariaDB `domain-server-seq`, MySQL `uuid:gno`), or null. */
+  /**
+   * The GTID (MariaDB `domain-server-seq`, MySQL `uuid:gno`) of the last transaction whose commit
+   * is among the complete events, or null: a bytes range that ends between a transaction's GTID
+   * event and its commit does not hold that transaction, whatever GTIDs it shows.
+   */
   lastGtid: string | null;
+  /** The event group open at `end` (its commit not yet seen), to hand to the next call; null between groups. */
+  group: OpenGroup | null;
   /** The type of the last complete event, or null (ROTATE or STOP: the server has finished the file). */
   lastType: number | null;
   /** Size of the incomplete event at `end` when its header is there (so a reader knows how much to wait for), else null. */
@@ -76,8 +82,8 @@ export interface ParsedEvents {
  * MAX_EVENT_SIZE, a non-zero log_pos other than the event's own end, or a file whose first event
  * is not a v4 format description. `what` names the bytes in messages (e.g. `binlog.000042`).
  */
-export function parseEvents(bytes: Buffer, offset: number, what = 'binary log'): ParsedEvents {
-  const result: ParsedEvents = { end: offset, count: 0, firstEventMs: null, lastEventMs: null, lastGtid: null, lastType: null, pendingSize: null };
+export function parseEvents(bytes: Buffer, offset: number, what = 'binary log', group: OpenGroup | null = null): ParsedEvents {
+  const result: ParsedEvents = { end: offset, count: 0, firstEventMs: null, lastEventMs: null, lastGtid: null, group, lastType: null, pendingSize: null };
   let pos = 0;
   if (offset < BINLOG_MAGIC.length) {
     if (offset !== 0) throw corrupt(what, offset, `offset ${offset} is inside the 4-byte magic, not on an event boundary`);
@@ -101,8 +107,9 @@ export function parseEvents(bytes: Buffer, offset: number, what = 'binary log'):
       result.firstEventMs ??= header.timestamp * 1000;
       result.lastEventMs = Math.max(result.lastEventMs ?? 0, header.timestamp * 1000);
     }
-    const gtid = gtidOf(bytes.subarray(pos, pos + header.size), header);
-    if (gtid) result.lastGtid = gtid;
+    const step = stepGroup(result.group, bytes.subarray(pos, pos + header.size), header);
+    result.group = step.group;
+    if (step.committed?.gtid) result.lastGtid = step.committed.gtid;
     pos += header.size;
     result.end = offset + pos;
   }
@@ -197,30 +204,43 @@ export function scanCommits(bytes: Buffer, what = 'binary log'): Commit[] {
     throw corrupt(what, parsed.end, `the file ends inside ${inside}`);
   }
   const commits: Commit[] = [];
-  let gtid: string | null = null;
-  let groupStart = false;
+  let group: OpenGroup | null = null;
   for (let pos = BINLOG_MAGIC.length; pos < bytes.length; ) {
     const header = readHeader(bytes, pos, pos);
-    const event = bytes.subarray(pos, pos + header.size);
+    const step = stepGroup(group, bytes.subarray(pos, pos + header.size), header);
     pos += header.size;
-    const opened = gtidOf(event, header);
-    if (opened !== undefined || header.type === EventType.MYSQL_ANONYMOUS_GTID) {
-      gtid = opened ?? null;
-      groupStart = true;
-      continue;
-    }
-    let commit = header.type === EventType.XID;
-    if (header.type === EventType.QUERY) {
-      const statement = statementStart(event);
-      commit = statement.startsWith('COMMIT') || (groupStart && !statement.startsWith('BEGIN'));
-      groupStart = false;
-    }
-    if (!commit) continue;
-    commits.push({ end: pos, timestampMs: header.timestamp * 1000, gtid });
-    gtid = null;
-    groupStart = false;
+    group = step.group;
+    if (step.committed) commits.push({ end: pos, timestampMs: header.timestamp * 1000, gtid: step.committed.gtid });
   }
   return commits;
+}
+
+/**
+ * An event group (a transaction) whose GTID event has been read and whose commit has not:
+ * `gtid` null for MySQL's anonymous groups, `atStart` until its first statement is read.
+ */
+export interface OpenGroup {
+  gtid: string | null;
+  atStart: boolean;
+}
+
+/**
+ * One event's effect on the group open before it: a GTID event opens one, a commit (see
+ * scanCommits) ends the open one and returns it as `committed`. A commit with no group known to
+ * be open (a stream resumed inside one) is committed with a null GTID: which transaction it
+ * ends is not known.
+ */
+function stepGroup(open: OpenGroup | null, event: Buffer, header: EventHeader): { group: OpenGroup | null; committed?: OpenGroup } {
+  const opened = gtidOf(event, header);
+  if (opened !== undefined || header.type === EventType.MYSQL_ANONYMOUS_GTID) return { group: { gtid: opened ?? null, atStart: true } };
+  let commit = header.type === EventType.XID;
+  if (header.type === EventType.QUERY) {
+    const statement = statementStart(event);
+    commit = statement.startsWith('COMMIT') || (open?.atStart === true && !statement.startsWith('BEGIN'));
+    if (!commit) return { group: open && { gtid: open.gtid, atStart: false } };
+  }
+  if (!commit) return { group: open };
+  return { group: null, committed: open ?? { gtid: null, atStart: false } };
 }
 
 function corrupt(what: string, offset: number, why: string): AgentError {

@@ -136,7 +136,7 @@ export async function lastAtOrBefore(archive: BinlogArchive, chain: string, seqs
 }
 
 
-/** Whether a record carries the stream past the stop: an event after the stop's second, or bytes past its position. */
+/** Whether a record carries the stream past the stop: an event after the stop's second, the commit of the stop's transaction (or a later one), or bytes past its position. */
 function reaches(record: BinlogRecord, stop: ReplayStop): boolean {
   if (stop.kind === 'time') return record.lastEventMs !== null && record.lastEventMs >= stop.ms;
   if (stop.kind === 'gtid') return record.lastGtid !== null && (seqInDomain(record.lastGtid, stop.gtid.domain) ?? -1) >= stop.gtid.seq;

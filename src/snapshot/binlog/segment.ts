@@ -15,7 +15,7 @@ export interface BinlogSegment {
   /** Timestamp (the event header's, seconds since the epoch, as ms) of its first and last event; null when it has none (the magic alone). */
   firstEventMs: number | null;
   lastEventMs: number | null;
-  /** The last GTID seen in the segment (`domain-server-seq` on MariaDB), or null. */
+  /** The GTID (`domain-server-seq` on MariaDB) of the last transaction whose commit the segment holds, or null (none, or not known). */
   lastGtid: string | null;
   /**
    * True when this is the file's last segment: the server rotated to a new file after it. Such a

@@ -8,7 +8,7 @@ import { childEnv } from '../../child-env.ts';
 import { AgentError, isAgentError } from '../../errors.ts';
 import { clientArgs, clientProcessOptions, closeConnection, openConnection, queryRows, writeDefaultsFile, type DefaultsFile, type MysqlEndpoint } from '../mysql/connection.ts';
 import { privateTempDir } from '../private-temp.ts';
-import { BINLOG_MAGIC, EVENT_HEADER_SIZE, EventType, parseEvents, readHeader } from './events.ts';
+import { BINLOG_MAGIC, EVENT_HEADER_SIZE, EventType, parseEvents, readHeader, type OpenGroup } from './events.ts';
 import { binlogOrder, binlogSequence, type BinlogSegment, type SegmentSink } from './segment.ts';
 
 /**
@@ -86,6 +86,13 @@ interface Position {
   file: string;
   end: number;
   closed: boolean;
+  /**
+   * The transaction open at `end` when this process stored the bytes before it, so that the
+   * segment holding its commit names its GTID. Absent between transactions and when not known
+   * (resumed from storage: the first commit then has no GTID, and a restore to a GTID reads on
+   * to the next one).
+   */
+  group?: OpenGroup | null;
 }
 
 /** How the bytes of one spool file map to the server's file. */
@@ -405,11 +412,11 @@ export class BinlogStreamer {
         const available = size - info.readFrom;
         let bytes = await readAt(handle, info.readFrom, Math.min(available, this.#maxSegment));
         const offset = info.readFrom + shift;
-        let parsed = parseEvents(bytes, offset, file);
+        let parsed = parseEvents(bytes, offset, file, this.#position?.group ?? null);
         if (parsed.count === 0 && parsed.end === offset && parsed.pendingSize !== null && parsed.pendingSize <= available) {
           // One event larger than a segment: it is a segment of its own.
           bytes = await readAt(handle, info.readFrom, parsed.pendingSize);
-          parsed = parseEvents(bytes, offset, file);
+          parsed = parseEvents(bytes, offset, file, this.#position?.group ?? null);
         }
         if (parsed.end === offset) {
           if (finished) throw new AgentError('E_BINLOG_CORRUPT', `${file} ends inside an event at offset ${offset} (${available} bytes left), yet the server has moved on to a newer file; restarting the stream`);
@@ -421,6 +428,7 @@ export class BinlogStreamer {
         await this.#append(
           { file, offset, end: parsed.end, bytes: bytes.subarray(0, length), firstEventMs: parsed.firstEventMs, lastEventMs: parsed.lastEventMs, lastGtid: parsed.lastGtid, closed },
           signal,
+          parsed.group,
         );
         info.readFrom += length;
         appended = true;
@@ -456,12 +464,12 @@ export class BinlogStreamer {
     return false;
   }
 
-  async #append(segment: BinlogSegment, signal: AbortSignal): Promise<void> {
+  async #append(segment: BinlogSegment, signal: AbortSignal, group: OpenGroup | null = null): Promise<void> {
     // Until the sink has it, storage lacks this segment's events: the lag counts from its first.
     this.#unstoredSinceMs ??= segment.firstEventMs;
     await this.#options.sink.append(segment, signal);
     this.#unstoredSinceMs = null;
-    this.#position = { file: segment.file, end: segment.end, closed: segment.closed };
+    this.#position = { file: segment.file, end: segment.end, closed: segment.closed, group };
     this.#lastAppendAt = Date.now();
     if (segment.lastEventMs !== null) this.#lastEventMs = Math.max(this.#lastEventMs ?? 0, segment.lastEventMs);
     this.#updateCaughtUp();
