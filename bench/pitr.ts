@@ -58,10 +58,8 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { zstdDecompressSync } from 'node:zlib';
 import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
 import { stringify as toYaml } from 'yaml';
-import { EventType, parseEvents } from '../src/snapshot/binlog/events.ts';
 import { ReplayFilter } from '../src/snapshot/mysql/binlog-replay.ts';
 import { Random, STATUSES, word } from './databases.ts';
 import { BenchMariadb } from './mariadb.ts';
@@ -379,7 +377,7 @@ const gtidSeq = (gtid: string | null): number | null => (gtid ? Number(gtid.spli
 /**
  * Watches the store's records of `bench-pitr/db`: each new `<seq>.json` is timed when it appears
  * (inotify on the chain directories; a rescan every 200 ms catches a missed event and new chains),
- * then read with its segment.
+ * then read.
  */
 class RecordWatcher {
   readonly records: StoredRecord[] = [];
@@ -445,13 +443,10 @@ class RecordWatcher {
 
   async #read(chain: string, name: string, seenAt: number): Promise<void> {
     const dir = path.join(chainsDir, chain);
-    const record = JSON.parse(readFileSync(path.join(dir, name), 'utf8')) as { seq: number; file: string; offset: number; end: number; lastGtid: string | null; lastEventMs: number | null; writtenAt: string };
-    const bytes = record.end > record.offset ? zstdDecompressSync(readFileSync(path.join(dir, name.replace(/\.json$/, '.zst')))) : Buffer.alloc(0);
-    const parsed = bytes.length ? parseEvents(bytes, record.offset) : undefined;
-    const last = gtidSeq(record.lastGtid) ?? this.#lastGtidSeq;
-    this.#lastGtidSeq = last;
-    // The last GTID's transaction is complete if the segment ends with its commit (XID); else the one before is.
-    const completeSeq = last === null ? null : parsed?.lastType === EventType.XID ? last : last - 1;
+    const record = JSON.parse(readFileSync(path.join(dir, name), 'utf8')) as { seq: number; file: string; end: number; lastGtid: string | null; lastEventMs: number | null; writtenAt: string };
+    // A record's GTID is that of the last transaction whose commit it holds; none: the one before still is.
+    const completeSeq = gtidSeq(record.lastGtid) ?? this.#lastGtidSeq;
+    this.#lastGtidSeq = completeSeq;
     this.records.push({ chain, seq: record.seq, seenAt, writtenAt: Date.parse(record.writtenAt), file: record.file, end: record.end, lastEventMs: record.lastEventMs, completeSeq });
   }
 }
