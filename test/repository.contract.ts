@@ -23,9 +23,9 @@ function content(bytes: number): Buffer {
 
 /**
  * Rows of a mysqldump-like INSERT, each of random-looking values (a chunk dedups against nothing
- * but itself), the same every run: whether an edit falls where a chunk boundary was decides what
- * a delta costs (0.7–5.8 % of the first generation over 12 seeds), so a random dump made the
- * bounds below pass or fail by luck.
+ * but itself), the same every run. Where the chunks are cut still differs (each repository's
+ * chunker has a key of its own), and so does what a second generation costs: 0.7–1.1 % of the
+ * first in most runs, up to 5.8 % when edits move a few cuts (24 runs; docs/repository.md).
  */
 function dumpLike(bytes: number, generation: number): Buffer {
   const rows: string[] = [];
@@ -144,13 +144,12 @@ export function repositoryContract(name: string, makeStore: () => Promise<Object
         return written;
       };
       const b = await write(second, a.root);
-      // Without deltas every chunk is new (each holds changed rows): a few hundred bytes each instead.
+      // Without deltas every chunk is new (each holds changed rows): a few hundred bytes each
+      // instead, and a chunk between moved cuts partly new. The goal: ≤ 10 % (docs/repository.md).
       expect(b.newChunks).toBe(b.chunks);
-      expect(b.newBytes).toBeLessThan(a.newBytes * 0.05);
+      expect(b.newBytes).toBeLessThan(a.newBytes * 0.1);
       const c = await write(third, b.root);
-      // Against a parent that is itself deltas: 0.8 % with these rows (9.7 KB of 1.17 MB; the second
-      // 9.5 KB), up to ~6 % with others; the goal of a dump with 1 % of its rows changed is ≤ 10 %
-      // (docs/repository.md).
+      // Against a parent that is itself deltas: as much (9.7 KB of 1.17 MB once, the second 9.5 KB).
       expect(c.newBytes).toBeLessThan(a.newBytes * 0.1);
       const reader = await open(false);
       expect(sha(await buffer(reader.readStream(b.root)))).toBe(sha(second));
