@@ -210,7 +210,10 @@ bluestore cache size = $((256 * 1024 * 1024))
 log file = $LOG_DIR/\$name.log
 
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
+# tcp_nodelay: without it every small GET or LIST answer waits ~40 ms for the
+# client's delayed ACK (Nagle's algorithm; 46 -> 4 ms per 1 KB GET here), and
+# test/repository.test.ts took 31 s instead of 13.
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
 rgw data = $RGW_DIR/rgw
 # Lifecycle workers run during rgw_lifecycle_work_time (00:00-06:00 UTC) and
 # then hold up a SIGTERM for seconds; tests never wait a day for LC anyway
