@@ -147,10 +147,12 @@ export async function pitrWindows(store: ObjectStore, env: string, keys: KeyRing
     for (const { manifest } of backups) {
       const element = manifest!.elements.find((e) => e.name === archive.service);
       const point = element && basePoint(element);
-      if (!element || !point || !spanHolds(first, last, point)) continue;
+      if (!element || !point || pointBefore(point, { file: first.file, position: first.offset })) continue;
       const ms = baseTimeMs(manifest!, element);
-      if (!oldest || ms < oldest.ms) oldest = { id: manifest!.id, ms };
+      // A restore during this chain is a gap from the moment it ends, even while the stream has
+      // not stored as far as its base yet (a stream running behind, or only just restarted).
       if (manifest!.restoredAt) restores.push({ from: Date.parse(manifest!.restoredAt), to: ms, backup: manifest!.id });
+      if (spanHolds(first, last, point) && (!oldest || ms < oldest.ms)) oldest = { id: manifest!.id, ms };
     }
     // A restore before the oldest base is not inside the window: nothing before that base restores anyway.
     const gaps = restores
