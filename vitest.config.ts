@@ -1,11 +1,13 @@
 import { defineConfig } from 'vitest/config';
+import { TEST_WORKERS } from './test/support/workers.ts';
 
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/support/global-setup.ts'],
-    // Some tests stop the shared RGW gateway to simulate an outage: files run one at a time.
-    fileParallelism: false,
+    // Files run side by side, each worker against servers of its own (test/support/workers.ts).
+    fileParallelism: TEST_WORKERS > 1,
+    maxWorkers: TEST_WORKERS,
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',

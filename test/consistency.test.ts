@@ -3,12 +3,13 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, startCli, type Sandbox } from './support/cli.ts';
 import { createCgroup, type TestCgroup } from './support/cgroup.ts';
 import { startRedis, type TestRedis } from './support/redis.ts';
 import { connectionsTo } from './support/sockets.ts';
+import { mysqlTestServer } from './support/servers.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -32,7 +33,7 @@ describe('consistent backups across MySQL, Redis and a file mount', () => {
 
   beforeAll(async () => {
     sandbox = await createSandbox();
-    const mysql = inject('mysql');
+    const mysql = mysqlTestServer()!;
     mysqlDefaults = path.join(sandbox.dir, 'my.cnf');
     await writeFile(mysqlDefaults, `[client]\nhost=${mysql.host}\nport=${mysql.port}\nuser=${mysql.user}\npassword=${mysql.password}\n`, { mode: 0o600 });
     await sql(`CREATE DATABASE ${db}; CREATE TABLE ${db}.t (n INT PRIMARY KEY) ENGINE=InnoDB`);
@@ -133,7 +134,7 @@ describe('consistent backups across MySQL, Redis and a file mount', () => {
   const writerCount = async () => Number(await sql(`SELECT COALESCE(MAX(n), 0) FROM ${db}.t`));
 
   it('connects to MySQL and Redis and checks them before the writers are frozen; a cancel there freezes nothing', async () => {
-    const mysql = inject('mysql');
+    const mysql = mysqlTestServer()!;
     const prepared = await stoppedAt('backup:prepared', [...args(), '--json', 'backup', 'create', 'app']);
     // Every capture prepared, nothing frozen: the agent holds its connections while the writer still writes.
     expect(await connectionsTo(mysql.port, prepared.pid)).toBe(1);

@@ -3,11 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, readdir, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './support/cli.ts';
 import { createCgroup, type TestCgroup } from './support/cgroup.ts';
 import { daemonSection, sleep, startDaemon, TestClient, waitFor, writeTokens, type RunningDaemon, type Tokens } from './support/daemon.ts';
 import { createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
+import { s3TestServer } from './support/servers.ts';
 
 interface Job {
   id: string;
@@ -251,7 +252,7 @@ describe('the daemon process: crash recovery, SIGTERM, SIGHUP, readiness, logs (
     // Every daemon of this file, the S3 ones included (they also logged errors and recoveries).
     const everything = [...allOutput, daemon.stdout()].join('');
     expect(everything.split('\n').filter(Boolean).every((line) => typeof JSON.parse(line).msg === 'string')).toBe(true);
-    const s3 = inject('s3');
+    const s3 = s3TestServer();
     for (const secret of [tokens.admin, tokens.viewer, s3.secretAccessKey, s3.accessKeyId]) {
       expect(everything).not.toContain(secret);
     }

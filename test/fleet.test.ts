@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupSummary } from '../src/snapshot/pipeline/catalog.ts';
 import { loadConfig } from '../src/agent/config.ts';
 import type { PruneResult } from '../src/agent/prune.ts';
@@ -14,6 +14,7 @@ import { daemonSection, startDaemon, writeTokens } from './support/daemon.ts';
 import { putSigned, TINY_ELEMENT, tinyManifest } from './support/manifest-keys.ts';
 import { startFaultProxy, type FaultProxy } from './support/s3-fault-proxy.ts';
 import { createTestBucket, multipartUploads } from './support/s3.ts';
+import { s3TestServer } from './support/servers.ts';
 
 const NODES = 8;
 const KEPT = 44; // the premium tier's count
@@ -35,7 +36,7 @@ describe('a fleet of 8 nodes sharing one bucket and prefix', () => {
 
   beforeAll(async () => {
     bucket = await createTestBucket();
-    proxy = await startFaultProxy(inject('s3').endpoint);
+    proxy = await startFaultProxy(s3TestServer().endpoint);
     const first = await createSandbox();
     const keyFile = path.join(first.dir, 'fleet.key');
     await writeFile(keyFile, randomBytes(32).toString('hex'), { mode: 0o600 });

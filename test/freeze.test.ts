@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { execa } from 'execa';
 import { cli, cliJson, createSandbox, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
@@ -10,6 +10,7 @@ import { createCgroup, loopMount, type TestCgroup } from './support/cgroup.ts';
 import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type LogLine, type RunningDaemon } from './support/daemon.ts';
 import { createTestBucket } from './support/s3.ts';
 import { startFaultProxy } from './support/s3-fault-proxy.ts';
+import { s3TestServer } from './support/servers.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -134,7 +135,7 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     const cgroup = await createCgroup('v2');
     cgroups.push(cgroup);
     startWriter(cgroup, path.join(mounts.ext4!, 'stalled-store.log'));
-    const proxy = await startFaultProxy(inject('s3').endpoint);
+    const proxy = await startFaultProxy(s3TestServer().endpoint);
     try {
       const bucket = await createTestBucket();
       proxy.inject({ operation: 'CompleteMultipartUpload', fault: { type: 'stall', ms: 3_000 } });
@@ -179,7 +180,7 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     cgroups.push(cgroup);
     startWriter(cgroup, path.join(mounts.ext4!, 'writer.log'));
     // The store is reached through a proxy the test cuts: an outage of this test's own.
-    const proxy = await startProxy(new URL(inject('s3').endpoint));
+    const proxy = await startProxy(new URL(s3TestServer().endpoint));
     try {
       const bucket = await createTestBucket();
       // Backoff 1, 2, 4, 8, 16 s: a request keeps retrying for ~30 s before the store gives up.
@@ -217,7 +218,7 @@ describe('consistent backups freeze the writers for a short, measured pause and 
     cgroups.push(cgroup);
     const log = path.join(mounts.ext4!, 'daemon-outage-writer.log');
     startWriter(cgroup, log);
-    const proxy = await startProxy(new URL(inject('s3').endpoint));
+    const proxy = await startProxy(new URL(s3TestServer().endpoint));
     let daemon: RunningDaemon | undefined;
     try {
       const tokens = await writeTokens(sandbox);

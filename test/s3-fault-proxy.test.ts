@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pino } from 'pino';
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { JobEngine } from '../src/agent/jobs/engine.ts';
 import { createMetrics } from '../src/agent/jobs/metrics.ts';
 import { JobStore } from '../src/agent/jobs/store.ts';
@@ -23,6 +23,7 @@ import { cli, createSandbox, filesEnv, s3StoreConfig, type Sandbox } from './sup
 import { createS3Store, createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
 import { startFaultProxy, type FaultProxy, type ProxiedRequest } from './support/s3-fault-proxy.ts';
 import { describeTree, MiB } from './support/tree.ts';
+import { s3TestServer } from './support/servers.ts';
 
 /**
  * The keys of backup objects under `prefix`, straight from RGW (not through the proxy). The
@@ -57,7 +58,7 @@ describe('S3 faults through a proxy: retried within the budget, clean failures p
   const args = () => ['--config', sandbox.configPath];
 
   beforeAll(async () => {
-    proxy = await startFaultProxy(inject('s3').endpoint);
+    proxy = await startFaultProxy(s3TestServer().endpoint);
     sandbox = await createSandbox();
     bucket = await createTestBucket();
     source = path.join(sandbox.dir, 'source');
@@ -109,8 +110,8 @@ describe('S3 faults through a proxy: retried within the budget, clean failures p
     const retried = retryLogs(backup.stderr);
     expect(retried.map((line) => line.code).sort()).toEqual(['ECONNRESET', 'SlowDown', 'SlowDown', 'TimeoutError']);
     expect(new Set(retried.map((line) => `${line.store} ${line.operation}`))).toEqual(new Set(['flaky UploadPart']));
-    expect(backup.stderr).not.toContain(inject('s3').secretAccessKey);
-    expect(backup.stderr).not.toContain(inject('s3').accessKeyId);
+    expect(backup.stderr).not.toContain(s3TestServer().secretAccessKey);
+    expect(backup.stderr).not.toContain(s3TestServer().accessKeyId);
     expect(await multipartUploads(bucket)).toEqual([]);
 
     const element = (request: { key: string }) => request.key.endsWith('.tar.zst');
@@ -184,7 +185,7 @@ describe('store telemetry and metrics', () => {
   let bucket: string;
   let state: string;
   beforeAll(async () => {
-    proxy = await startFaultProxy(inject('s3').endpoint);
+    proxy = await startFaultProxy(s3TestServer().endpoint);
     bucket = await createTestBucket();
     state = await mkdtemp(path.join(tmpdir(), 's3-telemetry-'));
   });
@@ -234,7 +235,7 @@ describe('store telemetry and metrics', () => {
 
 describe('a range read whose connection drops', () => {
   it('resumes from where the body broke off, asking for the rest of the range of the same version; past its attempts it fails saying so', async () => {
-    const proxy = await startFaultProxy(inject('s3').endpoint);
+    const proxy = await startFaultProxy(s3TestServer().endpoint);
     const bucket = await createTestBucket();
     const state = await mkdtemp(path.join(tmpdir(), 's3-range-'));
     try {

@@ -3,14 +3,15 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { cli, cliJson, createSandbox, filesEnv, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { createTestBucket, multipartUploads } from './support/s3.ts';
+import { s3TestServer } from './support/servers.ts';
 
 const run = promisify(execFile);
 const RGW = path.resolve(import.meta.dirname, '../scripts/rgw.sh');
-const rgw = (command: 'stop-gateway' | 'start-gateway') => run('bash', [RGW, command], { env: { ...process.env, RGW_DIR: inject('s3').dir, RGW_PORT: new URL(inject('s3').endpoint).port } });
+const rgw = (command: 'stop-gateway' | 'start-gateway') => run('bash', [RGW, command], { env: { ...process.env, RGW_DIR: s3TestServer().dir, RGW_PORT: new URL(s3TestServer().endpoint).port } });
 /** The size of each of the 8 files of `big`. */
 const BLOB_BYTES = 40 * 1024 * 1024;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

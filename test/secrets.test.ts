@@ -4,7 +4,7 @@ import { chmod, chown, mkdir, readFile, symlink, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { execa } from 'execa';
 import type { Connection } from 'mysql2/promise';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSecret } from '../src/agent/config.ts';
 import type { Manifest } from '../src/snapshot/manifest.ts';
 import { createCgroup, type TestCgroup } from './support/cgroup.ts';
@@ -13,6 +13,7 @@ import { daemonSection, startDaemon, writeTokens } from './support/daemon.ts';
 import { connect, createDatabase, mariadbServer, rows, runSql } from './support/mysql.ts';
 import { startRedis, type TestRedis } from './support/redis.ts';
 import { createTestBucket } from './support/s3.ts';
+import { s3TestServer } from './support/servers.ts';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -227,7 +228,7 @@ function startSampler(secrets: Record<string, string | Buffer>, agent?: number) 
 }
 
 describe('no process the agent starts sees a secret, during a backup and a restore', () => {
-  const s3 = inject('s3');
+  const s3 = s3TestServer();
   const mysqlServer = mariadbServer();
   const radosgwAdmin = (...args: string[]) => execa('radosgw-admin', ['-c', path.join(s3.dir, 'ceph.conf'), ...args]);
   let sandbox: Sandbox;

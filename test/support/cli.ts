@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { createCgroup } from './cgroup.ts';
-import { inject } from 'vitest';
 import { stringify } from 'yaml';
+import { s3TestServer } from './servers.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../../src/agent/main.ts');
 
@@ -68,7 +68,7 @@ export async function createSandbox(): Promise<Sandbox> {
 
 /** An s3 store entry for the test RGW; the keys reach the agent through the environment. */
 export function s3StoreConfig(bucket: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  const s3 = inject('s3');
+  const s3 = s3TestServer();
   process.env.TEST_S3_ACCESS_KEY = s3.accessKeyId;
   process.env.TEST_S3_SECRET_KEY = s3.secretAccessKey;
   return {

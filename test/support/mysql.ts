@@ -3,11 +3,11 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
-import { inject } from 'vitest';
 import { MysqlDriver } from '../../src/snapshot/mysql/driver.ts';
+import { mysqlTestServer } from './servers.ts';
 
 /**
- * The test MariaDB started by scripts/mariadb.sh: the vitest global setup's (`inject('mysql')`),
+ * The test MariaDB started by scripts/mariadb.sh: this worker's of the vitest global setup (servers.ts),
  * or, for a run without it, the one in $MARIADB_DIR (started if needed). Address, socket and the
  * agent user's credentials.
  */
@@ -35,7 +35,7 @@ export function testMysqlDriver(server: MariadbTestServer, databases: string[], 
 
 /** The global setup's server, else $MARIADB_DIR's (started unless it runs). */
 export function mariadbServer(): MariadbTestServer {
-  const provided = inject('mysql') as MariadbTestServer | undefined;
+  const provided = mysqlTestServer();
   if (provided?.host) return provided;
   mariadbScript('start', { dir: process.env.MARIADB_DIR ?? '/tmp/storage-agent-test-mariadb', port: Number(process.env.MARIADB_PORT ?? 13306) });
   return readServerEnv(process.env.MARIADB_DIR ?? '/tmp/storage-agent-test-mariadb');

@@ -1,11 +1,11 @@
 import { CreateBucketCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { randomBytes } from 'node:crypto';
-import { inject } from 'vitest';
 import { S3ObjectStore, type S3StoreOptions } from '../../src/transport/stores/s3-store.ts';
 import { UploadJournal } from '../../src/transport/stores/upload-journal.ts';
+import { s3TestServer } from './servers.ts';
 
 export function s3Client(): S3Client {
-  const s3 = inject('s3');
+  const s3 = s3TestServer();
   return new S3Client({
     endpoint: s3.endpoint,
     region: s3.region,
@@ -23,7 +23,7 @@ export async function createTestBucket(): Promise<string> {
 }
 
 export function createS3Store(bucket: string, stateDir: string, overrides: Partial<S3StoreOptions> = {}): S3ObjectStore {
-  const s3 = inject('s3');
+  const s3 = s3TestServer();
   return new S3ObjectStore({
     name: 'test',
     endpoint: s3.endpoint,

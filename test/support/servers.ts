@@ -1,0 +1,18 @@
+import { inject } from 'vitest';
+import type { MysqlTestServer, S3TestServer } from './global-setup.ts';
+
+/** This worker's set: vitest numbers the workers running at once 1…TEST_WORKERS (VITEST_POOL_ID). */
+function mine<T>(sets: readonly T[]): T {
+  const id = Number(process.env.VITEST_POOL_ID ?? 1);
+  return sets[(id - 1) % sets.length]!;
+}
+
+export function s3TestServer(): S3TestServer {
+  return mine(inject('s3'));
+}
+
+/** Undefined when the run has no global setup's servers (a file run on its own by another runner). */
+export function mysqlTestServer(): MysqlTestServer | undefined {
+  const sets = inject('mysql') as MysqlTestServer[] | undefined;
+  return sets?.length ? mine(sets) : undefined;
+}
