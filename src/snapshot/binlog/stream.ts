@@ -87,10 +87,10 @@ interface Position {
   end: number;
   closed: boolean;
   /**
-   * The transaction open at `end` when this process stored the bytes before it, so that the
-   * segment holding its commit names its GTID. Absent between transactions and when not known
-   * (resumed from storage: the first commit then has no GTID, and a restore to a GTID reads on
-   * to the next one).
+   * The transaction open at `end`, as this process stored the bytes before it, so that the
+   * segment holding its commit names its GTID. Null or absent: none is open, or that is not
+   * known (resumed from storage: the first commit then names no GTID, and a restore to that
+   * GTID reads on to the next one).
    */
   group?: OpenGroup | null;
 }
