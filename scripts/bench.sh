@@ -28,7 +28,7 @@
 # restore, rgw; restore needs fs, which it runs too).
 #
 # The benchmark runs its own RGW (RGW_DIR=/tmp/storage-agent-bench-rgw, port 7490), apart
-# from the test suite's (7480), and stops it on exit, failure or Ctrl-C.
+# from the test suite's (7480, and 7500 for its second worker), and stops it on exit, failure or Ctrl-C.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -54,8 +54,8 @@ async function startServer(script: string, dirVar: string, dir: string, extraEnv
  * Starts the real servers the tests run against — for each worker (TEST_WORKERS) a single-node
  * Ceph RGW and a MariaDB, each in a directory of the test run's own, all in parallel — and stops
  * them afterwards. KEEP_SERVERS=1 leaves them running for the next run. Redis servers are started
- * per test. Worker i > 0's servers live in `<dir>-i`, on the base port + 10 i (RGW: its monitor
- * takes the port after its own) and + i (MariaDB).
+ * per test. Worker i > 0's servers live in `<dir>-i`, on the base port + 20 i (RGW: its monitor
+ * takes the port after its own; the benchmarks' is on 7490) and + i (MariaDB).
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   // Every CLI and daemon a test starts has its compile cache from its first module on, as
@@ -69,7 +69,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
       const rgwDir = i === 0 ? rgwBase.dir : `${rgwBase.dir}-${i}`;
       const mysqlDir = i === 0 ? mysqlBase.dir : `${mysqlBase.dir}-${i}`;
       const [rgw, mariadb] = await Promise.all([
-        startServer('rgw.sh', 'RGW_DIR', rgwDir, { RGW_PORT: String(rgwBase.port + 10 * i) }),
+        startServer('rgw.sh', 'RGW_DIR', rgwDir, { RGW_PORT: String(rgwBase.port + 20 * i) }),
         startServer('mariadb.sh', 'MARIADB_DIR', mysqlDir, { MARIADB_PORT: String(mysqlBase.port + i) }),
       ]);
       const s3: S3TestServer = {
