@@ -253,7 +253,7 @@ for (const storeKind of ['fs', 's3'] as const) {
         const { mac: _expiringMac, ...unsignedExpiring } = expiring!;
         await putManifest(store, 'site', expiring!.id, unsignedExpiring);
         await putManifest(store, 'site', tampered!.id, { ...tampered!, codeRef: 'tampered' });
-        await sleep(Math.max(new Date(tampered!.keepUntil!).getTime(), new Date(expiring!.keepUntil!).getTime()) - Date.now() + 50);
+        await sleep(Math.max(0, new Date(tampered!.keepUntil!).getTime() - Date.now() + 50, new Date(expiring!.keepUntil!).getTime() - Date.now() + 50));
         const pruned = await cliJson<PruneResult>([...args(), 'backup', 'prune', 'site']);
         expect(pruned.deleted.map((e) => e.id)).toContain(expiring!.id);
         expect(pruned.kept.find((e) => e.id === tampered!.id)?.reason).toMatch(/invalid manifest, left for inspection: .*not authenticated/);

@@ -81,7 +81,7 @@ describe('retention from the CLI: manual limit, prune, expiry, safety backups (s
     // A failed run's leftovers: objects, no manifest, older than orphanUploadAge.
     const incomplete = '20200101T000000000Z-aaaaaaaa';
     await s3Client().send(new PutObjectCommand({ Bucket: bucket, Key: `agent/pruned/${incomplete}/uploads.tar.zst`, Body: 'partial' }));
-    await sleep(Date.parse(expiring.keepUntil!) - Date.now() + 100);
+    await sleep(Math.max(0, Date.parse(expiring.keepUntil!) - Date.now() + 100));
 
     // Both listings only read: side by side.
     const [listed, table] = await Promise.all([cliJson<BackupSummary[]>(args('backup', 'list', 'pruned')), cli(args('backup', 'list', 'pruned'))]);
