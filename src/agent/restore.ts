@@ -40,7 +40,7 @@ export async function restoreBackup(ctx: OperationContext, options: RestoreOptio
     binlogOf: (element) => (streamed.includes(element) ? binlogArchive(config, store, env, element, keys, { writer: false }) : undefined),
     streamedElements: () => streamed,
     stateDir: config.stateDir,
-    driverOf: (element) => {
+    driverOf: async (element) => {
       const service = targetEnv.services[element];
       return service && createDriver(element, service, { env: target, stateDir: config.stateDir });
     },

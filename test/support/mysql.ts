@@ -4,21 +4,15 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createConnection, type Connection, type RowDataPacket } from 'mysql2/promise';
 import { MysqlDriver } from '../../src/snapshot/mysql/driver.ts';
+import type { MysqlTestServer } from './global-setup.ts';
 import { mysqlTestServer } from './servers.ts';
 
 /**
  * The test MariaDB started by scripts/mariadb.sh: this worker's of the vitest global setup (servers.ts),
  * or, for a run without it, the one in $MARIADB_DIR (started if needed). Address, socket and the
- * agent user's credentials.
+ * agent user's credentials: the global setup's shape.
  */
-export interface MariadbTestServer {
-  dir: string;
-  host: string;
-  port: number;
-  user: string;
-  password: string;
-  socket: string;
-}
+export type MariadbTestServer = MysqlTestServer;
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const SCRIPT = path.join(ROOT, 'scripts/mariadb.sh');

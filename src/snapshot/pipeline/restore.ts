@@ -48,7 +48,7 @@ export interface RestoreSetup {
   /** The state directory: the restore journal's. */
   stateDir: string;
   /** The driver of the target's service named so; undefined when the target has none. */
-  driverOf(element: string): Promise<ServiceDriver | undefined> | undefined;
+  driverOf(element: string): Promise<ServiceDriver | undefined>;
   /** The stored binlog of `env`'s service named so, when it streams one (pitr:); undefined otherwise. */
   binlogOf(element: string): BinlogArchive | undefined;
   /** The names of `env`'s services with a binlog stream (pitr:). */
