@@ -5,6 +5,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/support/global-setup.ts'],
+    // Each worker's own TMPDIR (test/support/worker-tmp.ts).
+    setupFiles: ['test/support/setup-worker.ts'],
     // Files run side by side, each worker against servers of its own (test/support/workers.ts).
     fileParallelism: TEST_WORKERS > 1,
     maxWorkers: TEST_WORKERS,

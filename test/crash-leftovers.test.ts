@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +9,7 @@ import { loopMount } from './support/cgroup.ts';
 import { cli, cliJson, cliTracked, createSandbox, filesEnv, killCliAt, s3StoreConfig, startCli, type Sandbox } from './support/cli.ts';
 import { daemonSection, sleep, startDaemon, waitFor, writeTokens } from './support/daemon.ts';
 import { createTestBucket, multipartUploads, s3Client } from './support/s3.ts';
+import { tempEntries } from './support/worker-tmp.ts';
 
 const killAt = (sandbox: Sandbox, args: string[], phase: string) => killCliAt(sandbox.dir, args, phase);
 
@@ -269,12 +269,6 @@ describe('a killed `backup get` leaves no partial file behind after the next com
   });
 });
 
-/**
- * Entries of /tmp that the test suite's own sandboxes and servers make (and other test files,
- * which vitest runs in parallel): anything else that appears in /tmp during a test is the agent's.
- */
-const SUITE_TMP = /^(sa-|fs-store-|mysql-driver-state-|redis-driver-state-|restore-privilege-|s3-(aborted|range|state|telemetry)-|storage-agent-test-|vitest|node-compile-cache$)/;
-
 describe('a restore killed while its safety backup uploads to S3 leaves nothing', () => {
   let sandbox: Sandbox;
   let bucket: string;
@@ -300,7 +294,7 @@ describe('a restore killed while its safety backup uploads to S3 leaves nothing'
   }
 
   it('after one command: no multipart upload, no object of the safety backup, the target unchanged, nothing new in /tmp', async () => {
-    const tmpBefore = new Set(await readdir(tmpdir()));
+    const tmpBefore = new Set(await tempEntries());
     const source = path.join(sandbox.dir, 'src');
     const target = path.join(sandbox.dir, 'target');
     await mkdir(source);
@@ -341,7 +335,7 @@ describe('a restore killed while its safety backup uploads to S3 leaves nothing'
     expect(await agentEntries(sandbox.dir)).toEqual([]);
     expect(await readdir(path.join(sandbox.stateDir, 'restores'))).toEqual([]);
     expect(await readdir(path.join(sandbox.stateDir, 'uploads')).catch(() => [])).toEqual([]);
-    // Nothing new in /tmp at all, whatever its name (the suite's own sandboxes aside).
-    expect((await readdir(tmpdir())).filter((name) => !tmpBefore.has(name) && !SUITE_TMP.test(name))).toEqual([]);
+    // Nothing new in a temp directory at all, whatever its name (this worker's own: worker-tmp.ts).
+    expect((await tempEntries()).filter((name) => !tmpBefore.has(name))).toEqual([]);
   });
 });

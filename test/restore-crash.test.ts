@@ -1,6 +1,5 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Connection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +9,7 @@ import { childPids, cli, cliJson, createSandbox, killCliAt, killCliAtOccurrence,
 import { daemonSection, startDaemon, TestClient, waitFor, writeTokens, type Tokens } from './support/daemon.ts';
 import { connect, leftoverDatabases, mariadbServer, mysqlServiceConfig, rows, uniqueName } from './support/mysql.ts';
 import { startRedis, type TestRedis } from './support/redis.ts';
+import { tempEntries } from './support/worker-tmp.ts';
 
 /** Phases of a restore of three elements (files, then MySQL, then Redis), in the order reached. */
 const BEFORE_FIRST_SWAP = ['restore:staged:uploads', 'restore:staged:db', 'restore:staged:cache'];
@@ -89,14 +89,14 @@ describe('a restore killed at any phase is finished or undone by the next comman
       // An empty per-process temp directory of a live or ended command holds nothing.
       for (const entry of entries) if (!(dir === 'tmp' && /^\d+-\d+$/.test(entry))) found.push(`${dir}/${entry}`);
     }
-    for (const name of await readdir(tmpdir())) if (/^storage-agent-(mysql|redis)-/.test(name) && !tmpBefore.includes(name)) found.push(`/tmp/${name}`);
+    for (const name of await tempEntries()) if (/^storage-agent-(mysql|redis)-/.test(path.basename(name)) && !tmpBefore.includes(name)) found.push(`tmp: ${name}`);
     found.push(...(await leftoverDatabases(mysql)).filter((name) => name.startsWith(db)));
     return found;
   }
 
   beforeAll(async () => {
     sandbox = await createSandbox();
-    tmpBefore = await readdir(tmpdir());
+    tmpBefore = await tempEntries();
     const server = mariadbServer();
     mysql = await connect(server, { root: true });
     await mysql.query(`CREATE DATABASE \`${db}\``);
@@ -241,7 +241,7 @@ describe('a restore of a two-database MySQL element killed mid-swap or mid-load 
       for (const entry of entries) if (!(dir === 'tmp' && /^\d+-\d+$/.test(entry))) found.push(`${dir}/${entry}`);
     }
     for (const entry of await readdir(sandbox.stateDir, { recursive: true })) if (entry.endsWith('.cnf')) found.push(entry);
-    for (const name of await readdir(tmpdir())) if (/^storage-agent-(mysql|redis)-/.test(name) && !tmpBefore.includes(name)) found.push(`/tmp/${name}`);
+    for (const name of await tempEntries()) if (/^storage-agent-(mysql|redis)-/.test(path.basename(name)) && !tmpBefore.includes(name)) found.push(`tmp: ${name}`);
     found.push(...(await leftoverDatabases(mysql)).filter((name) => dbs.some((db) => name.startsWith(db))));
     return found;
   }
@@ -256,7 +256,7 @@ describe('a restore of a two-database MySQL element killed mid-swap or mid-load 
 
   beforeAll(async () => {
     sandbox = await createSandbox();
-    tmpBefore = await readdir(tmpdir());
+    tmpBefore = await tempEntries();
     tokens = await writeTokens(sandbox);
     const server = mariadbServer();
     mysql = await connect(server, { root: true });
