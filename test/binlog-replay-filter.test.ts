@@ -83,6 +83,21 @@ describe('ReplayFilter: what a point-in-time replay lets through to the server',
     expect(filter.facts.last).toEqual({ gtid: '0-1-9', time: '2026-12-02T18:10:00Z', file: 'binlog.000001', position: 2481 });
   });
 
+  it('knows which transactions the binlog held the commit of, replayed or passed over: a replay to a GTID without it stops short', async () => {
+    const ours = binlog(tableMap('shop__sa_stage_abcdef', 't'), writeRows());
+    const gtid = (domain: number, seq: number) => ({ domain, server: 1, seq });
+    // 0-1-7 ours and committed, 0-1-9 a DDL of another database, passed over.
+    const { filter } = await run([...HEAD, ...transaction(ours, 7), ...query('DROP TABLE t', 'victim'), ...TAIL]);
+    expect([7, 9, 10].map((seq) => filter.holdsCommitOf(gtid(0, seq)))).toEqual([true, true, false]);
+    expect(filter.holdsCommitOf(gtid(1, 1))).toBe(false);
+    // Cut before the commit (its Xid event and COMMIT): mariadb-binlog closes with a ROLLBACK of its own.
+    const cut = await run([...HEAD, ...transaction(ours, 7).slice(0, -2), ...TAIL]);
+    expect(cut.filter.holdsCommitOf(gtid(0, 7))).toBe(false);
+    // A DDL whose GTID event is held but not its Query event.
+    const ddl = await run([...HEAD, ...transaction(ours, 7), ...query('DROP TABLE t', 'victim').slice(0, 1), ...TAIL]);
+    expect([7, 9].map((seq) => ddl.filter.holdsCommitOf(gtid(0, seq)))).toEqual([true, false]);
+  });
+
   it("passes over what belongs to other databases or to none: rows of other tables, another database's statements, account statements", async () => {
     const other = binlog(tableMap('victim', 't'), writeRows());
     const { out, filter } = await run([

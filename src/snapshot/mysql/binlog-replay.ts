@@ -3,6 +3,7 @@ import { execa } from 'execa';
 import { AgentError, cancelled } from '../../errors.ts';
 import { childEnv } from '../../child-env.ts';
 import type { BinlogReplayPlan } from '../driver.ts';
+import { parseGtid, type Gtid } from '../binlog/gather.ts';
 import { clientArgs, quoteIdent, type DefaultsFile } from './connection.ts';
 import { loadDump } from './load.ts';
 import { StatementPolicy, tokenize, type Token } from './statement-check.ts';
@@ -77,6 +78,16 @@ export async function replayBinlog(defaults: DefaultsFile, plan: BinlogReplayPla
     if (e.code === 'ENOENT') throw new AgentError('E_RESTORE_FAILED', 'mariadb-binlog is not installed (install mariadb-client)', { cause: failed.error });
     throw new AgentError('E_RESTORE_FAILED', `mariadb-binlog could not decode the stored binlog (exit code ${e.exitCode}): ${decoderMessages.trim().slice(0, 500)}`, { cause: failed.error });
   }
+  // A stream record may name a transaction whose commit its segment does not hold (records
+  // written before segments named committed transactions only): the replay is then short of
+  // the point asked for, and the staged databases are dropped rather than restored.
+  if (stop.kind === 'gtid' && !filter.holdsCommitOf(stop.gtid)) {
+    const asked = `${stop.gtid.domain}-${stop.gtid.server}-${stop.gtid.seq}`;
+    throw new AgentError(
+      'E_PITR_OUT_OF_WINDOW',
+      `the stored binlog ends before transaction ${asked} committed (the last applied: ${filter.facts.last?.gtid ?? 'none'}): nothing was restored; restore to an earlier transaction, or retry once the binlog stream has stored past it ('backup window')`,
+    );
+  }
   return filter.facts;
 }
 
@@ -136,6 +147,10 @@ export class ReplayFilter extends Transform {
   #eventEnd = 0;
   /** The current event group is a DDL statement (its GTID event says `ddl`): applied once it ran, with no COMMIT. */
   #eventIsDdl = false;
+  /** The transaction decoded so far and not committed yet (by COMMIT, or a DDL by its Query event), and whether it is a DDL. */
+  #open: { gtid: Gtid; ddl: boolean } | null = null;
+  /** Per domain, the highest seq of a transaction whose commit the binlog held, replayed or passed over. */
+  readonly #committedSeq = new Map<number, number>();
   readonly facts: ReplayFacts = { statements: 0, skipped: 0, last: null };
   /** Why the filter refused the stream, once it has. */
   failure: AgentError | undefined;
@@ -199,6 +214,26 @@ export class ReplayFilter extends Transform {
     this.facts.statements++;
     this.#emit(`${passed}${this.#delimiter}\n`);
     if (/^COMMIT$/i.test(passed.trim()) || this.#eventIsDdl) this.#applied();
+    // Transaction control always passes: the commit of a transaction of any database is seen here
+    // (not a ROLLBACK: mariadb-binlog writes its own at the start of each file).
+    if (/^COMMIT$/i.test(passed.trim())) this.#committed();
+  }
+
+  /**
+   * Whether the decoded binlog held the commit of `gtid`'s transaction (or of a later one of its
+   * domain). mariadb-binlog stops after the stop transaction when it has it, but ends quietly
+   * (a warning, exit 0) when the files end before it, or inside it: a replay to a GTID is short
+   * unless this holds.
+   */
+  holdsCommitOf(gtid: Gtid): boolean {
+    return (this.#committedSeq.get(gtid.domain) ?? -1) >= gtid.seq;
+  }
+
+  #committed(): void {
+    if (!this.#open) return;
+    const { domain, seq } = this.#open.gtid;
+    this.#committedSeq.set(domain, Math.max(seq, this.#committedSeq.get(domain) ?? -1));
+    this.#open = null;
   }
 
   /** `#<time> server id N  end_log_pos P … GTID D-S-N [ddl|trans]`, `Rotate to FILE`: where we are. */
@@ -210,9 +245,12 @@ export class ReplayFilter extends Transform {
     if (gtid) {
       this.#eventGtid = gtid[1]!;
       this.#eventIsDdl = gtid[2] === ' ddl';
+      this.#open = { gtid: parseGtid(gtid[1]!)!, ddl: this.#eventIsDdl };
       const [date, time] = header[1]!.split(' ').filter(Boolean);
       this.#eventTime = `20${date!.slice(0, 2)}-${date!.slice(2, 4)}-${date!.slice(4, 6)}T${time!.padStart(8, '0')}Z`;
     }
+    // A DDL's transaction is its Query event, which mariadb-binlog prints whole or not at all.
+    else if (this.#open?.ddl && /\tQuery\t/.test(line)) this.#committed();
     const rotate = /\tRotate to (\S+)\s+pos:/.exec(line);
     if (rotate) this.#file = rotate[1]!;
   }
