@@ -160,9 +160,14 @@ server_options() {
 init_datadir() {
   mkdir -p "$MARIADB_DIR/tmp"
   touch "$MARKER"
-  mariadb-install-db --no-defaults "--datadir=$DATA_DIR" --user=root \
-    --auth-root-authentication-method=socket --skip-test-db \
-    >"$MARIADB_DIR/install-db.log" 2>&1 || fail "mariadb-install-db failed"
+  # Its temp tables in our own tmp, not the shared /tmp (two installs side by side, one per test
+  # worker, once failed there). A datadir a failed install left is not one to restart on.
+  if ! mariadb-install-db --no-defaults "--datadir=$DATA_DIR" --user=root \
+    --auth-root-authentication-method=socket --skip-test-db "--tmpdir=$MARIADB_DIR/tmp" \
+    >"$MARIADB_DIR/install-db.log" 2>&1; then
+    rm -rf "$DATA_DIR"
+    fail "mariadb-install-db failed"
+  fi
 }
 
 spawn_server() {
