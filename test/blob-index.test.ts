@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { BlobIndex, type IndexEntry } from '../src/transport/repository/blob-index.ts';
+import { open, seal } from '../src/transport/repository/blob-crypto.ts';
+import { BlobIndex, openIndex, sealIndex, type IndexEntry } from '../src/transport/repository/blob-index.ts';
 
 /** The in-memory index is typed arrays and an open-addressing table: checked here against a Map. */
 describe('BlobIndex', () => {
@@ -32,5 +33,37 @@ describe('BlobIndex', () => {
     expect([index.has(id.slice(0, 62)), index.has(`${id}00`), index.has(`${id.slice(0, 62)}zz`)]).toEqual([false, false, false]);
     expect(index.get(id.slice(0, 10))).toBeUndefined();
     expect(() => index.add('abc', { kind: 'data', pack: 'c'.repeat(64), offset: 0, length: 1, rawLength: 1 })).toThrow(/64 hex digits/);
+  });
+
+  it('an index object keeps each delta\'s one or two bases, in order; written as version 2 while no delta has two, and a forged one with more is refused', () => {
+    const key = randomBytes(32);
+    const id = () => randomBytes(32).toString('hex');
+    const [a, b, c, d, e] = [id(), id(), id(), id(), id()];
+    const place = { pack: 'c'.repeat(64), offset: 0, length: 10, rawLength: 20 };
+    const oneBase = new Map<string, IndexEntry>([
+      [a, { kind: 'data', ...place }],
+      [b, { kind: 'data', ...place }],
+      [c, { kind: 'data', ...place, bases: [a] }],
+    ]);
+    const twoBases = new Map<string, IndexEntry>([...oneBase, [d, { kind: 'data', ...place, bases: [b, a] }]]);
+    const associated = Buffer.from('storage-agent/index/v1\nshop');
+    const version = (body: Buffer) => open(key, body, associated)!.subarray(0, 4).toString();
+    const v2 = sealIndex(key, 'shop', oneBase).body;
+    expect(version(v2)).toBe('SAI2'); // what agents from before two-base deltas read
+    expect(openIndex(key, 'shop', v2)).toEqual(oneBase);
+    const v3 = sealIndex(key, 'shop', twoBases).body;
+    expect(version(v3)).toBe('SAI3');
+    expect(openIndex(key, 'shop', v3)).toEqual(twoBases);
+    expect(version(sealIndex(key, 'shop', new Map([[a, { kind: 'data', ...place }]])).body)).toBe('SAI1');
+
+    // Written by one who holds the key: a third base, a base twice, two bases in a version 2 index.
+    const forged = (entries: Map<string, IndexEntry>, magic?: string) => {
+      const plain = open(key, sealIndex(key, 'shop', entries).body, associated)!;
+      if (magic) plain.write(magic, 0);
+      return seal(key, [plain], associated);
+    };
+    expect(openIndex(key, 'shop', forged(new Map([...twoBases, [e, { kind: 'data', ...place, bases: [a, b, c] }]])))).toMatch(/more bases than it can have/);
+    expect(openIndex(key, 'shop', forged(new Map([...oneBase, [e, { kind: 'data', ...place, bases: [a, a] }]])))).toMatch(/more bases than it can have/);
+    expect(openIndex(key, 'shop', forged(twoBases, 'SAI2'))).toMatch(/more bases than it can have/);
   });
 });

@@ -9,8 +9,11 @@ export interface IndexEntry {
   offset: number;
   length: number;
   rawLength: number;
-  /** A delta blob: the id of the data blob whose content it was compressed against (never itself a delta). */
-  base?: string | undefined;
+  /**
+   * A delta blob: the ids of the one or two data blobs whose contents, back to back, it was
+   * compressed against (never themselves deltas).
+   */
+  bases?: readonly string[] | undefined;
 }
 
 /**
@@ -34,8 +37,8 @@ export class BlobIndex {
   #rawLengths = new Uint32Array(1024);
   /** Record number + 1 per slot, 0 when empty; a power of two, at most half full. */
   #slots = new Uint32Array(2048);
-  /** Record → base id, for the delta blobs only (a database's chunks; a tree's files have none). */
-  readonly #bases = new Map<number, string>();
+  /** Record → base ids, for the delta blobs only (a database's chunks; a tree's files have none). */
+  readonly #bases = new Map<number, readonly string[]>();
   readonly #packNames: string[] = [];
   readonly #packNumbers = new Map<string, number>();
 
@@ -47,19 +50,19 @@ export class BlobIndex {
     const bytes = idBytes(id);
     const record = bytes ? this.#find(bytes) : -1;
     if (record < 0) return undefined;
-    const base = this.#bases.get(record);
+    const bases = this.#bases.get(record);
     return {
       kind: KINDS[this.#kinds[record]!]!,
       pack: this.#packNames[this.#packOf[record]!]!,
       offset: this.#offsets[record]!,
       length: this.#lengths[record]!,
       rawLength: this.#rawLengths[record]!,
-      ...(base ? { base } : {}),
+      ...(bases ? { bases } : {}),
     };
   }
 
-  /** The base of a delta blob; undefined for any other. */
-  baseOf(id: string): string | undefined {
+  /** The bases of a delta blob; undefined for any other. */
+  basesOf(id: string): readonly string[] | undefined {
     if (this.#bases.size === 0) return undefined;
     const bytes = idBytes(id);
     const record = bytes ? this.#find(bytes) : -1;
@@ -93,7 +96,7 @@ export class BlobIndex {
     this.#offsets[record] = entry.offset;
     this.#lengths[record] = entry.length;
     this.#rawLengths[record] = entry.rawLength;
-    if (entry.base) this.#bases.set(record, entry.base);
+    if (entry.bases?.length) this.#bases.set(record, entry.bases);
     else this.#bases.delete(record);
   }
 
@@ -169,11 +172,16 @@ function hashOf(id: Uint8Array): number {
 
 /**
  * An index object: its packs, then fixed-size entries. Version 2 adds, after them, the base of
- * each delta blob (entry number, base id); an index without deltas is still written as version
- * 1, which agents from before deltas read.
+ * each delta blob (entry number, base id); version 3 is the same list where a delta with two
+ * bases has two pairs, in its bases' order. Each is written only when needed (an index without
+ * deltas is version 1, without two-base deltas version 2), so agents from before read what
+ * they can and reject the rest as an index they cannot open.
  */
 const MAGIC = Buffer.from('SAI1');
 const MAGIC_DELTAS = Buffer.from('SAI2');
+const MAGIC_TWO_BASES = Buffer.from('SAI3');
+/** Bases of one delta, at most: a new chunk is compared with the parent's chunks it overlaps, two when a cut moved. */
+export const MAX_BASES = 2;
 const ENTRY_BYTES = 32 + 1 + 4 + 4 + 4 + 4;
 const DELTA_BYTES = 4 + 32;
 const KINDS: readonly BlobKind[] = ['data', 'tree'];
@@ -183,9 +191,10 @@ const indexAssociatedData = (env: string) => Buffer.from(`storage-agent/index/v1
 export function sealIndex(encryption: Buffer, env: string, entries: ReadonlyMap<string, IndexEntry>): { id: string; body: Buffer } {
   const packs = [...new Set([...entries.values()].map((e) => e.pack))];
   const packNumber = new Map(packs.map((pack, i) => [pack, i]));
-  const deltas = [...entries.values()].flatMap((entry, i) => (entry.base ? [[i, entry.base] as const] : []));
+  const deltas = [...entries.values()].flatMap((entry, i) => (entry.bases ?? []).map((base) => [i, base] as const));
+  const twoBases = [...entries.values()].some((entry) => (entry.bases?.length ?? 0) > 1);
   const plain = Buffer.alloc(MAGIC.length + 4 + packs.length * 32 + 4 + entries.size * ENTRY_BYTES + (deltas.length > 0 ? 4 + deltas.length * DELTA_BYTES : 0));
-  let at = (deltas.length > 0 ? MAGIC_DELTAS : MAGIC).copy(plain, 0);
+  let at = (twoBases ? MAGIC_TWO_BASES : deltas.length > 0 ? MAGIC_DELTAS : MAGIC).copy(plain, 0);
   at = plain.writeUInt32BE(packs.length, at);
   for (const pack of packs) at += Buffer.from(pack, 'hex').copy(plain, at);
   at = plain.writeUInt32BE(entries.size, at);
@@ -213,8 +222,10 @@ export function openIndex(encryption: Buffer, env: string, body: Buffer): Map<st
   const plain = open(encryption, body, indexAssociatedData(env));
   if (!plain) return 'it does not authenticate under the repository key';
   try {
-    const withDeltas = plain.subarray(0, 4).equals(MAGIC_DELTAS);
-    if (!withDeltas && !plain.subarray(0, 4).equals(MAGIC)) return 'it is not an index';
+    const magic = plain.subarray(0, 4);
+    const maxBases = magic.equals(MAGIC_TWO_BASES) ? MAX_BASES : magic.equals(MAGIC_DELTAS) ? 1 : 0;
+    const withDeltas = maxBases > 0;
+    if (!withDeltas && !magic.equals(MAGIC)) return 'it is not an index';
     let at = 4;
     const packCount = plain.readUInt32BE(at);
     at += 4;
@@ -244,7 +255,10 @@ export function openIndex(encryption: Buffer, env: string, body: Buffer): Map<st
     for (let i = 0, delta = entriesEnd + 4; i < deltaCount; i++, delta += DELTA_BYTES) {
       const entry = entries.get(ids[plain.readUInt32BE(delta)] ?? '');
       if (!entry || entry.kind !== 'data') return `delta ${i} names no data entry`;
-      entry.base = plain.subarray(delta + 4, delta + DELTA_BYTES).toString('hex');
+      const base = plain.subarray(delta + 4, delta + DELTA_BYTES).toString('hex');
+      const bases = [...(entry.bases ?? []), base];
+      if (bases.length > maxBases || new Set(bases).size < bases.length) return `delta ${i} gives its entry more bases than it can have`;
+      entry.bases = bases;
     }
     return entries;
   } catch (error) {

@@ -42,7 +42,7 @@ export interface SealedBlob {
   rawLength: number;
   offset: number;
   length: number;
-  /** A delta blob: where its base's content is in the read's `bases` (blob-worker.ts). */
+  /** A delta blob: where its dictionary (its bases' contents, back to back) is in the read's `bases` (blob-worker.ts). */
   base?: { offset: number; length: number } | undefined;
 }
 

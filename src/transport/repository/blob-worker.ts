@@ -18,7 +18,7 @@ const port = parentPort;
 /** The first plaintext byte of a sealed blob says how the rest is stored. */
 const STORED_RAW = 0;
 const STORED_ZSTD = 1;
-/** One zstd frame made with another blob's content (its base, named by the index) as dictionary. */
+/** One zstd frame made with other blobs' contents (its one or two bases, named by the index) as dictionary. */
 const STORED_DELTA = 2;
 
 /**
@@ -64,7 +64,7 @@ function handle(request: BlobRequest): { result: BlobResult; transfer: ArrayBuff
     case 'seal-delta': {
       const data = new Uint8Array(request.memory, 0, request.length);
       const { sealed, delta } = sealDelta(keys, request.id, data, new Uint8Array(request.base, 0, request.baseLength), request.level);
-      request.memory.transfer(0); // the chunk and its base, read: freed now rather than at a GC
+      request.memory.transfer(0); // the chunk and its bases, read: freed now rather than at a GC
       request.base.transfer(0);
       return { result: { op: 'seal-delta', sealed, delta }, transfer: [sealed] };
     }

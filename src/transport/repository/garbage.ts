@@ -117,7 +117,7 @@ export async function collectGarbage(repository: CollectableRepository, liveRoot
           details: { env, blob: id },
         });
       }
-      await writer.add(id, entry.kind, sealed, entry.rawLength, entry.base);
+      await writer.add(id, entry.kind, sealed, entry.rawLength, entry.bases);
     }
   }
   const moved = await writer.finish();

@@ -20,7 +20,7 @@ interface Pending {
   offset: number;
   length: number;
   rawLength: number;
-  base?: string | undefined;
+  bases?: readonly string[] | undefined;
 }
 
 /**
@@ -46,10 +46,10 @@ export class PackWriter {
     this.#options = options;
   }
 
-  /** Appends a sealed blob (a delta: `base` names the blob it decodes against); resolves once there is room for the next one. */
-  async add(id: string, kind: BlobKind, sealed: Buffer, rawLength: number, base?: string): Promise<void> {
+  /** Appends a sealed blob (a delta: `bases` names the blobs it decodes against); resolves once there is room for the next one. */
+  async add(id: string, kind: BlobKind, sealed: Buffer, rawLength: number, bases?: readonly string[]): Promise<void> {
     if (this.#failure) throw this.#failure;
-    this.#pending.push({ id, kind, offset: this.#bytes, length: sealed.length, rawLength, ...(base ? { base } : {}) });
+    this.#pending.push({ id, kind, offset: this.#bytes, length: sealed.length, rawLength, ...(bases?.length ? { bases } : {}) });
     this.#buffers.push(sealed);
     this.#bytes += sealed.length;
     if (this.#bytes >= this.#options.packBytes) this.#close();

@@ -4,7 +4,7 @@ import { buffer as collect } from 'node:stream/consumers';
 import { AgentError, isAgentError, throwIfCancelled } from '../../errors.ts';
 import type { ObjectStore } from '../stores/object-store.ts';
 import type { RepositoryKeys } from './blob-crypto.ts';
-import { BlobIndex, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
+import { BlobIndex, MAX_BASES, openIndex, sealIndex, type IndexEntry } from './blob-index.ts';
 import { sharedBlobPool, type BlobKind, type BlobPool, type SealedBlob } from './blob-pool.ts';
 import { ChunkCutter, DEFAULT_CHUNKER, gearTable, type ChunkerParams } from './chunker.ts';
 import { readExactly } from './read-exactly.ts';
@@ -340,9 +340,9 @@ class PackedRepository implements Repository {
     throwIfCancelled(signal);
     const bytes = content.length;
     let id: string;
-    let sealing: () => Promise<{ sealed: Buffer; base?: string | undefined }>;
+    let sealing: () => Promise<{ sealed: Buffer; bases?: readonly string[] | undefined }>;
     if (place) {
-      // Identified first: only a new chunk is worth reading its base for.
+      // Identified first: only a new chunk is worth reading its bases for.
       const identified = await this.#pool.identify(this.#keys, content);
       id = identified.id;
       if (this.#index.has(id)) place.parent.unchanged(id, place.offset);
@@ -363,38 +363,45 @@ class PackedRepository implements Repository {
     this.#knownShare += ((known ? 1 : 0) - this.#knownShare) / 16;
     if (known) return { entry };
     this.#written.add(id);
-    const { sealed, base } = await sealing();
+    const { sealed, bases } = await sealing();
     return {
       entry,
       add: async () => {
         if (kind === 'data') added.chunks++;
         added.bytes += sealed.length;
-        await this.#packWriter(signal).add(id, kind, sealed, bytes, base);
+        await this.#packWriter(signal).add(id, kind, sealed, bytes, bases);
       },
     };
   }
 
   /**
-   * A new chunk sealed as a delta against the parent's chunk in its place — or against that
-   * chunk's own base when it is a delta: a base is always whole, so a restore reads at most one
-   * base per chunk — or whole, when the delta saves too little or there is no base to read.
+   * A new chunk sealed as a delta against the parent's chunks in its place (one, or two where a
+   * cut moved), each replaced by its own bases when it is a delta: a base is always whole, so a
+   * restore reads at most two bases per chunk, and chains never form. Whole when the delta saves
+   * too little or there is no base to read.
    */
-  async #sealAgainstParent(id: string, chunk: Buffer, place: DeltaPlace, signal: AbortSignal | undefined): Promise<{ sealed: Buffer; base?: string }> {
+  async #sealAgainstParent(id: string, chunk: Buffer, place: DeltaPlace, signal: AbortSignal | undefined): Promise<{ sealed: Buffer; bases?: readonly string[] }> {
     const whole = async () => ({ sealed: await this.#pool.seal(this.#keys, 'data', id, chunk, this.#options.level) });
-    const inPlace = place.parent.chunkAt(place.offset, chunk.length);
-    const base = inPlace === undefined ? undefined : (this.#index.get(inPlace)?.base ?? inPlace);
-    const entry = base === undefined ? undefined : this.#index.get(base);
-    if (!entry || entry.kind !== 'data' || entry.base) return whole();
-    let content: Buffer;
-    try {
-      content = await this.#readBlob('data', base!, signal);
-    } catch (error) {
-      // A damaged base costs this chunk its delta, nothing more; verify names the damage.
-      if (isAgentError(error, 'E_REPOSITORY_CORRUPT')) return whole();
-      throw error;
+    // The chunk under the middle first: when the two resolve to more than two bases, its own are kept.
+    const inPlace = place.parent.chunksUnder(place.offset, chunk.length);
+    const candidates = [...new Set(inPlace.flatMap((parentChunk) => this.#index.get(parentChunk)?.bases ?? [parentChunk]))];
+    const bases: string[] = [];
+    const contents: Buffer[] = [];
+    for (const base of candidates) {
+      if (bases.length === MAX_BASES) break;
+      const entry = this.#index.get(base);
+      if (!entry || entry.kind !== 'data' || entry.bases) continue;
+      try {
+        contents.push(await this.#readBlob('data', base, signal));
+        bases.push(base);
+      } catch (error) {
+        // A damaged base costs this chunk its delta against it, nothing more; verify names the damage.
+        if (!isAgentError(error, 'E_REPOSITORY_CORRUPT')) throw error;
+      }
     }
-    const { sealed, delta } = await this.#pool.sealDelta(this.#keys, id, chunk, content, this.#options.level);
-    return delta ? { sealed, base: base! } : { sealed };
+    if (bases.length === 0) return whole();
+    const { sealed, delta } = await this.#pool.sealDelta(this.#keys, id, chunk, Buffer.concat(contents), this.#options.level);
+    return delta ? { sealed, bases } : { sealed };
   }
 
   /** The parent of a stream being written, laid out for deltas; none when it cannot be read. */
@@ -485,8 +492,7 @@ class PackedRepository implements Repository {
             (entries) =>
               entries.forEach((e) => {
                 visit(e.id);
-                const base = this.#index.baseOf(e.id);
-                if (base) visit(base);
+                for (const base of this.#index.basesOf(e.id) ?? []) visit(base);
               }),
             visit,
           ),
@@ -526,7 +532,7 @@ class PackedRepository implements Repository {
     for (const chunk of chunks) {
       const entry = this.#index.get(chunk.id);
       if (!entry || entry.kind !== 'data' || entry.rawLength !== chunk.bytes) throw this.#corrupt(`chunk ${chunk.id} is not in its index as a data blob of ${chunk.bytes} bytes`, chunk.id);
-      const raw = entry.rawLength + (entry.base ? (this.#index.get(entry.base)?.rawLength ?? 0) : 0);
+      const raw = entry.rawLength + (entry.bases ?? []).reduce((sum, base) => sum + (this.#index.get(base)?.rawLength ?? 0), 0);
       const last = runs.at(-1);
       if (last && last.pack === entry.pack && last.offset + last.length === entry.offset && last.length + entry.length <= COALESCE_BYTES && last.raw + raw <= COALESCE_RAW_BYTES) {
         last.length += entry.length;
@@ -538,31 +544,39 @@ class PackedRepository implements Repository {
   }
 
   async #readRun(run: ReadRun, signal: AbortSignal | undefined): Promise<Buffer[]> {
-    const [bytes, bases] = await Promise.all([this.#readRange(run.pack, run.offset, run.length, signal), this.#readBases(run, signal)]);
-    const blobs = run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length, base: blob.base === undefined ? undefined : bases?.places.get(blob.base) }));
-    return this.#openBlobs('data', bytes, blobs, bases?.contents);
+    const [bytes, dictionaries] = await Promise.all([this.#readRange(run.pack, run.offset, run.length, signal), this.#readBases(run, signal)]);
+    const blobs = run.blobs.map((blob) => ({ id: blob.id, rawLength: blob.rawLength, offset: blob.offset - run.offset, length: blob.length, base: blob.bases === undefined ? undefined : dictionaries?.places.get(blob.bases.join()) }));
+    return this.#openBlobs('data', bytes, blobs, dictionaries?.contents);
   }
 
   /**
-   * The contents of the bases of a run's deltas, back to back, and where each is; read (and
-   * authenticated) like any chunk, before the deltas that need them. A base is never a delta.
+   * The dictionaries of a run's deltas — each delta's bases back to back, once per distinct list
+   * — and where each is; the bases read (and authenticated) like any chunk, once each, before
+   * the deltas that need them. A base is never a delta. Memory: within the run's `raw`, which
+   * counts every delta's bases.
    */
   async #readBases(run: ReadRun, signal: AbortSignal | undefined): Promise<{ contents: Buffer; places: Map<string, { offset: number; length: number }> } | undefined> {
-    const ids = [...new Set(run.blobs.flatMap((blob) => (blob.base === undefined ? [] : [blob.base])))];
-    if (ids.length === 0) return undefined;
-    const bases = ids.map((id) => {
+    const lists = [...new Map(run.blobs.flatMap((blob) => (blob.bases === undefined ? [] : [[blob.bases.join(), blob.bases] as const]))).values()];
+    if (lists.length === 0) return undefined;
+    const bases = [...new Set(lists.flat())].map((id) => {
       const entry = this.#index.get(id);
-      if (!entry || entry.kind !== 'data' || entry.base) throw this.#corrupt(`base ${id} of a delta in pack ${run.pack} is not in its index as a whole data blob`, id);
+      if (!entry || entry.kind !== 'data' || entry.bases) throw this.#corrupt(`base ${id} of a delta in pack ${run.pack} is not in its index as a whole data blob`, id);
       return { id, bytes: entry.rawLength };
     });
     const opened = (await Promise.all(this.#planReads(bases).map((baseRun) => this.#readRun(baseRun, signal)))).flat();
+    const content = new Map(bases.map((base, i) => [base.id, opened[i]!]));
     const places = new Map<string, { offset: number; length: number }>();
+    const parts: Buffer[] = [];
     let at = 0;
-    for (const [i, base] of bases.entries()) {
-      places.set(base.id, { offset: at, length: opened[i]!.length });
-      at += opened[i]!.length;
+    for (const list of lists) {
+      const start = at;
+      for (const id of list) {
+        parts.push(content.get(id)!);
+        at += content.get(id)!.length;
+      }
+      places.set(list.join(), { offset: start, length: at - start });
     }
-    return { contents: Buffer.concat(opened, at), places };
+    return { contents: Buffer.concat(parts, at), places };
   }
 
   async #readBlob(kind: BlobKind, id: string, signal: AbortSignal | undefined): Promise<Buffer> {
@@ -631,17 +645,19 @@ class PackedRepository implements Repository {
     const { signal } = options;
     const damaged = new Map<string, AgentError>();
     const byPack = new Map<string, (TreeEntry & IndexEntry)[]>();
-    // A delta is whole only if its base is: the bases are checked too, once each.
-    const deltas = new Map<string, string>();
+    // A delta is whole only if its bases are: they are checked too, once each.
+    const deltas = new Map<string, readonly string[]>();
     const listed = new Set(chunks.map((c) => c.id));
     const bases: TreeEntry[] = [];
     for (const chunk of chunks) {
-      const base = this.#index.baseOf(chunk.id);
-      if (base === undefined) continue;
-      deltas.set(chunk.id, base);
-      if (listed.has(base)) continue;
-      listed.add(base);
-      bases.push({ id: base, bytes: this.#index.get(base)?.rawLength ?? -1 }); // -1: not indexed, damaged below
+      const ofChunk = this.#index.basesOf(chunk.id);
+      if (ofChunk === undefined) continue;
+      deltas.set(chunk.id, ofChunk);
+      for (const base of ofChunk) {
+        if (listed.has(base)) continue;
+        listed.add(base);
+        bases.push({ id: base, bytes: this.#index.get(base)?.rawLength ?? -1 }); // -1: not indexed, damaged below
+      }
     }
     for (const chunk of [...chunks, ...bases]) {
       const entry = this.#index.get(chunk.id);
@@ -665,8 +681,8 @@ class PackedRepository implements Repository {
       }
     }
     if (options.readData) await this.#readDamaged(readable, damaged, signal);
-    for (const [delta, base] of deltas) {
-      const failure = damaged.get(base);
+    for (const [delta, ofDelta] of deltas) {
+      const failure = ofDelta.map((base) => damaged.get(base)).find((f) => f !== undefined);
       if (failure && !damaged.has(delta)) damaged.set(delta, failure);
     }
     return damaged;
