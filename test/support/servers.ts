@@ -1,10 +1,10 @@
 import { inject } from 'vitest';
 import type { MysqlTestServer, S3TestServer } from './global-setup.ts';
+import { workerNumber } from './workers.ts';
 
-/** This worker's set: vitest numbers the workers running at once 1…TEST_WORKERS (VITEST_POOL_ID). */
+/** This worker's set. */
 function mine<T>(sets: readonly T[]): T {
-  const id = Number(process.env.VITEST_POOL_ID ?? 1);
-  return sets[(id - 1) % sets.length]!;
+  return sets[(workerNumber() - 1) % sets.length]!;
 }
 
 export function s3TestServer(): S3TestServer {

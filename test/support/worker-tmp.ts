@@ -2,6 +2,7 @@ import { chmodSync, mkdirSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { workerNumber } from './workers.ts';
 
 /**
  * Each test worker has a temporary directory of its own: TMPDIR, which os.tmpdir() reads and every
@@ -11,7 +12,7 @@ import path from 'node:path';
  */
 export function useWorkerTmp(): void {
   process.env.TEST_TMP_ROOT ??= tmpdir();
-  const dir = path.join(process.env.TEST_TMP_ROOT, `storage-agent-test-tmp-${process.env.VITEST_POOL_ID ?? '1'}`);
+  const dir = path.join(process.env.TEST_TMP_ROOT, `storage-agent-test-tmp-${workerNumber()}`);
   mkdirSync(dir, { recursive: true });
   // Like /tmp: children that run as another user (redis-server as redis) make their directories in it.
   chmodSync(dir, 0o1777);

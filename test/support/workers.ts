@@ -5,3 +5,8 @@
  * second, the RGW), so a second file fills the gaps. TEST_WORKERS=1 runs them one at a time.
  */
 export const TEST_WORKERS = Math.max(1, Number(process.env.TEST_WORKERS ?? 2));
+
+/** Which of the workers running at once this one is, 1…TEST_WORKERS (vitest's VITEST_POOL_ID; 1 outside a worker). */
+export function workerNumber(): number {
+  return Number(process.env.VITEST_POOL_ID ?? 1);
+}
